@@ -1,0 +1,1 @@
+"""mailfleet.mta: the delivery engine (data plane)."""

@@ -1,0 +1,300 @@
+"""EngineConfig: the engine's configuration, and the contract the operator renders into a ConfigMap.
+
+Field names are camelCase in YAML (like every Kubernetes object around it); unknown fields are
+errors, so a typo is named instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from mailfleet.mta.units import Duration, Size
+
+DEFAULT_SIGNED_HEADERS = [
+    "from",
+    "sender",
+    "reply-to",
+    "subject",
+    "date",
+    "message-id",
+    "to",
+    "cc",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "content-id",
+    "content-description",
+    "resent-date",
+    "resent-from",
+    "resent-sender",
+    "resent-to",
+    "resent-cc",
+    "resent-message-id",
+    "in-reply-to",
+    "references",
+    "list-id",
+    "list-help",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "list-subscribe",
+    "list-post",
+    "list-owner",
+    "list-archive",
+    "feedback-id",
+]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """("127.0.0.1", 2525) from "127.0.0.1:2525", "[::1]:25" or "mx.example.com"."""
+    text = value.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"{value!r}: expected host:port")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"{value!r}: expected host:port, the port is missing")
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+class TLSFiles(Model):
+    cert_file: Path
+    key_file: Path
+
+
+class SubmissionConfig(Model):
+    """Where applications hand mail in."""
+
+    listen: str = "127.0.0.1:2525"
+    max_message_size: Size = Field(default=25 * 1024 * 1024, gt=0)
+    max_recipients: int = Field(default=100, ge=1, le=100000)
+    trusted_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=lambda: [ipaddress.ip_network("127.0.0.1/32")]
+    )
+    # A file of "user:bcrypt-hash" lines (htpasswd -B). AUTH is only offered after STARTTLS.
+    auth_users_file: Path | None = None
+    tls: TLSFiles | None = None
+    # Several processes may share the port (SO_REUSEPORT) to use every core.
+    reuse_port: bool = False
+    data_timeout: Duration = 300.0
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_hostport(v)
+        return v
+
+    @model_validator(mode="after")
+    def _auth_needs_tls(self) -> SubmissionConfig:
+        if self.auth_users_file is not None and self.tls is None:
+            raise ValueError(
+                "submission.authUsersFile needs submission.tls: AUTH is only offered over TLS"
+            )
+        return self
+
+
+class AdminConfig(Model):
+    """The admin HTTP API and Prometheus /metrics."""
+
+    listen: str = "127.0.0.1:8025"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_hostport(v)
+        return v
+
+
+class SpoolConfig(Model):
+    path: Path = Path("/var/spool/mailfleet")
+    # Concurrent sessions share one fsync: a commit waits at most this long for company.
+    group_commit_window: Duration = 0.002
+
+
+class DNSConfig(Model):
+    nameservers: list[str] = Field(default_factory=list)  # empty: the system resolver's
+    port: int = Field(default=53, ge=1, le=65535)
+    timeout: Duration = 5.0
+    max_cache_ttl: Duration = Field(default=3600.0, alias="maxCacheTTL")
+
+    @field_validator("nameservers")
+    @classmethod
+    def _ips(cls, v: list[str]) -> list[str]:
+        for ns in v:
+            ipaddress.ip_address(ns)
+        return v
+
+
+class RoutingConfig(Model):
+    # domain (or "*" for everything else) -> "host:port"; bypasses MX lookup.
+    routes: dict[str, str] = Field(default_factory=dict)
+    dns: DNSConfig = Field(default_factory=DNSConfig)
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, v: dict[str, str]) -> dict[str, str]:
+        for domain, target in v.items():
+            try:
+                parse_hostport(target, default_port=25)
+            except ValueError as e:
+                raise ValueError(f"routes[{domain!r}]: {e}") from None
+        return {k.lower().rstrip("."): t for k, t in v.items()}
+
+
+class SourceIP(Model):
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    # HELO name; should match the address's PTR record.
+    hostname: str | None = None
+
+
+class DeliveryConfig(Model):
+    # Empty: the kernel picks the source address.
+    source_ips: list[SourceIP] = Field(default_factory=list, alias="sourceIPs")
+    max_messages_per_connection: int = Field(default=100, ge=1)
+    max_connections_per_host: int = Field(default=20, ge=1)
+    max_concurrent_deliveries: int = Field(default=200, ge=1)
+    tls: Literal["opportunistic", "required", "none"] = "opportunistic"
+    # Domains (lowercase) that must be reached over TLS whatever `tls` says.
+    require_tls_domains: list[str] = Field(default_factory=list, alias="requireTLSDomains")
+    connect_timeout: Duration = 30.0
+    command_timeout: Duration = 300.0
+    idle_timeout: Duration = 10.0
+
+    @field_validator("source_ips")
+    @classmethod
+    def _unique(cls, v: list[SourceIP]) -> list[SourceIP]:
+        seen = set()
+        for ip in v:
+            if ip.address in seen:
+                raise ValueError(f"source IP {ip.address} is listed twice")
+            seen.add(ip.address)
+        return v
+
+
+class RetryConfig(Model):
+    initial: Duration = 300.0
+    max: Duration = 3600.0
+    max_age: Duration = 3 * 86400.0
+    jitter: float = Field(default=0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> RetryConfig:
+        if self.initial <= 0:
+            raise ValueError("retry.initial must be greater than 0")
+        if self.max < self.initial:
+            raise ValueError("retry.max must be at least retry.initial")
+        return self
+
+
+class DKIMKey(Model):
+    domain: str
+    selector: str = Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
+    key_file: Path
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        return v.lower().rstrip(".")
+
+
+class DKIMConfig(Model):
+    # Several keys for one domain (e.g. RSA and Ed25519) give dual signatures (RFC 8463).
+    keys: list[DKIMKey] = Field(default_factory=list)
+    headers: list[str] = Field(default_factory=lambda: list(DEFAULT_SIGNED_HEADERS))
+
+
+class BounceConfig(Model):
+    # The From of DSNs the engine writes; the envelope sender of a DSN is always null (<>).
+    dsn_from: str | None = None  # default: MAILER-DAEMON@<hostname>
+
+
+class LoggingConfig(Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class EngineConfig(Model):
+    """The whole engine configuration (`mailfleet mta --config FILE`)."""
+
+    hostname: str = "localhost"
+    submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    dkim: DKIMConfig = Field(default_factory=DKIMConfig)
+    bounces: BounceConfig = Field(default_factory=BounceConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(
+            self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False
+        )
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the field and the problem."""
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid engine config ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "missing":
+            msg = "field required"
+        lines.append(f"  {where}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> EngineConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ConfigError(f"{source}: the engine config must be a mapping, got {kind}")
+    try:
+        return EngineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def load_config(path: str | Path) -> EngineConfig:
+    """Read and validate a YAML config file; ConfigError names what is wrong."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the config file: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return parse_config(data, str(p))

@@ -1,0 +1,1 @@
+"""mailfleet.operator: the Kopf control plane."""

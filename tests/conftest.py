@@ -1,0 +1,7 @@
+"""Shared fixtures: every real peer a test needs is started on loopback and stopped by PID."""
+
+import importlib.util
+
+# Fixture modules register here as they land; each module is a pytest plugin.
+_PLUGINS = ["fixtures.kube", "fixtures.peers", "fixtures.engine"]
+pytest_plugins = [p for p in _PLUGINS if importlib.util.find_spec(p) is not None]
