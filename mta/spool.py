@@ -1,0 +1,265 @@
+"""The durable queue: SQLite in WAL mode, written by one thread with group commit.
+
+Why SQLite: one file per pod on the spool volume, atomic multi-row transactions (a message and its
+recipients land together or not at all), crash recovery by the WAL, and no server to run. Why one
+writer thread: SQLite serialises writers anyway; a single thread that takes every operation waiting
+at that moment and commits them as one transaction turns N concurrent sessions into one fsync, so
+"250 only after fsync" does not cost one disk flush per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id          TEXT PRIMARY KEY,
+    mail_from   TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    client      TEXT NOT NULL DEFAULT '',
+    data        BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    message_id   TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    recipient    TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    last_reply   TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (message_id, recipient)
+);
+"""
+
+
+@dataclass
+class QueuedRecipient:
+    recipient: str
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_reply: str = ""
+
+
+@dataclass
+class QueuedMessage:
+    id: str
+    mail_from: str
+    received_at: float
+    data: bytes
+    recipients: list[QueuedRecipient] = field(default_factory=list)
+    client: str = ""
+
+
+@dataclass(frozen=True)
+class RecipientUpdate:
+    """The state of one recipient after an attempt: done (delivered/bounced) or retry at a time."""
+
+    recipient: str
+    done: bool
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_reply: str = ""
+
+
+_Op = Callable[[sqlite3.Connection], Any]
+
+
+class SpoolError(Exception):
+    pass
+
+
+def new_message_id() -> str:
+    # Time-ordered, so recovery and `ORDER BY id` replay in arrival order.
+    return f"{time.time_ns():016x}{os.urandom(5).hex()}"
+
+
+class Spool:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        group_commit_window: float = 0.0,
+        observe_commit: Callable[[float, int], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.window = group_commit_window
+        self._observe = observe_commit
+        self._ops: queue.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._db_file = path / "spool.db"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        self._db_file.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._db_file, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit, which is what makes our 250 honest.
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.executescript(SCHEMA)
+        return db
+
+    def load(self) -> list[QueuedMessage]:
+        """Every message still queued, with its recipients' retry state (used at start)."""
+        db = self._connect()
+        try:
+            messages: dict[str, QueuedMessage] = {}
+            for mid, mail_from, received_at, client, data in db.execute(
+                "SELECT id, mail_from, received_at, client, data FROM messages ORDER BY id"
+            ):
+                messages[mid] = QueuedMessage(mid, mail_from, received_at, bytes(data), [], client)
+            for mid, rcpt, attempts, next_attempt, last_reply in db.execute(
+                "SELECT message_id, recipient, attempts, next_attempt, last_reply FROM recipients"
+            ):
+                if mid in messages:
+                    messages[mid].recipients.append(
+                        QueuedRecipient(rcpt, attempts, next_attempt, last_reply)
+                    )
+            orphans = [m for m in messages.values() if not m.recipients]
+            for m in orphans:
+                db.execute("DELETE FROM messages WHERE id = ?", (m.id,))
+                del messages[m.id]
+            return list(messages.values())
+        finally:
+            db.close()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        db = self._connect()
+        self._thread = threading.Thread(
+            target=self._writer, args=(db,), name="spool-writer", daemon=True
+        )
+        self._thread.start()
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._ops.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def _submit(self, op: _Op) -> Any:
+        if self._thread is None or self._loop is None:
+            raise SpoolError("the spool is not running")
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._ops.put((op, fut))
+        return await fut
+
+    async def accept(
+        self, mail_from: str, recipients: list[str], data: bytes, client: str = ""
+    ) -> QueuedMessage:
+        """Store a message; returns once it is on disk and fsynced."""
+        msg = QueuedMessage(
+            id=new_message_id(),
+            mail_from=mail_from,
+            received_at=time.time(),
+            data=data,
+            recipients=[QueuedRecipient(r) for r in dict.fromkeys(recipients)],
+            client=client,
+        )
+
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO messages (id, mail_from, received_at, client, data)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (msg.id, msg.mail_from, msg.received_at, msg.client, msg.data),
+            )
+            db.executemany(
+                "INSERT INTO recipients (message_id, recipient) VALUES (?, ?)",
+                [(msg.id, r.recipient) for r in msg.recipients],
+            )
+
+        await self._submit(op)
+        return msg
+
+    async def update(self, message_id: str, updates: list[RecipientUpdate]) -> bool:
+        """Record attempt results; removes the message once no recipient is left. True if gone."""
+
+        def op(db: sqlite3.Connection) -> bool:
+            for u in updates:
+                if u.done:
+                    db.execute(
+                        "DELETE FROM recipients WHERE message_id = ? AND recipient = ?",
+                        (message_id, u.recipient),
+                    )
+                else:
+                    db.execute(
+                        "UPDATE recipients SET attempts = ?, next_attempt = ?, last_reply = ?"
+                        " WHERE message_id = ? AND recipient = ?",
+                        (u.attempts, u.next_attempt, u.last_reply, message_id, u.recipient),
+                    )
+            left = db.execute(
+                "SELECT 1 FROM recipients WHERE message_id = ? LIMIT 1", (message_id,)
+            ).fetchone()
+            if left is None:
+                db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+                return True
+            return False
+
+        result: bool = await self._submit(op)
+        return result
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def _writer(self, db: sqlite3.Connection) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        stop = False
+        while not stop:
+            first = self._ops.get()
+            if first is None:
+                break
+            batch = [first]
+            if self.window:
+                time.sleep(self.window)
+            while True:
+                try:
+                    item = self._ops.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            started = time.perf_counter()
+            db.execute("BEGIN IMMEDIATE")
+            for op, fut in batch:
+                db.execute("SAVEPOINT op")
+                try:
+                    results.append((fut, op(db), None))
+                    db.execute("RELEASE op")
+                except Exception as e:  # one bad operation must not fail its batch-mates
+                    db.execute("ROLLBACK TO op")
+                    db.execute("RELEASE op")
+                    results.append((fut, None, e))
+            try:
+                db.execute("COMMIT")
+            except Exception as e:
+                results = [(fut, None, e) for fut, _, _ in results]
+            elapsed = time.perf_counter() - started
+            if self._observe is not None:
+                self._observe(elapsed, len(batch))
+            loop.call_soon_threadsafe(_resolve_all, results)
+        db.close()
+
+
+def _resolve_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, value, err in results:
+        if fut.done():
+            continue
+        if err is not None:
+            fut.set_exception(err)
+        else:
+            fut.set_result(value)
