@@ -157,11 +157,16 @@ class Spool:
         return await fut
 
     async def accept(
-        self, mail_from: str, recipients: list[str], data: bytes, client: str = ""
+        self,
+        mail_from: str,
+        recipients: list[str],
+        data: bytes,
+        client: str = "",
+        message_id: str | None = None,
     ) -> QueuedMessage:
         """Store a message; returns once it is on disk and fsynced."""
         msg = QueuedMessage(
-            id=new_message_id(),
+            id=message_id or new_message_id(),
             mail_from=mail_from,
             received_at=time.time(),
             data=data,

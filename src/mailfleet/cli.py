@@ -2,13 +2,85 @@
 
 from __future__ import annotations
 
+import argparse
+import getpass
 import sys
+from pathlib import Path
+
+
+def _mta(args: argparse.Namespace) -> int:
+    if args.check:
+        from mailfleet.mta.config import ConfigError, load_config
+
+        try:
+            load_config(args.config)
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            return 2
+        print(f"{args.config}: ok")
+        return 0
+    from mailfleet.mta.engine import run_engine
+
+    return run_engine(Path(args.config))
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    from mailfleet.mta.auth import hash_password
+
+    password = sys.stdin.readline().rstrip("\n") if args.stdin else getpass.getpass()
+    if not password:
+        print("mailfleet mta hash-password: the password is empty", file=sys.stderr)
+        return 2
+    print(f"{args.user}:{hash_password(password)}")
+    return 0
+
+
+def _dkim_keygen(args: argparse.Namespace) -> int:
+    from mailfleet.mta.dkimkeys import generate_key, zone_record
+
+    path = Path(args.out)
+    try:
+        txt = generate_key(args.algorithm, path)
+    except FileExistsError:
+        print(f"mailfleet mta dkim-keygen: {path} exists; not overwriting it", file=sys.stderr)
+        return 2
+    print(f"wrote {path}; publish:")
+    print(zone_record(args.domain, args.selector, txt))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mailfleet", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{mta,operator,crds}")
+
+    mta = sub.add_parser("mta", help="run the delivery engine")
+    mta.add_argument("--config", "-c", required=False, help="engine config (YAML)")
+    mta.add_argument("--check", action="store_true", help="validate the config and exit")
+    mta_sub = mta.add_subparsers(dest="mta_command", metavar="{hash-password,dkim-keygen}")
+    hp = mta_sub.add_parser("hash-password", help="print a users-file line for SMTP AUTH")
+    hp.add_argument("user")
+    hp.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    kg = mta_sub.add_parser("dkim-keygen", help="write a DKIM private key, print its TXT record")
+    kg.add_argument("--domain", required=True)
+    kg.add_argument("--selector", required=True)
+    kg.add_argument("--algorithm", choices=["rsa-sha256", "ed25519-sha256"], default="rsa-sha256")
+    kg.add_argument("--out", required=True, help="where to write the PEM private key")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    print("usage: mailfleet {mta,operator} ...", file=sys.stderr)
-    return 2 if not args else 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "mta":
+        if args.mta_command == "hash-password":
+            return _hash_password(args)
+        if args.mta_command == "dkim-keygen":
+            return _dkim_keygen(args)
+        if not args.config:
+            parser.error("mta: --config FILE is required")
+        return _mta(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
 
 
 if __name__ == "__main__":

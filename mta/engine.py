@@ -1,0 +1,252 @@
+"""The engine: wires spool, queue runner, submission and admin together; reloads config."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mailfleet import __version__
+from mailfleet.mta.admin import AdminServer
+from mailfleet.mta.auth import CredentialsError, UserDB
+from mailfleet.mta.config import ConfigError, EngineConfig, load_config
+from mailfleet.mta.delivery import DeliveryClient
+from mailfleet.mta.dkim import DKIMSigner
+from mailfleet.mta.metrics import EngineMetrics
+from mailfleet.mta.queue import QueueRunner
+from mailfleet.mta.routing import Router
+from mailfleet.mta.spool import Spool, new_message_id
+from mailfleet.mta.submission import SubmissionHandler, SubmissionPolicy, SubmissionServer
+
+log = logging.getLogger("mailfleet.mta.engine")
+
+CONFIG_POLL_INTERVAL = 1.0
+
+
+def build_policy(cfg: EngineConfig) -> SubmissionPolicy:
+    users = None
+    if cfg.submission.auth_users_file is not None:
+        users = UserDB.from_file(cfg.submission.auth_users_file)
+    return SubmissionPolicy(
+        hostname=cfg.hostname,
+        trusted=list(cfg.submission.trusted_networks),
+        users=users,
+        max_recipients=cfg.submission.max_recipients,
+    )
+
+
+class Engine:
+    def __init__(self, config_path: Path, cfg: EngineConfig) -> None:
+        self.config_path = config_path
+        self.cfg = cfg
+        self.generation = 1
+        self.metrics = EngineMetrics()
+        self.signer = DKIMSigner(cfg.dkim)
+        self.spool = Spool(
+            cfg.spool.path,
+            group_commit_window=cfg.spool.group_commit_window,
+            observe_commit=self.metrics.observe_commit,
+        )
+        self.router = Router(cfg.routing)
+        self.client = DeliveryClient(cfg.delivery, cfg.hostname)
+        self.queue = QueueRunner(
+            cfg, self.spool, self.router, self.client, self.metrics, self.inject
+        )
+        self.handler = SubmissionHandler(build_policy(cfg), self.ingest, self.metrics)
+        self.submission = SubmissionServer(self.handler, self.metrics)
+        self.admin = AdminServer(self)
+        self.recovered = False
+        self.draining = False
+        self._stopped = asyncio.Event()
+        self._config_mtime = self._mtime()
+        self._reload_lock = asyncio.Lock()
+        self.started_at = time.time()
+
+    # -- mail in -------------------------------------------------------------------------------
+
+    def _sign(self, data: bytes) -> bytes:
+        try:
+            result = self.signer.sign_result(data)
+        except ValueError as e:
+            self.metrics.dkim.labels("none", "error").inc()
+            log.warning("message not DKIM-signed", extra={"reason": str(e)})
+            return data
+        for sig in result.signatures:
+            self.metrics.dkim.labels(sig.algorithm, "signed").inc()
+        return result.header + data
+
+    async def ingest(
+        self, queue_id: str, mail_from: str, recipients: list[str], data: bytes, client: str
+    ) -> None:
+        msg = await self.spool.accept(
+            mail_from, recipients, self._sign(data), client, message_id=queue_id
+        )
+        self.queue.add(msg)
+
+    async def inject(self, mail_from: str, recipients: list[str], data: bytes) -> str:
+        qid = new_message_id()
+        await self.ingest(qid, mail_from, recipients, data, "local")
+        return qid
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopped.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        await self.admin.start(self.cfg.admin.listen)
+        await self.spool.start()
+        pending = await asyncio.to_thread(self.spool.load)
+        for msg in pending:
+            self.queue.add(msg)
+        self.recovered = True
+        log.info("spool recovered", extra={"messages": len(pending)})
+        await self.queue.start()
+        await self.submission.start(self.cfg.submission)
+        self.metrics.config_generation.set(self.generation)
+        self.metrics.ready.set(1)
+        log.info(
+            "engine ready",
+            extra={"submission": self.cfg.submission.listen, "admin": self.cfg.admin.listen},
+        )
+        watcher = asyncio.create_task(self._watch_config())
+        await self._stopped.wait()
+        log.info("shutting down")
+        watcher.cancel()
+        self.metrics.ready.set(0)
+        self.submission.stop_listening()
+        await self.queue.stop()
+        await self.client.close()
+        await self.spool.close()
+        await self.admin.stop()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    # -- config reload -------------------------------------------------------------------------
+
+    def _mtime(self) -> float:
+        try:
+            return self.config_path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    async def _watch_config(self) -> None:
+        # Polling, not inotify: a Kubernetes ConfigMap volume swaps a symlink, which inotify on
+        # the file itself does not see.
+        while True:
+            await asyncio.sleep(CONFIG_POLL_INTERVAL)
+            mtime = self._mtime()
+            if mtime and mtime != self._config_mtime:
+                self._config_mtime = mtime
+                await self.reload()
+
+    async def reload(self) -> tuple[bool, str]:
+        async with self._reload_lock:
+            try:
+                cfg = load_config(self.config_path)
+                policy = build_policy(cfg)
+                signer = DKIMSigner(cfg.dkim)
+            except (ConfigError, CredentialsError, ValueError, OSError) as e:
+                self.metrics.config_reloads.labels("failed").inc()
+                log.error(
+                    "config reload refused; keeping the running config",
+                    extra={"error": str(e), "generation": self.generation},
+                )
+                return False, str(e)
+            old = self.cfg
+            notes = []
+            if cfg.spool.path != old.spool.path:
+                notes.append("spool.path changes on restart only")
+            if cfg.admin.listen != old.admin.listen:
+                notes.append("admin.listen changes on restart only")
+            try:
+                await self.submission.start(cfg.submission)
+            except OSError as e:
+                self.metrics.config_reloads.labels("failed").inc()
+                log.error("config reload refused: cannot listen", extra={"error": str(e)})
+                return False, f"submission.listen {cfg.submission.listen}: {e}"
+            self.handler.policy = policy
+            self.signer = signer
+            self.router.update_config(cfg.routing)
+            if cfg.delivery != old.delivery or cfg.hostname != old.hostname:
+                old_client, self.client = self.client, DeliveryClient(cfg.delivery, cfg.hostname)
+                self.queue.client = self.client
+                asyncio.create_task(_close_later(old_client, cfg.delivery.command_timeout))
+            self.queue.update_config(cfg)
+            self.cfg = cfg
+            self.generation += 1
+            self.metrics.config_generation.set(self.generation)
+            self.metrics.config_reloads.labels("ok").inc()
+            message = "; ".join(notes) or "applied"
+            log.info("config reloaded", extra={"generation": self.generation, "notes": message})
+            return True, message
+
+    # -- admin ---------------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.recovered:
+            return False, "recovering the spool"
+        if self.draining:
+            return False, "draining"
+        if self.submission.server is None:
+            return False, "not listening"
+        return True, "ready"
+
+    async def drain(self) -> dict[str, Any]:
+        if not self.draining:
+            self.draining = True
+            self.handler.accepting = False
+            self.submission.stop_listening()
+            self.metrics.ready.set(0)
+            log.info("draining: submission closed, delivering what is queued")
+        return {"draining": True, "queue": self.queue.status(), "empty": self.queue.empty}
+
+    def status(self) -> dict[str, Any]:
+        ready, reason = self.readiness()
+        stats = getattr(self.client, "stats", None)
+        return {
+            "version": __version__,
+            "hostname": self.cfg.hostname,
+            "ready": ready,
+            "reason": reason,
+            "draining": self.draining,
+            "configGeneration": self.generation,
+            "uptimeSeconds": round(time.time() - self.started_at, 1),
+            "submission": {"listen": self.submission.listen, "accepting": self.handler.accepting},
+            "queue": self.queue.status(),
+            "connections": stats() if callable(stats) else {},
+        }
+
+
+async def _close_later(client: DeliveryClient, delay: float) -> None:
+    # Deliveries started on the old client finish on it; then its connections close.
+    await asyncio.sleep(min(delay, 60.0))
+    with contextlib.suppress(Exception):
+        await client.close()
+
+
+def run_engine(config_path: Path) -> int:
+    from mailfleet.mta.logs import setup_logging
+
+    try:
+        cfg = load_config(config_path)
+        engine = Engine(config_path, cfg)
+    except (ConfigError, CredentialsError, ValueError) as e:
+        print(f"mailfleet mta: {e}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.logging.level, cfg.logging.format)
+    try:
+        import uvloop
+
+        uvloop.run(engine.run())
+    except OSError as e:
+        log.error("engine failed", extra={"error": str(e)})
+        return 1
+    return 0

@@ -1,0 +1,332 @@
+"""The queue runner: takes spooled messages to their destinations, records each outcome durably,
+schedules retries and writes DSNs. Decisions come from mailfleet.mta.retry; I/O from the router,
+the delivery client and the spool."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailfleet.mta.classify import classify
+from mailfleet.mta.config import EngineConfig
+from mailfleet.mta.delivery import AttemptResult, DeliveryClient, RecipientReply
+from mailfleet.mta.dsn import DSNRecipient, build_dsn, should_send_dsn
+from mailfleet.mta.metrics import EngineMetrics
+from mailfleet.mta.retry import next_attempt_at, outcome_for_reply
+from mailfleet.mta.routing import RouteError, Router
+from mailfleet.mta.spool import QueuedMessage, RecipientUpdate, Spool
+
+log = logging.getLogger("mailfleet.mta.queue")
+attempt_log = logging.getLogger("mailfleet.mta.delivery")
+
+# Writes a DSN into the queue like a submitted message: (sender, recipients, data) -> queue id.
+Inject = Callable[[str, list[str], bytes], Awaitable[str]]
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+@dataclass(order=True)
+class Job:
+    """One message for the recipients of one domain (they share MX hosts)."""
+
+    due: float
+    seq: int
+    message_id: str = field(compare=False)
+    domain: str = field(compare=False)
+    recipients: list[str] = field(compare=False)
+    attempts: int = field(compare=False, default=0)
+
+
+def jobs_for(msg: QueuedMessage, seq: itertools.count[int]) -> list[Job]:
+    """Split a message by recipient domain and by retry time (recovered recipients may differ)."""
+    groups: dict[tuple[str, float, int], list[str]] = defaultdict(list)
+    for r in msg.recipients:
+        groups[(domain_of(r.recipient), r.next_attempt, r.attempts)].append(r.recipient)
+    return [
+        Job(due, next(seq), msg.id, domain, rcpts, attempts)
+        for (domain, due, attempts), rcpts in groups.items()
+    ]
+
+
+class SourceIPs:
+    """Round robin over the configured source addresses (None: let the kernel pick)."""
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.choices: list[tuple[str | None, str]] = [
+            (str(ip.address), ip.hostname or cfg.hostname) for ip in cfg.delivery.source_ips
+        ] or [(None, cfg.hostname)]
+        self._next = itertools.cycle(range(len(self.choices)))
+
+    def pick(self) -> tuple[str | None, str]:
+        return self.choices[next(self._next)]
+
+
+class QueueRunner:
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        spool: Spool,
+        router: Router,
+        client: DeliveryClient,
+        metrics: EngineMetrics,
+        inject: Inject,
+    ) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.router = router
+        self.client = client
+        self.metrics = metrics
+        self.inject = inject
+        self.sources = SourceIPs(cfg)
+        self.messages: dict[str, QueuedMessage] = {}
+        self._remaining: dict[str, int] = {}
+        self._seq = itertools.count()
+        self._ready: asyncio.Queue[Job] = asyncio.Queue()
+        self._delayed: list[Job] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inflight = 0
+        self.rng = random.Random()
+
+    # -- config --------------------------------------------------------------------------------
+
+    def update_config(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        self.sources = SourceIPs(cfg)
+        want = cfg.delivery.max_concurrent_deliveries
+        while len(self._tasks) < want:
+            self._tasks.append(asyncio.create_task(self._worker(), name="delivery-worker"))
+        # Extra workers are not cancelled mid-delivery; they finish and exit when over the limit.
+
+    # -- intake --------------------------------------------------------------------------------
+
+    def add(self, msg: QueuedMessage) -> None:
+        self.messages[msg.id] = msg
+        self._remaining[msg.id] = len(msg.recipients)
+        now = time.time()
+        for job in jobs_for(msg, self._seq):
+            self._schedule(job, now)
+
+    def _schedule(self, job: Job, now: float) -> None:
+        if job.due <= now:
+            self._ready.put_nowait(job)
+        else:
+            heapq.heappush(self._delayed, job)
+            self._wake.set()
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._timer(), name="queue-timer"))
+        self.update_config(self.cfg)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _timer(self) -> None:
+        while True:
+            now = time.time()
+            while self._delayed and self._delayed[0].due <= now:
+                self._ready.put_nowait(heapq.heappop(self._delayed))
+            self._gauges()
+            timeout = min(self._delayed[0].due - now, 1.0) if self._delayed else 1.0
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.0))
+            except TimeoutError:
+                pass
+
+    async def _worker(self) -> None:
+        while True:
+            if len(self._tasks) - 1 > self.cfg.delivery.max_concurrent_deliveries:
+                self._tasks.remove(asyncio.current_task())  # type: ignore[arg-type]
+                return
+            job = await self._ready.get()
+            self._inflight += 1
+            try:
+                await self._run(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The message stays in the spool; try again later rather than lose it.
+                log.exception("delivery job failed", extra={"message_id": job.message_id})
+                job.due = time.time() + self.cfg.retry.initial
+                self._schedule(job, time.time())
+            finally:
+                self._inflight -= 1
+
+    # -- one attempt ---------------------------------------------------------------------------
+
+    async def _run(self, job: Job) -> None:
+        msg = self.messages.get(job.message_id)
+        if msg is None:
+            return
+        started = time.time()
+        source_ip, helo = self.sources.pick()
+        try:
+            destinations = await self.router.resolve(job.domain)
+        except RouteError as e:
+            code = 451 if e.temporary else 550
+            code = getattr(e, "code", code) or code
+            enhanced = getattr(e, "enhanced", None)
+            text = f"{enhanced} {e}" if enhanced else str(e)
+            result = AttemptResult(
+                replies=[RecipientReply(r, code, enhanced, text) for r in job.recipients],
+                destination=None,
+                source_ip=source_ip,
+                tls=False,
+                error=str(e),
+            )
+        else:
+            require_tls = job.domain in self.cfg.delivery.require_tls_domains
+            result = await self.client.deliver(
+                source_ip=source_ip,
+                helo=helo,
+                destinations=destinations,
+                mail_from=msg.mail_from,
+                recipients=job.recipients,
+                data=msg.data,
+                require_tls=require_tls,
+            )
+        await self._record(job, msg, result, started)
+
+    async def _record(
+        self, job: Job, msg: QueuedMessage, result: AttemptResult, started: float
+    ) -> None:
+        now = time.time()
+        updates: list[RecipientUpdate] = []
+        retry: list[str] = []
+        bounces: list[DSNRecipient] = []
+        attempts = job.attempts + 1
+        retry_at = next_attempt_at(
+            attempts, msg.received_at, now, self.cfg.retry, self.rng.random()
+        )
+        mx = result.destination.hostname if result.destination else None
+        for reply in result.replies:
+            outcome = outcome_for_reply(reply.code)
+            reply_class = classify(reply.code, reply.text)
+            line = f"{reply.code} {reply.text}".strip()
+            status = reply.enhanced or f"{reply.code // 100}.0.0"
+            if outcome == "deferred" and retry_at is None:
+                outcome = "bounced"
+                status = "4.4.7"
+                line = f"message expired after {attempts} attempts; last reply: {line}"
+            self.metrics.attempts.labels(
+                result.source_ip or "", job.domain, outcome, reply_class
+            ).inc()
+            self._log_attempt(job, result, reply, outcome, reply_class, now - started, attempts)
+            if outcome == "delivered":
+                self.metrics.delivery_latency.observe(now - msg.received_at)
+                updates.append(RecipientUpdate(reply.recipient, done=True))
+            elif outcome == "bounced":
+                updates.append(RecipientUpdate(reply.recipient, done=True))
+                bounces.append(
+                    DSNRecipient(
+                        recipient=reply.recipient,
+                        status=status if status[0] in "45" else "5.0.0",
+                        diagnostic=line if result.destination else None,
+                        remote_mta=mx,
+                        last_attempt_date=now,
+                    )
+                )
+            else:
+                assert retry_at is not None
+                retry.append(reply.recipient)
+                updates.append(
+                    RecipientUpdate(reply.recipient, False, attempts, retry_at, line[:500])
+                )
+        if bounces and should_send_dsn(msg.mail_from, msg.data):
+            # The DSN is durable before the bounced recipients are forgotten.
+            await self._send_dsn(msg, bounces)
+        gone = await self.spool.update(msg.id, updates)
+        finished = len(updates) - len(retry)
+        self._remaining[msg.id] = self._remaining.get(msg.id, 0) - finished
+        if gone or self._remaining[msg.id] <= 0:
+            self.messages.pop(msg.id, None)
+            self._remaining.pop(msg.id, None)
+        if retry:
+            assert retry_at is not None
+            nxt = Job(retry_at, next(self._seq), msg.id, job.domain, retry, attempts)
+            self._schedule(nxt, now)
+
+    async def _send_dsn(self, msg: QueuedMessage, bounces: list[DSNRecipient]) -> None:
+        cfg = self.cfg
+        dsn = build_dsn(
+            reporting_mta=cfg.hostname,
+            dsn_from=cfg.bounces.dsn_from or f"MAILER-DAEMON@{cfg.hostname}",
+            original_sender=msg.mail_from,
+            original_message=msg.data,
+            failures=bounces,
+            arrival_date=msg.received_at,
+        )
+        qid = await self.inject("", [msg.mail_from.strip("<>")], dsn)
+        self.metrics.dsns.labels("failed").inc()
+        log.info(
+            "dsn queued",
+            extra={"message_id": msg.id, "dsn_id": qid, "recipients": len(bounces)},
+        )
+
+    def _log_attempt(
+        self,
+        job: Job,
+        result: AttemptResult,
+        reply: RecipientReply,
+        outcome: str,
+        reply_class: str,
+        latency: float,
+        attempt: int,
+    ) -> None:
+        if not attempt_log.isEnabledFor(logging.INFO):
+            return
+        attempt_log.info(
+            "delivery attempt",
+            extra={
+                "message_id": job.message_id,
+                "recipient_domain": job.domain,
+                "source_ip": result.source_ip,
+                "mx": result.destination.hostname if result.destination else None,
+                "mx_address": result.destination.address if result.destination else None,
+                "tls": result.tls,
+                "reply": f"{reply.code} {reply.text}".strip(),
+                "result": outcome,
+                "reply_class": reply_class,
+                "attempt": attempt,
+                "latency_ms": round(latency * 1000, 1),
+            },
+        )
+
+    # -- introspection -------------------------------------------------------------------------
+
+    def _gauges(self) -> None:
+        # Once a second from the timer: sums over the queue stay off the per-message path.
+        deferred = sum(len(j.recipients) for j in self._delayed)
+        total = sum(self._remaining.values())
+        self.metrics.queue_recipients.labels("deferred").set(deferred)
+        self.metrics.queue_recipients.labels("active").set(max(total - deferred, 0))
+        self.metrics.queue_messages.labels("queued").set(len(self.messages))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "messages": len(self.messages),
+            "jobsReady": self._ready.qsize(),
+            "jobsInFlight": self._inflight,
+            "jobsDeferred": len(self._delayed),
+            "nextRetry": self._delayed[0].due if self._delayed else None,
+        }
+
+    @property
+    def empty(self) -> bool:
+        return not self.messages
