@@ -1,0 +1,1 @@
+"""Benchmarks: print figures and ratios against real peers; never fail on speed."""
