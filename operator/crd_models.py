@@ -1,0 +1,879 @@
+"""The mailfleet.io/v1alpha1 API: SendingPool, DeliveryPolicy and IPWarmup as pydantic models.
+
+These models are the single source of the CRDs: `make crds` (mailfleet.operator.crdgen) turns
+them into OpenAPI v3 schemas. Field names are camelCase in YAML; attribute docstrings become the
+schema descriptions that `kubectl explain` shows.
+
+Cross-field checks are `Rule`s: one CEL expression for the API server and its Python twin for the
+operator and the unit tests, sharing one message that names the field. The API server rejects a
+bad manifest at `kubectl apply`; the Python twin rejects the same manifest when the operator (or a
+test) parses it, so both sides agree on what is valid.
+
+Durations ("5m", "3d") and sizes ("25Mi") use the engine's units; fields that end up in the
+engine config use the engine's types (mailfleet.mta.config), so the operator renders them as is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from mailfleet.mta.config import RetryConfig
+from mailfleet.mta.units import Duration, Size
+
+GROUP = "mailfleet.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# --- patterns (RE2-compatible: the API server evaluates them with Go's regexp) -----------------
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(\.{_OCTET}){{3}}"
+_H = r"[0-9a-fA-F]{1,4}"
+# Every compressed and uncompressed IPv6 form, without embedded IPv4 or zone ids (neither is a
+# usable source address for outbound mail, and the API server's isIP() rejects them too).
+_IPV6 = (
+    rf"({_H}:){{7}}{_H}"
+    rf"|({_H}:){{1,7}}:"
+    rf"|({_H}:){{1,6}}:{_H}"
+    rf"|({_H}:){{1,5}}(:{_H}){{1,2}}"
+    rf"|({_H}:){{1,4}}(:{_H}){{1,3}}"
+    rf"|({_H}:){{1,3}}(:{_H}){{1,4}}"
+    rf"|({_H}:){{1,2}}(:{_H}){{1,5}}"
+    rf"|{_H}:(:{_H}){{1,6}}"
+    rf"|:((:{_H}){{1,7}}|:)"
+)
+IP_PATTERN = rf"^({_IPV4}|{_IPV6})$"
+CIDR_PATTERN = (
+    rf"^({_IPV4}/([0-9]|[12][0-9]|3[0-2])|({_IPV6})/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8]))$"
+)
+_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+HOSTNAME_PATTERN = rf"^({_LABEL}\.)*{_LABEL}$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+RATE_PATTERN = r"^[0-9]+(\.[0-9]+)?/(s|min|h|d)$"
+# Kubernetes resource.Quantity, as the API server's own schemas spell it.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
+    r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+SOCKS5_PATTERN = r"^socks5h?://[^\s/@]+(:[0-9]{1,5})$"
+DKIM_SELECTOR_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+
+# --- scalar types ------------------------------------------------------------------------------
+
+
+def _ip(value: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        addr = value
+    elif isinstance(value, str) and re.fullmatch(IP_PATTERN, value):
+        addr = ipaddress.ip_address(value)
+    else:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address")
+    if isinstance(addr, ipaddress.IPv6Address) and (addr.ipv4_mapped or addr.scope_id):
+        raise ValueError(f"{value!r}: IPv4-mapped addresses and zone ids are not allowed")
+    return addr
+
+
+IPAddress = Annotated[
+    ipaddress.IPv4Address | ipaddress.IPv6Address,
+    BeforeValidator(_ip),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": IP_PATTERN, "maxLength": 39}),
+]
+"""An IPv4 or IPv6 address; the model holds it as an ipaddress object (compared canonically)."""
+
+
+def _cidr(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if isinstance(value, str) and re.fullmatch(CIDR_PATTERN, value):
+        # Host bits are cleared ("10.1.2.3/8" -> 10.0.0.0/8), as the engine config wants.
+        return ipaddress.ip_network(value, strict=False)
+    raise ValueError(f"{value!r} is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32")
+
+
+CIDR = Annotated[
+    ipaddress.IPv4Network | ipaddress.IPv6Network,
+    BeforeValidator(_cidr),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": CIDR_PATTERN, "maxLength": 43}),
+]
+
+
+def _hostname(value: str) -> str:
+    if len(value) > 253 or not re.fullmatch(HOSTNAME_PATTERN, value):
+        raise ValueError(f"{value!r} is not a host name")
+    return value.lower()
+
+
+Hostname = Annotated[
+    str,
+    AfterValidator(_hostname),
+    WithJsonSchema({"type": "string", "pattern": HOSTNAME_PATTERN, "maxLength": 253}),
+]
+"""A DNS name without a trailing dot (kept lowercase)."""
+
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=OBJECT_NAME_PATTERN)]
+"""The name of an object in the same namespace (a Secret, a SendingPool)."""
+
+ProviderName = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
+
+_RATE_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_rate(value: object) -> float:
+    """Messages per second from "300/min", "5/s", "1000/h", "50000/d"."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a rate cannot be negative")
+        return float(value)
+    if not isinstance(value, str) or not re.fullmatch(RATE_PATTERN, value.strip()):
+        raise ValueError(f"{value!r} is not a rate; expected e.g. '5/s', '300/min', '1000/h'")
+    number, unit = value.strip().split("/")
+    return float(number) / _RATE_UNITS[unit]
+
+
+def format_rate(per_second: float) -> str:
+    """The first unit (s, min, h, d) that makes the rate a whole number: 5.0 -> "5/s"."""
+    for unit, seconds in _RATE_UNITS.items():
+        n = per_second * seconds
+        if math.isclose(n, round(n), rel_tol=1e-9, abs_tol=1e-9):
+            return f"{round(n)}/{unit}"
+    return f"{per_second * 86400:g}/d"
+
+
+Rate = Annotated[
+    float,
+    BeforeValidator(parse_rate),
+    PlainSerializer(format_rate, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": RATE_PATTERN, "maxLength": 32}),
+]
+"""A message rate; held as messages per second."""
+
+
+def _quantity(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and re.fullmatch(QUANTITY_PATTERN, value):
+        return value
+    raise ValueError(f"{value!r} is not a Kubernetes quantity such as '500m', '256Mi', '10Gi'")
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity),
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": QUANTITY_PATTERN}]}
+    ),
+]
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+# --- rules -------------------------------------------------------------------------------------
+
+RuleReason = Literal[
+    "FieldValueInvalid", "FieldValueRequired", "FieldValueDuplicate", "FieldValueForbidden"
+]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field check: `cel` for the API server, `check` (on the parsed model) for Python."""
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+    field_path: str | None = None  # where the API server reports it, relative to the object
+    reason: RuleReason | None = None
+
+    def to_k8s(self) -> dict[str, str]:
+        out = {"rule": self.cel, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+def _add_rules(schema: dict[str, Any], cls: type[Any]) -> None:
+    rules: tuple[Rule, ...] = getattr(cls, "cel_rules", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [r.to_k8s() for r in rules]
+
+
+class CRDModel(BaseModel):
+    """Base of every spec/status part: camelCase, unknown fields are errors, CEL rules enforced."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+        json_schema_extra=_add_rules,
+    )
+    cel_rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _cel_rules(self) -> Self:
+        failed = [r.message for r in type(self).cel_rules if not r.check(self)]
+        if failed:
+            raise ValueError("; ".join(failed))
+        return self
+
+
+def _unique(items: list[Any]) -> bool:
+    return len(set(items)) == len(items)
+
+
+# --- shared status parts -----------------------------------------------------------------------
+
+
+class Condition(CRDModel):
+    """A condition per the Kubernetes API conventions (metav1.Condition)."""
+
+    type: str = Field(
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+    )
+    """The condition type in CamelCase, e.g. Ready."""
+    status: Literal["True", "False", "Unknown"]
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The .metadata.generation the condition was set for."""
+    last_transition_time: datetime
+    """When the status last changed."""
+    reason: str = Field(
+        min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+    )
+    """A CamelCase word for why the condition is what it is, e.g. DKIMSecretMissing."""
+    message: str = Field(default="", max_length=32768)
+    """Details for a human."""
+
+
+Conditions = Annotated[
+    list[Condition],
+    Field(
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    ),
+]
+
+# --- SendingPool -------------------------------------------------------------------------------
+
+
+class Replicas(CRDModel):
+    """How many MTA pods the pool runs.
+
+    `desired` is the target of the scale subresource (`kubectl scale`, HPA, KEDA): when set it
+    wins over the built-in autoscaler and is clamped to [min, max]; remove it to hand scaling
+    back to `spec.autoscaling`.
+    """
+
+    min: int = Field(default=1, ge=0, le=1000)
+    """The fewest pods; 0 stops the pool."""
+    max: int = Field(ge=1, le=1000)
+    """The most pods."""
+    desired: int | None = Field(default=None, ge=0, le=1000)
+    """Set by the scale subresource; clamped to [min, max]."""
+
+    cel_rules = (
+        Rule(
+            "self.min <= self.max",
+            "replicas.min must be less than or equal to replicas.max",
+            lambda r: r.min <= r.max,
+            field_path=".min",
+        ),
+    )
+
+
+class Autoscaling(CRDModel):
+    """The operator's own queue-driven autoscaler (off while replicas.desired is set)."""
+
+    enabled: bool = True
+    target_queue_per_pod: int = Field(default=5000, ge=1, le=10_000_000)
+    """Queued messages one pod should carry; the pool scales to queueDepth / this."""
+    scale_down_stabilization: Duration = 600.0
+    """How long the queue must stay low before a pod is drained and removed."""
+
+
+class PoolIP(CRDModel):
+    """A source address of the pool; the operator assigns each to one pod."""
+
+    address: IPAddress
+    hostname: Hostname
+    """HELO name; its A/AAAA record and the address's PTR must match it."""
+    standby: bool = False
+    """Kept out of rotation until the operator promotes it (when an active IP is quarantined)."""
+
+
+class Egress(CRDModel):
+    """How pods send from the pool's addresses."""
+
+    mode: Literal["bind", "socks5"] = "bind"
+    """bind: the pod binds the address itself; socks5: through a SOCKS5 egress proxy."""
+    proxy: str | None = Field(default=None, max_length=253, pattern=SOCKS5_PATTERN)
+    """socks5://host:port (or socks5h://), required with mode socks5."""
+
+    cel_rules = (
+        Rule(
+            "self.mode != 'socks5' || has(self.proxy)",
+            "egress.proxy is required when egress.mode is socks5",
+            lambda e: e.mode != "socks5" or e.proxy is not None,
+            field_path=".proxy",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            "self.mode == 'socks5' || !has(self.proxy)",
+            "egress.proxy is only allowed when egress.mode is socks5",
+            lambda e: e.mode == "socks5" or e.proxy is None,
+            field_path=".proxy",
+            reason="FieldValueForbidden",
+        ),
+    )
+
+
+class Submission(CRDModel):
+    """Where applications hand mail to the pool (the submission Service)."""
+
+    port: int = Field(default=2525, ge=1, le=65535)
+    trusted_cidrs: list[CIDR] = Field(default=[], max_length=64, alias="trustedCIDRs")
+    """Networks allowed to relay without AUTH."""
+    auth_secret_ref: ObjectName | None = None
+    """Secret with a `users` key of user:bcrypt-hash lines; needs tlsSecretRef."""
+    tls_secret_ref: ObjectName | None = None
+    """kubernetes.io/tls Secret for STARTTLS."""
+    max_message_size: Size = 25 * 1024 * 1024
+    max_recipients: int = Field(default=100, ge=1, le=100_000)
+
+    cel_rules = (
+        Rule(
+            "!has(self.authSecretRef) || has(self.tlsSecretRef)",
+            "submission.tlsSecretRef is required with submission.authSecretRef: "
+            "AUTH is only offered over TLS",
+            lambda s: s.auth_secret_ref is None or s.tls_secret_ref is not None,
+            field_path=".tlsSecretRef",
+            reason="FieldValueRequired",
+        ),
+    )
+
+
+DKIMAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
+
+
+class DKIMKeyRef(CRDModel):
+    """A DKIM signing key kept in a Secret; two keys for one domain give dual signatures."""
+
+    domain: Hostname
+    selector: str = Field(max_length=63, pattern=DKIM_SELECTOR_PATTERN)
+    secret_ref: ObjectName
+    """The Secret holding the PEM private key."""
+    secret_key: str = Field(default="private.key", max_length=253, pattern=SECRET_KEY_PATTERN)
+    """The key in the Secret's data."""
+    algorithm: DKIMAlgorithm = "rsa-sha256"
+
+
+class LabelSelectorRequirement(CRDModel):
+    key: str = Field(min_length=1, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[Annotated[str, Field(max_length=63)]] = Field(default=[], max_length=64)
+
+    cel_rules = (
+        Rule(
+            "self.operator in ['In', 'NotIn'] ? size(self.values) > 0 : size(self.values) == 0",
+            "matchExpressions[].values must be non-empty for In and NotIn, "
+            "and empty for Exists and DoesNotExist",
+            lambda r: bool(r.values) == (r.operator in ("In", "NotIn")),
+            field_path=".values",
+        ),
+    )
+
+
+class LabelSelector(CRDModel):
+    """A label selector as in Deployments; empty selects everything."""
+
+    match_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(default={})
+    match_expressions: list[LabelSelectorRequirement] = Field(default=[], max_length=16)
+
+
+class QuarantineThresholds(CRDModel):
+    """Rates over health.window at which an IP is quarantined (and a standby promoted)."""
+
+    bounce_rate: Fraction = 0.05
+    complaint_rate: Fraction = 0.003
+    deferral_rate: Fraction = 0.3
+    min_attempts: int = Field(default=200, ge=1)
+    """No verdict on fewer delivery attempts than this in the window."""
+
+
+class Health(CRDModel):
+    window: Duration = 3600.0
+    """The sliding window the rates are computed over."""
+    quarantine: QuarantineThresholds = QuarantineThresholds()
+    blocklists: list[Hostname] = Field(default=[], max_length=16)
+    """DNSBL zones checked for every pool IP, e.g. zen.spamhaus.org."""
+
+
+class Storage(CRDModel):
+    """The spool volume of each pod."""
+
+    size: Quantity = "10Gi"
+    storage_class_name: str | None = Field(default=None, max_length=253)
+
+
+class Resources(CRDModel):
+    """CPU and memory of the engine container."""
+
+    requests: dict[str, Quantity] = Field(default={})
+    limits: dict[str, Quantity] = Field(default={})
+
+
+def _ips_unique(spec: SendingPoolSpec) -> bool:
+    return _unique([ip.address for ip in spec.ips])
+
+
+class SendingPoolSpec(CRDModel):
+    """A set of MTA pods sharing source IPs, DKIM keys and delivery policies."""
+
+    replicas: Replicas = Replicas(min=1, max=1)
+    autoscaling: Autoscaling = Autoscaling()
+    ips: list[PoolIP] = Field(min_length=1, max_length=256)
+    """Source addresses; at least one must not be a standby."""
+    egress: Egress = Egress()
+    submission: Submission = Submission()
+    dkim: list[DKIMKeyRef] = Field(default=[], max_length=32)
+    policy_selector: LabelSelector | None = None
+    """Which DeliveryPolicies of the namespace apply; unset or empty selects all."""
+    health: Health = Health()
+    storage: Storage = Storage()
+    image: str | None = Field(default=None, max_length=512)
+    """The engine image; default: the operator's own version."""
+    resources: Resources | None = None
+
+    cel_rules = (
+        Rule(
+            # ip() compares canonically: 2001:db8::10 and 2001:db8:0:0::10 are one address.
+            "self.ips.all(a, !isIP(a.address) || "
+            "self.ips.exists_one(b, isIP(b.address) && ip(b.address) == ip(a.address)))",
+            "ips[].address must be unique within a pool",
+            _ips_unique,
+            field_path=".ips",
+            reason="FieldValueDuplicate",
+        ),
+        Rule(
+            "self.ips.exists(i, !i.standby)",
+            "ips: at least one address must not be a standby",
+            lambda s: any(not i.standby for i in s.ips),
+            field_path=".ips",
+        ),
+        Rule(
+            "self.dkim.all(a, "
+            "self.dkim.exists_one(b, b.domain == a.domain && b.selector == a.selector))",
+            "dkim[]: each domain and selector pair must be listed once",
+            lambda s: _unique([(k.domain, k.selector.lower()) for k in s.dkim]),
+            field_path=".dkim",
+            reason="FieldValueDuplicate",
+        ),
+    )
+
+
+IPState = Literal["active", "warming", "standby", "quarantined"]
+
+
+class IPStatus(CRDModel):
+    address: IPAddress
+    state: IPState
+    reason: str | None = Field(default=None, max_length=1024)
+    """Why the IP is in this state, e.g. BounceRate or Listed:zen.spamhaus.org."""
+    since: datetime | None = None
+    pod: str | None = Field(default=None, max_length=253)
+    """The pod that sends from this address."""
+
+
+class SendingPoolStatus(CRDModel):
+    observed_generation: int | None = None
+    conditions: Conditions = []
+    replicas: int | None = None
+    """Pods that exist (the StatefulSet's status.replicas); the scale subresource's status."""
+    ready_replicas: int | None = None
+    desired_replicas: int | None = None
+    """The target the operator is driving towards, after clamping and autoscaling."""
+    selector: str | None = None
+    """The pods' label selector as a string, for the scale subresource (HPA)."""
+    queue_depth: int | None = None
+    active_ips: int | None = Field(default=None, alias="activeIPs")
+    quarantined_ips: int | None = Field(default=None, alias="quarantinedIPs")
+    ips: list[IPStatus] = Field(default=[], max_length=256)
+
+
+# --- DeliveryPolicy ----------------------------------------------------------------------------
+
+
+class ProviderMatch(CRDModel):
+    """How a recipient's domain is recognised as this provider's."""
+
+    mx_suffixes: list[Hostname] = Field(default=[], max_length=32)
+    """The domain's MX host ends with one of these, e.g. google.com."""
+    recipient_domains: list[Hostname] = Field(default=[], max_length=64)
+    """The recipient domain is one of these, e.g. gmail.com."""
+
+    cel_rules = (
+        Rule(
+            "size(self.mxSuffixes) + size(self.recipientDomains) > 0",
+            "match needs at least one of mxSuffixes or recipientDomains",
+            lambda m: bool(m.mx_suffixes or m.recipient_domains),
+        ),
+    )
+
+
+class PerIPLimits(CRDModel):
+    """Limits per (source IP, provider) pair."""
+
+    max_connections: int = Field(default=5, ge=1, le=1000)
+    max_messages_per_connection: int = Field(default=50, ge=1, le=100_000)
+    max_message_rate: Rate | None = None
+    """e.g. 300/min; unset means no rate limit beyond warmup caps."""
+
+
+class Adaptive(CRDModel):
+    """AIMD: a throttling reply multiplies the rate by `decrease`; clean intervals add `increase`
+    back."""
+
+    enabled: bool = True
+    decrease: float = Field(default=0.5, gt=0, lt=1)
+    increase: Rate = 10 / 60
+    recovery_interval: Duration = 300.0
+    """Clean time before each increase."""
+    floor: Rate = 10 / 60
+    """The rate never drops below this."""
+
+
+class ResponseRule(CRDModel):
+    """What to do when a reply matches."""
+
+    match: str = Field(min_length=1, max_length=512)
+    """A regular expression searched in the reply (code, enhanced code and text)."""
+    action: Literal["throttle", "suspend", "retry", "bounce", "quarantine"]
+    """throttle: AIMD decrease of the (IP, provider) rate; suspend: stop sending to the provider
+    from the IP for `duration`; retry: try the message later; bounce: fail it; quarantine: take
+    the IP out of rotation (a standby takes over)."""
+    duration: Duration | None = None
+
+    cel_rules = (
+        Rule(
+            "self.action != 'suspend' || has(self.duration)",
+            "rules[].duration is required when action is suspend",
+            lambda r: r.action != "suspend" or r.duration is not None,
+            field_path=".duration",
+            reason="FieldValueRequired",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _regex(self) -> Self:
+        try:
+            re.compile(self.match)
+        except re.error as e:
+            raise ValueError(f"rules[].match is not a regular expression: {e}") from None
+        return self
+
+
+class ProviderSettings(CRDModel):
+    per_ip: PerIPLimits = Field(default=PerIPLimits(), alias="perIP")
+    adaptive: Adaptive = Adaptive()
+    rules: list[ResponseRule] = Field(default=[], max_length=64)
+    """Checked in order; the first match wins."""
+    retry: RetryConfig = RetryConfig()
+
+
+class ProviderPolicy(ProviderSettings):
+    name: ProviderName
+    """gmail, outlook, yahoo, ...: the name metrics, warmups and status use."""
+    match: ProviderMatch
+
+
+class DeliveryPolicySpec(CRDModel):
+    """How to treat mailbox providers; pools pick policies with spec.policySelector."""
+
+    providers: list[ProviderPolicy] = Field(default=[], max_length=32)
+    """The first provider whose match fits a recipient domain applies."""
+    default: ProviderSettings = ProviderSettings()
+    """For every domain no provider matches."""
+
+    cel_rules = (
+        Rule(
+            "self.providers.all(p, self.providers.exists_one(q, q.name == p.name))",
+            "providers[].name must be unique within a policy",
+            lambda s: _unique([p.name for p in s.providers]),
+            field_path=".providers",
+            reason="FieldValueDuplicate",
+        ),
+    )
+
+
+class DeliveryPolicyStatus(CRDModel):
+    observed_generation: int | None = None
+    conditions: Conditions = []
+    pools: list[str] = Field(default=[], max_length=1000)
+    """SendingPools that select this policy."""
+    pool_count: int | None = None
+
+
+# --- IPWarmup ----------------------------------------------------------------------------------
+
+WarmupPreset = Literal["standard", "conservative", "aggressive"]
+
+
+class WarmupSchedule(CRDModel):
+    """Messages per IP per day, by warmup day: a preset or explicit `days`."""
+
+    preset: WarmupPreset | None = None
+    days: list[Annotated[int, Field(ge=1, le=1_000_000_000)]] | None = Field(
+        default=None, min_length=1, max_length=120
+    )
+    """e.g. [50, 100, 250, 500, 1000]; the last value is the cap of the final day."""
+
+    cel_rules = (
+        Rule(
+            "has(self.preset) != has(self.days)",
+            "schedule needs exactly one of schedule.preset or schedule.days",
+            lambda s: (s.preset is None) != (s.days is None),
+        ),
+        Rule(
+            "!has(self.days) || "
+            "(self.days.isSorted() && self.days.all(d, self.days.exists_one(e, e == d)))",
+            "schedule.days must be strictly increasing",
+            lambda s: (
+                s.days is None or all(a < b for a, b in zip(s.days, s.days[1:], strict=False))
+            ),
+            field_path=".days",
+        ),
+    )
+
+
+class WarmupGates(CRDModel):
+    """Health an IP must keep, per provider, to advance a day."""
+
+    max_bounce_rate: Fraction = 0.02
+    max_complaint_rate: Fraction = 0.001
+    max_deferral_rate: Fraction = 0.2
+    on_fail: Literal["hold", "backoff", "pause"] = "hold"
+    """hold: repeat the day; backoff: go back one day; pause: stop until a human resumes."""
+
+
+Share = Annotated[float, Field(gt=0, le=1)]
+
+
+class IPWarmupSpec(CRDModel):
+    """Ramps new IPs of a pool up, provider by provider, gated on health."""
+
+    pool_ref: ObjectName
+    """The SendingPool (same namespace) the addresses belong to."""
+    addresses: list[IPAddress] = Field(min_length=1, max_length=256)
+    schedule: WarmupSchedule = WarmupSchedule(preset="standard")
+    per_provider: dict[str, Share] = Field(default={}, max_length=32)
+    """Share of the day's cap each provider may take, in (0, 1], e.g. {gmail: 0.5}."""
+    gates: WarmupGates = WarmupGates()
+    overflow: Literal["spill", "defer"] = "spill"
+    """Mail above the cap: spill to warm IPs of the pool, or defer it."""
+    paused: bool = False
+
+    cel_rules = (
+        Rule(
+            "self.addresses.all(a, !isIP(a) || "
+            "self.addresses.exists_one(b, isIP(b) && ip(b) == ip(a)))",
+            "addresses must be unique",
+            lambda s: _unique(list(s.addresses)),
+            field_path=".addresses",
+            reason="FieldValueDuplicate",
+        ),
+    )
+
+
+class IPWarmupStatus(CRDModel):
+    observed_generation: int | None = None
+    conditions: Conditions = []
+    phase: Literal["Pending", "Warming", "Holding", "Complete", "Paused"] | None = None
+    day: int | None = Field(default=None, ge=0)
+    """The current warmup day, from 1."""
+    today_cap: int | None = Field(default=None, ge=0)
+    """Messages each address may send today."""
+    sent_today: dict[str, int] = Field(default={})
+    """Messages sent today, per provider."""
+    start_time: datetime | None = None
+    last_advance_time: datetime | None = None
+
+
+# --- whole objects -----------------------------------------------------------------------------
+
+
+class KubeObject(BaseModel):
+    """A whole object as read from the API server (metadata left as a plain mapping)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    api_version: Literal["mailfleet.io/v1alpha1"] = "mailfleet.io/v1alpha1"
+    metadata: dict[str, Any] = {}
+
+
+class SendingPool(KubeObject):
+    kind: Literal["SendingPool"] = "SendingPool"
+    spec: SendingPoolSpec
+    status: SendingPoolStatus | None = None
+
+
+class DeliveryPolicy(KubeObject):
+    kind: Literal["DeliveryPolicy"] = "DeliveryPolicy"
+    spec: DeliveryPolicySpec
+    status: DeliveryPolicyStatus | None = None
+
+
+class IPWarmup(KubeObject):
+    kind: Literal["IPWarmup"] = "IPWarmup"
+    spec: IPWarmupSpec
+    status: IPWarmupStatus | None = None
+
+
+# --- what the CRDs declare besides the schemas -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    name: str
+    json_path: str
+    type: Literal["string", "integer", "number", "boolean", "date"] = "string"
+    description: str = ""
+    priority: int = 0  # 1: only with -o wide
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One CRD: the names, the models and what `kubectl get` shows."""
+
+    model: type[KubeObject]
+    spec: type[CRDModel]
+    status: type[CRDModel]
+    plural: str
+    short_names: tuple[str, ...]
+    columns: tuple[PrinterColumn, ...]
+    # Scale subresource paths (spec replicas, status replicas, label selector), if any.
+    scale: tuple[str, str, str] | None = None
+    root_rules: tuple[Rule, ...] = ()
+    categories: tuple[str, ...] = field(default=("mailfleet",))
+
+    @property
+    def kind(self) -> str:
+        return self.model.__name__
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{GROUP}"
+
+
+def _ready(what: str) -> str:
+    return f'.status.conditions[?(@.type=="Ready")].{what}'
+
+
+_AGE = PrinterColumn("Age", ".metadata.creationTimestamp", "date")
+
+# The pool's name prefixes its StatefulSet, Services and pods (`<name>-<ordinal>`), and pod
+# names end up in label values (controller-revision-hash: 63 characters), hence the bound.
+POOL_NAME_MAX = 40
+
+KINDS: tuple[Kind, ...] = (
+    Kind(
+        model=SendingPool,
+        spec=SendingPoolSpec,
+        status=SendingPoolStatus,
+        plural="sendingpools",
+        short_names=("mfpool",),
+        columns=(
+            PrinterColumn("Ready", _ready("status"), description="The Ready condition"),
+            PrinterColumn("Reason", _ready("reason")),
+            PrinterColumn("Replicas", ".status.replicas", "integer"),
+            PrinterColumn("Ready-Pods", ".status.readyReplicas", "integer"),
+            PrinterColumn("Queue", ".status.queueDepth", "integer", "Messages queued"),
+            PrinterColumn("Active-IPs", ".status.activeIPs", "integer"),
+            PrinterColumn("Quarantined", ".status.quarantinedIPs", "integer"),
+            _AGE,
+            PrinterColumn("Min", ".spec.replicas.min", "integer", priority=1),
+            PrinterColumn("Max", ".spec.replicas.max", "integer", priority=1),
+            PrinterColumn("Message", _ready("message"), priority=1),
+        ),
+        # The scale subresource drives spec.replicas.desired, not min/max: HPA/KEDA (or
+        # `kubectl scale`) set a target, the operator clamps it to [min, max]; removing
+        # `desired` hands scaling back to the built-in queue autoscaler. status.replicas counts
+        # the pods that exist, status.selector is the pods' label selector.
+        scale=(".spec.replicas.desired", ".status.replicas", ".status.selector"),
+        root_rules=(
+            Rule(
+                f"size(self.metadata.name) <= {POOL_NAME_MAX}",
+                f"metadata.name must be at most {POOL_NAME_MAX} characters: it prefixes the "
+                "names of the pool's StatefulSet, Services and pods",
+                lambda obj: len(obj.metadata.get("name", "")) <= POOL_NAME_MAX,
+            ),
+        ),
+    ),
+    Kind(
+        model=DeliveryPolicy,
+        spec=DeliveryPolicySpec,
+        status=DeliveryPolicyStatus,
+        plural="deliverypolicies",
+        short_names=("mfpolicy",),
+        columns=(
+            PrinterColumn("Providers", ".spec.providers[*].name"),
+            PrinterColumn("Pools", ".status.poolCount", "integer", "SendingPools using it"),
+            PrinterColumn("Ready", _ready("status")),
+            PrinterColumn("Reason", _ready("reason")),
+            _AGE,
+            PrinterColumn("Used-By", ".status.pools", priority=1),
+            PrinterColumn("Message", _ready("message"), priority=1),
+        ),
+    ),
+    Kind(
+        model=IPWarmup,
+        spec=IPWarmupSpec,
+        status=IPWarmupStatus,
+        plural="ipwarmups",
+        short_names=("mfwarmup",),
+        columns=(
+            PrinterColumn("Pool", ".spec.poolRef"),
+            PrinterColumn("Phase", ".status.phase"),
+            PrinterColumn("Day", ".status.day", "integer"),
+            PrinterColumn("Today-Cap", ".status.todayCap", "integer", "Messages per IP today"),
+            PrinterColumn("Ready", _ready("status")),
+            _AGE,
+            PrinterColumn("Reason", _ready("reason"), priority=1),
+            PrinterColumn("Addresses", ".spec.addresses", priority=1),
+        ),
+    ),
+)
+
+
+def parse_object(data: dict[str, Any]) -> KubeObject:
+    """A whole mailfleet object from a manifest or the API server, its kind's rules checked."""
+    for k in KINDS:
+        if data.get("kind") == k.kind:
+            obj = k.model.model_validate(data)
+            failed = [r.message for r in k.root_rules if not r.check(obj)]
+            if failed:
+                raise ValueError("; ".join(failed))
+            return obj
+    raise ValueError(f"not a {GROUP} kind: {data.get('kind')!r}")
