@@ -1,0 +1,624 @@
+"""The SMTP client that hands messages to MX hosts (aiosmtplib), with a connection pool.
+
+`DeliveryClient.deliver()` makes one delivery attempt of one message to one domain: it tries the
+destinations in order until one accepts a session, then reports every recipient's reply. It never
+raises for anything the network or the peer does; failures come back as replies (synthetic 4xx
+ones when no destination could be reached), so the queue runner has a single path.
+
+Connections are pooled per (source IP, destination address, port) and reused for up to
+`max_messages_per_connection` messages, at most `max_connections_per_host` at a time per
+destination. A pooled connection that went stale is replaced before MAIL FROM, so a message is
+never sent twice because of the pool; a connection lost after the message was sent is reported as
+a 4xx and the message may arrive twice, which is what RFC 5321 §6.1 accepts over losing it.
+
+The pure parts (reply parsing, what a message needs from the server, TLS policy) are functions at
+the top of this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import re
+import ssl
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import aiosmtplib
+
+from mailfleet.mta.config import DeliveryConfig
+from mailfleet.mta.routing import Destination
+
+TLSPolicy = Literal["none", "opportunistic", "required"]
+
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
+
+
+# --------------------------------------------------------------------------- pure parts
+@dataclass
+class RecipientReply:
+    """What happened to one recipient in one attempt."""
+
+    recipient: str
+    code: int
+    enhanced: str | None
+    text: str
+
+    @property
+    def reply(self) -> str:
+        """The reply as one line, e.g. "550 5.1.1 no such user" (for logs and DSNs)."""
+        return " ".join(str(p) for p in (self.code, self.enhanced, self.text) if p)
+
+
+@dataclass
+class AttemptResult:
+    """One delivery attempt of one message; `error` is set when no destination was reachable."""
+
+    replies: list[RecipientReply]
+    destination: Destination | None
+    source_ip: str | None
+    tls: bool
+    error: str | None
+
+
+def parse_reply(code: int, message: str) -> tuple[str | None, str]:
+    """(enhanced status, text) of a reply; the RFC 3463 code is taken off every line's start.
+
+    The enhanced code counts only when its class agrees with the reply code ("550 2.0.0" is
+    nonsense and its "2.0.0" is kept as text). Multi-line replies become one line.
+    """
+    enhanced: str | None = None
+    lines: list[str] = []
+    for raw in message.splitlines() or [""]:
+        line = raw.strip()
+        m = _ENHANCED.match(line)
+        if m and m.group(1) == str(code)[:1]:
+            enhanced = enhanced or ".".join(m.groups())
+            line = line[m.end() :].strip()
+        if line:
+            lines.append(line)
+    return enhanced, " ".join(lines)
+
+
+def make_reply(recipient: str, code: int, message: str) -> RecipientReply:
+    enhanced, text = parse_reply(code, message)
+    return RecipientReply(recipient, code, enhanced, text)
+
+
+def synthetic_replies(
+    recipients: Iterable[str], code: int, enhanced: str, text: str
+) -> list[RecipientReply]:
+    """The same local reply for every recipient (no server said it; we did)."""
+    return [RecipientReply(r, code, enhanced, text) for r in recipients]
+
+
+def needs_8bitmime(data: bytes) -> bool:
+    return not data.isascii()
+
+
+def needs_smtputf8(mail_from: str, recipients: Iterable[str], data: bytes) -> bool:
+    """RFC 6531: UTF-8 in an address, or raw UTF-8 in the header section (RFC 6532)."""
+    if not mail_from.isascii() or not all(r.isascii() for r in recipients):
+        return True
+    head = re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]
+    return not head.isascii()
+
+
+def tls_policy(cfg: DeliveryConfig, domain: str | None, require_tls: bool = False) -> TLSPolicy:
+    """What TLS this delivery needs: a per-message or per-domain requirement beats the default."""
+    if require_tls or cfg.tls == "required":
+        return "required"
+    if domain is not None and domain.lower().rstrip(".") in {
+        d.lower().rstrip(".") for d in cfg.require_tls_domains
+    }:
+        return "required"
+    default: TLSPolicy = cfg.tls
+    return default
+
+
+def same_family(source_ip: str | None, address: str) -> bool:
+    """Whether a socket bound to `source_ip` can reach `address` (IPv4 cannot reach IPv6)."""
+    if source_ip is None:
+        return True
+    try:
+        return ipaddress.ip_address(source_ip).version == ipaddress.ip_address(address).version
+    except ValueError:
+        return True
+
+
+def _domain_of(recipients: list[str]) -> str | None:
+    for r in recipients:
+        if "@" in r:
+            return r.rpartition("@")[2].lower()
+    return None
+
+
+def _opportunistic_context() -> ssl.SSLContext:
+    # Opportunistic and "required" TLS between MTAs encrypt without authenticating (RFC 7435):
+    # MX certificates are too often self-signed or for another name to refuse them.
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+# --------------------------------------------------------------------------- the pool
+PoolKey = tuple[str | None, str, int]  # (source IP, destination address, port)
+HostKey = tuple[str, int]  # (destination address, port)
+
+
+@dataclass
+class _Conn:
+    key: PoolKey
+    helo: str
+    dest: Destination
+    smtp: aiosmtplib.SMTP
+    tls: bool
+    uses: int = 0  # transactions started, successful or not
+    closed: bool = False
+    idle_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.smtp.is_connected
+
+
+@dataclass
+class _Host:
+    open: int = 0
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+
+
+class _SessionFailure(Exception):
+    """No usable session with one destination; the next one may do better."""
+
+    def __init__(self, code: int, enhanced: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.enhanced = enhanced
+        self.text = text
+
+
+class _Stale(Exception):
+    """A pooled connection died before the transaction started: replace it and go again."""
+
+
+class DeliveryClient:
+    """Delivers messages over pooled SMTP connections; one per engine."""
+
+    def __init__(self, cfg: DeliveryConfig, hostname: str) -> None:
+        self._cfg = cfg
+        self._hostname = hostname
+        self._idle: dict[PoolKey, list[_Conn]] = {}
+        self._hosts: dict[HostKey, _Host] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._tls_context = _opportunistic_context()
+        self._closed = False
+
+    @property
+    def config(self) -> DeliveryConfig:
+        return self._cfg
+
+    def update_config(self, cfg: DeliveryConfig) -> None:
+        """New limits apply from the next checkout; open connections live out their use."""
+        self._cfg = cfg
+        for host in self._hosts.values():
+            self._wake(host)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Open and idle connections per destination "address:port" (for /v1/status)."""
+        out: dict[str, dict[str, int]] = {}
+        for (address, port), host in sorted(self._hosts.items()):
+            if host.open == 0:
+                continue
+            name = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+            idle = sum(
+                len(conns) for (_, a, p), conns in self._idle.items() if (a, p) == (address, port)
+            )
+            out[name] = {"open": host.open, "idle": idle}
+        return out
+
+    async def close(self) -> None:
+        """QUIT every idle connection; connections in use close when their delivery ends."""
+        self._closed = True
+        for conns in list(self._idle.values()):
+            for conn in list(conns):
+                self._discard(conn, polite=True)
+        if self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+    # -- one attempt -----------------------------------------------------------------------
+    async def deliver(
+        self,
+        *,
+        source_ip: str | None,
+        helo: str | None,
+        destinations: list[Destination],
+        mail_from: str,
+        recipients: list[str],
+        data: bytes,
+        require_tls: bool = False,
+        domain: str | None = None,
+    ) -> AttemptResult:
+        """Try `destinations` in order; per-recipient replies from the first that takes a session.
+
+        `domain` (default: the first recipient's) selects per-domain TLS requirements.
+        """
+        helo = helo or self._hostname
+        policy = tls_policy(self._cfg, domain or _domain_of(recipients), require_tls)
+        if not data.endswith(b"\n"):
+            data += b"\r\n"
+        failures: list[tuple[Destination, _SessionFailure]] = []
+        candidates = [d for d in destinations if same_family(source_ip, d.address)]
+        for dest in candidates:
+            # A stale pooled connection gets one fresh replacement to the same destination.
+            for reuse in (True, False):
+                try:
+                    conn = await self._checkout(source_ip, helo, dest, policy, reuse=reuse)
+                except _SessionFailure as f:
+                    failures.append((dest, f))
+                    break
+                try:
+                    replies = await self._transaction(conn, mail_from, recipients, data)
+                except _Stale:
+                    continue
+                except _SessionFailure as f:
+                    failures.append((dest, f))
+                    break
+                return AttemptResult(replies, dest, source_ip, conn.tls, None)
+        if not candidates:
+            family = "IPv4" if source_ip and ":" not in source_ip else "IPv6"
+            text = f"no destination reachable from source address {source_ip} ({family})"
+            if not destinations:
+                text = "no destination to try"
+            return AttemptResult(
+                synthetic_replies(recipients, 451, "4.4.4", text), None, source_ip, False, text
+            )
+        error = "; ".join(f"{_name(d)}: {f.text}" for d, f in failures)
+        first = failures[0][1]
+        return AttemptResult(
+            synthetic_replies(recipients, first.code, first.enhanced, error),
+            None,
+            source_ip,
+            False,
+            error,
+        )
+
+    async def _transaction(
+        self, conn: _Conn, mail_from: str, recipients: list[str], data: bytes
+    ) -> list[RecipientReply]:
+        smtp = conn.smtp
+        conn.uses += 1
+        reused = conn.uses > 1
+        utf8 = needs_smtputf8(mail_from, recipients, data)
+        encoding = "utf-8" if utf8 else "ascii"
+        if utf8 and not smtp.supports_extension("smtputf8"):
+            self._release(conn)
+            return synthetic_replies(
+                recipients,
+                550,
+                "5.6.7",
+                f"{_name(conn.dest)} does not support SMTPUTF8, which this message needs",
+            )
+        options: list[str] = []
+        if smtp.supports_extension("size"):
+            options.append(f"SIZE={len(data)}")
+        if needs_8bitmime(data) and smtp.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        if utf8:
+            options.append("SMTPUTF8")
+
+        # Until MAIL FROM is accepted nothing has been sent: a pooled connection that fails here
+        # is replaced, a fresh one counts as that destination failing.
+        if reused:
+            try:
+                await smtp.rset()
+            except (aiosmtplib.SMTPException, OSError):
+                self._discard(conn)
+                raise _Stale from None
+        try:
+            await smtp.mail(mail_from, options=options, encoding=encoding)
+        except aiosmtplib.SMTPResponseException as e:
+            if e.code == 421 or not conn.alive:
+                self._discard(conn)
+                if reused:
+                    raise _Stale from None
+                raise _SessionFailure(421, "4.4.2", _one_line(e.code, e.message)) from None
+            self._release(conn)
+            return [make_reply(r, e.code, e.message) for r in recipients]
+        except (aiosmtplib.SMTPException, OSError) as e:
+            self._discard(conn)
+            if reused:
+                raise _Stale from None
+            raise _SessionFailure(451, "4.4.2", f"lost connection before MAIL: {e}") from None
+
+        replies: dict[str, RecipientReply] = {}
+        for rcpt in recipients:
+            try:
+                resp = await smtp.rcpt(rcpt, encoding=encoding)
+                replies[rcpt] = make_reply(rcpt, resp.code, resp.message)
+            except aiosmtplib.SMTPResponseException as e:
+                replies[rcpt] = make_reply(rcpt, e.code, e.message)
+                if e.code == 421 or not conn.alive:
+                    break
+            except (aiosmtplib.SMTPException, OSError):
+                break
+        if not conn.alive or len(replies) < len(recipients):
+            self._discard(conn)
+            lost = f"lost connection with {_name(conn.dest)} during RCPT"
+            return [replies.get(r) or RecipientReply(r, 451, "4.4.2", lost) for r in recipients]
+
+        accepted = [r for r in recipients if 200 <= replies[r].code < 300]
+        if not accepted:
+            self._release(conn)
+            return [replies[r] for r in recipients]
+
+        try:
+            resp = await smtp.data(data)
+            final = (resp.code, resp.message)
+        except aiosmtplib.SMTPResponseException as e:
+            final = (e.code, e.message)
+        except (aiosmtplib.SMTPException, OSError) as e:
+            # The server may have the message already; deferring risks a duplicate, not a loss.
+            final = (451, f"4.4.2 lost connection with {_name(conn.dest)} after DATA: {e}")
+        for r in accepted:
+            replies[r] = make_reply(r, final[0], final[1])
+        if conn.alive:
+            self._release(conn)
+        else:
+            self._discard(conn)
+        return [replies[r] for r in recipients]
+
+    # -- pool ------------------------------------------------------------------------------
+    async def _checkout(
+        self,
+        source_ip: str | None,
+        helo: str,
+        dest: Destination,
+        policy: TLSPolicy,
+        *,
+        reuse: bool,
+    ) -> _Conn:
+        key: PoolKey = (source_ip, dest.address, dest.port)
+        host = self._hosts.setdefault((dest.address, dest.port), _Host())
+        while True:
+            if reuse:
+                conn = self._take_idle(key, helo, policy)
+                if conn is not None:
+                    return conn
+            if host.open < self._cfg.max_connections_per_host:
+                host.open += 1
+                break
+            victim = self._idle_of_host(dest.address, dest.port)
+            if victim is not None:
+                # Another source IP's idle connection gives up its slot to someone with work.
+                self._discard(victim, polite=True)
+                host.open += 1
+                break
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            host.waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                with contextlib.suppress(ValueError):
+                    host.waiters.remove(waiter)
+                if waiter.done() and not waiter.cancelled():
+                    self._wake(host)
+                raise
+        try:
+            return await self._connect(key, helo, dest, policy)
+        except BaseException:
+            host.open -= 1
+            self._wake(host)
+            raise
+
+    def _take_idle(self, key: PoolKey, helo: str, policy: TLSPolicy) -> _Conn | None:
+        conns = self._idle.get(key)
+        while conns:
+            conn = conns.pop()
+            if conn.idle_timer is not None:
+                conn.idle_timer.cancel()
+                conn.idle_timer = None
+            if conn.alive and conn.helo == helo and (conn.tls or policy != "required"):
+                return conn
+            self._close_now(conn)
+        return None
+
+    def _idle_of_host(self, address: str, port: int) -> _Conn | None:
+        for (_, a, p), conns in self._idle.items():
+            if (a, p) == (address, port) and conns:
+                return conns[0]
+        return None
+
+    def _release(self, conn: _Conn) -> None:
+        """Back to the pool, or closed if it has done its share or the client is closing."""
+        if self._closed or not conn.alive or conn.uses >= self._cfg.max_messages_per_connection:
+            self._discard(conn, polite=True)
+            return
+        self._idle.setdefault(conn.key, []).append(conn)
+        conn.idle_timer = asyncio.get_running_loop().call_later(
+            float(self._cfg.idle_timeout), self._expire, conn
+        )
+        self._wake(self._hosts[(conn.key[1], conn.key[2])])
+
+    def _expire(self, conn: _Conn) -> None:
+        conn.idle_timer = None
+        self._discard(conn, polite=True)
+
+    def _discard(self, conn: _Conn, *, polite: bool = False) -> None:
+        """Take a connection out of the pool for good and free its slot."""
+        if conn.closed:
+            return
+        conn.closed = True
+        conns = self._idle.get(conn.key)
+        if conns is not None and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self._idle[conn.key]
+        if conn.idle_timer is not None:
+            conn.idle_timer.cancel()
+            conn.idle_timer = None
+        host = self._hosts[(conn.key[1], conn.key[2])]
+        host.open -= 1
+        self._wake(host)
+        if polite and conn.alive:
+            task = asyncio.get_running_loop().create_task(self._quit(conn))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        else:
+            conn.smtp.close()
+
+    def _close_now(self, conn: _Conn) -> None:
+        """Like _discard for a connection already taken out of the idle list."""
+        self._discard(conn)
+
+    async def _quit(self, conn: _Conn) -> None:
+        try:
+            await conn.smtp.quit(timeout=5.0)
+        except (aiosmtplib.SMTPException, OSError):
+            pass
+        finally:
+            conn.smtp.close()
+
+    @staticmethod
+    def _wake(host: _Host) -> None:
+        while host.waiters:
+            waiter = host.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    # -- session setup ---------------------------------------------------------------------
+    async def _connect(
+        self, key: PoolKey, helo: str, dest: Destination, policy: TLSPolicy
+    ) -> _Conn:
+        try:
+            return await self._open_session(key, helo, dest, policy, try_tls=policy != "none")
+        except _TLSHandshakeFailed as e:
+            if policy == "required":
+                raise _SessionFailure(451, "4.7.5", f"TLS handshake failed: {e}") from None
+        # Opportunistic TLS that fails in the handshake falls back to plain text, as
+        # Postfix does: encryption was never promised to anyone.
+        return await self._open_session(key, helo, dest, policy, try_tls=False)
+
+    async def _open_session(
+        self, key: PoolKey, helo: str, dest: Destination, policy: TLSPolicy, *, try_tls: bool
+    ) -> _Conn:
+        source_ip = key[0]
+        smtp = aiosmtplib.SMTP(
+            hostname=dest.address,
+            port=dest.port,
+            local_hostname=helo,
+            source_address=(source_ip, 0) if source_ip else None,
+            timeout=float(self._cfg.command_timeout),
+            use_tls=False,
+            start_tls=False,
+            validate_certs=False,
+        )
+        try:
+            await smtp.connect(timeout=float(self._cfg.connect_timeout))
+        except aiosmtplib.SMTPConnectResponseError as e:
+            smtp.close()
+            code = 421 if e.code == 421 else 451
+            raise _SessionFailure(
+                code, "4.4.2" if e.code == 421 else "4.3.0", f"greeted with {e.code} {e.message}"
+            ) from None
+        except aiosmtplib.SMTPConnectTimeoutError:
+            smtp.close()
+            raise _SessionFailure(451, "4.4.1", "connection timed out") from None
+        except (aiosmtplib.SMTPException, OSError) as e:
+            smtp.close()
+            raise _SessionFailure(451, "4.4.1", _connect_error_text(e, source_ip)) from None
+
+        try:
+            await self._hello(smtp)
+            tls = False
+            if try_tls and smtp.supports_extension("starttls"):
+                try:
+                    await smtp.starttls(
+                        tls_context=self._tls_context,
+                        server_hostname=None if _is_ip(dest.hostname) else dest.hostname,
+                    )
+                except aiosmtplib.SMTPResponseException as e:
+                    if policy == "required" or not smtp.is_connected:
+                        raise _SessionFailure(
+                            451, "4.7.4", f"STARTTLS refused: {e.code} {e.message}"
+                        ) from None
+                    # A server that offers STARTTLS and then refuses it: go on in plain text.
+                except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as e:
+                    raise _TLSHandshakeFailed(str(e) or type(e).__name__) from None
+                else:
+                    tls = True
+                    await self._hello(smtp)
+            if policy == "required" and not tls:
+                raise _SessionFailure(
+                    451, "4.7.4", "TLS is required, but was not offered by the host"
+                )
+        except (_SessionFailure, _TLSHandshakeFailed):
+            smtp.close()
+            raise
+        except aiosmtplib.SMTPResponseException as e:
+            smtp.close()
+            code = 421 if e.code == 421 else 451
+            raise _SessionFailure(code, "4.4.2", f"EHLO/HELO refused: {e.code} {e.message}") from e
+        except (aiosmtplib.SMTPException, OSError) as e:
+            smtp.close()
+            raise _SessionFailure(451, "4.4.2", f"lost connection during setup: {e}") from None
+        return _Conn(key=key, helo=helo, dest=dest, smtp=smtp, tls=tls)
+
+    @staticmethod
+    async def _hello(smtp: aiosmtplib.SMTP) -> None:
+        try:
+            await smtp.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            if not smtp.is_connected:
+                raise
+            await smtp.helo()
+
+
+class _TLSHandshakeFailed(Exception):
+    pass
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _name(dest: Destination) -> str:
+    if dest.hostname == dest.address:
+        return f"[{dest.address}]:{dest.port}"
+    return f"{dest.hostname}[{dest.address}]:{dest.port}"
+
+
+def _one_line(code: int, message: str) -> str:
+    return f"{code} {' '.join(message.split())}"
+
+
+def _connect_error_text(e: BaseException, source_ip: str | None) -> str:
+    cause = e.__cause__ or e
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, OSError) and cause.errno == 99 and source_ip:
+        return f"cannot bind source address {source_ip}"
+    return f"cannot connect: {cause}"
+
+
+__all__ = [
+    "AttemptResult",
+    "DeliveryClient",
+    "RecipientReply",
+    "make_reply",
+    "needs_8bitmime",
+    "needs_smtputf8",
+    "parse_reply",
+    "same_family",
+    "synthetic_replies",
+    "tls_policy",
+]
