@@ -3,128 +3,58 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
 import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import dns.message
-import dns.query
 import pytest
+from fixtures.peers import DnsServer
 
 from mailfleet.mta.config import DNSConfig, RoutingConfig
 from mailfleet.mta.routing import Destination, RouteError, Router, is_null_mx, order_mx
 
-DNSMASQ = "/usr/sbin/dnsmasq"
 MX_PORT = 2525  # what the router puts on MX destinations in these tests
 
-pytestmark = pytest.mark.skipif(not os.path.exists(DNSMASQ), reason="dnsmasq is not installed")
 
-
-def _free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (dnsmasq listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
-class Dnsmasq:
-    """dnsmasq authoritative for .test on a free loopback port; stopped by PID."""
-
-    def __init__(self, tmp: Path, records: list[str], ttl: int = 0) -> None:
-        self.port = _free_port()
-        self.hosts_file = tmp / f"hosts-{self.port}"
-        self.hosts_file.write_text("")
-        self.proc = subprocess.Popen(
-            [
-                DNSMASQ,
-                "--no-daemon",
-                "--no-resolv",
-                "--no-hosts",
-                "--conf-file=/dev/null",
-                f"--port={self.port}",
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--local=/test/",
-                f"--local-ttl={ttl}",
-                f"--addn-hosts={self.hosts_file}",
-                "--pid-file=",
-                *records,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+def routing_config(server: DnsServer, **dns: object) -> RoutingConfig:
+    return RoutingConfig(
+        dns=DNSConfig.model_validate(
+            {"nameservers": [server.host], "port": server.port, "timeout": 2, **dns}
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                query = dns.message.make_query("ready.test", "A")
-                dns.query.udp(query, "127.0.0.1", port=self.port, timeout=0.2)
-                break
-            except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    err = self.proc.stderr.read() if self.proc.stderr else b""
-                    raise RuntimeError(f"dnsmasq did not start: {err!r}") from None
-
-    def set_hosts(self, text: str) -> None:
-        """Replace the extra hosts file and make dnsmasq reread it."""
-        self.hosts_file.write_text(text)
-        self.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.2)  # dnsmasq rereads asynchronously; give it a moment (not an assertion)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def config(self, **dns: object) -> RoutingConfig:
-        return RoutingConfig(
-            dns=DNSConfig.model_validate(
-                {"nameservers": ["127.0.0.1"], "port": self.port, "timeout": 2, **dns}
-            )
-        )
+    )
 
 
-RECORDS = [
-    "--mx-host=multi.test,mx1.multi.test,10",
-    "--mx-host=multi.test,mx2.multi.test,20",
-    "--mx-host=multi.test,mx3.multi.test,20",
-    "--host-record=mx1.multi.test,127.0.0.2",
-    "--host-record=mx2.multi.test,127.0.0.3",
-    "--host-record=mx3.multi.test,127.0.0.4,::1",
-    "--host-record=plain.test,127.0.0.5",
-    "--mx-host=null.test,.,0",
-    "--txt-record=txtonly.test,v=spf1 -all",
-    "--mx-host=dangling.test,nowhere.dangling.test,10",
-    "--host-record=smarthost.test,127.0.0.9",
-]
+def make_server(tmp_path: Path, name: str, ttl: int = 0) -> DnsServer:
+    return DnsServer(ttl=ttl, workdir=tmp_path / name)
 
 
 @pytest.fixture
-def dnsmasq(tmp_path: Path) -> Iterator[Dnsmasq]:
-    server = Dnsmasq(tmp_path, RECORDS)
-    yield server
-    server.stop()
+def dnsmasq(tmp_path: Path) -> Iterator[DnsServer]:
+    """One dnsmasq with every record these tests need, started once."""
+    server = make_server(tmp_path, "dns")
+    server.add_mx("multi.test", "mx1.multi.test", 10)
+    server.add_mx("multi.test", "mx2.multi.test", 20)
+    server.add_mx("multi.test", "mx3.multi.test", 20)
+    server.add_a("mx1.multi.test", "127.0.0.2")
+    server.add_a("mx2.multi.test", "127.0.0.3")
+    server.add_a("mx3.multi.test", "127.0.0.4")
+    server.add_aaaa("mx3.multi.test", "::1")
+    server.add_a("plain.test", "127.0.0.5")
+    server.add_null_mx("null.test")
+    server.add_txt("txtonly.test", "v=spf1 -all")
+    server.add_mx("dangling.test", "nowhere.dangling.test", 10)
+    server.add_a("smarthost.test", "127.0.0.9")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture
-async def router(dnsmasq: Dnsmasq) -> AsyncIterator[Router]:
-    yield Router(dnsmasq.config(), mx_port=MX_PORT, rng=random.Random(1))
+async def router(dnsmasq: DnsServer) -> AsyncIterator[Router]:
+    yield Router(routing_config(dnsmasq), mx_port=MX_PORT, rng=random.Random(1))
 
 
 async def test_mx_hosts_in_preference_order_with_their_addresses(router: Router) -> None:
@@ -197,8 +127,8 @@ async def test_dns_timeout_is_a_temporary_451() -> None:
     assert "timeout" in str(e.value).lower()
 
 
-async def test_static_routes_exact_domain_then_wildcard(dnsmasq: Dnsmasq) -> None:
-    cfg = dnsmasq.config().model_copy(
+async def test_static_routes_exact_domain_then_wildcard(dnsmasq: DnsServer) -> None:
+    cfg = routing_config(dnsmasq).model_copy(
         update={
             "routes": {
                 "multi.test": "127.0.0.7:2600",
@@ -216,8 +146,8 @@ async def test_static_routes_exact_domain_then_wildcard(dnsmasq: Dnsmasq) -> Non
     assert await router.resolve("null.test") == [Destination("::1", "::1", 25, 0)]
 
 
-async def test_static_route_to_an_unknown_host_is_temporary(dnsmasq: Dnsmasq) -> None:
-    cfg = dnsmasq.config().model_copy(update={"routes": {"*": "gone.test:25"}})
+async def test_static_route_to_an_unknown_host_is_temporary(dnsmasq: DnsServer) -> None:
+    cfg = routing_config(dnsmasq).model_copy(update={"routes": {"*": "gone.test:25"}})
     with pytest.raises(RouteError) as e:
         await Router(cfg).resolve("anything.test")
     assert e.value.temporary
@@ -231,42 +161,49 @@ async def test_address_literal_domains_go_straight_to_the_address(router: Router
 
 
 async def test_answers_are_cached_for_their_ttl(tmp_path: Path) -> None:
-    server = Dnsmasq(tmp_path, [], ttl=60)
+    server = make_server(tmp_path, "ttl60", ttl=60)
+    server.add_a("cached.test", "127.0.0.10")
+    server.start()
     try:
         now = [1000.0]
-        router = Router(server.config(), mx_port=MX_PORT, clock=lambda: now[0])
-        server.set_hosts("127.0.0.10 cached.test\n")
+        router = Router(routing_config(server), mx_port=MX_PORT, clock=lambda: now[0])
         assert [d.address for d in await router.resolve("cached.test")] == ["127.0.0.10"]
 
-        server.set_hosts("127.0.0.11 cached.test\n")
+        server.add_a("cached.test", "127.0.0.11")  # restarts dnsmasq with both addresses
         now[0] += 59
         assert [d.address for d in await router.resolve("cached.test")] == ["127.0.0.10"]
         now[0] += 2
-        assert [d.address for d in await router.resolve("cached.test")] == ["127.0.0.11"]
+        assert sorted(d.address for d in await router.resolve("cached.test")) == [
+            "127.0.0.10",
+            "127.0.0.11",
+        ]
     finally:
-        server.stop()
+        server.close()
 
 
 async def test_cache_ttl_is_capped_by_max_cache_ttl(tmp_path: Path) -> None:
-    server = Dnsmasq(tmp_path, [], ttl=3600)
+    server = make_server(tmp_path, "ttl3600", ttl=3600)
+    server.add_a("capped.test", "127.0.0.10")
+    server.start()
     try:
         now = [0.0]
-        router = Router(server.config(maxCacheTTL="10s"), clock=lambda: now[0])
-        server.set_hosts("127.0.0.10 capped.test\n")
-        assert (await router.resolve("capped.test"))[0].address == "127.0.0.10"
-        server.set_hosts("127.0.0.11 capped.test\n")
-        now[0] += 11
-        assert (await router.resolve("capped.test"))[0].address == "127.0.0.11"
+        router = Router(routing_config(server, maxCacheTTL="10s"), clock=lambda: now[0])
+        assert len(await router.resolve("capped.test")) == 1
+        server.add_a("capped.test", "127.0.0.11")
+        now[0] += 9
+        assert len(await router.resolve("capped.test")) == 1
+        now[0] += 2
+        assert len(await router.resolve("capped.test")) == 2
     finally:
-        server.stop()
+        server.close()
 
 
-async def test_negative_answers_are_cached_briefly(dnsmasq: Dnsmasq) -> None:
+async def test_negative_answers_are_cached_briefly(dns_server: DnsServer) -> None:
     now = [0.0]
-    router = Router(dnsmasq.config(), clock=lambda: now[0])
+    router = Router(routing_config(dns_server), clock=lambda: now[0])
     with pytest.raises(RouteError):
         await router.resolve("late.test")
-    dnsmasq.set_hosts("127.0.0.12 late.test\n")
+    dns_server.add_a("late.test", "127.0.0.12")
     now[0] += 30
     with pytest.raises(RouteError, match="does not exist"):
         await router.resolve("late.test")
@@ -279,18 +216,18 @@ async def test_concurrent_lookups_of_one_domain_agree(router: Router) -> None:
     assert all(r[0].hostname == "mx1.multi.test" for r in results)
 
 
-async def test_update_config_switches_name_servers(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
-    other = Dnsmasq(tmp_path, ["--host-record=plain.test,127.0.0.66"])
-    try:
-        router = Router(dnsmasq.config(), mx_port=MX_PORT)
-        assert (await router.resolve("plain.test"))[0].address == "127.0.0.5"
-        router.update_config(other.config())
-        assert (await router.resolve("plain.test"))[0].address == "127.0.0.66"
-        # Routes alone change without touching DNS.
-        router.update_config(other.config().model_copy(update={"routes": {"*": "127.0.0.1:9"}}))
-        assert (await router.resolve("plain.test"))[0].port == 9
-    finally:
-        other.stop()
+async def test_update_config_switches_name_servers(
+    dnsmasq: DnsServer, dns_server: DnsServer
+) -> None:
+    dns_server.add_a("plain.test", "127.0.0.66")
+    router = Router(routing_config(dnsmasq), mx_port=MX_PORT)
+    assert (await router.resolve("plain.test"))[0].address == "127.0.0.5"
+    router.update_config(routing_config(dns_server))
+    assert (await router.resolve("plain.test"))[0].address == "127.0.0.66"
+    # Routes alone change without touching DNS.
+    with_route = routing_config(dns_server).model_copy(update={"routes": {"*": "127.0.0.1:9"}})
+    router.update_config(with_route)
+    assert (await router.resolve("plain.test"))[0].port == 9
 
 
 def test_order_mx_sorts_by_preference_and_keeps_every_host() -> None:
