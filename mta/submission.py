@@ -115,7 +115,8 @@ class SubmissionHandler:
     ) -> str:
         if not self.accepting:
             return self._refuse("draining", "421 4.3.2 Service shutting down, try another server")
-        envelope.mail_from = address
+        # aiosmtpd takes an empty mail_from for "no MAIL yet", so the null path stays "<>" here.
+        envelope.mail_from = address or "<>"
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
 
@@ -164,7 +165,7 @@ class SubmissionHandler:
         try:
             await self.ingest(
                 queue_id,
-                envelope.mail_from or "",
+                "" if envelope.mail_from in (None, "", "<>") else envelope.mail_from,
                 list(envelope.rcpt_tos),
                 trace + data,
                 peer_ip + (f" user={user}" if user else ""),

@@ -137,7 +137,7 @@ def test_size_limit_and_recipient_limit(
             assert s.rcpt(f"r{i}@example.org")[0] == 250
         code, text = s.rcpt("r3@example.org")
         assert (code, text) == (452, b"4.5.3 Too many recipients")
-        code, _ = s.data(b"Subject: big\r\n\r\n" + b"x" * 76 + b"\r\n" * 200)
+        code, _ = s.data(b"Subject: big\r\n\r\n" + (b"x" * 76 + b"\r\n") * 200)
         assert code == 552  # over 10000 bytes of DATA
     assert mx.messages() == []
 
