@@ -41,8 +41,8 @@ test: deps ## run the whole test suite against real peers
 lint: $(STAMP) ## ruff, mypy and the import-layer contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy src/mailfleet mta operator
-	hack/lint-imports.sh
+	hack/lint-imports.sh mypy
+	hack/lint-imports.sh contracts
 
 .PHONY: fmt
 fmt: $(STAMP) ## format the code

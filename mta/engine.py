@@ -66,6 +66,7 @@ class Engine:
         self._config_mtime = self._mtime()
         self._reload_lock = asyncio.Lock()
         self.started_at = time.time()
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- mail in -------------------------------------------------------------------------------
 
@@ -178,7 +179,9 @@ class Engine:
             if cfg.delivery != old.delivery or cfg.hostname != old.hostname:
                 old_client, self.client = self.client, DeliveryClient(cfg.delivery, cfg.hostname)
                 self.queue.client = self.client
-                asyncio.create_task(_close_later(old_client, cfg.delivery.command_timeout))
+                self._background.add(
+                    asyncio.create_task(_close_later(old_client, cfg.delivery.command_timeout))
+                )
             self.queue.update_config(cfg)
             self.cfg = cfg
             self.generation += 1

@@ -5,6 +5,7 @@ the delivery client and the spool."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -144,10 +145,8 @@ class QueueRunner:
             self._gauges()
             timeout = min(self._delayed[0].due - now, 1.0) if self._delayed else 1.0
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.0))
-            except TimeoutError:
-                pass
 
     async def _worker(self) -> None:
         while True:

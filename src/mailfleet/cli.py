@@ -1,4 +1,4 @@
-"""The `mailfleet` command: `mailfleet mta` runs the engine, `mailfleet operator` the control plane."""
+"""The `mailfleet` command: `mailfleet mta` runs the engine, `mailfleet operator` the operator."""
 
 from __future__ import annotations
 

@@ -151,7 +151,7 @@ def test_pipelined_transaction(mta_engine: Callable[..., EngineProc], mx: Record
         f = sock.makefile("rb")
         assert f.readline().startswith(b"220")
         sock.sendall(b"EHLO client.test\r\n")
-        while not (line := f.readline()).startswith(b"250 "):
+        while not f.readline().startswith(b"250 "):
             pass
         sock.sendall(
             b"MAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.org>\r\n"
