@@ -158,6 +158,8 @@ class _Conn:
     smtp: aiosmtplib.SMTP
     tls: bool
     uses: int = 0  # transactions started, successful or not
+    # A transaction may still be open on the server (MAIL accepted, DATA not answered).
+    dirty: bool = False
     closed: bool = False
     idle_timer: asyncio.TimerHandle | None = None
 
@@ -268,6 +270,16 @@ class DeliveryClient:
                 except _SessionFailure as f:
                     failures.append((dest, f))
                     break
+                except Exception as e:  # a bug or an odd peer must not kill the queue runner
+                    self._discard(conn)
+                    text = f"local error talking to {_name(dest)}: {type(e).__name__}: {e}"
+                    return AttemptResult(
+                        synthetic_replies(recipients, 451, "4.3.0", text),
+                        dest,
+                        source_ip,
+                        conn.tls,
+                        text,
+                    )
                 return AttemptResult(replies, dest, source_ip, conn.tls, None)
         if not candidates:
             family = "IPv4" if source_ip and ":" not in source_ip else "IPv6"
@@ -312,13 +324,16 @@ class DeliveryClient:
             options.append("SMTPUTF8")
 
         # Until MAIL FROM is accepted nothing has been sent: a pooled connection that fails here
-        # is replaced, a fresh one counts as that destination failing.
-        if reused:
+        # is replaced, a fresh one counts as that destination failing. A transaction that ended
+        # with a reply to DATA needs no RSET; one that did not (no recipient accepted, DATA
+        # refused) is reset first. Skipping the needless RSET saves a round trip per message.
+        if reused and conn.dirty:
             try:
                 await smtp.rset()
             except (aiosmtplib.SMTPException, OSError):
                 self._discard(conn)
                 raise _Stale from None
+            conn.dirty = False
         try:
             await smtp.mail(mail_from, options=options, encoding=encoding)
         except aiosmtplib.SMTPResponseException as e:
@@ -335,6 +350,7 @@ class DeliveryClient:
                 raise _Stale from None
             raise _SessionFailure(451, "4.4.2", f"lost connection before MAIL: {e}") from None
 
+        conn.dirty = True
         replies: dict[str, RecipientReply] = {}
         for rcpt in recipients:
             try:
@@ -359,6 +375,7 @@ class DeliveryClient:
         try:
             resp = await smtp.data(data)
             final = (resp.code, resp.message)
+            conn.dirty = False
         except aiosmtplib.SMTPResponseException as e:
             final = (e.code, e.message)
         except (aiosmtplib.SMTPException, OSError) as e:
@@ -383,12 +400,14 @@ class DeliveryClient:
         reuse: bool,
     ) -> _Conn:
         key: PoolKey = (source_ip, dest.address, dest.port)
-        host = self._hosts.setdefault((dest.address, dest.port), _Host())
+        host_key: HostKey = (dest.address, dest.port)
         while True:
             if reuse:
                 conn = self._take_idle(key, helo, policy)
                 if conn is not None:
                     return conn
+            # Looked up after _take_idle: closing the last connection drops the entry.
+            host = self._hosts.setdefault(host_key, _Host())
             if host.open < self._cfg.max_connections_per_host:
                 host.open += 1
                 break
@@ -396,6 +415,7 @@ class DeliveryClient:
             if victim is not None:
                 # Another source IP's idle connection gives up its slot to someone with work.
                 self._discard(victim, polite=True)
+                host = self._hosts.setdefault(host_key, _Host())
                 host.open += 1
                 break
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -411,8 +431,7 @@ class DeliveryClient:
         try:
             return await self._connect(key, helo, dest, policy)
         except BaseException:
-            host.open -= 1
-            self._wake(host)
+            self._free_slot(host_key)
             raise
 
     def _take_idle(self, key: PoolKey, helo: str, policy: TLSPolicy) -> _Conn | None:
@@ -461,9 +480,7 @@ class DeliveryClient:
         if conn.idle_timer is not None:
             conn.idle_timer.cancel()
             conn.idle_timer = None
-        host = self._hosts[(conn.key[1], conn.key[2])]
-        host.open -= 1
-        self._wake(host)
+        self._free_slot((conn.key[1], conn.key[2]))
         if polite and conn.alive:
             task = asyncio.get_running_loop().create_task(self._quit(conn))
             self._closing.add(task)
@@ -482,6 +499,13 @@ class DeliveryClient:
             pass
         finally:
             conn.smtp.close()
+
+    def _free_slot(self, host_key: HostKey) -> None:
+        host = self._hosts[host_key]
+        host.open -= 1
+        self._wake(host)
+        if host.open == 0 and not host.waiters:
+            del self._hosts[host_key]
 
     @staticmethod
     def _wake(host: _Host) -> None:

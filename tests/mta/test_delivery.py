@@ -280,6 +280,21 @@ async def test_concurrent_deliveries_respect_the_per_host_connection_limit(
     assert len({m.peer_port for m in mx.messages()}) <= 2
 
 
+async def test_an_idle_connection_of_another_source_ip_gives_up_its_slot(
+    mx: RecordingMX,
+) -> None:
+    client = DeliveryClient(cfg(maxConnectionsPerHost=1), "mta.example.test")
+    try:
+        for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.2"):
+            result = await send(client, [dest(mx)], source_ip=ip)
+            assert codes(result) == {"bob@remote.test": 250}
+            assert client.stats() == {f"127.0.0.1:{mx.port}": {"open": 1, "idle": 1}}
+    finally:
+        await client.close()
+    assert [m.peer_ip for m in mx.messages()] == ["127.0.0.2", "127.0.0.3", "127.0.0.2"]
+    assert len({m.peer_port for m in mx.messages()}) == 3
+
+
 async def test_a_stale_pooled_connection_is_replaced_without_double_sending(
     mx: RecordingMX,
 ) -> None:
