@@ -1,0 +1,750 @@
+#!/usr/bin/env python3
+"""A real local Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager.
+
+No kubelet, no containers: the same API server and controllers as a real cluster, for tests and
+for users without Docker. Standard library only, so both ``make cluster-up`` and the pytest
+fixture (tests/fixtures/kube.py) use this one implementation.
+
+CLI (the Makefile's cluster-* targets call these)::
+
+    hack/cluster.py up     [--state-dir .local] [--bin-dir DIR]   start, wait until ready
+    hack/cluster.py down   [--state-dir .local]                   stop by PID
+    hack/cluster.py status [--state-dir .local]                   print what runs where
+    hack/cluster.py clean  [--state-dir .local]                   down + remove PKI and etcd data
+
+Library::
+
+    cp = ControlPlane(bin_dir, state_dir)      # free loopback ports unless given
+    cp.start()                                 # PKI, kubeconfigs, processes, wait for readiness
+    cp.kubectl("get", "ns")
+    cp.stop()                                  # SIGTERM (then SIGKILL) to the PIDs it started
+
+Every process is started in its own session with a PID file under ``state_dir/run`` and a log
+under ``state_dir/log``, and is only ever stopped by that PID (after checking that the PID still
+runs the binary that was started, so a recycled PID is never signalled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENVTEST_SH = REPO_ROOT / "hack" / "envtest.sh"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"  # first address of SERVICE_CIDR: the "kubernetes" Service
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+LOOPBACK = "127.0.0.1"
+
+
+class ClusterError(RuntimeError):
+    """The control plane could not be built, started or reached."""
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+def ensure_binaries(*, build: bool = True) -> Path:
+    """Return the bin dir holding the pinned binaries, building them first if missing.
+
+    Raises ClusterError (with the build output) when the build fails.
+    """
+    args = [str(ENVTEST_SH)] + ([] if build else ["--check"])
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        what = "build of" if build else "check for"
+        raise ClusterError(
+            f"{what} the Kubernetes binaries failed (hack/envtest.sh exit {proc.returncode}):\n"
+            f"{proc.stderr[-6000:]}{proc.stdout[-2000:]}"
+        )
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port (TIME_WAIT leftovers do not count: the
+    Go servers bind with SO_REUSEADDR too)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return True
+    return False
+
+
+@dataclass
+class Ports:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+
+    @classmethod
+    def free(cls) -> Ports:
+        chosen: list[int] = []
+        while len(chosen) < 4:
+            p = free_port()
+            if p not in chosen:
+                chosen.append(p)
+        return cls(*chosen)
+
+
+# --------------------------------------------------------------------------- PKI
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ClusterError(f"openssl {' '.join(args)} failed:\n{proc.stderr}")
+
+
+def _new_ca(pki: Path, name: str, subject: str) -> None:
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "3650", "-sha256",
+        "-subj", subject,
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        cwd=pki,
+    )  # fmt: skip
+
+
+def _issue(
+    pki: Path,
+    name: str,
+    subject: str,
+    *,
+    sans: Sequence[str] = (),
+    client: bool = False,
+    ca: str = "ca",
+) -> None:
+    """Issue pki/<name>.{key,crt} signed by pki/<ca>.{key,crt}."""
+    ext = [
+        "basicConstraints=critical,CA:FALSE",
+        "keyUsage=critical,digitalSignature,keyEncipherment",
+        f"extendedKeyUsage={'clientAuth' if client else 'serverAuth,clientAuth'}",
+    ]
+    if sans:
+        ext.append("subjectAltName=" + ",".join(sans))
+    (pki / f"{name}.ext").write_text("\n".join(ext) + "\n")
+    _openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=pki,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+        "-CAcreateserial", "-days", "3650", "-sha256", "-extfile", f"{name}.ext",
+        "-out", f"{name}.crt", cwd=pki,
+    )  # fmt: skip
+    (pki / f"{name}.csr").unlink()
+    (pki / f"{name}.ext").unlink()
+
+
+def ensure_pki(pki: Path) -> None:
+    """CA, serving and client certificates and the service-account key pair (once)."""
+    if (pki / "complete").exists():
+        return
+    if pki.exists():
+        shutil.rmtree(pki)
+    pki.mkdir(parents=True)
+    pki.chmod(0o700)
+    _new_ca(pki, "ca", "/CN=mailfleet-local-ca")
+    # The aggregation layer's own CA: the API server authenticates to extension API servers
+    # with front-proxy-client, and they (and the controller-manager) trust request headers
+    # only from certificates of this CA.
+    _new_ca(pki, "front-proxy-ca", "/CN=mailfleet-local-front-proxy-ca")
+    _issue(
+        pki,
+        "apiserver",
+        "/CN=kube-apiserver",
+        sans=[
+            f"IP:{LOOPBACK}",
+            f"IP:{SERVICE_IP}",
+            "DNS:localhost",
+            "DNS:kubernetes",
+            "DNS:kubernetes.default",
+            "DNS:kubernetes.default.svc",
+            "DNS:kubernetes.default.svc.cluster.local",
+        ],
+    )
+    _issue(pki, "controller-manager", "/CN=kube-controller-manager", sans=[f"IP:{LOOPBACK}"])
+    _issue(pki, "admin", "/O=system:masters/CN=admin", client=True)
+    _issue(pki, "kcm-client", "/CN=system:kube-controller-manager", client=True)
+    _issue(pki, "front-proxy-client", "/CN=front-proxy-client", client=True, ca="front-proxy-ca")
+    # Service-account token signing key (RS256) and its public half for verification.
+    _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
+    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+    for key in pki.glob("*.key"):
+        key.chmod(0o600)
+    (pki / "complete").write_text("")
+
+
+def write_kubeconfig(path: Path, *, server: str, pki: Path, user: str, cert: str) -> None:
+    """A kubeconfig with absolute paths to the CA and a client certificate (JSON is YAML)."""
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "mailfleet-local",
+                "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate": str(pki / f"{cert}.crt"),
+                    "client-key": str(pki / f"{cert}.key"),
+                },
+            }
+        ],
+        "contexts": [
+            {"name": "mailfleet-local", "context": {"cluster": "mailfleet-local", "user": user}}
+        ],
+        "current-context": "mailfleet-local",
+        "preferences": {},
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cfg, indent=2) + "\n")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _pid_runs(pid: int, binary: str | None = None) -> bool:
+    """Whether pid is alive (and, if binary is given, executes that file)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) no longer runs
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat[stat.rindex(")") + 2 :].startswith("Z"):
+            return False
+    except (OSError, ValueError):
+        pass
+    if binary is None:
+        return True
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+    except OSError:
+        return False
+    return Path(argv0).name == Path(binary).name
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def stop_pid(pid: int, binary: str | None = None, *, timeout: float = 15.0) -> bool:
+    """SIGTERM pid (SIGKILL after timeout). Only signals it if it still runs `binary`."""
+    if not _pid_runs(pid, binary):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not _pid_runs(pid):
+            return True
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(50):
+        _reap(pid)
+        if not _pid_runs(pid):
+            break
+        time.sleep(0.1)
+    return True
+
+
+def _tail(path: Path, n: int = 40) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(lines[-n:])
+
+
+# --------------------------------------------------------------------------- control plane
+
+
+@dataclass
+class ControlPlane:
+    """etcd + kube-apiserver + kube-controller-manager under one state directory.
+
+    state_dir layout: pki/ (certs, keys), etcd/ (data), run/<component>.pid, log/<component>.log,
+    kubeconfig (admin, system:masters), controller-manager.kubeconfig, bin/kubectl,
+    cluster.json (ports, versions: lets `down`/`status` and a later `up` find them again).
+    """
+
+    bin_dir: Path
+    state_dir: Path
+    ports: Ports = field(default_factory=Ports.free)
+    fsync: bool = True  # False: etcd --unsafe-no-fsync (throwaway test clusters)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.bin_dir = Path(self.bin_dir).resolve()
+        self.state_dir = Path(self.state_dir).resolve()
+
+    # paths -----------------------------------------------------------------
+    @property
+    def pki(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def kcm_kubeconfig(self) -> Path:
+        return self.state_dir / "controller-manager.kubeconfig"
+
+    @property
+    def kubectl_path(self) -> Path:
+        return self.state_dir / "bin" / "kubectl"
+
+    @property
+    def server(self) -> str:
+        return f"https://{LOOPBACK}:{self.ports.apiserver}"
+
+    def pid_file(self, component: str) -> Path:
+        return self.state_dir / "run" / f"{component}.pid"
+
+    def log_file(self, component: str) -> Path:
+        return self.state_dir / "log" / f"{component}.log"
+
+    def binary(self, component: str) -> Path:
+        return self.bin_dir / component
+
+    # state -----------------------------------------------------------------
+    @classmethod
+    def load(cls, state_dir: Path) -> ControlPlane | None:
+        """The control plane recorded in state_dir/cluster.json, if any."""
+        meta = Path(state_dir) / "cluster.json"
+        if not meta.exists():
+            return None
+        data = json.loads(meta.read_text())
+        return cls(
+            bin_dir=Path(data["bin_dir"]),
+            state_dir=Path(state_dir),
+            ports=Ports(**data["ports"]),
+            fsync=bool(data.get("fsync", True)),
+        )
+
+    def _save(self) -> None:
+        meta = {
+            "bin_dir": str(self.bin_dir),
+            "ports": asdict(self.ports),
+            "fsync": self.fsync,
+            "server": self.server,
+            "kubeconfig": str(self.kubeconfig),
+        }
+        (self.state_dir / "cluster.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    def running(self) -> dict[str, int]:
+        """component -> pid for each component whose PID file points at a live process."""
+        out: dict[str, int] = {}
+        for c in COMPONENTS:
+            try:
+                pid = int(self.pid_file(c).read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if _pid_runs(pid, c):
+                out[c] = pid
+        return out
+
+    # commands --------------------------------------------------------------
+    def _etcd_args(self) -> list[str]:
+        client = f"http://{LOOPBACK}:{self.ports.etcd_client}"
+        peer = f"http://{LOOPBACK}:{self.ports.etcd_peer}"
+        args = [
+            "--name=mailfleet",
+            f"--data-dir={self.state_dir / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=mailfleet={peer}",
+            "--initial-cluster-state=new",
+            "--log-level=warn",
+            "--quota-backend-bytes=4294967296",
+        ]
+        if not self.fsync:
+            args.append("--unsafe-no-fsync")
+        return args
+
+    def _apiserver_args(self) -> list[str]:
+        pki = self.pki
+        return [
+            f"--etcd-servers=http://{LOOPBACK}:{self.ports.etcd_client}",
+            f"--bind-address={LOOPBACK}",
+            f"--advertise-address={LOOPBACK}",
+            f"--secure-port={self.ports.apiserver}",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-account-issuer={SA_ISSUER}",
+            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+            "--authorization-mode=Node,RBAC",
+            "--anonymous-auth=false",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # The defaults (NamespaceLifecycle, LimitRanger, ServiceAccount, PodSecurity,
+            # ResourceQuota, webhooks, ...) plus NodeRestriction; none needs a node.
+            "--enable-admission-plugins=NodeRestriction",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--endpoint-reconciler-type=none",
+            "--v=1",
+        ]
+
+    def _controller_manager_args(self) -> list[str]:
+        pki = self.pki
+        kc = str(self.kcm_kubeconfig)
+        return [
+            f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}",
+            f"--bind-address={LOOPBACK}",
+            f"--secure-port={self.ports.controller_manager}",
+            f"--tls-cert-file={pki / 'controller-manager.crt'}",
+            f"--tls-private-key-file={pki / 'controller-manager.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            # Every default controller: garbagecollector, namespace, deployment, replicaset,
+            # statefulset, serviceaccount, serviceaccount-token, job, cronjob, endpoints, ...
+            "--controllers=*",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--use-service-account-credentials=true",
+            "--leader-elect=false",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+    def _spawn(self, component: str, args: list[str]) -> None:
+        binary = self.binary(component)
+        if not os.access(binary, os.X_OK):
+            raise ClusterError(f"{binary} is missing: run hack/envtest.sh (make envtest)")
+        log = self.log_file(component).open("ab")
+        try:
+            proc = subprocess.Popen(
+                [str(binary), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.state_dir,
+                start_new_session=True,  # survives the CLI; never gets the terminal's signals
+            )
+        finally:
+            log.close()
+        self.procs[component] = proc
+        self.pid_file(component).write_text(f"{proc.pid}\n")
+
+    def _check_alive(self, component: str) -> None:
+        pid_text = self.pid_file(component).read_text().strip()
+        proc = self.procs.get(component)
+        dead = proc.poll() is not None if proc else not _pid_runs(int(pid_text), component)
+        if dead:
+            raise ClusterError(
+                f"{component} (pid {pid_text}) exited; last lines of {self.log_file(component)}:"
+                f"\n{_tail(self.log_file(component))}"
+            )
+
+    # HTTP --------------------------------------------------------------------
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        return ctx
+
+    def get(self, path: str, *, timeout: float = 5.0) -> tuple[int, bytes]:
+        """GET path on the API server as the admin user: (status, body)."""
+        req = urllib.request.Request(self.server + path)
+        try:
+            with urllib.request.urlopen(req, context=self._ssl_context(), timeout=timeout) as r:
+                return int(r.status), bytes(r.read())
+        except urllib.error.HTTPError as e:
+            return int(e.code), bytes(e.read())
+
+    def _wait(self, what: str, ok: Any, deadline: float, watch: Sequence[str]) -> None:
+        last = ""
+        while time.monotonic() < deadline:
+            for c in watch:
+                self._check_alive(c)
+            try:
+                if ok():
+                    return
+            except (OSError, ssl.SSLError, urllib.error.URLError) as e:
+                last = str(e)
+            time.sleep(0.25)
+        logs = "\n".join(f"--- {c}:\n{_tail(self.log_file(c), 20)}" for c in watch)
+        raise ClusterError(f"timed out waiting for {what} ({last})\n{logs}")
+
+    def _etcd_healthy(self) -> bool:
+        url = f"http://{LOOPBACK}:{self.ports.etcd_client}/health"
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return b'"health":"true"' in r.read()
+
+    # lifecycle -------------------------------------------------------------
+    def start(self, *, timeout: float = 180.0) -> None:
+        """Start whatever is not running yet and wait until the cluster is usable:
+        /readyz ok, namespace "default" and its ServiceAccount "default" exist."""
+        for d in ("run", "log", "bin", "etcd"):
+            (self.state_dir / d).mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "etcd").chmod(0o700)
+        running = self.running()
+        if not running:
+            self._repick_busy_ports()
+        ensure_pki(self.pki)
+        write_kubeconfig(
+            self.kubeconfig, server=self.server, pki=self.pki, user="admin", cert="admin"
+        )
+        write_kubeconfig(
+            self.kcm_kubeconfig,
+            server=self.server,
+            pki=self.pki,
+            user="system:kube-controller-manager",
+            cert="kcm-client",
+        )
+        shutil.copy2(self.binary("kubectl"), self.kubectl_path)
+        self._save()
+
+        deadline = time.monotonic() + timeout
+        try:
+            if "etcd" not in running:
+                self._busy_ports_check([self.ports.etcd_client, self.ports.etcd_peer])
+                self._spawn("etcd", self._etcd_args())
+            self._wait("etcd /health", self._etcd_healthy, deadline, ["etcd"])
+            if "kube-apiserver" not in running:
+                self._busy_ports_check([self.ports.apiserver])
+                self._spawn("kube-apiserver", self._apiserver_args())
+            self._wait(
+                "kube-apiserver /readyz",
+                lambda: self.get("/readyz")[0] == 200,
+                deadline,
+                ["etcd", "kube-apiserver"],
+            )
+            if "kube-controller-manager" not in running:
+                self._busy_ports_check([self.ports.controller_manager])
+                self._spawn("kube-controller-manager", self._controller_manager_args())
+            self._wait(
+                'ServiceAccount "default" in namespace "default"',
+                lambda: self.get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+                deadline,
+                list(COMPONENTS),
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def _repick_busy_ports(self) -> None:
+        """Nothing of ours runs: a recorded port that something else took meanwhile is replaced
+        by a free one (the kubeconfigs are rewritten on every start)."""
+        taken = set(asdict(self.ports).values())
+        for name, port in asdict(self.ports).items():
+            if port_in_use(port):
+                new = free_port()
+                while new in taken:
+                    new = free_port()
+                taken.add(new)
+                setattr(self.ports, name, new)
+
+    def _busy_ports_check(self, ports: Sequence[int]) -> None:
+        busy = [p for p in ports if port_in_use(p)]
+        if busy:
+            raise ClusterError(
+                f"port(s) {busy} on {LOOPBACK} are taken by another process; "
+                f"run `hack/cluster.py clean --state-dir {self.state_dir}` to pick new ports"
+            )
+
+    def stop(self) -> list[str]:
+        """Stop the components (controller-manager first) by PID; returns what was stopped."""
+        stopped: list[str] = []
+        for c in reversed(COMPONENTS):
+            pid: int | None = None
+            proc = self.procs.pop(c, None)
+            if proc is not None:
+                pid = proc.pid
+            else:
+                with contextlib.suppress(OSError, ValueError):
+                    pid = int(self.pid_file(c).read_text().strip())
+            if pid is not None and stop_pid(pid, c):
+                stopped.append(c)
+            if proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+            self.pid_file(c).unlink(missing_ok=True)
+        return stopped
+
+    # kubectl ---------------------------------------------------------------
+    def kubectl(
+        self,
+        *args: str,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 120.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the pinned kubectl against this cluster as the admin user (text mode)."""
+        proc = subprocess.run(
+            [str(self.binary("kubectl")), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise ClusterError(
+                f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}"
+            )
+        return proc
+
+
+@contextlib.contextmanager
+def running_control_plane(
+    bin_dir: Path | None = None, state_dir: Path | None = None, *, fsync: bool = False
+) -> Iterator[ControlPlane]:
+    """A throwaway control plane on free ports, stopped (by PID) and removed on exit."""
+    owned = state_dir is None
+    sd = Path(tempfile.mkdtemp(prefix="mailfleet-kube-")) if state_dir is None else state_dir
+    cp = ControlPlane(bin_dir or ensure_binaries(), sd, fsync=fsync)
+    try:
+        cp.start()
+        yield cp
+    finally:
+        cp.stop()
+        if owned:
+            shutil.rmtree(sd, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cmd_up(ns: argparse.Namespace) -> int:
+    state_dir = Path(ns.state_dir).resolve()
+    bin_dir = Path(ns.bin_dir) if ns.bin_dir else ensure_binaries()
+    cp = ControlPlane.load(state_dir)
+    if cp is None:
+        cp = ControlPlane(bin_dir, state_dir)
+    else:
+        cp.bin_dir = bin_dir.resolve()
+    t0 = time.monotonic()
+    cp.start(timeout=ns.timeout)
+    print(f"control plane ready in {time.monotonic() - t0:.1f}s: {cp.server}")
+    print(f"  export KUBECONFIG={cp.kubeconfig}")
+    print(f"  kubectl:  {cp.kubectl_path}")
+    print(f"  logs:     {cp.state_dir / 'log'}")
+    return 0
+
+
+def _cmd_down(ns: argparse.Namespace) -> int:
+    cp = ControlPlane.load(Path(ns.state_dir))
+    if cp is None:
+        print("no control plane recorded in", ns.state_dir)
+        return 0
+    stopped = cp.stop()
+    print("stopped:", ", ".join(stopped) if stopped else "nothing was running")
+    return 0
+
+
+def _cmd_status(ns: argparse.Namespace) -> int:
+    cp = ControlPlane.load(Path(ns.state_dir))
+    if cp is None:
+        print("no control plane recorded in", ns.state_dir)
+        return 1
+    running = cp.running()
+    for c in COMPONENTS:
+        print(f"{c:26} {'pid ' + str(running[c]) if c in running else 'stopped'}")
+    print(f"server {cp.server}  kubeconfig {cp.kubeconfig}")
+    return 0 if len(running) == len(COMPONENTS) else 1
+
+
+def _cmd_clean(ns: argparse.Namespace) -> int:
+    state_dir = Path(ns.state_dir)
+    cp = ControlPlane.load(state_dir)
+    if cp is not None:
+        cp.stop()
+        if cp.running():
+            print("refusing to clean: components still running", file=sys.stderr)
+            return 1
+    for name in (
+        "pki",
+        "etcd",
+        "run",
+        "log",
+        "kubeconfig",
+        "controller-manager.kubeconfig",
+        "cluster.json",
+    ):
+        p = state_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    (state_dir / "bin" / "kubectl").unlink(missing_ok=True)
+    print("removed the control plane state under", state_dir)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("command", choices=["up", "down", "status", "clean"])
+    ap.add_argument("--state-dir", default=str(REPO_ROOT / ".local"))
+    ap.add_argument("--bin-dir", default=None, help="default: build/reuse via hack/envtest.sh")
+    ap.add_argument("--timeout", type=float, default=180.0)
+    ns = ap.parse_args(argv)
+    handlers = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "clean": _cmd_clean}
+    try:
+        return handlers[ns.command](ns)
+    except ClusterError as e:
+        print(f"cluster.py {ns.command}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
