@@ -476,7 +476,6 @@ class SendingPoolSpec(CRDModel):
             "ips[].address must be unique within a pool",
             _ips_unique,
             field_path=".ips",
-            reason="FieldValueDuplicate",
         ),
         Rule(
             "self.ips.exists(i, !i.standby)",
@@ -490,7 +489,6 @@ class SendingPoolSpec(CRDModel):
             "dkim[]: each domain and selector pair must be listed once",
             lambda s: _unique([(k.domain, k.selector.lower()) for k in s.dkim]),
             field_path=".dkim",
-            reason="FieldValueDuplicate",
         ),
     )
 
@@ -624,7 +622,6 @@ class DeliveryPolicySpec(CRDModel):
             "providers[].name must be unique within a policy",
             lambda s: _unique([p.name for p in s.providers]),
             field_path=".providers",
-            reason="FieldValueDuplicate",
         ),
     )
 
@@ -635,6 +632,8 @@ class DeliveryPolicyStatus(CRDModel):
     pools: list[str] = Field(default=[], max_length=1000)
     """SendingPools that select this policy."""
     pool_count: int | None = None
+    provider_count: int | None = None
+    """len(spec.providers), for `kubectl get` (a printer column cannot count a list)."""
 
 
 # --- IPWarmup ----------------------------------------------------------------------------------
@@ -703,7 +702,6 @@ class IPWarmupSpec(CRDModel):
             "addresses must be unique",
             lambda s: _unique(list(s.addresses)),
             field_path=".addresses",
-            reason="FieldValueDuplicate",
         ),
     )
 
@@ -828,6 +826,7 @@ KINDS: tuple[Kind, ...] = (
                 f"metadata.name must be at most {POOL_NAME_MAX} characters: it prefixes the "
                 "names of the pool's StatefulSet, Services and pods",
                 lambda obj: len(obj.metadata.get("name", "")) <= POOL_NAME_MAX,
+                field_path=".metadata.name",
             ),
         ),
     ),
@@ -838,7 +837,7 @@ KINDS: tuple[Kind, ...] = (
         plural="deliverypolicies",
         short_names=("mfpolicy",),
         columns=(
-            PrinterColumn("Providers", ".spec.providers[*].name"),
+            PrinterColumn("Providers", ".status.providerCount", "integer"),
             PrinterColumn("Pools", ".status.poolCount", "integer", "SendingPools using it"),
             PrinterColumn("Ready", _ready("status")),
             PrinterColumn("Reason", _ready("reason")),

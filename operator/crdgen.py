@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,8 @@ class SchemaError(ValueError):
 
 class _DefaultsAsWritten(GenerateJsonSchema):
     """Serialize defaults through the field's own serializer: a Duration default of 300.0 must
-    appear as "5m" (what the pattern allows), a nested model as the fields that differ from its
-    own defaults (the API server fills in the rest from the nested schema)."""
+    appear as "5m" (what the pattern allows), a nested model in full: the API server checks a
+    default against the CEL rules as written, without filling in the nested defaults first."""
 
     def default_schema(self, schema: Any) -> JsonSchemaValue:
         json_schema = super().default_schema(schema)
@@ -65,7 +66,7 @@ class _DefaultsAsWritten(GenerateJsonSchema):
 
 
 def _dump(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude_none=True)
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def json_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -134,6 +135,8 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], where: str) -> dict[str
             f"{where}: a union of {[b.get('type') for b in non_null]} is not structural"
         )
 
+    if isinstance(node.get("description"), str):
+        node["description"] = _unwrap(node["description"])
     if "const" in node:
         node["enum"] = [node.pop("const")]
     for bound in ("exclusiveMinimum", "exclusiveMaximum"):
@@ -169,6 +172,12 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], where: str) -> dict[str
     return _ordered(node)
 
 
+def _unwrap(text: str) -> str:
+    """Docstring lines joined into paragraphs: `kubectl explain` wraps text itself."""
+    paragraphs = re.split(r"\n\s*\n", text.strip())
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
 _FIRST = ("type", "description", "default")
 _LAST = ("required", "properties", "additionalProperties", "items", "x-kubernetes-validations")
 
@@ -195,6 +204,9 @@ def openapi_schema(kind: Kind) -> dict[str, Any]:
     }
     if kind.root_rules:
         schema["x-kubernetes-validations"] = [r.to_k8s() for r in kind.root_rules]
+        # Declared so a rule's fieldPath may point at the name (the only metadata field a CRD
+        # schema may constrain, with generateName).
+        schema["properties"]["metadata"]["properties"] = {"name": {"type": "string"}}
     return schema
 
 

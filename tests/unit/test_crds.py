@@ -207,7 +207,7 @@ def test_duration_and_rate_defaults_are_written_as_strings() -> None:
     spec = schema_of("sendingpools")["properties"]["spec"]["properties"]
     assert spec["autoscaling"]["properties"]["scaleDownStabilization"]["default"] == "10m"
     assert spec["health"]["properties"]["window"]["default"] == "1h"
-    assert spec["replicas"]["default"] == {"max": 1}
+    assert spec["replicas"]["default"] == {"min": 1, "max": 1}
     assert spec["submission"]["properties"]["maxMessageSize"]["default"] == 26214400
     policy = schema_of("deliverypolicies")["properties"]["spec"]["properties"]
     adaptive = policy["default"]["properties"]["adaptive"]["properties"]
