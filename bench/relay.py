@@ -111,7 +111,13 @@ def measure(messages: int, size: int, sessions: int, workers: int) -> dict[str, 
         sink.wait_for(messages, timeout=600)
         elapsed = time.perf_counter() - start
         signed = sum(_metric(p, "mailfleet_dkim_signatures_total") for p in admin_ports)
+        commits = sum(_metric(p, "mailfleet_spool_commit_seconds_count") for p in admin_ports)
+        commit_s = sum(_metric(p, "mailfleet_spool_commit_seconds_sum") for p in admin_ports)
+        ops = sum(_metric(p, "mailfleet_spool_commit_batch_size_sum") for p in admin_ports)
         return {
+            "commits": commits,
+            "commit_ms": 1000 * commit_s / max(commits, 1),
+            "batch": ops / max(commits, 1),
             "msg_per_s": messages / elapsed,
             "accept_per_s": messages / submitted,
             "seconds": elapsed,
@@ -136,6 +142,10 @@ def main() -> None:
         f"relay: mailfleet {r['msg_per_s']:.0f} msg/s end to end "
         f"({r['accept_per_s']:.0f} msg/s accepted, {a.workers} engine processes, "
         f"{r['signed']:.0f} DKIM signatures)"
+    )
+    print(
+        f"spool: {r['commits']:.0f} commits, {r['batch']:.1f} operations per commit, "
+        f"{r['commit_ms']:.2f} ms per commit"
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -192,10 +193,25 @@ class SubmissionHandler:
         return AuthResult(success=False, handled=False)
 
 
+_SIMPLE_PATH = re.compile(r"\s*<([^<>\s\"\\()\[\],;:]*)>(.*)", re.DOTALL)
+
+
 class SessionCounter(SMTP):
-    """aiosmtpd's SMTP with a session gauge."""
+    """aiosmtpd's SMTP with a session gauge, and a fast path for plain addresses."""
 
     metrics: EngineMetrics | None = None
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd parses every MAIL/RCPT argument with the email header parser (and defines a
+        # class per call); "<local@domain> PARAMS" needs none of that. Quoted local parts and
+        # other rare forms still go to the full parser.
+        m = _SIMPLE_PATH.match(arg)
+        if m is None:
+            return super()._getaddr(arg)  # type: ignore[no-any-return]
+        addr = m.group(1) or "<>"  # as aiosmtpd gives the null path
+        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return addr, m.group(2).lstrip()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.metrics is not None:
