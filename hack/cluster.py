@@ -291,6 +291,18 @@ def stop_pid(pid: int, binary: str | None = None, *, timeout: float = 15.0) -> b
     return True
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies (Linux only, best effort)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _tail(path: Path, n: int = 40) -> str:
     try:
         lines = path.read_text(errors="replace").splitlines()
@@ -315,6 +327,9 @@ class ControlPlane:
     state_dir: Path
     ports: Ports = field(default_factory=Ports.free)
     fsync: bool = True  # False: etcd --unsafe-no-fsync (throwaway test clusters)
+    # True: the components get SIGTERM if the starting process dies without stopping them
+    # (Linux PR_SET_PDEATHSIG), so a killed test run leaves nothing behind. `up` leaves it off.
+    die_with_parent: bool = False
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -480,6 +495,7 @@ class ControlPlane:
                 stderr=subprocess.STDOUT,
                 cwd=self.state_dir,
                 start_new_session=True,  # survives the CLI; never gets the terminal's signals
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         finally:
             log.close()
@@ -652,7 +668,7 @@ def running_control_plane(
     """A throwaway control plane on free ports, stopped (by PID) and removed on exit."""
     owned = state_dir is None
     sd = Path(tempfile.mkdtemp(prefix="mailfleet-kube-")) if state_dir is None else state_dir
-    cp = ControlPlane(bin_dir or ensure_binaries(), sd, fsync=fsync)
+    cp = ControlPlane(bin_dir or ensure_binaries(), sd, fsync=fsync, die_with_parent=True)
     try:
         cp.start()
         yield cp

@@ -47,6 +47,9 @@ if complete; then
   exit 0
 fi
 
+if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
+  PATH="/usr/local/go/bin:$PATH"
+fi
 command -v go >/dev/null || { echo "envtest.sh: 'go' not found on PATH (Go >= 1.24 needed)" >&2; exit 1; }
 
 major_minor="${K8S_VERSION#v}"
