@@ -58,6 +58,13 @@ class ClusterError(RuntimeError):
     """The control plane could not be built, started or reached."""
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """kubectl exited non-zero (check=True); str() includes its stderr and stdout."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{self.stderr or ''}{self.output or ''}".rstrip()
+
+
 # --------------------------------------------------------------------------- binaries
 
 
@@ -645,7 +652,9 @@ class ControlPlane:
         input: str | None = None,
         timeout: float = 120.0,
     ) -> subprocess.CompletedProcess[str]:
-        """Run the pinned kubectl against this cluster as the admin user (text mode)."""
+        """Run the pinned kubectl against this cluster as the admin user (text mode).
+
+        check=True raises KubectlError (a subprocess.CalledProcessError) on a non-zero exit."""
         proc = subprocess.run(
             [str(self.binary("kubectl")), f"--kubeconfig={self.kubeconfig}", *args],
             input=input,
@@ -655,9 +664,7 @@ class ControlPlane:
             check=False,
         )
         if check and proc.returncode != 0:
-            raise ClusterError(
-                f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}"
-            )
+            raise KubectlError(proc.returncode, proc.args, proc.stdout, proc.stderr)
         return proc
 
 
