@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import subprocess
 
 import dkim
 import pytest
@@ -21,6 +22,13 @@ MESSAGE = (
     b".. and this line started with a dot.\r\n"
 )
 HEADERS = [b"from", b"to", b"subject", b"date", b"message-id"]
+# Debian's Mail::DKIM needs CryptX (libcryptx-perl) for Ed25519; dkimverify.pl adds the rest
+HAVE_ED25519 = (
+    subprocess.run(["perl", "-MCrypt::PK::Ed25519", "-e1"], capture_output=True).returncode == 0
+)
+needs_ed25519 = pytest.mark.skipif(
+    not HAVE_ED25519, reason="libcryptx-perl missing: Mail::DKIM cannot verify Ed25519"
+)
 
 
 def _rsa_key() -> tuple[bytes, str]:
@@ -48,6 +56,8 @@ def _ed25519_key() -> tuple[bytes, str]:
 @pytest.fixture
 def signed(dns_server: DnsServer) -> bytes:
     """MESSAGE dual-signed (Ed25519 first, then RSA-2048) with keys published in DNS."""
+    if not HAVE_ED25519:
+        pytest.skip("libcryptx-perl missing: Mail::DKIM cannot verify Ed25519")
     rsa_pem, rsa_txt = _rsa_key()
     ed_key, ed_txt = _ed25519_key()
     dns_server.add_txt("rsa2048._domainkey.example.com", rsa_txt)
@@ -108,6 +118,32 @@ def test_key_mismatch_fails(dns_server: DnsServer) -> None:
     dns_server.add_txt("rot._domainkey.example.com", other_txt)
     sig = dkim.sign(MESSAGE, b"rot", b"example.com", signing_pem, include_headers=HEADERS)
     assert DkimVerifier(dns_server).results(sig + MESSAGE) == ["fail"]
+
+
+def test_rsa_alone_passes_and_fails(dns_server: DnsServer) -> None:
+    pem, txt = _rsa_key()
+    dns_server.add_txt("solo._domainkey.example.com", txt)
+    signed = dkim.sign(MESSAGE, b"solo", b"example.com", pem, include_headers=HEADERS) + MESSAGE
+    assert _summary(dkim_verify(signed, dns_server)) == [
+        ("rsa-sha256", "solo", "example.com", "pass")
+    ]
+    tampered = signed.replace(b"Numbers are up.", b"Numbers are down.")
+    assert [r["result"] for r in dkim_verify(tampered, dns_server)] == ["fail"]
+
+
+@needs_ed25519
+def test_ed25519_alone_passes(dns_server: DnsServer) -> None:
+    key, txt = _ed25519_key()
+    dns_server.add_txt("ed._domainkey.example.com", txt)
+    sig = dkim.sign(
+        MESSAGE,
+        b"ed",
+        b"example.com",
+        key,
+        signature_algorithm=b"ed25519-sha256",
+        include_headers=HEADERS,
+    )
+    assert DkimVerifier(dns_server).results(sig + MESSAGE) == ["pass"]
 
 
 def test_unsigned_message_has_no_results(dkim_verifier: DkimVerifier) -> None:

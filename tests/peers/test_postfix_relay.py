@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from fixtures.peers import PostfixRelay, RecordingMX, SmtpSink, swaks
 from fixtures.procs import pid_alive, wait_until
@@ -51,3 +55,19 @@ def test_stop_ends_the_master_and_frees_the_port(smtp_sink: Callable[..., SmtpSi
     relay.close()
     assert not pid_alive(pid)
     assert swaks(relay.address, timeout=5).returncode != 0
+
+
+def test_bench_postfix_prints_a_figure() -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.postfix", "--count", "200", "--sessions", "5"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(
+        r"postfix relay: 200 msgs x 5 KB over 5 sessions: \d+ msg/s end to end .*\n", done.stdout
+    )
