@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from mailfleet.mta.units import Duration, Size
+from mailfleet.mta.units import Duration, Rate, Size
 
 DEFAULT_SIGNED_HEADERS = [
     "from",
@@ -164,10 +164,15 @@ class RoutingConfig(Model):
         return {k.lower().rstrip("."): t for k, t in v.items()}
 
 
+IPState = Literal["active", "warming", "standby", "quarantined"]
+
+
 class SourceIP(Model):
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
     # HELO name; should match the address's PTR record.
     hostname: str | None = None
+    # Set by the operator: only active and warming addresses send.
+    state: IPState = "active"
 
 
 class DeliveryConfig(Model):
@@ -209,6 +214,90 @@ class RetryConfig(Model):
         return self
 
 
+# -- shaping: what the operator renders from DeliveryPolicies and IPWarmups ---------------------
+
+
+class ProviderMatchConfig(Model):
+    mx_suffixes: list[str] = Field(default_factory=list)
+    recipient_domains: list[str] = Field(default_factory=list)
+
+
+class PerIPLimitsConfig(Model):
+    """Limits per (source IP, provider) pair."""
+
+    max_connections: int = Field(default=5, ge=1)
+    max_messages_per_connection: int = Field(default=50, ge=1)
+    max_message_rate: Rate | None = None
+
+
+class AdaptiveConfig(Model):
+    """AIMD: a throttling reply multiplies the rate by `decrease`; each clean
+    `recoveryInterval` adds `increase` back, up to the policy maximum, never below `floor`."""
+
+    enabled: bool = True
+    decrease: float = Field(default=0.5, gt=0, lt=1)
+    increase: Rate = 10 / 60
+    recovery_interval: Duration = 300.0
+    floor: Rate = 10 / 60
+
+
+ReplyAction = Literal["throttle", "suspend", "retry", "bounce", "quarantine"]
+
+
+class ReplyRuleConfig(Model):
+    match: str
+    action: ReplyAction
+    duration: Duration | None = None
+
+    @field_validator("match")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        import re
+
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"{v!r} is not a regular expression: {e}") from None
+        return v
+
+
+class ProviderSettingsConfig(Model):
+    per_ip: PerIPLimitsConfig = Field(default_factory=PerIPLimitsConfig, alias="perIP")
+    adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
+    rules: list[ReplyRuleConfig] = Field(default_factory=list)
+    retry: RetryConfig | None = None  # None: the engine-wide retry
+
+
+class ProviderConfig(ProviderSettingsConfig):
+    name: str
+    match: ProviderMatchConfig = Field(default_factory=ProviderMatchConfig)
+
+
+class WarmupCapConfig(Model):
+    """Today's cap for one (source IP, provider): the operator advances `day` and `dailyCap`."""
+
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    provider: str  # a provider name, or "*" for every provider
+    day: int = Field(ge=0)
+    daily_cap: int = Field(ge=0)
+
+
+class ShapingConfig(Model):
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    default: ProviderSettingsConfig = Field(default_factory=ProviderSettingsConfig)
+    warmup: list[WarmupCapConfig] = Field(default_factory=list)
+    overflow: Literal["spill", "defer"] = "spill"
+
+    @field_validator("providers")
+    @classmethod
+    def _unique(cls, v: list[ProviderConfig]) -> list[ProviderConfig]:
+        names = [p.name for p in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"provider names must be unique; repeated: {', '.join(dupes)}")
+        return v
+
+
 class DKIMKey(Model):
     domain: str
     selector: str = Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
@@ -248,6 +337,7 @@ class EngineConfig(Model):
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     dkim: DKIMConfig = Field(default_factory=DKIMConfig)
+    shaping: ShapingConfig = Field(default_factory=ShapingConfig)
     bounces: BounceConfig = Field(default_factory=BounceConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

@@ -59,16 +59,28 @@ def jobs_for(msg: QueuedMessage, seq: itertools.count[int]) -> list[Job]:
     ]
 
 
+class NoSourceIP(Exception):
+    """Every configured address is standby or quarantined: nothing may send now."""
+
+
 class SourceIPs:
-    """Round robin over the configured source addresses (None: let the kernel pick)."""
+    """Round robin over the addresses that may send (active or warming); with none configured
+    the kernel picks."""
 
     def __init__(self, cfg: EngineConfig) -> None:
+        ips = cfg.delivery.source_ips
         self.choices: list[tuple[str | None, str]] = [
-            (str(ip.address), ip.hostname or cfg.hostname) for ip in cfg.delivery.source_ips
-        ] or [(None, cfg.hostname)]
-        self._next = itertools.cycle(range(len(self.choices)))
+            (str(ip.address), ip.hostname or cfg.hostname)
+            for ip in ips
+            if ip.state in ("active", "warming")
+        ]
+        if not ips:
+            self.choices = [(None, cfg.hostname)]
+        self._next = itertools.cycle(range(len(self.choices) or 1))
 
     def pick(self) -> tuple[str | None, str]:
+        if not self.choices:
+            raise NoSourceIP("no active source IP")
         return self.choices[next(self._next)]
 
 
@@ -174,9 +186,17 @@ class QueueRunner:
         if msg is None:
             return
         started = time.time()
-        source_ip, helo = self.sources.pick()
         try:
+            source_ip, helo = self.sources.pick()
             destinations = await self.router.resolve(job.domain)
+        except NoSourceIP as e:
+            result = AttemptResult(
+                replies=[RecipientReply(r, 451, "4.3.0", f"4.3.0 {e}") for r in job.recipients],
+                destination=None,
+                source_ip=None,
+                tls=False,
+                error=str(e),
+            )
         except RouteError as e:
             code = 451 if e.temporary else 550
             code = getattr(e, "code", code) or code

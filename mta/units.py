@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
@@ -84,3 +85,36 @@ Size = Annotated[
     BeforeValidator(parse_size),
     WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string", "pattern": SIZE_PATTERN}]}),
 ]
+
+RATE_PATTERN = r"^[0-9]+(\.[0-9]+)?/(s|min|h|d)$"
+_RATE_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_rate(value: object) -> float:
+    """Messages per second from "300/min", "5/s", "1000/h", "50000/d"."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a rate cannot be negative")
+        return float(value)
+    if not isinstance(value, str) or not re.fullmatch(RATE_PATTERN, value.strip()):
+        raise ValueError(f"{value!r} is not a rate; expected e.g. '5/s', '300/min', '1000/h'")
+    number, unit = value.strip().split("/")
+    return float(number) / _RATE_UNITS[unit]
+
+
+def format_rate(per_second: float) -> str:
+    """The first unit (s, min, h, d) that makes the rate a whole number: 5.0 -> "5/s"."""
+    for unit, seconds in _RATE_UNITS.items():
+        n = per_second * seconds
+        if math.isclose(n, round(n), rel_tol=1e-9, abs_tol=1e-9):
+            return f"{round(n)}/{unit}"
+    return f"{per_second * 86400:g}/d"
+
+
+Rate = Annotated[
+    float,
+    BeforeValidator(parse_rate),
+    PlainSerializer(format_rate, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": RATE_PATTERN, "maxLength": 32}),
+]
+"""A message rate; held as messages per second."""

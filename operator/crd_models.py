@@ -16,7 +16,6 @@ engine config use the engine's types (mailfleet.mta.config), so the operator ren
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from mailfleet.mta.config import RetryConfig
-from mailfleet.mta.units import Duration, Size
+from mailfleet.mta.units import Duration, Rate, Size
 
 GROUP = "mailfleet.io"
 VERSION = "v1alpha1"
@@ -68,7 +67,6 @@ _LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
 HOSTNAME_PATTERN = rf"^({_LABEL}\.)*{_LABEL}$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-RATE_PATTERN = r"^[0-9]+(\.[0-9]+)?/(s|min|h|d)$"
 # Kubernetes resource.Quantity, as the API server's own schemas spell it.
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
@@ -136,38 +134,6 @@ ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=OBJECT_N
 """The name of an object in the same namespace (a Secret, a SendingPool)."""
 
 ProviderName = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
-
-_RATE_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_rate(value: object) -> float:
-    """Messages per second from "300/min", "5/s", "1000/h", "50000/d"."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError("a rate cannot be negative")
-        return float(value)
-    if not isinstance(value, str) or not re.fullmatch(RATE_PATTERN, value.strip()):
-        raise ValueError(f"{value!r} is not a rate; expected e.g. '5/s', '300/min', '1000/h'")
-    number, unit = value.strip().split("/")
-    return float(number) / _RATE_UNITS[unit]
-
-
-def format_rate(per_second: float) -> str:
-    """The first unit (s, min, h, d) that makes the rate a whole number: 5.0 -> "5/s"."""
-    for unit, seconds in _RATE_UNITS.items():
-        n = per_second * seconds
-        if math.isclose(n, round(n), rel_tol=1e-9, abs_tol=1e-9):
-            return f"{round(n)}/{unit}"
-    return f"{per_second * 86400:g}/d"
-
-
-Rate = Annotated[
-    float,
-    BeforeValidator(parse_rate),
-    PlainSerializer(format_rate, return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "pattern": RATE_PATTERN, "maxLength": 32}),
-]
-"""A message rate; held as messages per second."""
 
 
 def _quantity(value: object) -> str:

@@ -65,10 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     kg.add_argument("--selector", required=True)
     kg.add_argument("--algorithm", choices=["rsa-sha256", "ed25519-sha256"], default="rsa-sha256")
     kg.add_argument("--out", required=True, help="where to write the PEM private key")
+    sub.add_parser(
+        "operator", help="run the Kubernetes operator (arguments: --help)", add_help=False
+    )
+    sub.add_parser("crds", help="write crds/ from the models (arguments: --help)", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # The operator and the CRD generator parse their own arguments.
+    if argv and argv[0] == "operator":
+        from mailfleet.operator.main import main as operator_main
+
+        return operator_main(argv[1:])
+    if argv and argv[0] == "crds":
+        from mailfleet.operator.crdgen import main as crdgen_main
+
+        return crdgen_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "mta":

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from mailfleet.mta import units
 from mailfleet.mta.config import DKIMKey
 from mailfleet.mta.units import Duration, Size
 from mailfleet.operator import crd_models as m
@@ -483,15 +484,15 @@ def test_ipv4_mapped_and_zoned_addresses_are_refused() -> None:
      ("1.5/s", 1.5, "90/min")],
 )  # fmt: skip
 def test_rates(text: str, per_second: float, written: str) -> None:
-    assert m.parse_rate(text) == pytest.approx(per_second)
-    assert m.format_rate(m.parse_rate(text)) == written
-    assert m.parse_rate(written) == pytest.approx(per_second)
+    assert units.parse_rate(text) == pytest.approx(per_second)
+    assert units.format_rate(units.parse_rate(text)) == written
+    assert units.parse_rate(written) == pytest.approx(per_second)
 
 
 @pytest.mark.parametrize("bad", ["5", "5/sec", "/min", "5 /min", "-5/s", "5/m"])
 def test_bad_rates_are_named(bad: str) -> None:
     with pytest.raises(ValueError, match="not a rate"):
-        m.parse_rate(bad)
+        units.parse_rate(bad)
 
 
 def test_hostnames_are_lowercased_and_checked() -> None:
