@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
 # Debian packages the tests and benchmarks drive as real peers.
-APT_PACKAGES := postfix swaks dnsmasq-base libmail-dkim-perl libnet-dns-perl redis-server \
+APT_PACKAGES := postfix swaks dnsmasq-base libmail-dkim-perl libnet-dns-perl libcryptx-perl redis-server \
                 dante-server openssl ca-certificates
 
 .PHONY: help

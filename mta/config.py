@@ -173,6 +173,9 @@ class SourceIP(Model):
     hostname: str | None = None
     # Set by the operator: only active and warming addresses send.
     state: IPState = "active"
+    # The pod that sends from this address (a StatefulSet pod name); an engine started with
+    # POD_NAME in its environment uses only its own addresses. None: any engine may use it.
+    owner: str | None = None
 
 
 class DeliveryConfig(Model):

@@ -9,6 +9,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import os
 import random
 import time
 from collections import defaultdict
@@ -67,8 +68,13 @@ class SourceIPs:
     """Round robin over the addresses that may send (active or warming); with none configured
     the kernel picks."""
 
-    def __init__(self, cfg: EngineConfig) -> None:
-        ips = cfg.delivery.source_ips
+    def __init__(self, cfg: EngineConfig, pod_name: str | None = None) -> None:
+        pod_name = pod_name if pod_name is not None else os.environ.get("POD_NAME")
+        ips = [
+            ip
+            for ip in cfg.delivery.source_ips
+            if ip.owner is None or pod_name is None or ip.owner == pod_name
+        ]
         self.choices: list[tuple[str | None, str]] = [
             (str(ip.address), ip.hostname or cfg.hostname)
             for ip in ips
