@@ -301,6 +301,44 @@ class ShapingConfig(Model):
         return v
 
 
+class SuppressionConfig(Model):
+    """Recipients not to send to again: hard bounces and complaints."""
+
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    # sqlite: a file beside the spool (spool.path/suppressions.db) unless set.
+    path: Path | None = None
+    # redis: one list shared by every engine of the fleet (redis://host:port/db).
+    redis_url: str | None = Field(default=None, alias="redisURL")
+    # Keys are namespaced so pools can share a Redis without sharing lists.
+    namespace: str = "default"
+    # reject: 550 5.7.1 at RCPT; drop: accept, log, and never deliver.
+    on_suppressed: Literal["reject", "drop"] = "reject"
+    # Which reply classes suppress a recipient on bounce.
+    suppress_classes: list[str] = Field(default_factory=lambda: ["invalid-recipient"])
+    # ARF reports (RFC 5965) mailed to these addresses through submission are complaints.
+    feedback_addresses: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _redis(self) -> SuppressionConfig:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("suppression.redisURL is required when suppression.backend is redis")
+        return self
+
+
+class HeadersConfig(Model):
+    """Headers added at submission, before DKIM signing (so the signature covers them)."""
+
+    # e.g. "<mailto:unsub@example.com?subject={recipient}>, <https://example.com/u/{token}>";
+    # {recipient}, {token} (an opaque per-recipient token) and {message_id} are filled in.
+    list_unsubscribe: str | None = None
+    # Adds List-Unsubscribe-Post: List-Unsubscribe=One-Click (RFC 8058); needs an https URI.
+    one_click: bool = True
+    # e.g. "{campaign}:{customer}:transactional:mailfleet"; {x} comes from X-Mailfleet-x headers.
+    feedback_id: str | None = None
+    # Secret for {token} (HMAC of the recipient); read from this file.
+    token_key_file: Path | None = None
+
+
 class DKIMKey(Model):
     domain: str
     selector: str = Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
@@ -341,6 +379,8 @@ class EngineConfig(Model):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     dkim: DKIMConfig = Field(default_factory=DKIMConfig)
     shaping: ShapingConfig = Field(default_factory=ShapingConfig)
+    suppression: SuppressionConfig = Field(default_factory=SuppressionConfig)
+    headers: HeadersConfig = Field(default_factory=HeadersConfig)
     bounces: BounceConfig = Field(default_factory=BounceConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
