@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from mailfleet.mta.units import Duration, Rate, Size
@@ -247,10 +255,21 @@ class AdaptiveConfig(Model):
 ReplyAction = Literal["throttle", "suspend", "retry", "bounce", "quarantine"]
 
 
+def _action(v: object) -> object:
+    # The issue and older configs say quarantine-ip; the CRD says quarantine. Same action.
+    return "quarantine" if v == "quarantine-ip" else v
+
+
 class ReplyRuleConfig(Model):
+    """A regex searched in the whole reply ("421 4.7.28 ...") and what to do when it matches:
+    at once, or only once `threshold` matches fell within `window`."""
+
     match: str
-    action: ReplyAction
+    action: Annotated[ReplyAction, BeforeValidator(_action)]
+    # suspend: how long the pair sends nothing; quarantine: how long the IP rests (default 24h).
     duration: Duration | None = None
+    threshold: int = Field(default=1, ge=1)
+    window: Duration = 60.0
 
     @field_validator("match")
     @classmethod
@@ -264,8 +283,16 @@ class ReplyRuleConfig(Model):
         return v
 
 
+class PoolLimitsConfig(Model):
+    """Limits per provider across every source IP of this engine."""
+
+    max_connections: int | None = Field(default=None, ge=1)
+    max_message_rate: Rate | None = None
+
+
 class ProviderSettingsConfig(Model):
     per_ip: PerIPLimitsConfig = Field(default_factory=PerIPLimitsConfig, alias="perIP")
+    pool: PoolLimitsConfig = Field(default_factory=PoolLimitsConfig)
     adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
     rules: list[ReplyRuleConfig] = Field(default_factory=list)
     retry: RetryConfig | None = None  # None: the engine-wide retry
@@ -289,7 +316,13 @@ class ShapingConfig(Model):
     providers: list[ProviderConfig] = Field(default_factory=list)
     default: ProviderSettingsConfig = Field(default_factory=ProviderSettingsConfig)
     warmup: list[WarmupCapConfig] = Field(default_factory=list)
+    # Mail that would exceed a warming IP's cap: spill to other IPs, or defer (wait for the cap).
     overflow: Literal["spill", "defer"] = "spill"
+    # A day's warmup cap is released in this many equal slots, so it is not spent in the first
+    # minutes of the day.
+    warmup_slots: int = Field(default=24, ge=1, le=1440)
+    # The length of a warmup day; only tests shorten it.
+    day_length: Duration = 86400.0
 
     @field_validator("providers")
     @classmethod

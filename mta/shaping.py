@@ -1,0 +1,427 @@
+"""Traffic shaping per (source IP, provider): token-bucket rates that adapt to what providers
+answer (multiplicative decrease on throttling, additive increase after clean intervals),
+suspensions, quarantines, connection limits, warmup caps, and the choice of source IP.
+
+No I/O and no clock of its own: every call takes `now` (and `rnd`), so the whole input space can
+be tested. The queue runner owns a Shaper and persists `snapshot()`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailfleet.mta.config import (
+    AdaptiveConfig,
+    EngineConfig,
+    ProviderSettingsConfig,
+    ReplyAction,
+    ReplyRuleConfig,
+)
+from mailfleet.mta.providers import ProviderTable
+
+DEFAULT_QUARANTINE = 86400.0
+OBSERVE_WINDOW = 60.0
+
+
+def _rule(match: str, action: ReplyAction, duration: float | None = None) -> ReplyRuleConfig:
+    return ReplyRuleConfig(match=match, action=action, duration=duration)
+
+
+# What the big providers answer when a sender goes too fast or has lost their trust. Configured
+# rules come first; these apply to every provider after them.
+DEFAULT_RULES: tuple[ReplyRuleConfig, ...] = (
+    _rule(r"^421[ -]4\.7\.28\b", "throttle"),  # Gmail: unusual rate from your IP
+    _rule(r"^421[ -]4\.7\.0\b.*(low reputation|rate limit)", "throttle"),  # Gmail
+    _rule(r"^450[ -]4\.2\.1\b", "retry"),  # Gmail: this recipient receives too fast
+    _rule(r"^451[ -]4\.7\.65[01]\b", "throttle"),  # Outlook: rate limited, IP reputation
+    _rule(r"^421[ -]RP-00[123]\b", "throttle"),  # Outlook: per-hour/connection limits
+    _rule(r"^451[ -]4\.7\.500\b", "throttle"),  # Outlook: server busy (AS843)
+    _rule(r"^550[ -]5\.7\.1\b.*\bS3(140|150)\b", "quarantine"),  # Outlook: block list
+    _rule(r"\[TSS04\]", "suspend", 2 * 3600.0),  # Yahoo: volume or complaints
+    _rule(r"\[TSS05\]", "suspend", 4 * 3600.0),  # Yahoo: complaints
+    _rule(r"\[TSS09\]|\[TS03\]", "quarantine"),  # Yahoo: permanently deferred
+)
+
+
+@dataclass
+class CompiledRule:
+    rule: ReplyRuleConfig
+    pattern: re.Pattern[str]
+
+
+def compile_rules(rules: Iterable[ReplyRuleConfig]) -> list[CompiledRule]:
+    return [CompiledRule(r, re.compile(r.match, re.IGNORECASE)) for r in rules]
+
+
+# -- rates ---------------------------------------------------------------------------------------
+
+
+def decreased(rate: float, adaptive: AdaptiveConfig) -> float:
+    """The rate after a throttling reply: multiplied by `decrease`, never below the floor."""
+    return max(adaptive.floor, rate * adaptive.decrease)
+
+
+def increased(rate: float, adaptive: AdaptiveConfig, ceiling: float) -> float:
+    """The rate after one clean recovery interval: plus `increase`, never above the ceiling."""
+    return min(ceiling, rate + adaptive.increase)
+
+
+def burst(rate: float) -> float:
+    # One second's worth, at least one message: a bucket that never holds a whole token would
+    # never send.
+    return max(1.0, rate)
+
+
+@dataclass
+class Pair:
+    """The shaping state of one (source IP, provider)."""
+
+    ip: str
+    provider: str
+    max_rate: float | None  # the policy maximum (msgs/s); None: no rate limit
+    rate: float | None  # allowed now; None: unlimited
+    tokens: float = 1.0
+    refilled: float = 0.0
+    last_event: float = 0.0  # last decrease or increase: the recovery clock
+    peak: float | None = None  # observed rate when an unlimited pair was first throttled
+    suspended_until: float = 0.0
+    quarantined_until: float = 0.0
+    reason: str = ""
+    inflight: int = 0
+    sent: deque[float] = field(default_factory=deque)
+    hits: dict[int, deque[float]] = field(default_factory=dict)
+
+    def observed_rate(self, now: float) -> float:
+        while self.sent and self.sent[0] < now - OBSERVE_WINDOW:
+            self.sent.popleft()
+        return len(self.sent) / OBSERVE_WINDOW
+
+    def refill(self, now: float) -> None:
+        if self.rate is None:
+            self.tokens = 1.0
+        else:
+            elapsed = max(0.0, now - self.refilled)
+            self.tokens = min(burst(self.rate), self.tokens + elapsed * self.rate)
+        self.refilled = now
+
+    def recover(self, adaptive: AdaptiveConfig, now: float) -> None:
+        """Additive increase for every clean recovery interval since the last event."""
+        if self.rate is None or not adaptive.enabled:
+            return
+        ceiling = self.max_rate if self.max_rate is not None else self.peak
+        interval = adaptive.recovery_interval
+        while now - self.last_event >= interval and (ceiling is None or self.rate < ceiling):
+            self.rate = (
+                increased(self.rate, adaptive, ceiling)
+                if ceiling is not None
+                else self.rate + adaptive.increase
+            )
+            self.last_event += interval
+        if self.max_rate is None and self.peak is not None and self.rate >= self.peak:
+            self.rate, self.peak = None, None  # back to where it was before the throttling
+
+    def throttle(self, adaptive: AdaptiveConfig, now: float) -> None:
+        if not adaptive.enabled:
+            return
+        self.refill(now)
+        if self.rate is None:
+            self.peak = max(self.observed_rate(now), adaptive.floor)
+            self.rate = decreased(self.peak, adaptive)
+        else:
+            self.rate = decreased(self.rate, adaptive)
+        self.tokens = min(self.tokens, burst(self.rate))
+        self.last_event = now
+
+    def blocked_until(self, now: float) -> float:
+        return max(self.suspended_until, self.quarantined_until)
+
+    def token_wait(self, now: float) -> float:
+        if self.rate is None or self.tokens >= 1.0:
+            return 0.0
+        return (1.0 - self.tokens) / self.rate if self.rate > 0 else math.inf
+
+
+# -- warmup --------------------------------------------------------------------------------------
+
+
+def warmup_allowance(daily_cap: int, into_day: float, day_length: float, slots: int) -> int:
+    """How much of a day's cap may have been sent `into_day` seconds into the day: released in
+    `slots` equal steps, the first at the start of the day."""
+    if daily_cap <= 0:
+        return 0
+    slot = min(slots - 1, max(0, int(into_day // (day_length / slots))))
+    return min(daily_cap, math.ceil(daily_cap * (slot + 1) / slots))
+
+
+def next_slot_in(into_day: float, day_length: float, slots: int) -> float:
+    size = day_length / slots
+    return size - (into_day % size)
+
+
+def day_index(now: float, day_length: float) -> int:
+    return int(now // day_length)
+
+
+# -- decisions -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grant:
+    ip: str
+    helo: str
+    provider: str
+    warmup: bool  # counts against a warmup cap
+
+
+@dataclass(frozen=True)
+class Wait:
+    seconds: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class RuleHit:
+    action: ReplyAction
+    rule: str
+
+
+class Shaper:
+    def __init__(self, cfg: EngineConfig, pod_name: str | None = None) -> None:
+        self.pairs: dict[tuple[str, str], Pair] = {}
+        self.warmup_sent: dict[tuple[str, str, int], int] = {}
+        self.pool_inflight: dict[str, int] = {}
+        self.pool_tokens: dict[str, tuple[float, float]] = {}
+        self.update_config(cfg, pod_name)
+
+    def update_config(self, cfg: EngineConfig, pod_name: str | None = None) -> None:
+        self.cfg = cfg
+        self.table = ProviderTable(cfg.shaping)
+        own = [
+            ip
+            for ip in cfg.delivery.source_ips
+            if ip.owner is None or pod_name is None or ip.owner == pod_name
+        ]
+        self.ips = [(str(ip.address), ip.hostname or cfg.hostname, ip.state) for ip in own]
+        if not cfg.delivery.source_ips:
+            # No addresses configured: the kernel picks one, shaped as the pseudo-address "".
+            self.ips = [("", cfg.hostname, "active")]
+        self.caps: dict[tuple[str, str], int] = {
+            (str(w.address), w.provider): w.daily_cap for w in cfg.shaping.warmup
+        }
+        self._rules: dict[str, list[CompiledRule]] = {}
+        for pair in self.pairs.values():
+            limits = self.settings(pair.provider).per_ip
+            if pair.max_rate != limits.max_message_rate:
+                pair.max_rate = limits.max_message_rate
+                if pair.rate is not None and pair.max_rate is not None:
+                    pair.rate = min(pair.rate, pair.max_rate)
+                elif pair.peak is None:
+                    pair.rate = pair.max_rate
+
+    def settings(self, provider: str) -> ProviderSettingsConfig:
+        return self.table.settings(provider)
+
+    def rules(self, provider: str) -> list[CompiledRule]:
+        if provider not in self._rules:
+            own = list(self.settings(provider).rules)
+            self._rules[provider] = compile_rules([*own, *DEFAULT_RULES])
+        return self._rules[provider]
+
+    def pair(self, ip: str, provider: str, now: float) -> Pair:
+        key = (ip, provider)
+        p = self.pairs.get(key)
+        if p is None:
+            limit = self.settings(provider).per_ip.max_message_rate
+            full = burst(limit) if limit is not None else 1.0
+            p = Pair(ip, provider, limit, limit, tokens=full, refilled=now, last_event=now)
+            self.pairs[key] = p
+        return p
+
+    # -- warmup caps -----------------------------------------------------------------------------
+
+    def cap(self, ip: str, provider: str) -> int | None:
+        cap = self.caps.get((ip, provider))
+        return cap if cap is not None else self.caps.get((ip, "*"))
+
+    def warmup_left(self, ip: str, provider: str, now: float) -> int | None:
+        """Messages this pair may still send now under its warmup cap; None: not capped."""
+        cap = self.cap(ip, provider)
+        if cap is None:
+            return None
+        sh = self.cfg.shaping
+        day = day_index(now, sh.day_length)
+        allowed = warmup_allowance(cap, now - day * sh.day_length, sh.day_length, sh.warmup_slots)
+        return max(0, allowed - self.warmup_sent.get((ip, provider, day), 0))
+
+    # -- choosing a source IP --------------------------------------------------------------------
+
+    def acquire(self, provider: str, now: float, rnd: float) -> Grant | Wait:
+        """A source IP that may send one message to `provider` now, or how long to wait.
+
+        Weighted by each pair's allowed rate among the IPs that are neither suspended,
+        quarantined, at their connection limit, out of tokens nor over their warmup cap. A
+        capped warming IP's share spills to the others, or with overflow `defer` waits."""
+        settings = self.settings(provider)
+        pool_wait = self._pool_wait(provider, settings, now)
+        if pool_wait > 0:
+            return Wait(pool_wait, "pool limit")
+        candidates: list[tuple[float, str, str, bool]] = []
+        waits: list[tuple[float, str]] = []
+        capped_share = 0.0
+        for ip, helo, state in self.ips:
+            if state not in ("active", "warming"):
+                continue
+            p = self.pair(ip, provider, now)
+            p.recover(settings.adaptive, now)
+            p.refill(now)
+            weight = p.rate if p.rate is not None else 1000.0
+            blocked = p.blocked_until(now)
+            if blocked > now:
+                waits.append((blocked - now, p.reason or "suspended"))
+                continue
+            left = self.warmup_left(ip, provider, now)
+            if left is not None and left <= 0:
+                capped_share += weight
+                sh = self.cfg.shaping
+                into = now - day_index(now, sh.day_length) * sh.day_length
+                waits.append((next_slot_in(into, sh.day_length, sh.warmup_slots), "warmup cap"))
+                continue
+            if p.inflight >= settings.per_ip.max_connections:
+                waits.append((0.05, "connection limit"))
+                continue
+            tw = p.token_wait(now)
+            if tw > 0:
+                waits.append((tw, "rate"))
+                continue
+            candidates.append((weight, ip, helo, left is not None))
+        if capped_share and self.cfg.shaping.overflow == "defer" and candidates:
+            # The capped IPs' share of the traffic waits rather than moving to other IPs.
+            total = capped_share + sum(c[0] for c in candidates)
+            if rnd * total < capped_share:
+                return Wait(min(w for w, r in waits if r == "warmup cap"), "warmup cap (defer)")
+            rnd = (rnd * total - capped_share) / (total - capped_share)
+        if not candidates:
+            if not waits:
+                return Wait(60.0, "no active source IP")
+            seconds, reason = min(waits)
+            return Wait(max(seconds, 0.001), reason)
+        total = sum(c[0] for c in candidates)
+        point = rnd * total
+        for weight, ip, helo, warm in candidates:
+            point -= weight
+            if point < 0:
+                break
+        return self._take(Grant(ip, helo, provider, warm), now)
+
+    def _pool_wait(self, provider: str, settings: ProviderSettingsConfig, now: float) -> float:
+        pool = settings.pool
+        if pool.max_connections is not None and (
+            self.pool_inflight.get(provider, 0) >= pool.max_connections
+        ):
+            return 0.05
+        if pool.max_message_rate is None:
+            return 0.0
+        rate = pool.max_message_rate
+        tokens, at = self.pool_tokens.get(provider, (1.0, now))
+        tokens = min(burst(rate), tokens + max(0.0, now - at) * rate)
+        self.pool_tokens[provider] = (tokens, now)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
+
+    def _take(self, grant: Grant, now: float) -> Grant:
+        p = self.pair(grant.ip, grant.provider, now)
+        if p.rate is not None:
+            p.tokens -= 1.0
+        p.inflight += 1
+        p.sent.append(now)
+        pool_rate = self.settings(grant.provider).pool.max_message_rate
+        if pool_rate is not None:
+            tokens, at = self.pool_tokens[grant.provider]
+            self.pool_tokens[grant.provider] = (tokens - 1.0, at)
+        self.pool_inflight[grant.provider] = self.pool_inflight.get(grant.provider, 0) + 1
+        if grant.warmup:
+            sh = self.cfg.shaping
+            key = (grant.ip, grant.provider, day_index(now, sh.day_length))
+            self.warmup_sent[key] = self.warmup_sent.get(key, 0) + 1
+        return grant
+
+    def release(self, grant: Grant) -> None:
+        p = self.pairs.get((grant.ip, grant.provider))
+        if p is not None:
+            p.inflight = max(0, p.inflight - 1)
+        self.pool_inflight[grant.provider] = max(0, self.pool_inflight.get(grant.provider, 1) - 1)
+
+    # -- what providers answer -------------------------------------------------------------------
+
+    def observe(self, ip: str, provider: str, reply: str, now: float) -> RuleHit | None:
+        """Act on one reply ("421 4.7.28 ..."); returns the rule that fired, if any."""
+        if reply[:1] == "2":
+            return None
+        settings = self.settings(provider)
+        for idx, cr in enumerate(self.rules(provider)):
+            if not cr.pattern.search(reply):
+                continue
+            rule = cr.rule
+            p = self.pair(ip, provider, now)
+            if rule.threshold > 1:
+                hits = p.hits.setdefault(idx, deque())
+                hits.append(now)
+                while hits and hits[0] < now - rule.window:
+                    hits.popleft()
+                if len(hits) < rule.threshold:
+                    return None
+                hits.clear()
+            if rule.action == "throttle":
+                p.throttle(settings.adaptive, now)
+            elif rule.action == "suspend":
+                p.suspended_until = max(p.suspended_until, now + (rule.duration or 3600.0))
+                p.reason = f"suspended: {reply[:120]}"
+            elif rule.action == "quarantine":
+                p.quarantined_until = now + (rule.duration or DEFAULT_QUARANTINE)
+                p.reason = f"quarantined: {reply[:120]}"
+            return RuleHit(rule.action, rule.match)
+        return None
+
+    # -- persistence and introspection -----------------------------------------------------------
+
+    def snapshot(self, now: float) -> list[dict[str, Any]]:
+        out = []
+        for (ip, provider), p in sorted(self.pairs.items()):
+            out.append(
+                {
+                    "ip": ip,
+                    "provider": provider,
+                    "rate": p.rate,
+                    "maxRate": p.max_rate,
+                    "peak": p.peak,
+                    "lastEvent": p.last_event,
+                    "suspendedUntil": p.suspended_until if p.suspended_until > now else None,
+                    "quarantinedUntil": (
+                        p.quarantined_until if p.quarantined_until > now else None
+                    ),
+                    "reason": p.reason if p.blocked_until(now) > now else "",
+                    "inflight": p.inflight,
+                    "warmupLeft": self.warmup_left(ip, provider, now),
+                }
+            )
+        return out
+
+    def restore(self, rows: Iterable[dict[str, Any]], now: float) -> None:
+        for r in rows:
+            p = self.pair(r["ip"], r["provider"], now)
+            limit = p.max_rate
+            rate = r.get("rate")
+            p.rate = min(rate, limit) if rate is not None and limit is not None else rate
+            if p.rate is None and limit is not None:
+                p.rate = limit
+            p.peak = r.get("peak")
+            p.last_event = r.get("lastEvent") or now
+            p.suspended_until = r.get("suspendedUntil") or 0.0
+            p.quarantined_until = r.get("quarantinedUntil") or 0.0
+            p.reason = r.get("reason") or ""
+            p.tokens = 1.0
+            p.refilled = now
