@@ -310,12 +310,14 @@ class Shaper:
                 return Wait(60.0, "no active source IP")
             seconds, reason = min(waits)
             return Wait(max(seconds, 0.001), reason)
-        total = sum(c[0] for c in candidates)
-        point = rnd * total
-        for weight, ip, helo, warm in candidates:
-            point -= weight
+        point = rnd * sum(c[0] for c in candidates)
+        chosen = candidates[-1]
+        for c in candidates:
+            point -= c[0]
             if point < 0:
+                chosen = c
                 break
+        _, ip, helo, warm = chosen
         return self._take(Grant(ip, helo, provider, warm), now)
 
     def _pool_wait(self, provider: str, settings: ProviderSettingsConfig, now: float) -> float:
