@@ -1,0 +1,46 @@
+"""Warmup schedules: how many messages an IP may send on a given warmup day.
+
+Pure functions; the day-advance logic (gates, hold/backoff) builds on these later.
+"""
+
+from __future__ import annotations
+
+from mailfleet.operator.crd_models import WarmupPreset, WarmupSchedule
+
+# Messages per IP per day. The last value is the cap from that day on (the warmup is complete
+# when an IP has spent a full day at it).
+PRESETS: dict[WarmupPreset, tuple[int, ...]] = {
+    name: tuple(int(n) for n in days.split())
+    for name, days in (
+        (
+            "conservative",
+            "20 50 100 200 400 750 1000 1500 2000 3000 5000 7500 10000 15000 20000 "
+            "30000 40000 50000 75000 100000",
+        ),
+        ("standard", "50 100 250 500 1000 2000 5000 10000 20000 40000 75000 100000 150000 250000"),
+        ("aggressive", "200 500 1000 5000 10000 25000 50000 100000 250000"),
+    )
+}
+
+
+def schedule_days(schedule: WarmupSchedule) -> tuple[int, ...]:
+    """The per-day caps of a schedule: its explicit days or its preset's."""
+    if schedule.days is not None:
+        return tuple(schedule.days)
+    return PRESETS[schedule.preset or "standard"]
+
+
+def cap_for_day(schedule: WarmupSchedule, day: int) -> int:
+    """The cap of warmup day `day` (1-based; day 0 or below is day 1; past the end, the last)."""
+    days = schedule_days(schedule)
+    index = min(max(day, 1), len(days)) - 1
+    return days[index]
+
+
+def final_day(schedule: WarmupSchedule) -> int:
+    return len(schedule_days(schedule))
+
+
+def provider_caps(cap: int, per_provider: dict[str, float]) -> dict[str, int]:
+    """Each provider's share of the day's cap, rounded down (a share never rounds up past it)."""
+    return {name: int(cap * share) for name, share in sorted(per_provider.items())}

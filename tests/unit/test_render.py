@@ -1,0 +1,632 @@
+"""render.py: what the operator wants in the cluster for a pool, computed without a cluster."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mailfleet.mta.config import parse_config
+from mailfleet.operator import render as r
+from mailfleet.operator import warmup as wu
+from mailfleet.operator.crd_models import (
+    DeliveryPolicy,
+    IPWarmup,
+    Replicas,
+    SendingPool,
+    WarmupSchedule,
+    parse_object,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+LATER = datetime(2026, 3, 5, 0, 0, 0, tzinfo=UTC)
+
+
+def example(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((REPO / "examples" / name).read_text())
+    doc["metadata"].update(namespace="ns1", uid=f"uid-{doc['metadata']['name']}", generation=1)
+    return doc
+
+
+def pool_doc(**spec: Any) -> dict[str, Any]:
+    doc = example("sendingpool.yaml")
+    doc["spec"].update(spec)
+    return doc
+
+
+def pool(**spec: Any) -> SendingPool:
+    obj = parse_object(pool_doc(**spec))
+    assert isinstance(obj, SendingPool)
+    return obj
+
+
+def policy(
+    name: str = "big-providers", labels: dict[str, str] | None = None, **spec: Any
+) -> DeliveryPolicy:
+    doc = example("deliverypolicy.yaml")
+    doc["metadata"]["name"] = name
+    if labels is not None:
+        doc["metadata"]["labels"] = labels
+    doc["spec"].update(spec)
+    obj = parse_object(doc)
+    assert isinstance(obj, DeliveryPolicy)
+    return obj
+
+
+def warmup(
+    name: str = "transactional-mta3", status: dict[str, Any] | None = None, **spec: Any
+) -> IPWarmup:
+    doc = example("ipwarmup.yaml")
+    doc["metadata"]["name"] = name
+    doc["spec"].update(spec)
+    if status is not None:
+        doc["status"] = status
+    obj = parse_object(doc)
+    assert isinstance(obj, IPWarmup)
+    return obj
+
+
+def inputs(p: SendingPool | None = None, **kw: Any) -> r.PoolInputs:
+    args: dict[str, Any] = {
+        "pool": p or pool(),
+        "policies": [policy()],
+        "warmups": [warmup()],
+        "secrets": frozenset(),
+        "statefulset_status": None,
+        "image": "mailfleet:test",
+        "now": NOW,
+    }
+    args.update(kw)
+    return r.PoolInputs(**args)
+
+
+def child(rendered: r.RenderedPool, kind: str, name: str) -> dict[str, Any]:
+    for c in rendered.children:
+        found: dict[str, Any] = c
+        if found["kind"] == kind and found["metadata"]["name"] == name:
+            return found
+    raise AssertionError(f"no {kind} {name}")
+
+
+# --- replicas ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mn", "mx", "desired", "want"),
+    [
+        (2, 10, None, 2),
+        (2, 10, 4, 4),
+        (2, 10, 50, 10),
+        (2, 10, 1, 2),
+        (0, 3, None, 0),
+        (0, 3, 0, 0),
+    ],
+)
+def test_replicas_are_desired_or_min_clamped(
+    mn: int, mx: int, desired: int | None, want: int
+) -> None:
+    assert r.desired_replicas(Replicas(min=mn, max=mx, desired=desired)) == want
+
+
+# --- IP ownership ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3, 5, 8])
+def test_sending_ips_round_robin_over_pods(replicas: int) -> None:
+    addrs = [f"203.0.113.{i}" for i in range(1, 6)]
+    owners = r.assign_owners(addrs, replicas, "pool")
+    assert list(owners) == addrs
+    assert [owners[a] for a in addrs] == [f"pool-{i % replicas}" for i in range(5)]
+    # Every pod up to min(replicas, IPs) gets at least one address; loads differ by at most one.
+    counts = [list(owners.values()).count(f"pool-{i}") for i in range(replicas)]
+    assert max(counts) - min(counts) <= 1
+    assert sum(counts) == 5
+
+
+def test_no_pods_means_no_owner() -> None:
+    assert r.assign_owners(["203.0.113.1"], 0, "p") == {"203.0.113.1": None}
+
+
+def test_standby_ips_have_no_owner_and_do_not_shift_the_others() -> None:
+    ips = [
+        {"address": "203.0.113.10", "hostname": "a.example.com"},
+        {"address": "203.0.113.11", "hostname": "b.example.com", "standby": True},
+        {"address": "203.0.113.12", "hostname": "c.example.com"},
+        {"address": "203.0.113.13", "hostname": "d.example.com"},
+    ]
+    plans = r.plan_ips(pool(ips=ips), [], 2)
+    assert [(p.address, p.state, p.owner) for p in plans] == [
+        ("203.0.113.10", "active", "transactional-0"),
+        ("203.0.113.11", "standby", None),
+        ("203.0.113.12", "active", "transactional-1"),
+        ("203.0.113.13", "active", "transactional-0"),
+    ]
+
+
+def test_warming_ips_come_from_the_pools_active_warmups() -> None:
+    plans = r.plan_ips(pool(), [warmup()], 2)
+    states = {p.address: (p.state, p.reason) for p in plans}
+    assert states == {
+        "203.0.113.10": ("active", None),
+        "203.0.113.11": ("standby", None),
+        "203.0.113.12": ("warming", "IPWarmup/transactional-mta3"),
+    }
+    # A warmup of another pool, a paused one (still capped) and a completed one.
+    other = warmup(poolRef="other")
+    assert {p.state for p in r.plan_ips(pool(), [other], 2)} == {"active", "standby"}
+    paused = warmup(paused=True)
+    assert r.plan_ips(pool(), [paused], 2)[2].state == "warming"
+    done = warmup(status={"phase": "Complete", "day": 14})
+    assert r.plan_ips(pool(), [done], 2)[2].state == "active"
+
+
+def test_a_warmup_never_wakes_a_standby() -> None:
+    w = warmup(addresses=["203.0.113.11"])
+    assert r.plan_ips(pool(), [w], 1)[1].state == "standby"
+    assert r.warmup_caps(pool(), [w]) == []
+
+
+# --- warmup schedule ---------------------------------------------------------------------------
+
+
+def test_cap_for_day_follows_days_and_holds_the_last() -> None:
+    s = WarmupSchedule(days=[50, 100, 250])
+    assert [wu.cap_for_day(s, d) for d in (0, 1, 2, 3, 4, 100)] == [50, 50, 100, 250, 250, 250]
+    assert wu.final_day(s) == 3
+
+
+@pytest.mark.parametrize("preset", ["conservative", "standard", "aggressive"])
+def test_presets_increase_strictly(preset: str) -> None:
+    days = wu.PRESETS[preset]  # type: ignore[index]
+    assert all(a < b for a, b in itertools.pairwise(days))
+    s = WarmupSchedule(preset=preset)  # type: ignore[arg-type]
+    assert wu.cap_for_day(s, 1) == days[0]
+
+
+def test_warmup_caps_per_ip_and_provider_share() -> None:
+    caps = r.warmup_caps(pool(), [warmup()])
+    got = [(str(c.address), c.provider, c.day, c.daily_cap) for c in caps]
+    first = wu.PRESETS["standard"][0]
+    assert got == [
+        ("203.0.113.12", "*", 1, first),
+        ("203.0.113.12", "gmail", 1, first // 2),
+        ("203.0.113.12", "outlook", 1, first // 2),
+        ("203.0.113.12", "yahoo", 1, first // 2),
+    ]
+    later = warmup(
+        status={"phase": "Warming", "day": 3}, schedule={"days": [10, 20, 30, 40]}, perProvider={}
+    )
+    assert [(c.provider, c.day, c.daily_cap) for c in r.warmup_caps(pool(), [later])] == [
+        ("*", 3, 30)
+    ]
+
+
+def test_addresses_outside_the_pool_get_no_cap() -> None:
+    w = warmup(addresses=["198.51.100.1", "203.0.113.12"], perProvider={})
+    assert [str(c.address) for c in r.warmup_caps(pool(), [w])] == ["203.0.113.12"]
+
+
+# --- policies ----------------------------------------------------------------------------------
+
+
+def test_selector_semantics() -> None:
+    from mailfleet.operator.crd_models import LabelSelector
+
+    sel = LabelSelector.model_validate(
+        {
+            "matchLabels": {"tier": "t"},
+            "matchExpressions": [
+                {"key": "env", "operator": "In", "values": ["prod", "stage"]},
+                {"key": "legacy", "operator": "DoesNotExist"},
+                {"key": "team", "operator": "Exists"},
+                {"key": "zone", "operator": "NotIn", "values": ["eu"]},
+            ],
+        }
+    )
+    good = {"tier": "t", "env": "prod", "team": "x"}
+    assert r.selector_matches(sel, good)
+    assert r.selector_matches(sel, {**good, "zone": "us"})
+    assert not r.selector_matches(sel, {**good, "zone": "eu"})
+    assert not r.selector_matches(sel, {**good, "legacy": "1"})
+    assert not r.selector_matches(sel, {k: v for k, v in good.items() if k != "team"})
+    assert not r.selector_matches(sel, {**good, "env": "dev"})
+    assert not r.selector_matches(sel, {**good, "tier": "u"})
+    assert r.selector_matches(None, {}) and r.selector_matches(LabelSelector(), {"a": "b"})
+
+
+def test_policies_selected_by_label_in_the_pools_namespace() -> None:
+    p = pool()
+    chosen = policy("b", labels={"tier": "transactional"})
+    other_tier = policy("a", labels={"tier": "bulk"})
+    other_ns = policy("c", labels={"tier": "transactional"})
+    other_ns.metadata["namespace"] = "elsewhere"
+    assert [x.metadata["name"] for x in r.select_policies(p, [other_ns, other_tier, chosen])] == [
+        "b"
+    ]
+
+
+def test_merge_by_name_first_policy_by_name_wins_and_conflicts_are_named() -> None:
+    base = policy("a-base")
+    gmail2 = {
+        "name": "gmail",
+        "match": {"mxSuffixes": ["google.com"]},
+        "perIP": {"maxConnections": 1},
+    }
+    apple = {"name": "apple", "match": {"mxSuffixes": ["icloud.com"]}}
+    extra = policy("b-extra", providers=[gmail2, apple], default={"perIP": {"maxConnections": 2}})
+    for order in ([base, extra], [extra, base]):
+        merged = r.merge_policies(order)
+        assert merged.sources == ["a-base", "b-extra"]
+        assert [p.name for p in merged.providers] == ["gmail", "outlook", "yahoo", "apple"]
+        assert merged.providers[0].per_ip.max_connections == 5  # a-base's gmail
+        assert merged.default.per_ip.max_connections == 10
+        assert merged.conflicts == [
+            "provider gmail is defined by a-base and b-extra; a-base wins",
+            "default is defined by a-base and b-extra; a-base wins",
+        ]
+    same = r.merge_policies([base, policy("z-copy")])
+    assert same.conflicts == [] and len(same.providers) == 3
+    empty = r.merge_policies([])
+    assert empty.providers == [] and empty.sources == []
+
+
+def test_conflict_is_reported_in_status_and_event() -> None:
+    gmail2 = {
+        "name": "gmail",
+        "match": {"mxSuffixes": ["google.com"]},
+        "perIP": {"maxConnections": 1},
+    }
+    pols = [policy("a"), policy("b", providers=[gmail2])]
+    out = r.render_pool(inputs(policies=pols))
+    cond = r.condition(out.status, "PoliciesResolved")
+    assert cond is not None and cond["reason"] == "PolicyConflict"
+    assert "provider gmail is defined by a and b; a wins" in cond["message"]
+    events = r.pool_events(None, out.status)
+    assert any(e.reason == "PolicyConflict" and e.type == "Warning" for e in events)
+    # The same conflict again is not a new event.
+    assert not any(e.reason == "PolicyConflict" for e in r.pool_events(out.status, out.status))
+
+
+# --- the engine config -------------------------------------------------------------------------
+
+
+def test_rendered_config_parses_and_carries_policies_ips_and_caps() -> None:
+    out = r.render_pool(inputs())
+    cm = child(out, "ConfigMap", "transactional-config")
+    cfg = parse_config(yaml.safe_load(cm["data"]["engine.yaml"]))
+    assert cfg == out.config
+    assert [p.name for p in cfg.shaping.providers] == ["gmail", "outlook", "yahoo"]
+    assert str(cfg.shaping.providers[0].per_ip.max_message_rate) and cfg.shaping.providers[0].rules
+    assert cfg.shaping.default.per_ip.max_connections == 10
+    assert [(str(s.address), s.state, s.owner) for s in cfg.delivery.source_ips] == [
+        ("203.0.113.10", "active", "transactional-0"),
+        ("203.0.113.11", "standby", None),
+        ("203.0.113.12", "warming", "transactional-1"),
+    ]
+    assert {(str(w.address), w.provider) for w in cfg.shaping.warmup} >= {("203.0.113.12", "*")}
+    assert cfg.shaping.overflow == "spill"
+    assert cfg.submission.listen == "0.0.0.0:2525"
+    assert [str(n) for n in cfg.submission.trusted_networks] == ["10.0.0.0/8"]
+    assert cfg.admin.listen == f"0.0.0.0:{r.ADMIN_PORT}"
+    assert cfg.hostname == "mta1.example.com"
+    defer = r.render_pool(inputs(warmups=[warmup(overflow="defer")]))
+    assert defer.config is not None and defer.config.shaping.overflow == "defer"
+
+
+def test_dkim_auth_and_tls_files_point_into_their_mounts() -> None:
+    dkim = [
+        {"domain": "example.com", "selector": "s1", "secretRef": "dkim-a"},
+        {
+            "domain": "example.com",
+            "selector": "s2",
+            "secretRef": "dkim-b",
+            "algorithm": "ed25519-sha256",
+        },
+        {"domain": "example.org", "selector": "s1", "secretRef": "dkim-a", "secretKey": "org.key"},
+    ]
+    sub = {"port": 587, "authSecretRef": "users", "tlsSecretRef": "tls"}
+    out = r.render_pool(inputs(pool(dkim=dkim, submission=sub)))
+    assert out.config is not None
+    keys = [(k.domain, k.selector, str(k.key_file), k.algorithm) for k in out.config.dkim.keys]
+    assert keys == [
+        ("example.com", "s1", f"{r.SECRETS_DIR}/dkim/dkim-a/private.key", "rsa-sha256"),
+        ("example.com", "s2", f"{r.SECRETS_DIR}/dkim/dkim-b/private.key", "ed25519-sha256"),
+        ("example.org", "s1", f"{r.SECRETS_DIR}/dkim/dkim-a/org.key", "rsa-sha256"),
+    ]
+    assert str(out.config.submission.auth_users_file) == f"{r.SECRETS_DIR}/auth/users"
+    assert out.config.submission.tls is not None
+    sts = child(out, "StatefulSet", "transactional")
+    pod = sts["spec"]["template"]["spec"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {"dkim-0": "dkim-a", "dkim-1": "dkim-b", "auth": "users", "tls": "tls"}
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["dkim-0"]["mountPath"] == f"{r.SECRETS_DIR}/dkim/dkim-a"
+    assert all(mounts[n]["readOnly"] for n in secrets)
+    assert pod["containers"][0]["ports"][0]["containerPort"] == 587
+
+
+# --- children ----------------------------------------------------------------------------------
+
+
+def test_every_child_is_owned_by_the_pool_and_labelled() -> None:
+    out = r.render_pool(inputs())
+    kinds = sorted((c["kind"], c["metadata"]["name"]) for c in out.children)
+    assert kinds == [
+        ("ConfigMap", "transactional-config"),
+        ("PodDisruptionBudget", "transactional"),
+        ("Service", "transactional"),
+        ("Service", "transactional-headless"),
+        ("ServiceAccount", "transactional-mta"),
+        ("StatefulSet", "transactional"),
+    ]
+    for c in out.children:
+        meta = c["metadata"]
+        assert meta["namespace"] == "ns1"
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "mailfleet.io/v1alpha1",
+                "kind": "SendingPool",
+                "name": "transactional",
+                "uid": "uid-transactional",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == r.MANAGER
+        assert meta["annotations"][r.HASH_ANNOTATION] == r.object_hash(c)
+
+
+def test_statefulset_shape() -> None:
+    out = r.render_pool(inputs(pool(replicas={"min": 2, "max": 10, "desired": 3})))
+    sts = child(out, "StatefulSet", "transactional")
+    spec = sts["spec"]
+    assert spec["replicas"] == 3 and spec["serviceName"] == "transactional-headless"
+    assert spec["selector"]["matchLabels"] == r.selector_labels("transactional")
+    tmpl = spec["template"]
+    assert r.selector_labels("transactional").items() <= tmpl["metadata"]["labels"].items()
+    pod = tmpl["spec"]
+    assert pod["serviceAccountName"] == "transactional-mta"
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["terminationGracePeriodSeconds"] >= 300
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (c,) = pod["containers"]
+    assert c["command"] == ["mailfleet", "mta", "--config", "/etc/mailfleet/engine.yaml"]
+    assert c["image"] == "mailfleet:test"
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert {"name": "admin", "containerPort": r.ADMIN_PORT, "protocol": "TCP"} in c["ports"]
+    assert c["env"][0] == {
+        "name": "POD_NAME",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    }
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert "/v1/drain" in c["lifecycle"]["preStop"]["exec"]["command"][-1]
+    compile(c["lifecycle"]["preStop"]["exec"]["command"][-1], "preStop", "exec")
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert mounts == {"/etc/mailfleet": "config", "/var/spool/mailfleet": "spool", "/tmp": "tmp"}
+    assert {"name": "config", "configMap": {"name": "transactional-config"}} in pod["volumes"]
+    assert c["resources"] == r.DEFAULT_RESOURCES
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "spool"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    own = pool(resources={"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}}, image="img:2",
+               storage={"size": "5Gi", "storageClassName": "fast"})  # fmt: skip
+    sts2 = child(r.render_pool(inputs(own)), "StatefulSet", "transactional")
+    c2 = sts2["spec"]["template"]["spec"]["containers"][0]
+    assert c2["resources"] == {"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}}
+    assert c2["image"] == "img:2"
+    assert sts2["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast"
+
+
+def test_services_pdb_and_service_account_shapes() -> None:
+    out = r.render_pool(inputs())
+    headless = child(out, "Service", "transactional-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == r.selector_labels("transactional")
+    sub = child(out, "Service", "transactional")
+    assert sub["spec"]["ports"] == [
+        {"name": "submission", "port": 2525, "targetPort": "submission", "protocol": "TCP"}
+    ]
+    pdb = child(out, "PodDisruptionBudget", "transactional")
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": r.selector_labels("transactional")},
+    }
+    sa = child(out, "ServiceAccount", "transactional-mta")
+    assert sa["automountServiceAccountToken"] is False
+
+
+# --- hashing and comparing ---------------------------------------------------------------------
+
+
+def _shuffled(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _shuffled(obj[k]) for k in reversed(list(obj))}
+    if isinstance(obj, list):
+        return [_shuffled(x) for x in obj]
+    return obj
+
+
+def test_hash_is_stable_across_dict_order_and_renders() -> None:
+    a = r.render_pool(inputs())
+    b = r.render_pool(inputs(now=LATER))
+    for x, y in zip(a.children, b.children, strict=True):
+        assert x == y
+        assert r.object_hash(_shuffled(x)) == r.object_hash(x)
+    changed = r.render_pool(inputs(pool(replicas={"min": 3, "max": 10})))
+    assert r.object_hash(child(changed, "StatefulSet", "transactional")) != r.object_hash(
+        child(a, "StatefulSet", "transactional")
+    )
+    # Policy order in the namespace does not matter.
+    pols = [policy("x"), policy("y", providers=[])]
+    assert (
+        r.render_pool(inputs(policies=pols)).config_text
+        == r.render_pool(inputs(policies=list(reversed(pols)))).config_text
+    )
+
+
+def _as_server_would_store(obj: dict[str, Any]) -> dict[str, Any]:
+    live = copy.deepcopy(obj)
+    live["metadata"]["resourceVersion"] = "42"
+    live["metadata"]["uid"] = "abc"
+    live.setdefault("spec", {})["extra"] = "defaulted"
+    return live
+
+
+def test_needs_apply_only_when_missing_changed_or_drifted() -> None:
+    out = r.render_pool(inputs())
+    for c in out.children:
+        assert r.needs_apply(c, None)
+        live = _as_server_would_store(c)
+        assert not r.needs_apply(c, live), c["kind"]
+        stale = copy.deepcopy(live)
+        stale["metadata"]["annotations"][r.HASH_ANNOTATION] = "old"
+        assert r.needs_apply(c, stale)
+    sts = child(out, "StatefulSet", "transactional")
+    scaled = _as_server_would_store(sts)
+    scaled["spec"]["replicas"] = 7  # someone scaled the StatefulSet by hand
+    assert r.needs_apply(sts, scaled)
+    # Quantities the server normalises are the same quantity.
+    own = pool(resources={"requests": {"cpu": "0.5", "memory": "1Gi"}})
+    sts2 = child(r.render_pool(inputs(own)), "StatefulSet", "transactional")
+    live2 = _as_server_would_store(sts2)
+    live2["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "500m"
+    assert not r.needs_apply(sts2, live2)
+
+
+def test_immutable_statefulset_fields_are_kept_and_reported() -> None:
+    sts = child(r.render_pool(inputs()), "StatefulSet", "transactional")
+    live = _as_server_would_store(sts)
+    bigger = child(
+        r.render_pool(inputs(pool(storage={"size": "20Gi"}))), "StatefulSet", "transactional"
+    )
+    applied, ignored = r.keep_immutable(bigger, live)
+    assert ignored == ["spec.volumeClaimTemplates"]
+    assert (
+        applied["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        == "10Gi"
+    )
+    same, none = r.keep_immutable(sts, live)
+    assert none == [] and same == sts
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+def test_status_without_pods_says_why_it_is_not_ready() -> None:
+    out = r.render_pool(inputs())
+    s = out.status
+    assert s["observedGeneration"] == 1
+    assert (
+        s["selector"]
+        == "app.kubernetes.io/instance=transactional,app.kubernetes.io/name=mailfleet-mta"
+    )
+    assert (s["replicas"], s["readyReplicas"], s["desiredReplicas"]) == (0, 0, 2)
+    assert (s["activeIPs"], s["quarantinedIPs"]) == (2, 0)
+    ready = r.condition(s, "Ready")
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == ("False", "PodsNotReady")
+    assert ready["lastTransitionTime"] == "2026-03-04T05:06:07Z"
+    types = [c["type"] for c in s["conditions"]]
+    assert types == ["Ready", "ConfigRendered", "PoliciesResolved", "SecretsFound"]
+    assert all(c["observedGeneration"] == 1 for c in s["conditions"])
+    assert [ip["state"] for ip in s["ips"]] == ["active", "standby", "warming"]
+    assert s["ips"][0]["pod"] == "transactional-0" and "pod" not in s["ips"][1]
+    all_ready = r.render_pool(inputs(statefulset_status={"replicas": 2, "readyReplicas": 2}))
+    rc = r.condition(all_ready.status, "Ready")
+    assert rc is not None and (rc["status"], rc["reason"]) == ("True", "PodsReady")
+    # The status validates against the CRD model.
+    from mailfleet.operator.crd_models import SendingPoolStatus
+
+    SendingPoolStatus.model_validate(json.loads(json.dumps(s)))
+
+
+def _with_status(p: SendingPool, status: dict[str, Any]) -> SendingPool:
+    doc = pool_doc(**p.spec.model_dump(mode="json", by_alias=True))
+    doc["status"] = status
+    obj = parse_object(doc)
+    assert isinstance(obj, SendingPool)
+    return obj
+
+
+def test_transition_times_move_only_when_status_flips() -> None:
+    first = r.render_pool(inputs()).status
+    p2 = _with_status(pool(), first)
+    again = r.render_pool(inputs(p2, now=LATER)).status
+    assert again == first  # nothing changed: identical status, nothing to write
+    assert not r.status_changed(first, again)
+    ready = r.render_pool(
+        inputs(p2, now=LATER, statefulset_status={"replicas": 2, "readyReplicas": 2})
+    )
+    cond = r.condition(ready.status, "Ready")
+    assert cond is not None and cond["lastTransitionTime"] == "2026-03-05T00:00:00Z"
+    other = r.condition(ready.status, "ConfigRendered")
+    assert other is not None and other["lastTransitionTime"] == "2026-03-04T05:06:07Z"
+    assert r.status_changed(first, ready.status)
+    # IP since is kept while the state holds.
+    assert ready.status["ips"] == first["ips"]
+
+
+def test_missing_dkim_secret_and_recovery() -> None:
+    dkim = [{"domain": "example.com", "selector": "s1", "secretRef": "dkim-example"}]
+    p = pool(dkim=dkim)
+    missing = r.render_pool(inputs(p)).status
+    ready = r.condition(missing, "Ready")
+    assert ready is not None and (ready["status"], ready["reason"]) == (
+        "False",
+        "DKIMSecretMissing",
+    )
+    assert "dkim-example" in ready["message"]
+    events = r.pool_events(None, missing)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "DKIMSecretMissing")]
+    assert r.pool_events(missing, missing) == []  # no event storm on re-reconcile
+    found = r.render_pool(
+        inputs(_with_status(p, missing), secrets=frozenset({"dkim-example"}), now=LATER)
+    ).status
+    ready2 = r.condition(found, "Ready")
+    assert ready2 is not None and ready2["reason"] == "PodsNotReady"
+    assert [(e.type, e.reason) for e in r.pool_events(missing, found)] == [
+        ("Normal", "SecretsFound")
+    ]
+
+
+def test_missing_tls_secret_is_not_ready() -> None:
+    p = pool(submission={"port": 2525, "tlsSecretRef": "mta-tls"})
+    s = r.render_pool(inputs(p)).status
+    ready = r.condition(s, "Ready")
+    assert (
+        ready is not None and ready["reason"] == "SecretMissing" and "mta-tls" in ready["message"]
+    )
+
+
+def test_policy_status_counts_providers_and_pools() -> None:
+    pol = policy()
+    s = r.policy_status(pol, [pool()], NOW)
+    assert (s["providerCount"], s["poolCount"], s["pools"]) == (3, 1, ["transactional"])
+    unused = r.policy_status(policy(labels={"tier": "bulk"}), [pool()], NOW)
+    assert unused["poolCount"] == 0
+    assert r.condition(unused, "Ready") is not None
+
+
+def test_warmup_status_phase_day_and_cap() -> None:
+    s = r.warmup_status(warmup(), pool(), NOW)
+    assert (s["phase"], s["day"], s["todayCap"]) == ("Warming", 1, wu.PRESETS["standard"][0])
+    assert s["startTime"] == "2026-03-04T05:06:07Z"
+    gone = r.warmup_status(warmup(), None, NOW)
+    assert gone["phase"] == "Pending"
+    cond = r.condition(gone, "Ready")
+    assert cond is not None and cond["reason"] == "PoolNotFound"
+    assert r.warmup_status(warmup(paused=True), pool(), NOW)["phase"] == "Paused"
+    outside = r.warmup_status(warmup(addresses=["198.51.100.7"]), pool(), NOW)
+    c2 = r.condition(outside, "Ready")
+    assert c2 is not None and c2["reason"] == "AddressesNotInPool"
