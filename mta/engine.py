@@ -104,6 +104,7 @@ class Engine:
         await self.admin.start(self.cfg.admin.listen)
         await self.spool.start()
         pending = await asyncio.to_thread(self.spool.load)
+        await asyncio.to_thread(self.queue.restore_shaping)
         for msg in pending:
             self.queue.add(msg)
         self.recovered = True
@@ -224,6 +225,7 @@ class Engine:
             "uptimeSeconds": round(time.time() - self.started_at, 1),
             "submission": {"listen": self.submission.listen, "accepting": self.handler.accepting},
             "queue": self.queue.status(),
+            "shaping": self.queue.shaping_status(),
             "connections": stats() if callable(stats) else {},
         }
 

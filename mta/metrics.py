@@ -24,8 +24,9 @@ class EngineMetrics:
         )
         self.attempts = Counter(
             "mailfleet_delivery_attempts",
-            "Delivery attempts per recipient, by source IP, destination domain, result and class",
-            ["source_ip", "domain", "result", "reply_class"],
+            "Delivery attempts per recipient, by source IP, provider, destination domain, result"
+            " and reply class",
+            ["source_ip", "provider", "domain", "result", "reply_class"],
             registry=r,
         )
         self.queue_messages = Gauge(
@@ -75,6 +76,61 @@ class EngineMetrics:
         )
         self.config_reloads = Counter(
             "mailfleet_config_reloads", "Config reloads, by result", ["result"], registry=r
+        )
+        pair = ["source_ip", "provider"]
+        self.shaping_rate = Gauge(
+            "mailfleet_shaping_rate",
+            "Messages per second currently allowed per (source IP, provider); -1: unlimited",
+            pair,
+            registry=r,
+        )
+        self.pair_suspended = Gauge(
+            "mailfleet_shaping_suspended",
+            "1 while a (source IP, provider) is suspended",
+            pair,
+            registry=r,
+        )
+        self.pair_quarantined = Gauge(
+            "mailfleet_shaping_quarantined",
+            "1 while a source IP is quarantined for a provider",
+            pair,
+            registry=r,
+        )
+        self.rule_hits = Counter(
+            "mailfleet_reply_rule_hits",
+            "Reply rules that fired, by source IP, provider and action",
+            [*pair, "action"],
+            registry=r,
+        )
+        self.shaping_waits = Counter(
+            "mailfleet_shaping_waits",
+            "Deliveries held back by shaping, by provider and reason",
+            ["provider", "reason"],
+            registry=r,
+        )
+        self.warmup_sent = Gauge(
+            "mailfleet_warmup_sent", "Messages sent today under a warmup cap", pair, registry=r
+        )
+        self.warmup_cap = Gauge(
+            "mailfleet_warmup_cap", "Today's warmup cap per (source IP, provider)", pair, registry=r
+        )
+        self.complaints = Counter(
+            "mailfleet_complaints",
+            "Complaints (ARF reports) per source IP and provider",
+            pair,
+            registry=r,
+        )
+        self.suppressions = Counter(
+            "mailfleet_suppressions_added",
+            "Recipients added to the suppression list, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.suppressed = Counter(
+            "mailfleet_suppressed_recipients",
+            "Recipients refused or dropped because they are suppressed",
+            ["action"],
+            registry=r,
         )
         self.ready = Gauge("mailfleet_ready", "1 when the engine accepts mail", registry=r)
 

@@ -19,15 +19,19 @@ from typing import Any
 
 from mailfleet.mta.classify import classify
 from mailfleet.mta.config import EngineConfig
-from mailfleet.mta.delivery import AttemptResult, DeliveryClient, RecipientReply
+from mailfleet.mta.delivery import AttemptResult, DeliveryClient, RecipientReply, synthetic_replies
 from mailfleet.mta.dsn import DSNRecipient, build_dsn, should_send_dsn
 from mailfleet.mta.metrics import EngineMetrics
+from mailfleet.mta.providers import DEFAULT
 from mailfleet.mta.retry import next_attempt_at, outcome_for_reply
 from mailfleet.mta.routing import RouteError, Router
+from mailfleet.mta.shaping import RuleHit, Shaper, Wait, day_index
 from mailfleet.mta.spool import QueuedMessage, RecipientUpdate, Spool
 
 log = logging.getLogger("mailfleet.mta.queue")
 attempt_log = logging.getLogger("mailfleet.mta.delivery")
+
+SHAPING_SAVE_INTERVAL = 2.0
 
 # Writes a DSN into the queue like a submitted message: (sender, recipients, data) -> queue id.
 Inject = Callable[[str, list[str], bytes], Awaitable[str]]
@@ -60,36 +64,6 @@ def jobs_for(msg: QueuedMessage, seq: itertools.count[int]) -> list[Job]:
     ]
 
 
-class NoSourceIP(Exception):
-    """Every configured address is standby or quarantined: nothing may send now."""
-
-
-class SourceIPs:
-    """Round robin over the addresses that may send (active or warming); with none configured
-    the kernel picks."""
-
-    def __init__(self, cfg: EngineConfig, pod_name: str | None = None) -> None:
-        pod_name = pod_name if pod_name is not None else os.environ.get("POD_NAME")
-        ips = [
-            ip
-            for ip in cfg.delivery.source_ips
-            if ip.owner is None or pod_name is None or ip.owner == pod_name
-        ]
-        self.choices: list[tuple[str | None, str]] = [
-            (str(ip.address), ip.hostname or cfg.hostname)
-            for ip in ips
-            if ip.state in ("active", "warming")
-        ]
-        if not ips:
-            self.choices = [(None, cfg.hostname)]
-        self._next = itertools.cycle(range(len(self.choices) or 1))
-
-    def pick(self) -> tuple[str | None, str]:
-        if not self.choices:
-            raise NoSourceIP("no active source IP")
-        return self.choices[next(self._next)]
-
-
 class QueueRunner:
     def __init__(
         self,
@@ -106,7 +80,7 @@ class QueueRunner:
         self.client = client
         self.metrics = metrics
         self.inject = inject
-        self.sources = SourceIPs(cfg)
+        self.shaper = Shaper(cfg, os.environ.get("POD_NAME"))
         self.messages: dict[str, QueuedMessage] = {}
         self._remaining: dict[str, int] = {}
         self._seq = itertools.count()
@@ -116,12 +90,13 @@ class QueueRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight = 0
         self.rng = random.Random()
+        self._saved_shaping: list[dict[str, Any]] = []
 
     # -- config --------------------------------------------------------------------------------
 
     def update_config(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
-        self.sources = SourceIPs(cfg)
+        self.shaper.update_config(cfg, os.environ.get("POD_NAME"))
         want = cfg.delivery.max_concurrent_deliveries
         while len(self._tasks) < want:
             self._tasks.append(asyncio.create_task(self._worker(), name="delivery-worker"))
@@ -154,13 +129,29 @@ class QueueRunner:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self._save_shaping()
+
+    def restore_shaping(self) -> None:
+        rows, sent = self.spool.load_shaping()
+        self.shaper.restore(rows, time.time())
+        self.shaper.warmup_sent.update(sent)
+
+    async def _save_shaping(self) -> None:
+        rows = self.shaper.snapshot(time.time())
+        if rows and rows != self._saved_shaping:
+            await self.spool.save_shaping(rows)
+            self._saved_shaping = rows
 
     async def _timer(self) -> None:
+        last_save = 0.0
         while True:
             now = time.time()
             while self._delayed and self._delayed[0].due <= now:
                 self._ready.put_nowait(heapq.heappop(self._delayed))
             self._gauges()
+            if now - last_save >= SHAPING_SAVE_INTERVAL:
+                last_save = now
+                await self._save_shaping()
             timeout = min(self._delayed[0].due - now, 1.0) if self._delayed else 1.0
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -193,43 +184,81 @@ class QueueRunner:
             return
         started = time.time()
         try:
-            source_ip, helo = self.sources.pick()
             destinations = await self.router.resolve(job.domain)
-        except NoSourceIP as e:
+        except RouteError as e:
             result = AttemptResult(
-                replies=[RecipientReply(r, 451, "4.3.0", f"4.3.0 {e}") for r in job.recipients],
+                replies=synthetic_replies(job.recipients, e.code, e.enhanced, e.message),
                 destination=None,
                 source_ip=None,
                 tls=False,
                 error=str(e),
             )
-        except RouteError as e:
-            code = 451 if e.temporary else 550
-            code = getattr(e, "code", code) or code
-            enhanced = getattr(e, "enhanced", None)
-            text = f"{enhanced} {e}" if enhanced else str(e)
+            provider = self.shaper.table.by_domain(job.domain) or DEFAULT
+            await self._record(job, msg, result, started, provider, {})
+            return
+        provider = self.shaper.table.lookup(job.domain, [d.hostname for d in destinations])
+        now = time.time()
+        decision = self.shaper.acquire(provider, now, self.rng.random())
+        if isinstance(decision, Wait):
+            if now - msg.received_at < self.cfg.retry.max_age:
+                # Held by shaping: not an attempt; try again when the pair can send.
+                self.metrics.shaping_waits.labels(provider, decision.reason).inc()
+                job.due = now + decision.seconds
+                self._schedule(job, now)
+                return
+            reason = f"4.4.7 not sent in time: {decision.reason}"
             result = AttemptResult(
-                replies=[RecipientReply(r, code, enhanced, text) for r in job.recipients],
+                replies=synthetic_replies(job.recipients, 451, "4.4.7", reason),
                 destination=None,
-                source_ip=source_ip,
+                source_ip=None,
                 tls=False,
-                error=str(e),
+                error=reason,
             )
-        else:
-            require_tls = job.domain in self.cfg.delivery.require_tls_domains
+            await self._record(job, msg, result, started, provider, {})
+            return
+        grant = decision
+        try:
+            if grant.warmup:
+                sh = self.cfg.shaping
+                await self.spool.warmup_add(grant.ip, provider, day_index(now, sh.day_length))
             result = await self.client.deliver(
-                source_ip=source_ip,
-                helo=helo,
+                source_ip=grant.ip or None,
+                helo=grant.helo,
                 destinations=destinations,
                 mail_from=msg.mail_from,
                 recipients=job.recipients,
                 data=msg.data,
-                require_tls=require_tls,
+                domain=job.domain,
             )
-        await self._record(job, msg, result, started)
+        finally:
+            self.shaper.release(grant)
+        hits: dict[str, RuleHit] = {}
+        seen = time.time()
+        for reply in result.replies:
+            hit = self.shaper.observe(grant.ip, provider, reply.reply, seen)
+            if hit is not None:
+                hits[reply.recipient] = hit
+                self.metrics.rule_hits.labels(grant.ip, provider, hit.action).inc()
+                log.info(
+                    "reply rule fired",
+                    extra={
+                        "source_ip": grant.ip,
+                        "provider": provider,
+                        "action": hit.action,
+                        "rule": hit.rule,
+                        "reply": reply.reply[:200],
+                    },
+                )
+        await self._record(job, msg, result, started, provider, hits)
 
     async def _record(
-        self, job: Job, msg: QueuedMessage, result: AttemptResult, started: float
+        self,
+        job: Job,
+        msg: QueuedMessage,
+        result: AttemptResult,
+        started: float,
+        provider: str,
+        hits: dict[str, RuleHit],
     ) -> None:
         now = time.time()
         updates: list[RecipientUpdate] = []
@@ -240,19 +269,32 @@ class QueueRunner:
             attempts, msg.received_at, now, self.cfg.retry, self.rng.random()
         )
         mx = result.destination.hostname if result.destination else None
+        soon: list[str] = []
         for reply in result.replies:
             outcome = outcome_for_reply(reply.code)
-            reply_class = classify(reply.code, reply.text)
-            line = f"{reply.code} {reply.text}".strip()
+            line = reply.reply
+            reply_class = classify(reply.code, line.partition(" ")[2])
             status = reply.enhanced or f"{reply.code // 100}.0.0"
+            hit = hits.get(reply.recipient)
+            if hit is not None:
+                if hit.action == "bounce":
+                    outcome = "bounced"
+                elif hit.action in ("retry", "throttle", "suspend", "quarantine"):
+                    # The IP or the pace was the problem, not the message: try again, and for
+                    # shaping actions at once (the shaper holds it until a pair may send).
+                    outcome = "deferred"
+                    if hit.action != "retry":
+                        soon.append(reply.recipient)
             if outcome == "deferred" and retry_at is None:
                 outcome = "bounced"
                 status = "4.4.7"
                 line = f"message expired after {attempts} attempts; last reply: {line}"
             self.metrics.attempts.labels(
-                result.source_ip or "", job.domain, outcome, reply_class
+                result.source_ip or "", provider, job.domain, outcome, reply_class
             ).inc()
-            self._log_attempt(job, result, reply, outcome, reply_class, now - started, attempts)
+            self._log_attempt(
+                job, result, reply, outcome, reply_class, now - started, attempts, provider
+            )
             if outcome == "delivered":
                 self.metrics.delivery_latency.observe(now - msg.received_at)
                 updates.append(RecipientUpdate(reply.recipient, done=True))
@@ -282,10 +324,13 @@ class QueueRunner:
         if gone or self._remaining[msg.id] <= 0:
             self.messages.pop(msg.id, None)
             self._remaining.pop(msg.id, None)
-        if retry:
+        later = [r for r in retry if r not in soon]
+        now_again = [r for r in retry if r in soon]
+        if later:
             assert retry_at is not None
-            nxt = Job(retry_at, next(self._seq), msg.id, job.domain, retry, attempts)
-            self._schedule(nxt, now)
+            self._schedule(Job(retry_at, next(self._seq), msg.id, job.domain, later, attempts), now)
+        if now_again:
+            self._schedule(Job(now, next(self._seq), msg.id, job.domain, now_again, attempts), now)
 
     async def _send_dsn(self, msg: QueuedMessage, bounces: list[DSNRecipient]) -> None:
         cfg = self.cfg
@@ -313,6 +358,7 @@ class QueueRunner:
         reply_class: str,
         latency: float,
         attempt: int,
+        provider: str,
     ) -> None:
         if not attempt_log.isEnabledFor(logging.INFO):
             return
@@ -321,11 +367,12 @@ class QueueRunner:
             extra={
                 "message_id": job.message_id,
                 "recipient_domain": job.domain,
+                "provider": provider,
                 "source_ip": result.source_ip,
                 "mx": result.destination.hostname if result.destination else None,
                 "mx_address": result.destination.address if result.destination else None,
                 "tls": result.tls,
-                "reply": f"{reply.code} {reply.text}".strip(),
+                "reply": reply.reply,
                 "result": outcome,
                 "reply_class": reply_class,
                 "attempt": attempt,
@@ -342,6 +389,17 @@ class QueueRunner:
         self.metrics.queue_recipients.labels("deferred").set(deferred)
         self.metrics.queue_recipients.labels("active").set(max(total - deferred, 0))
         self.metrics.queue_messages.labels("queued").set(len(self.messages))
+        m = self.metrics
+        for row in self.shaper.snapshot(time.time()):
+            labels = (row["ip"], row["provider"])
+            m.shaping_rate.labels(*labels).set(row["rate"] if row["rate"] is not None else -1)
+            m.pair_suspended.labels(*labels).set(1 if row["suspendedUntil"] else 0)
+            m.pair_quarantined.labels(*labels).set(1 if row["quarantinedUntil"] else 0)
+        for (ip, provider, day), sent in list(self.shaper.warmup_sent.items()):
+            if day == day_index(time.time(), self.cfg.shaping.day_length):
+                m.warmup_sent.labels(ip, provider).set(sent)
+        for (ip, provider), cap in self.shaper.caps.items():
+            m.warmup_cap.labels(ip, provider).set(cap)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -351,6 +409,9 @@ class QueueRunner:
             "jobsDeferred": len(self._delayed),
             "nextRetry": self._delayed[0].due if self._delayed else None,
         }
+
+    def shaping_status(self) -> list[dict[str, Any]]:
+        return self.shaper.snapshot(time.time())
 
     @property
     def empty(self) -> bool:

@@ -10,6 +10,7 @@ at that moment and commits them as one transaction turns N concurrent sessions i
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import sqlite3
@@ -35,6 +36,19 @@ CREATE TABLE IF NOT EXISTS recipients (
     next_attempt REAL NOT NULL DEFAULT 0,
     last_reply   TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (message_id, recipient)
+);
+CREATE TABLE IF NOT EXISTS shaping_state (
+    ip       TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    state    TEXT NOT NULL,
+    PRIMARY KEY (ip, provider)
+);
+CREATE TABLE IF NOT EXISTS warmup_sent (
+    ip       TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    day      INTEGER NOT NULL,
+    sent     INTEGER NOT NULL,
+    PRIMARY KEY (ip, provider, day)
 );
 """
 
@@ -214,6 +228,45 @@ class Spool:
 
         result: bool = await self._submit(op)
         return result
+
+    # -- shaping state: adaptive rates, suspensions and warmup counters survive restarts -------
+
+    def load_shaping(self) -> tuple[list[dict[str, Any]], dict[tuple[str, str, int], int]]:
+        db = self._connect()
+        try:
+            rows = [json.loads(s) for (s,) in db.execute("SELECT state FROM shaping_state")]
+            sent = {
+                (ip, provider, day): n
+                for ip, provider, day, n in db.execute(
+                    "SELECT ip, provider, day, sent FROM warmup_sent"
+                )
+            }
+            return rows, sent
+        finally:
+            db.close()
+
+    async def save_shaping(self, rows: list[dict[str, Any]]) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT OR REPLACE INTO shaping_state (ip, provider, state) VALUES (?, ?, ?)",
+                [(r["ip"], r["provider"], json.dumps(r)) for r in rows],
+            )
+
+        await self._submit(op)
+
+    async def warmup_add(self, ip: str, provider: str, day: int, n: int = 1) -> None:
+        """Count a warmup send durably before it happens, so a crash can only undercount what
+        is left of the cap, never overrun it."""
+
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO warmup_sent (ip, provider, day, sent) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (ip, provider, day) DO UPDATE SET sent = sent + excluded.sent",
+                (ip, provider, day, n),
+            )
+            db.execute("DELETE FROM warmup_sent WHERE day < ?", (day - 7,))
+
+        await self._submit(op)
 
     # -- the writer thread -------------------------------------------------------------------
 
