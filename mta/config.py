@@ -181,14 +181,36 @@ class SourceIP(Model):
     hostname: str | None = None
     # Set by the operator: only active and warming addresses send.
     state: IPState = "active"
+    # socks5://host:port of a proxy that sends from this address (overrides delivery.egress).
+    proxy: str | None = None
     # The pod that sends from this address (a StatefulSet pod name); an engine started with
     # POD_NAME in its environment uses only its own addresses. None: any engine may use it.
     owner: str | None = None
 
 
+class EgressConfig(Model):
+    """How a source address is used: bound locally, or through a SOCKS5 proxy that owns it."""
+
+    mode: Literal["bind", "socks5"] = "bind"
+    proxy: str | None = None  # socks5://host:port, for every source IP without its own
+
+    @model_validator(mode="after")
+    def _proxy(self) -> EgressConfig:
+        if self.mode == "socks5" and not self.proxy:
+            raise ValueError(
+                "delivery.egress.proxy is required when delivery.egress.mode is socks5"
+            )
+        if self.proxy is not None:
+            if not self.proxy.startswith("socks5://"):
+                raise ValueError("delivery.egress.proxy must look like socks5://host:port")
+            parse_hostport(self.proxy.removeprefix("socks5://"))
+        return self
+
+
 class DeliveryConfig(Model):
     # Empty: the kernel picks the source address.
     source_ips: list[SourceIP] = Field(default_factory=list, alias="sourceIPs")
+    egress: EgressConfig = Field(default_factory=EgressConfig)
     max_messages_per_connection: int = Field(default=100, ge=1)
     max_connections_per_host: int = Field(default=20, ge=1)
     max_concurrent_deliveries: int = Field(default=200, ge=1)
