@@ -464,25 +464,25 @@ ALERT_TESTS: list[dict[str, Any]] = [
         "input_series": [
             {
                 "series": series(
-                    "mailfleet_operator_reconciles_total", OPERATOR, resource="sendingpools"
+                    "mailfleet_operator_reconciles_total", OPERATOR, kind="SendingPool"
                 ),
                 "values": "0+10x60",
             },
             {
                 "series": series(
-                    "mailfleet_operator_reconcile_errors_total", OPERATOR, resource="sendingpools"
+                    "mailfleet_operator_reconcile_errors_total", OPERATOR, kind="SendingPool"
                 ),
                 "values": "0x10 0+5x50",
             },
             {
                 "series": series(
-                    "mailfleet_operator_reconciles_total", OPERATOR, resource="ipwarmups"
+                    "mailfleet_operator_reconciles_total", OPERATOR, kind="IPWarmup"
                 ),
                 "values": "0+10x60",
             },
             {
                 "series": series(
-                    "mailfleet_operator_reconcile_errors_total", OPERATOR, resource="ipwarmups"
+                    "mailfleet_operator_reconcile_errors_total", OPERATOR, kind="IPWarmup"
                 ),
                 "values": "0x30 1x30",
             },
@@ -493,10 +493,10 @@ ALERT_TESTS: list[dict[str, Any]] = [
                 "alertname": "MailfleetReconcileErrors",
                 "exp_alerts": [
                     {
-                        "exp_labels": {"severity": "warning", "resource": "sendingpools"},
+                        "exp_labels": {"severity": "warning", "kind": "SendingPool"},
                         "exp_annotations": {
-                            "summary": "mailfleet sendingpools reconciles are failing",
-                            "description": "50% of sendingpools reconciles failed over the last 10"
+                            "summary": "mailfleet SendingPool reconciles are failing",
+                            "description": "50% of SendingPool reconciles failed over the last 10"
                             " minutes. See the operator's log and the resources' events (kubectl"
                             " get events --field-selector type=Warning).",
                             "runbook_url": "https://runbooks.example/mailfleet#mailfleetreconcileerrors",
