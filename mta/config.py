@@ -160,6 +160,9 @@ class RoutingConfig(Model):
     # domain (or "*" for everything else) -> "host:port"; bypasses MX lookup.
     routes: dict[str, str] = Field(default_factory=dict)
     dns: DNSConfig = Field(default_factory=DNSConfig)
+    # The port of every MX host (and domain literal). Real mail always uses 25; tests point MX
+    # records at simulated providers on an unprivileged port.
+    mx_port: int = Field(default=25, ge=1, le=65535)
 
     @field_validator("routes")
     @classmethod

@@ -52,7 +52,7 @@ class Engine:
             group_commit_window=cfg.spool.group_commit_window,
             observe_commit=self.metrics.observe_commit,
         )
-        self.router = Router(cfg.routing)
+        self.router = Router(cfg.routing, mx_port=cfg.routing.mx_port)
         self.client = DeliveryClient(cfg.delivery, cfg.hostname)
         self.queue = QueueRunner(
             cfg, self.spool, self.router, self.client, self.metrics, self.inject
@@ -168,6 +168,8 @@ class Engine:
                 notes.append("spool.path changes on restart only")
             if cfg.admin.listen != old.admin.listen:
                 notes.append("admin.listen changes on restart only")
+            if cfg.routing.mx_port != old.routing.mx_port:
+                notes.append("routing.mxPort changes on restart only")
             try:
                 await self.submission.start(cfg.submission)
             except OSError as e:
