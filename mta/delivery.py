@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import ipaddress
 import re
+import socket
 import ssl
 from collections import deque
 from collections.abc import Iterable
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import aiosmtplib
+from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
+from python_socks.async_.asyncio import Proxy
 
 from mailfleet.mta.config import DeliveryConfig
 from mailfleet.mta.routing import Destination
@@ -117,6 +120,25 @@ def tls_policy(cfg: DeliveryConfig, domain: str | None, require_tls: bool = Fals
         return "required"
     default: TLSPolicy = cfg.tls
     return default
+
+
+def proxy_for(cfg: DeliveryConfig, source_ip: str | None) -> str | None:
+    """The SOCKS5 proxy that sends from `source_ip`: its own, else the egress default when the
+    egress mode is socks5; None means bind the address locally."""
+    for ip in cfg.source_ips:
+        if str(ip.address) == source_ip and ip.proxy:
+            return ip.proxy
+    return cfg.egress.proxy if cfg.egress.mode == "socks5" else None
+
+
+async def _socks5_connect(proxy: str, dest: Destination, connect_timeout: float) -> socket.socket:
+    try:
+        sock: socket.socket = await Proxy.from_url(proxy).connect(
+            dest.address, dest.port, timeout=connect_timeout
+        )
+    except (ProxyError, ProxyConnectionError, ProxyTimeoutError, OSError) as e:
+        raise OSError(f"through the SOCKS5 proxy {proxy}: {e}") from None
+    return sock
 
 
 def same_family(source_ip: str | None, address: str) -> bool:
@@ -532,18 +554,23 @@ class DeliveryClient:
         self, key: PoolKey, helo: str, dest: Destination, policy: TLSPolicy, *, try_tls: bool
     ) -> _Conn:
         source_ip = key[0]
+        proxy = proxy_for(self._cfg, source_ip)
         smtp = aiosmtplib.SMTP(
             hostname=dest.address,
-            port=dest.port,
+            port=dest.port if proxy is None else None,  # a proxied socket is already connected
             local_hostname=helo,
-            source_address=(source_ip, 0) if source_ip else None,
+            source_address=(source_ip, 0) if source_ip and proxy is None else None,
             timeout=float(self._cfg.command_timeout),
             use_tls=False,
             start_tls=False,
             validate_certs=False,
         )
         try:
-            await smtp.connect(timeout=float(self._cfg.connect_timeout))
+            if proxy is not None:
+                sock = await _socks5_connect(proxy, dest, float(self._cfg.connect_timeout))
+                await smtp.connect(sock=sock, timeout=float(self._cfg.connect_timeout))
+            else:
+                await smtp.connect(timeout=float(self._cfg.connect_timeout))
         except aiosmtplib.SMTPConnectResponseError as e:
             smtp.close()
             code = 421 if e.code == 421 else 451
