@@ -337,6 +337,9 @@ class ControlPlane:
     # True: the components get SIGTERM if the starting process dies without stopping them
     # (Linux PR_SET_PDEATHSIG), so a killed test run leaves nothing behind. `up` leaves it off.
     die_with_parent: bool = False
+    # Appended to kube-apiserver's arguments (later flags win), e.g. an audit log for a
+    # benchmark that counts API writes. Not recorded in cluster.json.
+    extra_apiserver_args: list[str] = field(default_factory=list)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -461,6 +464,7 @@ class ControlPlane:
             "--profiling=false",
             "--endpoint-reconciler-type=none",
             "--v=1",
+            *self.extra_apiserver_args,
         ]
 
     def _controller_manager_args(self) -> list[str]:
