@@ -475,9 +475,7 @@ ALERT_TESTS: list[dict[str, Any]] = [
                 "values": "0x10 0+5x50",
             },
             {
-                "series": series(
-                    "mailfleet_operator_reconciles_total", OPERATOR, kind="IPWarmup"
-                ),
+                "series": series("mailfleet_operator_reconciles_total", OPERATOR, kind="IPWarmup"),
                 "values": "0+10x60",
             },
             {
@@ -666,3 +664,22 @@ def test_alerts_fire_on_their_situations(helm: str, promtool: str, tmp_path: Pat
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        [],
+        ["watch.allNamespaces=false", "watch.namespaces={a,b}", "verbose=true"],
+        ["peering.enabled=false"],
+    ],
+    ids=["defaults", "namespaced", "standalone"],
+)
+def test_operator_accepts_the_rendered_arguments(helm: str, sets: list[str]) -> None:
+    main = pytest.importorskip("mailfleet.operator.main", reason="the operator is not there yet")
+    args = operator_container(render(helm, *sets))["args"]
+    assert args[0] == "operator"
+    ns = main.build_parser().parse_args(args[1:])
+    assert ns.metrics_port == 9090
+    assert main.liveness_url(ns.liveness) == "http://0.0.0.0:8080/healthz"
+    assert ns.standalone == ("peering.enabled=false" in sets)

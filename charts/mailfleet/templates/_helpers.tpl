@@ -69,6 +69,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 - --liveness=http://0.0.0.0:{{ .Values.liveness.port }}/healthz
 - --metrics-port={{ .Values.metrics.port }}
 - --engine-image={{ default (include "mailfleet.image" .) .Values.engineImage }}
+{{- if .Values.verbose }}
+- --verbose
+{{- end }}
 {{- with .Values.extraArgs }}
 {{ toYaml . }}
 {{- end }}
