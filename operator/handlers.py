@@ -1,0 +1,554 @@
+"""Kopf handlers: keep indexes of what render.py needs, reconcile the pools an event affects.
+
+Every decision is in render.py; here we read (Kopf indexes, GETs of children), compare, and
+write only what differs: children by server-side apply when their hash or content drifted,
+status by merge patch when it changed. Watch events only (no on.create/update handlers), so Kopf
+stores nothing on our objects and puts no finalizers on them; children go with their pool by
+ownerReference garbage collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import time
+from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from mailfleet.operator import kube
+from mailfleet.operator import render as r
+from mailfleet.operator.crd_models import (
+    GROUP,
+    VERSION,
+    DeliveryPolicy,
+    IPWarmup,
+    KubeObject,
+    SendingPool,
+    parse_object,
+)
+from mailfleet.operator.metrics import OperatorMetrics
+
+log = logging.getLogger("mailfleet.operator")
+
+DEFAULT_IMAGE = "ghcr.io/mailfleet/mailfleet:0.1.0"
+MANAGED = {"app.kubernetes.io/managed-by": r.MANAGER}
+RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+PoolKey = tuple[str, str]
+
+
+@dataclass
+class OperatorState:
+    """Process-wide state: configuration from the command line and in-memory bookkeeping."""
+
+    image: str = DEFAULT_IMAGE
+    peering_mandatory: bool = False
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    client: kube.KubeClient | None = None
+    settings: kopf.OperatorSettings | None = None
+    indexes: Indexes | None = None
+    locks: dict[PoolKey, asyncio.Lock] = field(default_factory=dict)
+    # Policies each pool selected at its last render: a policy that stops matching a pool
+    # re-renders it too.
+    selected: dict[PoolKey, frozenset[str]] = field(default_factory=dict)
+    # The pool each warmup named when last seen: moving a warmup re-renders both pools.
+    warmup_pools: dict[PoolKey, str] = field(default_factory=dict)
+    failures: dict[PoolKey, int] = field(default_factory=dict)
+    retries: dict[PoolKey, asyncio.TimerHandle] = field(default_factory=dict)
+
+
+STATE = OperatorState()
+
+
+@dataclass(frozen=True)
+class Indexes:
+    pools: kopf.Index[PoolKey, dict[str, Any]]
+    policies: kopf.Index[str, dict[str, Any]]
+    warmups: kopf.Index[PoolKey, dict[str, Any]]
+    secrets: kopf.Index[str, str]
+    statefulsets: kopf.Index[PoolKey, dict[str, Any]]
+
+
+def _bodies(index: kopf.Index[Any, dict[str, Any]], key: Any) -> list[dict[str, Any]]:
+    return list(index.get(key, []))
+
+
+def _pool_keys(idx: Indexes, namespace: str) -> list[PoolKey]:
+    return sorted(k for k in idx.pools if k[0] == namespace)
+
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+_parsed: dict[str, tuple[str, KubeObject | None]] = {}
+
+
+def parse(body: Mapping[str, Any]) -> KubeObject | None:
+    """A mailfleet object from a watched body, cached by uid and resourceVersion."""
+    meta = body.get("metadata", {})
+    uid, version = str(meta.get("uid", "")), str(meta.get("resourceVersion", ""))
+    cached = _parsed.get(uid)
+    if uid and version and cached is not None and cached[0] == version:
+        return cached[1]
+    obj = _parse(body)
+    if uid and version:
+        _parsed[uid] = (version, obj)
+    return obj
+
+
+def _parse(body: Mapping[str, Any]) -> KubeObject | None:
+    """A status we cannot read is dropped; a spec we cannot read skips the object (the API
+    server validates it, so that means a newer schema than ours)."""
+    data = _plain(body)
+    try:
+        return parse_object(data)
+    except (ValidationError, ValueError):
+        pass
+    data.pop("status", None)
+    try:
+        return parse_object(data)
+    except (ValidationError, ValueError) as e:
+        meta = data.get("metadata", {})
+        log.error(
+            "cannot read %s %s/%s: %s",
+            data.get("kind"),
+            meta.get("namespace"),
+            meta.get("name"),
+            str(e).splitlines()[0],
+        )
+        return None
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    STATE.settings = settings
+    settings.posting.reporting_component = r.MANAGER
+    settings.posting.reporting_instance = os.environ.get("POD_NAME") or os.uname().nodename
+    # Watches end server-side after 5 minutes and are re-established; a silent connection is
+    # dropped after 10.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    # Only what the operator manages comes over the StatefulSet watch.
+    settings.watching.label_selectors["apps", "statefulsets"] = (
+        f"app.kubernetes.io/managed-by={r.MANAGER}"
+    )
+    # The CRDs are installed before the operator: no CRD or namespace watch (nor the RBAC).
+    settings.scanning.disabled = True
+    settings.execution.max_workers = 4
+    settings.peering.mandatory = STATE.peering_mandatory
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    for handle in STATE.retries.values():
+        handle.cancel()
+    if STATE.client is not None:
+        await STATE.client.close()
+
+
+def client() -> kube.KubeClient:
+    if STATE.client is None:
+
+        async def login() -> kopf.ConnectionInfo | None:
+            settings = STATE.settings or kopf.OperatorSettings()
+            return login_fn(settings)
+
+        STATE.client = kube.KubeClient(login, STATE.metrics)
+    return STATE.client
+
+
+def login_fn(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """In a pod: its service account; elsewhere: KUBECONFIG / ~/.kube/config."""
+    info = kopf.login_with_service_account(settings=settings)
+    return info or kopf.login_with_kubeconfig(settings=settings)
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
+    return login_fn(settings)
+
+
+# --- indexes -----------------------------------------------------------------------------------
+
+
+@kopf.index(GROUP, VERSION, "sendingpools")
+def pool_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[PoolKey, Any]:
+    namespace = namespace or ""
+    return {(namespace, name): _plain(body)}
+
+
+@kopf.index(GROUP, VERSION, "deliverypolicies")
+def policy_index(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    namespace = namespace or ""
+    return {namespace: _plain(body)}
+
+
+@kopf.index(GROUP, VERSION, "ipwarmups")
+def warmup_index(
+    namespace: str | None, spec: kopf.Spec, body: kopf.Body, **_: Any
+) -> dict[PoolKey, Any]:
+    namespace = namespace or ""
+    return {(namespace, str(spec.get("poolRef", ""))): _plain(body)}
+
+
+@kopf.index("v1", "secrets")
+def secret_index(namespace: str | None, name: str, **_: Any) -> dict[str, str]:
+    namespace = namespace or ""
+    # Names only: Secret contents never enter the operator's memory beyond the watch itself.
+    return {namespace: name}
+
+
+@kopf.index("apps", "v1", "statefulsets", labels=MANAGED)
+def statefulset_index(
+    namespace: str | None, name: str, status: kopf.Status, **_: Any
+) -> dict[PoolKey, Any]:
+    namespace = namespace or ""
+    return {(namespace, name): dict(status)}
+
+
+def _indexes(kwargs: Mapping[str, Any]) -> Indexes:
+    idx = Indexes(
+        pools=kwargs["pool_index"],
+        policies=kwargs["policy_index"],
+        warmups=kwargs["warmup_index"],
+        secrets=kwargs["secret_index"],
+        statefulsets=kwargs["statefulset_index"],
+    )
+    STATE.indexes = idx
+    return idx
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    STATE.metrics.events.labels(type_, reason).inc()
+    kopf.event(dict(body), type=type_, reason=reason, message=message)  # type: ignore[arg-type]
+    level = logging.WARNING if type_ == "Warning" else logging.INFO
+    meta = body.get("metadata", {})
+    log.log(
+        level,
+        "%s %s/%s: %s: %s",
+        body.get("kind"),
+        meta.get("namespace"),
+        meta.get("name"),
+        reason,
+        message,
+    )
+
+
+# --- reconciling a pool ------------------------------------------------------------------------
+
+
+async def reconcile_pool(idx: Indexes, namespace: str, name: str) -> None:
+    key = (namespace, name)
+    lock = STATE.locks.setdefault(key, asyncio.Lock())
+    async with lock:
+        t0 = time.monotonic()
+        try:
+            changed = await _reconcile_pool(idx, namespace, name)
+        except Exception as e:
+            STATE.metrics.reconciles.labels("SendingPool", "error").inc()
+            STATE.metrics.errors.labels("SendingPool", type(e).__name__).inc()
+            log.error("reconcile of SendingPool %s/%s failed: %s", namespace, name, e)
+            _schedule_retry(key)
+            return
+        finally:
+            STATE.metrics.duration.labels("SendingPool").observe(time.monotonic() - t0)
+        STATE.failures.pop(key, None)
+        handle = STATE.retries.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+        STATE.metrics.reconciles.labels("SendingPool", "changed" if changed else "unchanged").inc()
+
+
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def _spawn(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.ensure_future(work)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+def _schedule_retry(key: PoolKey) -> None:
+    """Watch events are not redelivered: a failed reconcile retries itself, backing off."""
+    n = STATE.failures.get(key, 0)
+    STATE.failures[key] = n + 1
+    delay = RETRY_DELAYS[min(n, len(RETRY_DELAYS) - 1)]
+    old = STATE.retries.pop(key, None)
+    if old is not None:
+        old.cancel()
+
+    def fire() -> None:
+        STATE.retries.pop(key, None)
+        if STATE.indexes is not None:
+            _spawn(reconcile_pool(STATE.indexes, *key))
+
+    STATE.retries[key] = asyncio.get_running_loop().call_later(delay, fire)
+
+
+async def _reconcile_pool(idx: Indexes, namespace: str, name: str) -> bool:
+    bodies = _bodies(idx.pools, (namespace, name))
+    if not bodies:
+        return False
+    body = bodies[0]
+    pool = parse(body)
+    if not isinstance(pool, SendingPool):
+        return False
+    policies = [
+        p for b in _bodies(idx.policies, namespace) if isinstance(p := parse(b), DeliveryPolicy)
+    ]
+    warmups = [
+        w for b in _bodies(idx.warmups, (namespace, name)) if isinstance(w := parse(b), IPWarmup)
+    ]
+    sts = _bodies(idx.statefulsets, (namespace, name))
+    rendered = r.render_pool(
+        r.PoolInputs(
+            pool=pool,
+            policies=policies,
+            warmups=warmups,
+            secrets=frozenset(idx.secrets.get(namespace, [])),
+            statefulset_status=sts[0] if sts else None,
+            image=STATE.image,
+            now=r.now_utc(),
+        )
+    )
+    before = STATE.selected.get((namespace, name))
+    STATE.selected[(namespace, name)] = frozenset(rendered.policies)
+    if before != STATE.selected[(namespace, name)]:
+        _schedule_policy_statuses(idx, namespace)
+    api = client()
+    generation = body["metadata"].get("generation")
+    changed = False
+    for child in rendered.children:
+        res = kube.BY_KIND[child["kind"]]
+        child_name = child["metadata"]["name"]
+        live = await api.get(res, namespace, child_name)
+        if not r.needs_apply(child, live):
+            continue
+        to_apply, ignored = r.keep_immutable(child, live)
+        await api.apply(res, to_apply)
+        changed = True
+        verb = "Created" if live is None else "Updated"
+        if child["kind"] == "ConfigMap":
+            post_event(
+                body,
+                "Normal",
+                "ConfigRendered",
+                f"{verb} ConfigMap {child_name}: engine.yaml rendered for generation "
+                f"{generation} (policies: {', '.join(rendered.policies) or 'none'})",
+            )
+        else:
+            post_event(body, "Normal", verb, f"{verb} {child['kind']} {child_name}")
+        if ignored:
+            post_event(
+                body,
+                "Warning",
+                "ImmutableFieldChanged",
+                f"StatefulSet {child_name}: {', '.join(ignored)} cannot change in place; "
+                "delete the StatefulSet with --cascade=orphan to apply it",
+            )
+    new_status = rendered.status
+    if r.status_changed(body.get("status"), new_status):
+        # The index may lag behind our last write: check the live object before writing.
+        live_pool = await api.get(kube.SENDINGPOOLS, namespace, name)
+        if live_pool is None:
+            return changed
+        old_status = live_pool.get("status")
+        if r.status_changed(old_status, new_status):
+            await api.patch_status(kube.SENDINGPOOLS, namespace, name, new_status)
+            changed = True
+            for ev in r.pool_events(old_status, new_status):
+                post_event(live_pool, ev.type, ev.reason, ev.message)
+    if warmups:
+        await _update_warmup_statuses(idx, namespace, name)
+    return changed
+
+
+_pending_policy_status: set[str] = set()
+
+
+def _schedule_policy_statuses(idx: Indexes, namespace: str) -> None:
+    """Policy status counts pools: many pool reconciles in a burst share one update."""
+    if namespace in _pending_policy_status:
+        return
+    _pending_policy_status.add(namespace)
+
+    async def run() -> None:
+        await asyncio.sleep(0.5)
+        _pending_policy_status.discard(namespace)
+        await _guarded("DeliveryPolicy", _update_policy_statuses(idx, namespace))
+
+    _spawn(run())
+
+
+async def _write_status_if_changed(
+    res: kube.Resource, body: Mapping[str, Any], new_status: dict[str, Any]
+) -> None:
+    if not r.status_changed(body.get("status"), new_status):
+        return
+    meta = body["metadata"]
+    api = client()
+    live = await api.get(res, meta["namespace"], meta["name"])
+    if live is None or not r.status_changed(live.get("status"), new_status):
+        return
+    await api.patch_status(res, meta["namespace"], meta["name"], new_status)
+
+
+def _pools_in(idx: Indexes, namespace: str) -> list[SendingPool]:
+    out = []
+    for key in _pool_keys(idx, namespace):
+        for b in _bodies(idx.pools, key):
+            if isinstance(p := parse(b), SendingPool):
+                out.append(p)
+    return out
+
+
+async def _update_policy_statuses(idx: Indexes, namespace: str) -> None:
+    pools = _pools_in(idx, namespace)
+    now = r.now_utc()
+    for b in _bodies(idx.policies, namespace):
+        policy = parse(b)
+        if isinstance(policy, DeliveryPolicy):
+            await _write_status_if_changed(
+                kube.DELIVERYPOLICIES, b, r.policy_status(policy, pools, now)
+            )
+
+
+async def _update_warmup_statuses(idx: Indexes, namespace: str, pool: str) -> None:
+    pools = [p for p in _pools_in(idx, namespace) if r.pool_name(p) == pool]
+    now = r.now_utc()
+    for b in _bodies(idx.warmups, (namespace, pool)):
+        warmup = parse(b)
+        if isinstance(warmup, IPWarmup):
+            status = r.warmup_status(warmup, pools[0] if pools else None, now)
+            await _write_status_if_changed(kube.IPWARMUPS, b, status)
+
+
+async def _reconcile_all(idx: Indexes, keys: Iterable[PoolKey]) -> None:
+    await asyncio.gather(*(reconcile_pool(idx, ns, name) for ns, name in sorted(set(keys))))
+
+
+# --- watch handlers ----------------------------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, "sendingpools")
+async def pool_event(event: kopf.RawEvent, namespace: str | None, name: str, **kwargs: Any) -> None:
+    namespace = namespace or ""
+    idx = _indexes(kwargs)
+    if event["type"] == "DELETED":
+        key = (namespace, name)
+        STATE.selected.pop(key, None)
+        STATE.locks.pop(key, None)
+        STATE.failures.pop(key, None)
+        handle = STATE.retries.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+        _parsed.pop(str(kwargs["meta"].get("uid", "")), None)
+        _schedule_policy_statuses(idx, namespace)
+        await _guarded("IPWarmup", _update_warmup_statuses(idx, namespace, name))
+        return
+    await reconcile_pool(idx, namespace, name)
+
+
+async def _guarded(kind: str, work: Any) -> None:
+    try:
+        await work
+    except Exception as e:
+        STATE.metrics.errors.labels(kind, type(e).__name__).inc()
+        log.error("status update of %s failed: %s", kind, e)
+
+
+def _selects(idx: Indexes, key: PoolKey, labels: Mapping[str, str]) -> bool:
+    for b in _bodies(idx.pools, key):
+        pool = parse(b)
+        if isinstance(pool, SendingPool) and r.selector_matches(pool.spec.policy_selector, labels):
+            return True
+    return False
+
+
+@kopf.on.event(GROUP, VERSION, "deliverypolicies")
+async def policy_event(
+    event: kopf.RawEvent, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any
+) -> None:
+    namespace = namespace or ""
+    idx = _indexes(kwargs)
+    labels = dict(body.get("metadata", {}).get("labels") or {})
+    deleted = event["type"] == "DELETED"
+    affected = [
+        key
+        for key in _pool_keys(idx, namespace)
+        if name in STATE.selected.get(key, frozenset())
+        or (not deleted and _selects(idx, key, labels))
+    ]
+    await _reconcile_all(idx, affected)
+    STATE.metrics.reconciles.labels(
+        "DeliveryPolicy", "pools-rerendered" if affected else "no-pools"
+    ).inc()
+    await _guarded("DeliveryPolicy", _update_policy_statuses(idx, namespace))
+
+
+@kopf.on.event(GROUP, VERSION, "ipwarmups")
+async def warmup_event(
+    event: kopf.RawEvent, namespace: str | None, name: str, spec: kopf.Spec, **kwargs: Any
+) -> None:
+    namespace = namespace or ""
+    idx = _indexes(kwargs)
+    pool = str(spec.get("poolRef", ""))
+    before = STATE.warmup_pools.get((namespace, name))
+    if event["type"] == "DELETED":
+        STATE.warmup_pools.pop((namespace, name), None)
+    else:
+        STATE.warmup_pools[(namespace, name)] = pool
+    pools = {p for p in (pool, before) if p}
+    await _reconcile_all(idx, [(namespace, p) for p in pools if (namespace, p) in idx.pools])
+    STATE.metrics.reconciles.labels("IPWarmup", "pools-rerendered" if pools else "no-pools").inc()
+    for p in pools:
+        await _guarded("IPWarmup", _update_warmup_statuses(idx, namespace, p))
+
+
+def _references(pool: SendingPool, secret: str) -> bool:
+    sub = pool.spec.submission
+    return secret in r.dkim_secrets(pool.spec) or secret in (
+        sub.auth_secret_ref,
+        sub.tls_secret_ref,
+    )
+
+
+@kopf.on.event("v1", "secrets")
+async def secret_event(namespace: str | None, name: str, **kwargs: Any) -> None:
+    namespace = namespace or ""
+    idx = _indexes(kwargs)
+    affected = [
+        (namespace, r.pool_name(p)) for p in _pools_in(idx, namespace) if _references(p, name)
+    ]
+    await _reconcile_all(idx, affected)
+
+
+def _owner_pool(owners: Iterable[Mapping[str, Any]]) -> str | None:
+    for ref in owners:
+        if ref.get("kind") == "SendingPool" and str(ref.get("apiVersion", "")).startswith(GROUP):
+            return str(ref["name"])
+    return None
+
+
+@kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
+async def statefulset_event(namespace: str | None, meta: kopf.Meta, **kwargs: Any) -> None:
+    namespace = namespace or ""
+    idx = _indexes(kwargs)
+    pool = _owner_pool(meta.get("ownerReferences") or [])
+    if pool is not None and (namespace, pool) in idx.pools:
+        await reconcile_pool(idx, namespace, pool)

@@ -1,0 +1,91 @@
+"""`mailfleet operator`: run the Kopf operator that turns SendingPools into MTA workloads."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import kopf
+
+DEFAULT_PEERING = "mailfleet"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mailfleet operator",
+        description="Reconcile SendingPools, DeliveryPolicies and IPWarmups (mailfleet.io).",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="serve this namespace (repeatable); default: all namespaces",
+    )
+    where.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="serve every namespace (the default)"
+    )
+    peering = p.add_mutually_exclusive_group()
+    peering.add_argument(
+        "--standalone", action="store_true", help="no peering: for development, one operator only"
+    )
+    peering.add_argument(
+        "--peering",
+        metavar="NAME",
+        help=f"the Kopf peering object that elects one active replica (default {DEFAULT_PEERING}"
+        ", used when it exists)",
+    )
+    p.add_argument(
+        "--liveness",
+        metavar="URL-or-PORT",
+        help="serve a liveness endpoint, e.g. 8081 or http://0.0.0.0:8081/healthz",
+    )
+    p.add_argument("--metrics-port", type=int, metavar="N", help="serve /metrics on this port")
+    p.add_argument("--metrics-addr", default="0.0.0.0", metavar="ADDR", help=argparse.SUPPRESS)
+    p.add_argument("--engine-image", metavar="IMG", help="the default engine image of pools")
+    p.add_argument("--verbose", "-v", action="store_true", help="log more (never Secret data)")
+    return p
+
+
+def liveness_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if value.isdigit():
+        return f"http://0.0.0.0:{value}/healthz"
+    return value
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.FULL)
+    logging.getLogger("mailfleet.operator").setLevel(
+        logging.DEBUG if args.verbose else logging.INFO
+    )
+    # Registers the handlers with Kopf's default registry.
+    from mailfleet.operator import handlers
+
+    if args.engine_image:
+        handlers.STATE.image = args.engine_image
+    if args.metrics_port is not None:
+        handlers.STATE.metrics.serve(args.metrics_port, args.metrics_addr)
+    namespaces: list[str] = args.namespace
+    peering_name = args.peering or DEFAULT_PEERING
+    # An explicitly named peering must exist; the default one is used only if it does.
+    handlers.STATE.peering_mandatory = args.peering is not None
+    try:
+        kopf.run(
+            standalone=args.standalone,
+            peering_name=None if args.standalone else peering_name,
+            namespaces=namespaces,
+            clusterwide=not namespaces,
+            liveness_endpoint=liveness_url(args.liveness),
+        )
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        print(f"mailfleet operator: {e}", file=sys.stderr)
+        return 1
+    return 0
