@@ -1,7 +1,9 @@
-"""The admin HTTP API: /healthz, /readyz, /v1/status, /metrics, POST /v1/drain, POST /v1/reload."""
+"""The admin HTTP API: /healthz, /readyz, /v1/status, /metrics, POST /v1/drain, POST /v1/reload,
+/v1/suppressions (GET list, POST add, GET/DELETE one)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -9,11 +11,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mailfleet.mta.config import parse_hostport
 from mailfleet.mta.metrics import EngineMetrics
+from mailfleet.mta.suppression import SuppressionStore
 
 
 class Engine(Protocol):
     metrics: EngineMetrics
+    suppressions: SuppressionStore
 
+    async def suppress(self, recipient: str, reason: str, source: str) -> None: ...
     def readiness(self) -> tuple[bool, str]: ...
     def status(self) -> dict[str, Any]: ...
     async def drain(self) -> dict[str, Any]: ...
@@ -44,6 +49,49 @@ def make_app(engine: Engine) -> web.Application:
         ok, message = await engine.reload()
         return web.json_response({"reloaded": ok, "message": message}, status=200 if ok else 422)
 
+    async def suppressions(request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", "100"))
+            if not 1 <= limit <= 10000:
+                raise ValueError
+        except ValueError:
+            return web.json_response(
+                {"error": "limit must be a number from 1 to 10000"}, status=400
+            )
+        rows = await engine.suppressions.list(limit=limit, after=request.query.get("after"))
+        return web.json_response(
+            {
+                "count": await engine.suppressions.count(),
+                "items": [asdict(r) for r in rows],
+                "next": rows[-1].recipient if len(rows) == limit else None,
+            }
+        )
+
+    async def add_suppression(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            recipient = body["recipient"]
+            if not isinstance(recipient, str) or "@" not in recipient:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return web.json_response(
+                {"error": 'expected JSON {"recipient": "user@domain", "reason": "..."}'},
+                status=400,
+            )
+        await engine.suppress(recipient, str(body.get("reason") or "manual"), "admin-api")
+        entry = await engine.suppressions.get(recipient)
+        return web.json_response(asdict(entry) if entry else {}, status=201)
+
+    async def get_suppression(request: web.Request) -> web.Response:
+        entry = await engine.suppressions.get(request.match_info["recipient"])
+        if entry is None:
+            return web.json_response({"error": "not suppressed"}, status=404)
+        return web.json_response(asdict(entry))
+
+    async def remove_suppression(request: web.Request) -> web.Response:
+        removed = await engine.suppressions.remove(request.match_info["recipient"])
+        return web.json_response({"removed": removed}, status=200 if removed else 404)
+
     app = web.Application()
     app.add_routes(
         [
@@ -53,6 +101,10 @@ def make_app(engine: Engine) -> web.Application:
             web.get("/metrics", metrics),
             web.post("/v1/drain", drain),
             web.post("/v1/reload", reload),
+            web.get("/v1/suppressions", suppressions),
+            web.post("/v1/suppressions", add_suppression),
+            web.get("/v1/suppressions/{recipient}", get_suppression),
+            web.delete("/v1/suppressions/{recipient}", remove_suppression),
         ]
     )
     return app

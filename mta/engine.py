@@ -13,15 +13,18 @@ from typing import Any
 
 from mailfleet import __version__
 from mailfleet.mta.admin import AdminServer
+from mailfleet.mta.arf import ARFError, parse_arf
 from mailfleet.mta.auth import CredentialsError, UserDB
 from mailfleet.mta.config import ConfigError, EngineConfig, load_config
 from mailfleet.mta.delivery import DeliveryClient
 from mailfleet.mta.dkim import DKIMSigner
+from mailfleet.mta.headers import add_headers, load_token_key
 from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.queue import QueueRunner
 from mailfleet.mta.routing import Router
 from mailfleet.mta.spool import Spool, new_message_id
 from mailfleet.mta.submission import SubmissionHandler, SubmissionPolicy, SubmissionServer
+from mailfleet.mta.suppression import open_store
 
 log = logging.getLogger("mailfleet.mta.engine")
 
@@ -37,7 +40,14 @@ def build_policy(cfg: EngineConfig) -> SubmissionPolicy:
         trusted=list(cfg.submission.trusted_networks),
         users=users,
         max_recipients=cfg.submission.max_recipients,
+        feedback_addresses=frozenset(a.lower() for a in cfg.suppression.feedback_addresses),
+        drop_suppressed=cfg.suppression.on_suppressed == "drop",
     )
+
+
+def token_key(cfg: EngineConfig) -> bytes | None:
+    path = cfg.headers.token_key_file
+    return load_token_key(path) if path is not None else None
 
 
 class Engine:
@@ -54,10 +64,14 @@ class Engine:
         )
         self.router = Router(cfg.routing, mx_port=cfg.routing.mx_port)
         self.client = DeliveryClient(cfg.delivery, cfg.hostname)
+        self.suppressions = open_store(cfg.suppression, cfg.spool.path)
+        self.token_key = token_key(cfg)
         self.queue = QueueRunner(
-            cfg, self.spool, self.router, self.client, self.metrics, self.inject
+            cfg, self.spool, self.router, self.client, self.metrics, self.inject, self.suppress
         )
-        self.handler = SubmissionHandler(build_policy(cfg), self.ingest, self.metrics)
+        self.handler = SubmissionHandler(
+            build_policy(cfg), self.ingest, self.metrics, self.is_suppressed, self.on_feedback
+        )
         self.submission = SubmissionServer(self.handler, self.metrics)
         self.admin = AdminServer(self)
         self.recovered = False
@@ -84,6 +98,14 @@ class Engine:
     async def ingest(
         self, queue_id: str, mail_from: str, recipients: list[str], data: bytes, client: str
     ) -> None:
+        hc = self.cfg.headers
+        if hc.list_unsubscribe or hc.feedback_id or b"X-Mailfleet-" in data[:65536]:
+            added = add_headers(
+                data, hc, recipients=recipients, message_id=queue_id, token_key=self.token_key
+            )
+            for note in added.notes:
+                log.info("header not added", extra={"queue_id": queue_id, "note": note})
+            data = added.data
         msg = await self.spool.accept(
             mail_from, recipients, self._sign(data), client, message_id=queue_id
         )
@@ -93,6 +115,41 @@ class Engine:
         qid = new_message_id()
         await self.ingest(qid, mail_from, recipients, data, "local")
         return qid
+
+    # -- reputation: suppression list and complaints --------------------------------------------
+
+    async def is_suppressed(self, recipient: str) -> str | None:
+        entry = await self.suppressions.get(recipient)
+        return entry.reason if entry is not None else None
+
+    async def suppress(self, recipient: str, reason: str, source: str) -> None:
+        await self.suppressions.add(recipient, reason, source)
+        self.metrics.suppressions.labels(reason).inc()
+        log.info("recipient suppressed", extra={"reason": reason, "source": source[:200]})
+
+    async def on_feedback(self, data: bytes, client: str) -> str:
+        """An ARF complaint: suppress the recipient, count it against the source IP."""
+        try:
+            report = parse_arf(data)
+        except ARFError as e:
+            self.metrics.rejected.labels("not-arf").inc()
+            return f"554 5.6.0 The feedback address takes ARF reports (RFC 5965) only: {e}"
+        rcpt = report.original_recipient
+        if rcpt:
+            await self.suppress(rcpt, "complaint", report.source)
+        provider = self.queue.shaper.table.by_domain(rcpt.rpartition("@")[2]) if rcpt else None
+        self.metrics.complaints.labels(report.source_ip or "", provider or "default").inc()
+        log.info(
+            "complaint received",
+            extra={
+                "feedback_type": report.feedback_type,
+                "source_ip": report.source_ip,
+                "provider": provider or "default",
+                "reporter": report.source,
+                "client": client,
+            },
+        )
+        return "250 2.0.0 Ok: complaint recorded"
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -126,6 +183,7 @@ class Engine:
         await self.queue.stop()
         await self.client.close()
         await self.spool.close()
+        await self.suppressions.close()
         await self.admin.stop()
 
     def stop(self) -> None:
@@ -155,6 +213,7 @@ class Engine:
                 cfg = load_config(self.config_path)
                 policy = build_policy(cfg)
                 signer = DKIMSigner(cfg.dkim)
+                key = token_key(cfg)
             except (ConfigError, CredentialsError, ValueError, OSError) as e:
                 self.metrics.config_reloads.labels("failed").inc()
                 log.error(
@@ -166,6 +225,8 @@ class Engine:
             notes = []
             if cfg.spool.path != old.spool.path:
                 notes.append("spool.path changes on restart only")
+            if cfg.suppression != old.suppression:
+                notes.append("suppression changes on restart only")
             if cfg.admin.listen != old.admin.listen:
                 notes.append("admin.listen changes on restart only")
             if cfg.routing.mx_port != old.routing.mx_port:
@@ -178,6 +239,7 @@ class Engine:
                 return False, f"submission.listen {cfg.submission.listen}: {e}"
             self.handler.policy = policy
             self.signer = signer
+            self.token_key = key
             self.router.update_config(cfg.routing)
             if cfg.delivery != old.delivery or cfg.hostname != old.hostname:
                 old_client, self.client = self.client, DeliveryClient(cfg.delivery, cfg.hostname)

@@ -35,6 +35,8 @@ SHAPING_SAVE_INTERVAL = 2.0
 
 # Writes a DSN into the queue like a submitted message: (sender, recipients, data) -> queue id.
 Inject = Callable[[str, list[str], bytes], Awaitable[str]]
+# Puts a recipient on the suppression list: (recipient, reason, source).
+Suppress = Callable[[str, str, str], Awaitable[None]]
 
 
 def domain_of(address: str) -> str:
@@ -73,6 +75,7 @@ class QueueRunner:
         client: DeliveryClient,
         metrics: EngineMetrics,
         inject: Inject,
+        suppress: Suppress | None = None,
     ) -> None:
         self.cfg = cfg
         self.spool = spool
@@ -80,6 +83,7 @@ class QueueRunner:
         self.client = client
         self.metrics = metrics
         self.inject = inject
+        self.suppress = suppress
         self.shaper = Shaper(cfg, os.environ.get("POD_NAME"))
         self.messages: dict[str, QueuedMessage] = {}
         self._remaining: dict[str, int] = {}
@@ -300,6 +304,12 @@ class QueueRunner:
                 updates.append(RecipientUpdate(reply.recipient, done=True))
             elif outcome == "bounced":
                 updates.append(RecipientUpdate(reply.recipient, done=True))
+                if (
+                    self.suppress is not None
+                    and result.destination is not None
+                    and reply_class in self.cfg.suppression.suppress_classes
+                ):
+                    await self.suppress(reply.recipient, reply_class, line)
                 bounces.append(
                     DSNRecipient(
                         recipient=reply.recipient,

@@ -30,6 +30,12 @@ Ingest = Callable[[str, str, list[str], bytes, str], Awaitable[None]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# Looks up a recipient on the suppression list: None, or why it is suppressed.
+Suppressed = Callable[[str], Awaitable[str | None]]
+# Takes a message to a feedback address (an ARF report); returns the SMTP reply.
+Feedback = Callable[[bytes, str], Awaitable[str]]
+
+
 @dataclass
 class SubmissionPolicy:
     """What the listener enforces; swapped as a whole on config reload."""
@@ -38,6 +44,8 @@ class SubmissionPolicy:
     trusted: list[Network]
     users: UserDB | None
     max_recipients: int
+    feedback_addresses: frozenset[str] = frozenset()
+    drop_suppressed: bool = False
 
     def is_trusted(self, peer_ip: str) -> bool:
         try:
@@ -82,10 +90,19 @@ def trace_headers(
 
 
 class SubmissionHandler:
-    def __init__(self, policy: SubmissionPolicy, ingest: Ingest, metrics: EngineMetrics) -> None:
+    def __init__(
+        self,
+        policy: SubmissionPolicy,
+        ingest: Ingest,
+        metrics: EngineMetrics,
+        suppressed: Suppressed | None = None,
+        feedback: Feedback | None = None,
+    ) -> None:
         self.policy = policy
         self.ingest = ingest
         self.metrics = metrics
+        self.suppressed = suppressed
+        self.feedback = feedback
         self.accepting = True
 
     def _refuse(self, reason: str, reply: str) -> str:
@@ -130,6 +147,10 @@ class SubmissionHandler:
         rcpt_options: list[str],
     ) -> str:
         policy = self.policy
+        if address.lower() in policy.feedback_addresses and self.feedback is not None:
+            # Feedback loops report from the providers' networks: a local address, not relaying.
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 Ok (feedback)"
         if not (session.authenticated or policy.is_trusted(_peer_ip(session))):
             if policy.users is not None:
                 return self._refuse("auth-required", "530 5.7.0 Authentication required")
@@ -138,6 +159,19 @@ class SubmissionHandler:
             return self._refuse("too-many-recipients", "452 4.5.3 Too many recipients")
         if "@" not in address:
             return self._refuse("bad-recipient", "501 5.1.3 Recipient address must be user@domain")
+        if self.suppressed is not None:
+            why = await self.suppressed(address)
+            if why is not None:
+                if not policy.drop_suppressed:
+                    self.metrics.suppressed.labels("rejected").inc()
+                    return self._refuse(
+                        "suppressed",
+                        f"550 5.7.1 <{address}>: recipient is on the suppression list ({why})",
+                    )
+                dropped = getattr(envelope, "dropped", [])
+                dropped.append(address)
+                envelope.dropped = dropped  # type: ignore[attr-defined]
+                return "250 2.1.5 Ok"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
@@ -154,6 +188,24 @@ class SubmissionHandler:
             user = session.auth_data.login.decode(errors="replace")
         queue_id = new_message_id()
         peer_ip = _peer_ip(session)
+        rcpts = list(envelope.rcpt_tos)
+        feedback = [r for r in rcpts if r.lower() in self.policy.feedback_addresses]
+        if feedback and self.feedback is not None:
+            if len(feedback) == len(rcpts):
+                return await self.feedback(data, peer_ip)
+            rcpts = [r for r in rcpts if r not in feedback]
+            await self.feedback(data, peer_ip)
+        dropped = getattr(envelope, "dropped", [])
+        if dropped:
+            self.metrics.suppressed.labels("dropped").inc(len(dropped))
+            log.info(
+                "suppressed recipients dropped",
+                extra={"queue_id": queue_id, "recipients": len(dropped)},
+            )
+            rcpts = [r for r in rcpts if r not in dropped]
+            if not rcpts:
+                self.metrics.received.inc()
+                return f"250 2.0.0 Ok: queued as {queue_id} (suppressed, not delivered)"
         trace = trace_headers(
             data,
             hostname=self.policy.hostname,
@@ -167,7 +219,7 @@ class SubmissionHandler:
             await self.ingest(
                 queue_id,
                 "" if envelope.mail_from in (None, "", "<>") else envelope.mail_from,
-                list(envelope.rcpt_tos),
+                rcpts,
                 trace + data,
                 peer_ip + (f" user={user}" if user else ""),
             )
