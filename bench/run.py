@@ -11,6 +11,7 @@ import argparse
 from bench import dkim as dkim_bench
 from bench import postfix as postfix_bench
 from bench import relay as relay_bench
+from bench import shaped as shaped_bench
 
 
 def main() -> None:
@@ -25,12 +26,19 @@ def main() -> None:
         print(f"dkim {label}: {dkim_bench.measure(alg):.0f} sig/s", flush=True)
 
     ours = relay_bench.measure(messages, size, sessions, a.workers)
-    theirs = postfix_bench.measure(messages=messages, size_kb=size // 1024, sessions=sessions)
+    theirs = postfix_bench.postfix_relay_rate(messages, size // 1024, sessions)
     print(
         f"relay: mailfleet {ours['msg_per_s']:.0f} msg/s, postfix {theirs:.0f} msg/s, "
         f"ratio {ours['msg_per_s'] / theirs:.2f}"
         f"  ({messages} messages of {size // 1024} KB over {sessions} sessions, DKIM RSA-2048 on,"
         f" spool fsynced, {a.workers} engine processes)",
+        flush=True,
+    )
+    shaped = shaped_bench.measure(messages, size, sessions, a.workers)
+    print(shaped_bench.report(shaped, a.workers), flush=True)
+    print(
+        f"shaped relay vs postfix: ratio {float(shaped['msg_per_s']) / theirs:.2f}"  # type: ignore[arg-type]
+        " (Postfix unshaped, same run)",
         flush=True,
     )
 
