@@ -235,6 +235,23 @@ def test_rendered_rbac_grants_exactly_deploy_rbac(helm: str) -> None:
         assert {"kind": "ServiceAccount", "name": sa_name, "namespace": NAMESPACE} in b["subjects"]
 
 
+def test_chart_peering_crds_are_deploy_kopf_peering(helm: str) -> None:
+    source = REPO / "deploy" / "kopf-peering.yaml"
+    if not source.is_file():
+        pytest.skip("deploy/kopf-peering.yaml is not in the repository yet")
+    want = {
+        d["metadata"]["name"]: d["spec"]
+        for d in yaml.safe_load_all(source.read_text())
+        if d and d["kind"] == "CustomResourceDefinition"
+    }
+    got = {
+        o["metadata"]["name"]: o["spec"]
+        for o in render(helm)
+        if o["kind"] == "CustomResourceDefinition"
+    }
+    assert got == want
+
+
 @pytest.mark.parametrize("monitoring", [False, True], ids=["defaults", "monitoring"])
 def test_helm_lint_strict(helm: str, monitoring: bool) -> None:
     args = ["lint", str(CHART), "--strict", "--namespace", NAMESPACE]
