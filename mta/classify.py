@@ -84,7 +84,7 @@ _BY_STATUS: dict[str, ReplyClass] = {
     "1.3": "invalid-recipient",
     "1.6": "invalid-recipient",
     "1.8": "dns",
-    "1.10": "invalid-recipient",
+    "1.10": "dns",  # RFC 7505: the domain publishes a null MX
     "2.1": "invalid-recipient",
     "2.2": "mailbox-full",
     "3.2": "connection-tls",
