@@ -26,6 +26,9 @@ from mailfleet.mta.providers import ProviderTable
 
 DEFAULT_QUARANTINE = 86400.0
 OBSERVE_WINDOW = 60.0
+# How much of the reply a suspension or quarantine keeps as its reason: providers put the code
+# that says why (Outlook's S3150) at the end of texts well over 120 characters long.
+REASON_LENGTH = 400
 
 
 def _rule(match: str, action: ReplyAction, duration: float | None = None) -> ReplyRuleConfig:
@@ -381,10 +384,10 @@ class Shaper:
                 p.throttle(settings.adaptive, now)
             elif rule.action == "suspend":
                 p.suspended_until = max(p.suspended_until, now + (rule.duration or 3600.0))
-                p.reason = f"suspended: {reply[:120]}"
+                p.reason = f"suspended: {reply[:REASON_LENGTH]}"
             elif rule.action == "quarantine":
                 p.quarantined_until = now + (rule.duration or DEFAULT_QUARANTINE)
-                p.reason = f"quarantined: {reply[:120]}"
+                p.reason = f"quarantined: {reply[:REASON_LENGTH]}"
             return RuleHit(rule.action, rule.match)
         return None
 
