@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import sys
 
 import kopf
@@ -39,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         ", used when it exists)",
     )
     p.add_argument(
+        "--priority",
+        type=int,
+        metavar="N",
+        help="peering priority; the highest works, the others wait (default: random, so that "
+        "replicas of one Deployment never tie: Kopf pauses every operator on a tie)",
+    )
+    p.add_argument(
         "--liveness",
         metavar="URL-or-PORT",
         help="serve a liveness endpoint, e.g. 8081 or http://0.0.0.0:8081/healthz",
@@ -48,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-image", metavar="IMG", help="the default engine image of pools")
     p.add_argument("--verbose", "-v", action="store_true", help="log more (never Secret data)")
     return p
+
+
+def _quiet_success(record: logging.LogRecord) -> bool:
+    """Drop "Handler ... succeeded": one per watch event, nothing an SRE needs."""
+    return not (record.levelno <= logging.INFO and str(record.msg).endswith("succeeded."))
 
 
 def liveness_url(value: str | None) -> str | None:
@@ -81,6 +94,7 @@ def main(argv: list[str]) -> int:
             peering_name=None if args.standalone else peering_name,
             namespaces=namespaces,
             clusterwide=not namespaces,
+            priority=args.priority if args.priority is not None else 1 + secrets.randbelow(2**30),
             liveness_endpoint=liveness_url(args.liveness),
         )
     except KeyboardInterrupt:
