@@ -7,19 +7,20 @@ from __future__ import annotations
 
 from mailfleet.operator.crd_models import WarmupPreset, WarmupSchedule
 
+
 # Messages per IP per day. The last value is the cap from that day on (the warmup is complete
 # when an IP has spent a full day at it).
+def _days(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in text.split())
+
+
 PRESETS: dict[WarmupPreset, tuple[int, ...]] = {
-    name: tuple(int(n) for n in days.split())
-    for name, days in (
-        (
-            "conservative",
-            "20 50 100 200 400 750 1000 1500 2000 3000 5000 7500 10000 15000 20000 "
-            "30000 40000 50000 75000 100000",
-        ),
-        ("standard", "50 100 250 500 1000 2000 5000 10000 20000 40000 75000 100000 150000 250000"),
-        ("aggressive", "200 500 1000 5000 10000 25000 50000 100000 250000"),
-    )
+    "conservative": _days(
+        "20 50 100 200 400 750 1000 1500 2000 3000 5000 7500 10000 15000 20000 "
+        "30000 40000 50000 75000 100000"
+    ),
+    "standard": _days("50 100 250 500 1000 2000 5000 10000 20000 40000 75000 100000 150000 250000"),
+    "aggressive": _days("200 500 1000 5000 10000 25000 50000 100000 250000"),
 }
 
 
