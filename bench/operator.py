@@ -25,9 +25,11 @@ import base64
 import collections
 import contextlib
 import importlib.util
+import ipaddress
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -64,6 +66,7 @@ CHILD_LISTS = {
     "PodDisruptionBudget": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
     "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
 }
+SERVICE_CIDR = "10.0.0.0/16"  # same first address (the kubernetes Service) as hack/cluster.py's
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 AUDIT_POLICY = """\
 apiVersion: audit.k8s.io/v1
@@ -109,8 +112,9 @@ def policy_manifest(namespace: str) -> dict[str, Any]:
 
 
 def pool_manifest(i: int, namespace: str) -> dict[str, Any]:
-    """Pool i: two IPs of its own (one standby) from 10.0.0.0/8, DKIM from a shared Secret."""
-    a, b = divmod(2 * i, 250)
+    """Pool i: two IPs of its own (one standby) from the benchmarking range 198.18.0.0/15, DKIM
+    from a shared Secret."""
+    first = ipaddress.IPv4Address("198.18.0.1") + 2 * i
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "SendingPool",
@@ -118,9 +122,9 @@ def pool_manifest(i: int, namespace: str) -> dict[str, Any]:
         "spec": {
             "replicas": {"min": 1, "max": 3},
             "ips": [
-                {"address": f"10.{a // 250}.{a % 250}.{b + 1}", "hostname": f"mta{i}a.example.com"},
+                {"address": str(first), "hostname": f"mta{i}a.example.com"},
                 {
-                    "address": f"10.{a // 250}.{a % 250}.{b + 2}",
+                    "address": str(first + 1),
                     "hostname": f"mta{i}b.example.com",
                     "standby": True,
                 },
@@ -338,7 +342,9 @@ def wait_reconciled(
     while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
             raise RuntimeError(f"the operator exited with code {proc.returncode}")
-        items = api.get(f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/sendingpools")["items"] or []
+        items = (
+            api.get(f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/sendingpools")["items"] or []
+        )
         children = {
             kind: api.get(path.format(ns=namespace), METADATA_ONLY)["items"] or []
             for kind, path in CHILD_LISTS.items()
@@ -383,6 +389,8 @@ def measure(
             "--audit-log-format=json",
             "--audit-log-maxsize=0",
             "--audit-log-mode=blocking",
+            # Every pool has a ClusterIP Service: the control plane's /24 holds only 254.
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
         ],
     )
     result: dict[str, Any] = {"pools": pools}
@@ -475,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="give up reconciling after this")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, audit log)")
     a = ap.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the control plane and the operator are stopped by PID.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     r = measure(a.pools, a.steady, settle=a.settle, timeout=a.timeout, keep=a.keep)
     if r.get("writes_by"):
         print(f"  steady-state writes by verb/resource: {r['writes_by']}", file=sys.stderr)
