@@ -55,7 +55,7 @@ bench: deps ## benchmarks: print figures and ratios against peers (never fail on
 
 .PHONY: demo
 demo: deps ## run the engine with examples/mta/local.yaml and a local sink
-	$(PY) -m bench.demo
+	$(PY) -m bench.demo $(DEMO_ARGS)
 
 # Feature fragments (control plane, CRDs, ...) add their targets here.
 -include mk/*.mk

@@ -62,9 +62,9 @@ def main() -> int:
             to="someone@example.org",
             headers=["Subject: hello from mailfleet"],
         )
-        print(
-            "\n".join(ln for ln in done.stdout.splitlines() if ln.startswith(("<~ 250", "<- 250")))
-        )
+        for ln in done.stdout.splitlines():
+            if ln.lstrip().startswith("<-") and "queued as" in ln:
+                print(ln.strip())
         sink.wait_for(1, timeout=30)
         msg = sink.messages()[0]
         raw = msg.content.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
