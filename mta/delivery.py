@@ -205,6 +205,18 @@ class _SessionFailure(Exception):
         self.enhanced = enhanced
         self.text = text
 
+    @classmethod
+    def from_server(cls, code: int, message: str, when: str) -> _SessionFailure:
+        """The server's own refusal, kept as it said it (its enhanced code and text first), so
+        reply rules such as ^421 4.7.28 see what the provider answered. Anything but a 421 is
+        taken as temporary here: the next MX, or a later try, may do better."""
+        enhanced, text = parse_reply(code, message)
+        return cls(
+            421 if code == 421 else 451,
+            enhanced or ("4.4.2" if code == 421 else "4.3.0"),
+            f"{text} ({when}: {code})",
+        )
+
 
 class _Stale(Exception):
     """A pooled connection died before the transaction started: replace it and go again."""
@@ -311,7 +323,8 @@ class DeliveryClient:
             return AttemptResult(
                 synthetic_replies(recipients, 451, "4.4.4", text), None, source_ip, False, text
             )
-        error = "; ".join(f"{_name(d)}: {f.text}" for d, f in failures)
+        # The first host's answer leads, as the server said it; the host names follow.
+        error = "; ".join(f"{f.text} [{_name(d)}]" for d, f in failures)
         first = failures[0][1]
         return AttemptResult(
             synthetic_replies(recipients, first.code, first.enhanced, error),
@@ -363,7 +376,7 @@ class DeliveryClient:
                 self._discard(conn)
                 if reused:
                     raise _Stale from None
-                raise _SessionFailure(421, "4.4.2", _one_line(e.code, e.message)) from None
+                raise _SessionFailure.from_server(e.code, e.message, "at MAIL FROM") from None
             self._release(conn)
             return [make_reply(r, e.code, e.message) for r in recipients]
         except (aiosmtplib.SMTPException, OSError) as e:
@@ -573,10 +586,7 @@ class DeliveryClient:
                 await smtp.connect(timeout=float(self._cfg.connect_timeout))
         except aiosmtplib.SMTPConnectResponseError as e:
             smtp.close()
-            code = 421 if e.code == 421 else 451
-            raise _SessionFailure(
-                code, "4.4.2" if e.code == 421 else "4.3.0", f"greeted with {e.code} {e.message}"
-            ) from None
+            raise _SessionFailure.from_server(e.code, e.message, "in the greeting") from None
         except aiosmtplib.SMTPConnectTimeoutError:
             smtp.close()
             raise _SessionFailure(451, "4.4.1", "connection timed out") from None
@@ -613,8 +623,7 @@ class DeliveryClient:
             raise
         except aiosmtplib.SMTPResponseException as e:
             smtp.close()
-            code = 421 if e.code == 421 else 451
-            raise _SessionFailure(code, "4.4.2", f"EHLO/HELO refused: {e.code} {e.message}") from e
+            raise _SessionFailure.from_server(e.code, e.message, "in reply to EHLO/HELO") from e
         except (aiosmtplib.SMTPException, OSError) as e:
             smtp.close()
             raise _SessionFailure(451, "4.4.2", f"lost connection during setup: {e}") from None
@@ -646,10 +655,6 @@ def _name(dest: Destination) -> str:
     if dest.hostname == dest.address:
         return f"[{dest.address}]:{dest.port}"
     return f"{dest.hostname}[{dest.address}]:{dest.port}"
-
-
-def _one_line(code: int, message: str) -> str:
-    return f"{code} {' '.join(message.split())}"
 
 
 def _connect_error_text(e: BaseException, source_ip: str | None) -> str:

@@ -394,12 +394,6 @@ def test_shaping_state_survives_a_restart(
     assert after["maxRate"] == 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: mta/delivery.py wraps a 421 at MAIL FROM (and at the greeting or EHLO) "
-    "as '421 4.4.2 <mx>: 421 4.7.28 ...', so the anchored reply rules never see the provider's "
-    "code; the session failure should carry the provider's reply",
-)
 def test_throttling_reply_at_mail_from_lowers_the_rate_too(
     mta_engine: Engine, isp: IspSimulator, dns: DnsServer
 ) -> None:
