@@ -223,8 +223,9 @@ class QueueRunner:
         grant = decision
         try:
             if grant.warmup:
-                sh = self.cfg.shaping
-                await self.spool.warmup_add(grant.ip, provider, day_index(now, sh.day_length))
+                day = day_index(now, self.cfg.shaping.day_length)
+                for key in self.shaper.warmup_keys(grant.ip, provider):
+                    await self.spool.warmup_add(grant.ip, key, day)
             result = await self.client.deliver(
                 source_ip=grant.ip or None,
                 helo=grant.helo,

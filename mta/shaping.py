@@ -247,19 +247,27 @@ class Shaper:
 
     # -- warmup caps -----------------------------------------------------------------------------
 
-    def cap(self, ip: str, provider: str) -> int | None:
-        cap = self.caps.get((ip, provider))
-        return cap if cap is not None else self.caps.get((ip, "*"))
+    def warmup_keys(self, ip: str, provider: str) -> list[str]:
+        """The caps a send from `ip` to `provider` counts against: the provider's own share, and
+        the IP's whole daily cap ("*"), which every provider's sends count against together."""
+        return [p for p in (provider, "*") if (ip, p) in self.caps]
 
     def warmup_left(self, ip: str, provider: str, now: float) -> int | None:
-        """Messages this pair may still send now under its warmup cap; None: not capped."""
-        cap = self.cap(ip, provider)
-        if cap is None:
+        """Messages this pair may still send now under its warmup caps; None: not capped."""
+        keys = self.warmup_keys(ip, provider)
+        if not keys:
             return None
         sh = self.cfg.shaping
         day = day_index(now, sh.day_length)
-        allowed = warmup_allowance(cap, now - day * sh.day_length, sh.day_length, sh.warmup_slots)
-        return max(0, allowed - self.warmup_sent.get((ip, provider, day), 0))
+        into = now - day * sh.day_length
+        return min(
+            max(
+                0,
+                warmup_allowance(self.caps[(ip, k)], into, sh.day_length, sh.warmup_slots)
+                - self.warmup_sent.get((ip, k, day), 0),
+            )
+            for k in keys
+        )
 
     # -- choosing a source IP --------------------------------------------------------------------
 
@@ -349,9 +357,11 @@ class Shaper:
             self.pool_tokens[grant.provider] = (tokens - 1.0, at)
         self.pool_inflight[grant.provider] = self.pool_inflight.get(grant.provider, 0) + 1
         if grant.warmup:
-            sh = self.cfg.shaping
-            key = (grant.ip, grant.provider, day_index(now, sh.day_length))
-            self.warmup_sent[key] = self.warmup_sent.get(key, 0) + 1
+            day = day_index(now, self.cfg.shaping.day_length)
+            for k in self.warmup_keys(grant.ip, grant.provider):
+                self.warmup_sent[(grant.ip, k, day)] = (
+                    self.warmup_sent.get((grant.ip, k, day), 0) + 1
+                )
         return grant
 
     def release(self, grant: Grant) -> None:

@@ -330,3 +330,25 @@ def test_provider_table_defaults_and_overrides() -> None:
     )
     assert custom.lookup("x.test", ["mx1.sim.test"]) == "sim"
     assert custom.lookup("x.test", ["notsim.test"]) == "default"
+
+
+def test_ip_wide_cap_counts_every_provider_and_shares_cap_their_own() -> None:
+    cfg = parse_config(
+        {
+            "delivery": {"sourceIPs": [{"address": "127.0.0.2", "state": "warming"}]},
+            "shaping": {
+                "warmup": [
+                    {"address": "127.0.0.2", "provider": "*", "day": 1, "dailyCap": 20},
+                    {"address": "127.0.0.2", "provider": "gmail", "day": 1, "dailyCap": 5},
+                ],
+                "overflow": "defer",
+                "warmupSlots": 1,
+            },
+        }
+    )
+    s = Shaper(cfg)
+    gmail = sum(isinstance(g, Grant) for g in grants(s, "gmail", T0 + 1, 50))
+    yahoo = sum(isinstance(g, Grant) for g in grants(s, "yahoo", T0 + 1, 50))
+    other = sum(isinstance(g, Grant) for g in grants(s, "default", T0 + 1, 50))
+    assert gmail == 5  # its own share
+    assert gmail + yahoo + other == 20  # the IP's whole day
