@@ -249,16 +249,16 @@ Conditions = Annotated[
 class Replicas(CRDModel):
     """How many MTA pods the pool runs.
 
-    `desired` is the target of the scale subresource (`kubectl scale`, HPA, KEDA): when set it
-    wins over the built-in autoscaler and is clamped to [min, max]; remove it to hand scaling
-    back to `spec.autoscaling`.
+    `desired` is the target of the scale subresource (`kubectl scale`, HPA, KEDA), clamped to
+    [min, max]. It always has a value (default 1, so a new pool runs `min` pods): the API server
+    can only serve GET /scale, which every HPA does first, when the field exists.
     """
 
     min: int = Field(default=1, ge=0, le=1000)
     """The fewest pods; 0 stops the pool."""
     max: int = Field(ge=1, le=1000)
     """The most pods."""
-    desired: int | None = Field(default=None, ge=0, le=1000)
+    desired: int | None = Field(default=1, ge=0, le=1000)
     """Set by the scale subresource; clamped to [min, max]."""
 
     cel_rules = (

@@ -143,13 +143,16 @@ def test_invalid_manifest_is_rejected_naming_the_field(crds: Any, path: Path) ->
 
 
 def test_scale_subresource_drives_replicas_desired(examples: Any) -> None:
+    # A pool nobody scaled yet answers GET /scale (what an HPA does first): desired defaults.
+    path = f"/apis/mailfleet.io/v1alpha1/namespaces/{NS}/sendingpools/transactional/scale"
+    fresh = json.loads(ok(examples, "get", "--raw", path))
+    assert fresh["spec"]["replicas"] == 1
     ok(examples, "scale", "-n", NS, "sendingpool/transactional", "--replicas=4")
     assert get(examples, "sendingpool", "transactional")["spec"]["replicas"] == {
         "min": 2,
         "max": 10,
         "desired": 4,
     }
-    path = f"/apis/mailfleet.io/v1alpha1/namespaces/{NS}/sendingpools/transactional/scale"
     scale = json.loads(ok(examples, "get", "--raw", path))
     assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 4
 

@@ -208,7 +208,7 @@ def test_duration_and_rate_defaults_are_written_as_strings() -> None:
     spec = schema_of("sendingpools")["properties"]["spec"]["properties"]
     assert spec["autoscaling"]["properties"]["scaleDownStabilization"]["default"] == "10m"
     assert spec["health"]["properties"]["window"]["default"] == "1h"
-    assert spec["replicas"]["default"] == {"min": 1, "max": 1}
+    assert spec["replicas"]["default"] == {"min": 1, "max": 1, "desired": 1}
     assert spec["submission"]["properties"]["maxMessageSize"]["default"] == 26214400
     policy = schema_of("deliverypolicies")["properties"]["spec"]["properties"]
     adaptive = policy["default"]["properties"]["adaptive"]["properties"]
@@ -317,7 +317,7 @@ MINIMAL_POOL = {"ips": [{"address": "192.0.2.1", "hostname": "mta1.example.com"}
 
 def test_minimal_pool_gets_the_documented_defaults() -> None:
     spec = m.SendingPoolSpec.model_validate(MINIMAL_POOL)
-    assert (spec.replicas.min, spec.replicas.max, spec.replicas.desired) == (1, 1, None)
+    assert (spec.replicas.min, spec.replicas.max, spec.replicas.desired) == (1, 1, 1)
     assert spec.autoscaling.enabled and spec.autoscaling.target_queue_per_pod == 5000
     assert spec.autoscaling.scale_down_stabilization == 600
     assert spec.egress.mode == "bind" and spec.egress.proxy is None
