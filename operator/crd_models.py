@@ -272,7 +272,8 @@ class Replicas(CRDModel):
 
 
 class Autoscaling(CRDModel):
-    """The operator's own queue-driven autoscaler (off while replicas.desired is set)."""
+    """The operator's queue-driven autoscaler. Not acting yet: today the pool runs
+    replicas.desired clamped to [min, max], which HPA or KEDA can drive through /scale."""
 
     enabled: bool = True
     target_queue_per_pod: int = Field(default=5000, ge=1, le=10_000_000)
