@@ -21,6 +21,8 @@ ARF = Path(__file__).parent.parent / "data" / "arf"
 
 def _crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
 ROOT = Path(__file__).parent.parent.parent
 RSA_KEY = ROOT / "examples/mta/dkim/example.test.s2026a.rsa.pem"
 

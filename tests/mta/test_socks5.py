@@ -84,6 +84,6 @@ def test_a_dead_proxy_defers_and_says_why(mta_engine: Callable[..., EngineProc])
             lambda: eng.metric("mailfleet_delivery_attempts_total", result="deferred") == 1,
             what="a deferred attempt",
         )
-        attempt = [ln for ln in eng.log_lines() if ln.get("msg") == "delivery attempt"][0]
+        attempt = next(ln for ln in eng.log_lines() if ln.get("msg") == "delivery attempt")
         assert "SOCKS5 proxy" in attempt["reply"]
         assert mx.messages() == []
