@@ -337,8 +337,41 @@ class WarmupCapConfig(Model):
     daily_cap: int = Field(ge=0)
 
 
+ReplyClassName = Literal[
+    "invalid-recipient",
+    "mailbox-full",
+    "throttled",
+    "reputation",
+    "auth-policy",
+    "content",
+    "dns",
+    "connection-tls",
+    "other",
+]
+
+
+class ReplyClassRule(Model):
+    """A regex on the reply text that decides its class before the shipped table does."""
+
+    match: str
+    reply_class: ReplyClassName = Field(alias="class")
+
+    @field_validator("match")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        import re
+
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"{v!r} is not a regular expression: {e}") from None
+        return v
+
+
 class ShapingConfig(Model):
     providers: list[ProviderConfig] = Field(default_factory=list)
+    # Extra reply classification, checked before the shipped provider texts and RFC 3463 table.
+    reply_classes: list[ReplyClassRule] = Field(default_factory=list)
     default: ProviderSettingsConfig = Field(default_factory=ProviderSettingsConfig)
     warmup: list[WarmupCapConfig] = Field(default_factory=list)
     # Mail that would exceed a warming IP's cap: spill to other IPs, or defer (wait for the cap).

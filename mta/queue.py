@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailfleet.mta.classify import classify
+from mailfleet.mta.classify import classify, text_rule
 from mailfleet.mta.config import EngineConfig
 from mailfleet.mta.delivery import AttemptResult, DeliveryClient, RecipientReply, synthetic_replies
 from mailfleet.mta.dsn import DSNRecipient, build_dsn, should_send_dsn
@@ -85,6 +85,7 @@ class QueueRunner:
         self.inject = inject
         self.suppress = suppress
         self.shaper = Shaper(cfg, os.environ.get("POD_NAME"))
+        self._class_rules = [text_rule(r.match, r.reply_class) for r in cfg.shaping.reply_classes]
         self.messages: dict[str, QueuedMessage] = {}
         self._remaining: dict[str, int] = {}
         self._seq = itertools.count()
@@ -101,6 +102,7 @@ class QueueRunner:
     def update_config(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
         self.shaper.update_config(cfg, os.environ.get("POD_NAME"))
+        self._class_rules = [text_rule(r.match, r.reply_class) for r in cfg.shaping.reply_classes]
         want = cfg.delivery.max_concurrent_deliveries
         while len(self._tasks) < want:
             self._tasks.append(asyncio.create_task(self._worker(), name="delivery-worker"))
@@ -278,7 +280,7 @@ class QueueRunner:
         for reply in result.replies:
             outcome = outcome_for_reply(reply.code)
             line = reply.reply
-            reply_class = classify(reply.code, line.partition(" ")[2])
+            reply_class = classify(reply.code, line.partition(" ")[2], self._class_rules)
             status = reply.enhanced or f"{reply.code // 100}.0.0"
             hit = hits.get(reply.recipient)
             if hit is not None:

@@ -193,3 +193,17 @@ def test_drain_stops_intake_and_delivers_the_queue(
         socket.create_connection(("127.0.0.1", eng.smtp_port), timeout=2).close()
     mx.wait_for(1, timeout=30)
     eng.wait_until(lambda: eng.post("/v1/drain")["empty"], what="drained queue")
+
+
+def test_reply_classes_extend_from_config(
+    mta_engine: Callable[..., EngineProc], mx: RecordingMX, sender_mx: RecordingMX
+) -> None:
+    mx.script_rcpt("550 5.7.1 policy-xyz: your campaign looks like a phish")
+    cfg = _config(mx, sender_mx)
+    cfg["shaping"] = {"replyClasses": [{"match": "policy-xyz", "class": "content"}]}
+    eng = mta_engine(cfg)
+    eng.send("<>", ["u@example.org"], message("classified"))
+    eng.wait_until(
+        lambda: eng.metric("mailfleet_delivery_attempts_total", reply_class="content") == 1,
+        what="the configured class on the attempt",
+    )
