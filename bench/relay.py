@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -70,33 +71,52 @@ def _metric(admin_port: int, name: str) -> float:
     return 0.0
 
 
+# (engine workdir, submission port, admin port) -> the engine's config
+ConfigFor = Callable[[Path, int, int], dict[str, object]]
+
+
+def start_engines(
+    workdir: Path, workers: int, config_for: ConfigFor, procs: list[Proc]
+) -> tuple[int, list[int]]:
+    """`workers` engine processes sharing one submission port, each with its own spool and
+    admin port; returns (submission port, admin ports) once all are ready. Started processes are
+    appended to `procs` at once, so the caller stops them whatever happens."""
+    smtp_port = free_port()
+    admin_ports = []
+    for w in range(workers):
+        wdir = workdir / f"engine{w}"
+        wdir.mkdir()
+        admin_ports.append(free_port())
+        (wdir / "engine.yaml").write_text(
+            yaml.safe_dump(config_for(wdir, smtp_port, admin_ports[-1]))
+        )
+        procs.append(
+            Proc(
+                [MAILFLEET, "mta", "--config", str(wdir / "engine.yaml")],
+                name=f"engine{w}",
+                log_dir=wdir,
+            )
+        )
+    deadline = time.monotonic() + 60
+    while not all(_ready(p) for p in admin_ports):
+        if time.monotonic() > deadline:
+            raise RuntimeError("engines not ready:\n" + "\n".join(p.output() for p in procs))
+        time.sleep(0.05)
+    return smtp_port, admin_ports
+
+
 def measure(messages: int, size: int, sessions: int, workers: int) -> dict[str, float]:
     """End-to-end messages/second: from the first connection to the last message at the sink."""
     workdir = Path(tempfile.mkdtemp(prefix="mailfleet-bench-"))
     procs: list[Proc] = []
     sink = SmtpSink("127.0.0.1", workdir=workdir / "sink").start()
     try:
-        smtp_port = free_port()
-        admin_ports = []
-        for w in range(workers):
-            wdir = workdir / f"engine{w}"
-            wdir.mkdir()
-            admin_port = free_port()
-            admin_ports.append(admin_port)
-            cfg = engine_config(wdir, smtp_port, admin_port, sink.address, workers > 1)
-            (wdir / "engine.yaml").write_text(yaml.safe_dump(cfg))
-            procs.append(
-                Proc(
-                    [MAILFLEET, "mta", "--config", str(wdir / "engine.yaml")],
-                    name=f"engine{w}",
-                    log_dir=wdir,
-                )
-            )
-        deadline = time.monotonic() + 60
-        while not all(_ready(p) for p in admin_ports):
-            if time.monotonic() > deadline:
-                raise RuntimeError("engines not ready:\n" + "\n".join(p.output() for p in procs))
-            time.sleep(0.05)
+        smtp_port, admin_ports = start_engines(
+            workdir,
+            workers,
+            lambda wdir, smtp, admin: engine_config(wdir, smtp, admin, sink.address, workers > 1),
+            procs,
+        )
         start = time.perf_counter()
         smtp_source(
             f"127.0.0.1:{smtp_port}",

@@ -20,10 +20,8 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
-
-from bench.relay import RSA_KEY, _ready
-from tests.fixtures.procs import Proc, free_port
+from bench.relay import RSA_KEY, start_engines
+from tests.fixtures.procs import Proc
 from tests.fixtures.smtppeers import SmtpSink, smtp_source
 
 MAILFLEET = str(Path(sys.executable).parent / "mailfleet")
@@ -93,32 +91,13 @@ def measure(messages: int, size: int, sessions: int, workers: int) -> dict[str, 
     }
     procs: list[Proc] = []
     try:
-        smtp_port = free_port()
-        admin_ports = []
-        for w in range(workers):
-            wdir = workdir / f"engine{w}"
-            wdir.mkdir()
-            admin_ports.append(free_port())
-            cfg = engine_config(
-                wdir,
-                smtp_port,
-                admin_ports[-1],
-                {p: s.address for p, s in sinks.items()},
-                workers > 1,
-            )
-            (wdir / "engine.yaml").write_text(yaml.safe_dump(cfg))
-            procs.append(
-                Proc(
-                    [MAILFLEET, "mta", "--config", str(wdir / "engine.yaml")],
-                    name=f"engine{w}",
-                    log_dir=wdir,
-                )
-            )
-        deadline = time.monotonic() + 60
-        while not all(_ready(p) for p in admin_ports):
-            if time.monotonic() > deadline:
-                raise RuntimeError("engines not ready:\n" + "\n".join(p.output() for p in procs))
-            time.sleep(0.05)
+        addresses = {p: s.address for p, s in sinks.items()}
+        smtp_port, admin_ports = start_engines(
+            workdir,
+            workers,
+            lambda wdir, smtp, admin: engine_config(wdir, smtp, admin, addresses, workers > 1),
+            procs,
+        )
         share = messages // len(sinks)
         start = time.perf_counter()
         senders = [

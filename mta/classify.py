@@ -6,32 +6,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
-ReplyClass = Literal[
-    "ok",
-    "invalid-recipient",
-    "mailbox-full",
-    "throttled",
-    "reputation",
-    "auth-policy",
-    "content",
-    "dns",
-    "connection-tls",
-    "other",
-]
-REPLY_CLASSES: tuple[ReplyClass, ...] = (
-    "ok",
-    "invalid-recipient",
-    "mailbox-full",
-    "throttled",
-    "reputation",
-    "auth-policy",
-    "content",
-    "dns",
-    "connection-tls",
-    "other",
-)
+from mailfleet.mta.config import ReplyClassName
+
+ReplyClass = Literal["ok"] | ReplyClassName
+REPLY_CLASSES: tuple[ReplyClass, ...] = ("ok", *get_args(ReplyClassName))
 
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 

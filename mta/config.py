@@ -7,11 +7,13 @@ errors, so a typo is named instead of silently ignored.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -277,6 +279,16 @@ class AdaptiveConfig(Model):
     floor: Rate = 10 / 60
 
 
+def _check_regex(v: str) -> str:
+    try:
+        re.compile(v)
+    except re.error as e:
+        raise ValueError(f"{v!r} is not a regular expression: {e}") from None
+    return v
+
+
+Regex = Annotated[str, AfterValidator(_check_regex)]
+
 ReplyAction = Literal["throttle", "suspend", "retry", "bounce", "quarantine"]
 
 
@@ -289,23 +301,12 @@ class ReplyRuleConfig(Model):
     """A regex searched in the whole reply ("421 4.7.28 ...") and what to do when it matches:
     at once, or only once `threshold` matches fell within `window`."""
 
-    match: str
+    match: Regex
     action: Annotated[ReplyAction, BeforeValidator(_action)]
     # suspend: how long the pair sends nothing; quarantine: how long the IP rests (default 24h).
     duration: Duration | None = None
     threshold: int = Field(default=1, ge=1)
     window: Duration = 60.0
-
-    @field_validator("match")
-    @classmethod
-    def _regex(cls, v: str) -> str:
-        import re
-
-        try:
-            re.compile(v)
-        except re.error as e:
-            raise ValueError(f"{v!r} is not a regular expression: {e}") from None
-        return v
 
 
 class PoolLimitsConfig(Model):
@@ -353,19 +354,8 @@ ReplyClassName = Literal[
 class ReplyClassRule(Model):
     """A regex on the reply text that decides its class before the shipped table does."""
 
-    match: str
+    match: Regex
     reply_class: ReplyClassName = Field(alias="class")
-
-    @field_validator("match")
-    @classmethod
-    def _regex(cls, v: str) -> str:
-        import re
-
-        try:
-            re.compile(v)
-        except re.error as e:
-            raise ValueError(f"{v!r} is not a regular expression: {e}") from None
-        return v
 
 
 class ShapingConfig(Model):
