@@ -48,7 +48,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENVTEST_SH = REPO_ROOT / "hack" / "envtest.sh"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
-SERVICE_CIDR = "10.0.0.0/24"
+# A /16: one ClusterIP per Service for thousands of pools (a /24 holds only 254).
+SERVICE_CIDR = "10.0.0.0/16"
 SERVICE_IP = "10.0.0.1"  # first address of SERVICE_CIDR: the "kubernetes" Service
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 LOOPBACK = "127.0.0.1"

@@ -5,6 +5,12 @@ write only what differs: children by server-side apply when their hash or conten
 status by merge patch when it changed. Watch events only (no on.create/update handlers), so Kopf
 stores nothing on our objects and puts no finalizers on them; children go with their pool by
 ownerReference garbage collection.
+
+A reconcile with nothing new sends no request: the operator remembers the hash and version of
+each child it applied or checked (`known`), sees StatefulSets through a watch, and reads the
+other children only when it has no such memory of them (after a restart) or when a resync
+interval has passed (someone may have edited them by hand). At most RECONCILE_CONCURRENCY
+reconciles talk to the API server at once, so a thousand new pools queue instead of timing out.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from mailfleet.operator.crd_models import (
     IPWarmup,
     KubeObject,
     SendingPool,
+    SendingPoolStatus,
     parse_object,
 )
 from mailfleet.operator.metrics import OperatorMetrics
@@ -39,8 +46,14 @@ log = logging.getLogger("mailfleet.operator")
 DEFAULT_IMAGE = "ghcr.io/mailfleet/mailfleet:0.1.0"
 MANAGED = {"app.kubernetes.io/managed-by": r.MANAGER}
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+# Enough to keep the API server busy, few enough that requests do not queue into timeouts.
+RECONCILE_CONCURRENCY = 16
+# How long the operator trusts its memory of an unwatched child before reading it again, and
+# how often every pool is reconciled for that (spread over the interval).
+RESYNC_SECONDS = 600.0
 
 PoolKey = tuple[str, str]
+ChildKey = tuple[str, str, str]  # namespace, kind, name
 
 
 @dataclass
@@ -61,6 +74,15 @@ class OperatorState:
     warmup_pools: dict[PoolKey, str] = field(default_factory=dict)
     failures: dict[PoolKey, int] = field(default_factory=dict)
     retries: dict[PoolKey, asyncio.TimerHandle] = field(default_factory=dict)
+    # The hash and marker of each child as the operator last applied or read it, and when.
+    known: dict[ChildKey, tuple[r.Known, float]] = field(default_factory=dict)
+    # The pool status the operator last wrote and its resourceVersion: the index may lag
+    # behind it, and the watch event it causes is no news.
+    written: dict[PoolKey, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    # The StatefulSet status (replicas, readyReplicas) the pool's status was last rendered from.
+    sts_seen: dict[PoolKey, tuple[int, int]] = field(default_factory=dict)
+    semaphore: asyncio.Semaphore | None = None
+    resync_seconds: float = RESYNC_SECONDS
 
 
 STATE = OperatorState()
@@ -72,7 +94,7 @@ class Indexes:
     policies: kopf.Index[str, dict[str, Any]]
     warmups: kopf.Index[PoolKey, dict[str, Any]]
     secrets: kopf.Index[str, str]
-    statefulsets: kopf.Index[PoolKey, dict[str, Any]]
+    statefulsets: kopf.Index[PoolKey, LiveStatefulSet]
 
 
 def _bodies(index: kopf.Index[Any, dict[str, Any]], key: Any) -> list[dict[str, Any]]:
@@ -85,6 +107,26 @@ def _pool_keys(idx: Indexes, namespace: str) -> list[PoolKey]:
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(dict(body))
+
+
+def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A body to keep in an index: without managedFields and kubectl's last-applied copy, which
+    are most of a status-patched object and nothing the operator reads."""
+    out = {k: copy.deepcopy(v) for k, v in body.items() if k != "metadata"}
+    meta = {k: copy.deepcopy(v) for k, v in body.get("metadata", {}).items()}
+    meta.pop("managedFields", None)
+    annotations = dict(meta.get("annotations") or {})
+    if annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None) is not None:
+        meta["annotations"] = annotations
+    out["metadata"] = meta
+    return out
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
 
 
 _parsed: dict[str, tuple[str, KubeObject | None]] = {}
@@ -148,6 +190,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = True
     settings.execution.max_workers = 4
     settings.peering.mandatory = STATE.peering_mandatory
+    # Events are posted explicitly (post_event); Kopf's own per-object INFO logs stay logs.
+    settings.posting.level = logging.WARNING
+    STATE.semaphore = asyncio.Semaphore(RECONCILE_CONCURRENCY)
+    _spawn(_resync_loop())
 
 
 @kopf.on.cleanup()
@@ -186,13 +232,13 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | No
 @kopf.index(GROUP, VERSION, "sendingpools")
 def pool_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[PoolKey, Any]:
     namespace = namespace or ""
-    return {(namespace, name): _plain(body)}
+    return {(namespace, name): _slim(body)}
 
 
 @kopf.index(GROUP, VERSION, "deliverypolicies")
 def policy_index(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, Any]:
     namespace = namespace or ""
-    return {namespace: _plain(body)}
+    return {namespace: _slim(body)}
 
 
 @kopf.index(GROUP, VERSION, "ipwarmups")
@@ -200,7 +246,7 @@ def warmup_index(
     namespace: str | None, spec: kopf.Spec, body: kopf.Body, **_: Any
 ) -> dict[PoolKey, Any]:
     namespace = namespace or ""
-    return {(namespace, str(spec.get("poolRef", ""))): _plain(body)}
+    return {(namespace, str(spec.get("poolRef", ""))): _slim(body)}
 
 
 @kopf.index("v1", "secrets")
@@ -210,12 +256,31 @@ def secret_index(namespace: str | None, name: str, **_: Any) -> dict[str, str]:
     return {namespace: name}
 
 
+@dataclass(frozen=True)
+class LiveStatefulSet:
+    child: r.LiveChild
+    replicas: int
+    ready: int
+
+    def status(self) -> dict[str, int]:
+        return {"replicas": self.replicas, "readyReplicas": self.ready}
+
+
+def live_statefulset(meta: Mapping[str, Any], status: Mapping[str, Any]) -> LiveStatefulSet:
+    return LiveStatefulSet(
+        child=r.live_child("StatefulSet", meta),
+        replicas=int(status.get("replicas") or 0),
+        ready=int(status.get("readyReplicas") or 0),
+    )
+
+
 @kopf.index("apps", "v1", "statefulsets", labels=MANAGED)
 def statefulset_index(
-    namespace: str | None, name: str, status: kopf.Status, **_: Any
-) -> dict[PoolKey, Any]:
+    namespace: str | None, name: str, meta: kopf.Meta, status: kopf.Status, **_: Any
+) -> dict[PoolKey, LiveStatefulSet]:
     namespace = namespace or ""
-    return {(namespace, name): dict(status)}
+    # What the pool's status and the apply decision need, not the object.
+    return {(namespace, name): live_statefulset(meta, status)}
 
 
 def _indexes(kwargs: Mapping[str, Any]) -> Indexes:
@@ -255,14 +320,23 @@ def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -
 async def reconcile_pool(idx: Indexes, namespace: str, name: str) -> None:
     key = (namespace, name)
     lock = STATE.locks.setdefault(key, asyncio.Lock())
-    async with lock:
+    if STATE.semaphore is None:
+        STATE.semaphore = asyncio.Semaphore(RECONCILE_CONCURRENCY)
+    async with lock, STATE.semaphore:
         t0 = time.monotonic()
         try:
             changed = await _reconcile_pool(idx, namespace, name)
         except Exception as e:
             STATE.metrics.reconciles.labels("SendingPool", "error").inc()
             STATE.metrics.errors.labels("SendingPool", type(e).__name__).inc()
-            log.error("reconcile of SendingPool %s/%s failed: %s", namespace, name, e)
+            # The type too: a timeout's str() is empty.
+            log.error(
+                "reconcile of SendingPool %s/%s failed: %s: %s",
+                namespace,
+                name,
+                type(e).__name__,
+                str(e) or repr(e),
+            )
             _schedule_retry(key)
             return
         finally:
@@ -300,59 +374,151 @@ def _schedule_retry(key: PoolKey) -> None:
     STATE.retries[key] = asyncio.get_running_loop().call_later(delay, fire)
 
 
+async def _resync_loop() -> None:
+    """Every pool once per resync interval, spread over it: unwatched children the operator
+    has not read for that long are read again, and what drifted is put back."""
+    while True:
+        await asyncio.sleep(STATE.resync_seconds)
+        idx = STATE.indexes
+        if idx is None:
+            continue
+        keys = sorted(idx.pools)
+        pause = STATE.resync_seconds / max(len(keys), 1) / 2
+        for ns, name in keys:
+            if (ns, name) in idx.pools:
+                await reconcile_pool(idx, ns, name)
+            await asyncio.sleep(pause)
+
+
+def _known(key: ChildKey) -> r.Known | None:
+    """What the operator last applied or read of a child, unless that is too old to trust
+    (StatefulSets are watched: their memory does not expire)."""
+    entry = STATE.known.get(key)
+    if entry is None:
+        return None
+    known, since = entry
+    if key[1] != "StatefulSet" and time.monotonic() - since > STATE.resync_seconds:
+        return None
+    return known
+
+
+def _remember(namespace: str, kind: str, desired_hash: str, live: Mapping[str, Any]) -> None:
+    meta = live.get("metadata", {})
+    STATE.known[(namespace, kind, str(meta.get("name", "")))] = (
+        (desired_hash, r.child_marker(kind, meta)),
+        time.monotonic(),
+    )
+
+
+def _forget_pool(namespace: str, name: str) -> None:
+    key = (namespace, name)
+    for k in [k for k, pool in _CHILD_POOLS.items() if k[0] == namespace and pool == name]:
+        STATE.known.pop(k, None)
+        del _CHILD_POOLS[k]
+    STATE.written.pop(key, None)
+    STATE.sts_seen.pop(key, None)
+
+
+# The pool each child belongs to, for forgetting a deleted pool's children.
+_CHILD_POOLS: dict[ChildKey, str] = {}
+
+
+def _old_status(key: PoolKey, body: Mapping[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    """The pool's live status: the index's, unless it has not yet seen the operator's own last
+    write (then that, and True)."""
+    written = STATE.written.get(key)
+    if written is not None:
+        if _int(body.get("metadata", {}).get("resourceVersion")) < written[0]:
+            return written[1], True
+        del STATE.written[key]
+    status = body.get("status")
+    return (dict(status) if isinstance(status, Mapping) else None), False
+
+
 async def _reconcile_pool(idx: Indexes, namespace: str, name: str) -> bool:
-    bodies = _bodies(idx.pools, (namespace, name))
+    key = (namespace, name)
+    bodies = _bodies(idx.pools, key)
     if not bodies:
         return False
     body = bodies[0]
     pool = parse(body)
     if not isinstance(pool, SendingPool):
         return False
+    old_status, fresher_than_index = _old_status(key, body)
+    if fresher_than_index and old_status is not None:
+        try:
+            fresher = SendingPoolStatus.model_validate(old_status)
+        except ValidationError:
+            fresher = None
+        if fresher is not None:
+            pool = pool.model_copy(update={"status": fresher})
     policies = [
         p for b in _bodies(idx.policies, namespace) if isinstance(p := parse(b), DeliveryPolicy)
     ]
-    warmups = [
-        w for b in _bodies(idx.warmups, (namespace, name)) if isinstance(w := parse(b), IPWarmup)
-    ]
-    sts = _bodies(idx.statefulsets, (namespace, name))
+    warmups = [w for b in _bodies(idx.warmups, key) if isinstance(w := parse(b), IPWarmup)]
+    sts_list = list(idx.statefulsets.get(key, []))
+    sts = sts_list[0] if sts_list else None
     rendered = r.render_pool(
         r.PoolInputs(
             pool=pool,
             policies=policies,
             warmups=warmups,
             secrets=frozenset(idx.secrets.get(namespace, [])),
-            statefulset_status=sts[0] if sts else None,
+            statefulset_status=sts.status() if sts is not None else None,
             image=STATE.image,
             now=r.now_utc(),
         )
     )
-    before = STATE.selected.get((namespace, name))
-    STATE.selected[(namespace, name)] = frozenset(rendered.policies)
-    if before != STATE.selected[(namespace, name)]:
+    STATE.sts_seen[key] = (sts.replicas, sts.ready) if sts is not None else (0, 0)
+    before = STATE.selected.get(key)
+    STATE.selected[key] = frozenset(rendered.policies)
+    if before != STATE.selected[key]:
         _schedule_policy_statuses(idx, namespace)
     api = client()
     generation = body["metadata"].get("generation")
+    # Never reconciled (no status, no StatefulSet): its children are applied without reading
+    # them first.
+    new_pool = old_status is None and sts is None
     changed = False
+    created: list[str] = []
+    updated: list[str] = []
     for child in rendered.children:
-        res = kube.BY_KIND[child["kind"]]
+        kind = child["kind"]
+        res = kube.BY_KIND[kind]
         child_name = child["metadata"]["name"]
-        live = await api.get(res, namespace, child_name)
-        if not r.needs_apply(child, live):
+        ckey = (namespace, kind, child_name)
+        _CHILD_POOLS[ckey] = name
+        want = child["metadata"]["annotations"][r.HASH_ANNOTATION]
+        if kind == "StatefulSet":
+            action = r.child_action(want, sts.child if sts is not None else None, _known(ckey))
+        else:
+            known = _known(ckey)
+            action = "skip" if known is not None and known[0] == want else "check"
+            if action == "check" and new_pool:
+                action = "apply"
+        if action == "skip":
             continue
+        live: dict[str, Any] | None = None
+        if action == "check" or (action == "apply" and kind == "StatefulSet" and sts is not None):
+            live = await api.get(res, namespace, child_name)
+            if action == "check" and live is not None and not r.needs_apply(child, live):
+                _remember(namespace, kind, want, live)
+                continue
+        existed = live is not None or (kind == "StatefulSet" and sts is not None)
         to_apply, ignored = r.keep_immutable(child, live)
-        await api.apply(res, to_apply)
+        applied = await api.apply(res, to_apply)
+        _remember(namespace, kind, want, applied)
         changed = True
-        verb = "Created" if live is None else "Updated"
-        if child["kind"] == "ConfigMap":
+        (updated if existed else created).append(f"{kind} {child_name}")
+        if kind == "ConfigMap":
             post_event(
                 body,
                 "Normal",
                 "ConfigRendered",
-                f"{verb} ConfigMap {child_name}: engine.yaml rendered for generation "
-                f"{generation} (policies: {', '.join(rendered.policies) or 'none'})",
+                f"{'Updated' if existed else 'Created'} ConfigMap {child_name}: engine.yaml "
+                f"rendered for generation {generation} "
+                f"(policies: {', '.join(rendered.policies) or 'none'})",
             )
-        else:
-            post_event(body, "Normal", verb, f"{verb} {child['kind']} {child_name}")
         if ignored:
             post_event(
                 body,
@@ -361,18 +527,23 @@ async def _reconcile_pool(idx: Indexes, namespace: str, name: str) -> bool:
                 f"StatefulSet {child_name}: {', '.join(ignored)} cannot change in place; "
                 "delete the StatefulSet with --cascade=orphan to apply it",
             )
+    # One event per verb and reconcile, not one per child: each is a write.
+    if created:
+        post_event(body, "Normal", "Created", "Created " + ", ".join(created))
+    if updated:
+        post_event(body, "Normal", "Updated", "Updated " + ", ".join(updated))
     new_status = rendered.status
-    if r.status_changed(body.get("status"), new_status):
-        # The index may lag behind our last write: check the live object before writing.
-        live_pool = await api.get(kube.SENDINGPOOLS, namespace, name)
-        if live_pool is None:
+    if r.status_changed(old_status, new_status):
+        result = await api.patch_status(kube.SENDINGPOOLS, namespace, name, new_status)
+        if result is None:
             return changed
-        old_status = live_pool.get("status")
-        if r.status_changed(old_status, new_status):
-            await api.patch_status(kube.SENDINGPOOLS, namespace, name, new_status)
-            changed = True
-            for ev in r.pool_events(old_status, new_status):
-                post_event(live_pool, ev.type, ev.reason, ev.message)
+        changed = True
+        STATE.written[key] = (
+            _int(result.get("metadata", {}).get("resourceVersion")),
+            dict(result.get("status") or new_status),
+        )
+        for ev in r.pool_events(old_status, new_status):
+            post_event(body, ev.type, ev.reason, ev.message)
     if warmups:
         await _update_warmup_statuses(idx, namespace, name)
     return changed
@@ -449,8 +620,9 @@ async def _reconcile_all(idx: Indexes, keys: Iterable[PoolKey]) -> None:
 async def pool_event(event: kopf.RawEvent, namespace: str | None, name: str, **kwargs: Any) -> None:
     namespace = namespace or ""
     idx = _indexes(kwargs)
+    key = (namespace, name)
     if event["type"] == "DELETED":
-        key = (namespace, name)
+        _forget_pool(namespace, name)
         STATE.selected.pop(key, None)
         STATE.locks.pop(key, None)
         STATE.failures.pop(key, None)
@@ -460,6 +632,10 @@ async def pool_event(event: kopf.RawEvent, namespace: str | None, name: str, **k
         _parsed.pop(str(kwargs["meta"].get("uid", "")), None)
         _schedule_policy_statuses(idx, namespace)
         await _guarded("IPWarmup", _update_warmup_statuses(idx, namespace, name))
+        return
+    written = STATE.written.get(key)
+    if written is not None and _int(kwargs["meta"].get("resourceVersion")) == written[0]:
+        # The echo of the operator's own status write: nothing new.
         return
     await reconcile_pool(idx, namespace, name)
 
@@ -545,10 +721,47 @@ def _owner_pool(owners: Iterable[Mapping[str, Any]]) -> str | None:
     return None
 
 
+def statefulset_is_news(
+    event_type: str | None,
+    live: LiveStatefulSet,
+    seen: tuple[int, int] | None,
+    known: r.Known | None,
+) -> bool:
+    """Whether a StatefulSet watch event can change anything: it is gone, its status is not
+    the one the pool's status was rendered from, or it is not the version the operator applied
+    or checked (someone else wrote it)."""
+    if event_type == "DELETED" or known is None:
+        return True
+    if seen != (live.replicas, live.ready):
+        return True
+    return bool(r.child_action(known[0], live.child, known) != "skip")
+
+
 @kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
-async def statefulset_event(namespace: str | None, meta: kopf.Meta, **kwargs: Any) -> None:
+async def statefulset_event(
+    event: kopf.RawEvent,
+    namespace: str | None,
+    name: str,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    **kwargs: Any,
+) -> None:
     namespace = namespace or ""
     idx = _indexes(kwargs)
     pool = _owner_pool(meta.get("ownerReferences") or [])
-    if pool is not None and (namespace, pool) in idx.pools:
-        await reconcile_pool(idx, namespace, pool)
+    if pool is None or (namespace, pool) not in idx.pools:
+        return
+    ckey = (namespace, "StatefulSet", name)
+    if event["type"] is None:
+        # The initial listing: the pool's own first event reconciles it.
+        return
+    if event["type"] == "DELETED":
+        STATE.known.pop(ckey, None)
+    elif not statefulset_is_news(
+        event["type"],
+        live_statefulset(meta, status),
+        STATE.sts_seen.get((namespace, pool)),
+        _known(ckey),
+    ):
+        return
+    await reconcile_pool(idx, namespace, pool)

@@ -72,14 +72,40 @@ class ApiError(Exception):
 
 LoginFn = Callable[[], Awaitable[kopf.ConnectionInfo | None]]
 
+# Worth another attempt: the API server is busy (429 with Retry-After, 5xx while it starts or
+# under load) or the connection broke. Applies and merge patches are idempotent.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def retry_delay(attempt: int, retry_after: str | None) -> float:
+    """Seconds before attempt `attempt + 1`: the server's Retry-After when it gives one."""
+    base = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+    if retry_after is not None:
+        try:
+            return min(max(float(retry_after), base), 30.0)
+        except ValueError:
+            pass
+    return base
+
 
 class KubeClient:
-    """One aiohttp session; re-logs in once on 401 (rotated service-account tokens)."""
+    """One aiohttp session with a bounded connection pool; re-logs in once on 401 (rotated
+    service-account tokens); retries what a busy API server refuses for now."""
 
-    def __init__(self, login: LoginFn, metrics: OperatorMetrics, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        login: LoginFn,
+        metrics: OperatorMetrics,
+        timeout: float = 30.0,
+        connections: int = 32,
+    ) -> None:
         self._login = login
         self._metrics = metrics
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # No total timeout: waiting for a pooled connection is not the server being slow.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=timeout)
+        self._connections = connections
         self._info: kopf.ConnectionInfo | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ssl: ssl.SSLContext | bool = True
@@ -96,7 +122,9 @@ class KubeClient:
                 if self._session is not None:
                     await self._session.close()
                 self._session = aiohttp.ClientSession(
-                    headers=info.as_http_headers(), timeout=self._timeout
+                    headers=info.as_http_headers(),
+                    timeout=self._timeout,
+                    connector=aiohttp.TCPConnector(limit=self._connections),
                 )
             assert self._session is not None and self._info is not None
             return self._session, self._info.server.rstrip("/")
@@ -114,23 +142,42 @@ class KubeClient:
         params: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        kind: str = "",
+        verb: str = "",
     ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body)
-        for attempt in (0, 1):
-            session, server = await self._connect(fresh=attempt == 1)
+        relogged = False
+        attempt = 0
+        while True:
+            session, server = await self._connect()
             headers = {"Content-Type": content_type} if data is not None else {}
-            async with session.request(
-                method, server + path, params=params, data=data, headers=headers, ssl=self._ssl
-            ) as rsp:
-                text = await rsp.text()
-                if rsp.status == 401 and attempt == 0:
-                    continue
-                payload: Any = json.loads(text) if text.startswith("{") else text
-                if rsp.status >= 400 and rsp.status != 404:
-                    message = payload.get("message", text) if isinstance(payload, dict) else text
-                    raise ApiError(rsp.status, method, path, message)
-                return rsp.status, payload
-        raise AssertionError("unreachable")
+            if method in WRITE_METHODS:
+                self._metrics.api_writes.labels(kind, verb or method.lower()).inc()
+            try:
+                async with session.request(
+                    method, server + path, params=params, data=data, headers=headers, ssl=self._ssl
+                ) as rsp:
+                    text = await rsp.text()
+                    status, retry_after = rsp.status, rsp.headers.get("Retry-After")
+            except (aiohttp.ClientError, TimeoutError) as e:
+                if attempt >= len(RETRY_DELAYS):
+                    raise ApiError(0, method, path, f"{type(e).__name__}: {e!r}") from e
+                await asyncio.sleep(retry_delay(attempt, None))
+                attempt += 1
+                continue
+            if status == 401 and not relogged:
+                relogged, attempt = True, 0
+                await self._connect(fresh=True)
+                continue
+            if status in RETRY_STATUSES and attempt < len(RETRY_DELAYS):
+                await asyncio.sleep(retry_delay(attempt, retry_after))
+                attempt += 1
+                continue
+            payload: Any = json.loads(text) if text.startswith("{") else text
+            if status >= 400 and status != 404:
+                message = payload.get("message", text) if isinstance(payload, dict) else text
+                raise ApiError(status, method, path, message)
+            return status, payload
 
     async def get(self, res: Resource, namespace: str, name: str) -> dict[str, Any] | None:
         status, payload = await self.request("GET", res.path(namespace, name))
@@ -144,9 +191,14 @@ class KubeClient:
         meta = obj["metadata"]
         path = res.path(meta["namespace"], meta["name"])
         params = {"fieldManager": MANAGER, "force": "true"}
-        self._metrics.api_writes.labels(res.kind, "apply").inc()
         status, payload = await self.request(
-            "PATCH", path, params=params, body=obj, content_type="application/apply-patch+yaml"
+            "PATCH",
+            path,
+            params=params,
+            body=obj,
+            content_type="application/apply-patch+yaml",
+            kind=res.kind,
+            verb="apply",
         )
         if status == 404:
             raise ApiError(404, "PATCH", path, str(payload))
@@ -157,12 +209,13 @@ class KubeClient:
         self, res: Resource, namespace: str, name: str, status: Mapping[str, Any]
     ) -> dict[str, Any] | None:
         """A merge patch of .status (None when the object is gone)."""
-        self._metrics.api_writes.labels(res.kind, "patch-status").inc()
         code, payload = await self.request(
             "PATCH",
             res.path(namespace, name, "status"),
             body={"status": dict(status)},
             content_type="application/merge-patch+json",
+            kind=res.kind,
+            verb="patch-status",
         )
         if code == 404:
             return None

@@ -74,3 +74,23 @@ def test_writes_are_counted_per_user_and_verb_without_peering() -> None:
 def test_pool_manifests_have_distinct_addresses() -> None:
     addresses = [ip["address"] for i in range(1000) for ip in pool_manifest(i, "ns")["spec"]["ips"]]
     assert len(set(addresses)) == 2000
+
+
+def test_the_cluster_is_settled_when_pool_status_shows_the_statefulsets_pods() -> None:
+    def sts(name: str, replicas: int, made: int, observed: int = 1) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name, "generation": 1},
+            "spec": {"replicas": replicas},
+            "status": {"observedGeneration": observed, "replicas": made},
+        }
+
+    def pool_with(name: str, replicas: int) -> dict[str, Any]:
+        return {"metadata": {"name": name}, "status": {"replicas": replicas, "readyReplicas": 0}}
+
+    settled = bench_operator.cluster_settled
+    assert settled([pool_with("a", 1)], [sts("a", 1, 1)]) == 1
+    # Pods still to be made, a status for an older generation, a pool status behind.
+    assert settled([pool_with("a", 0)], [sts("a", 1, 0)]) == 0
+    assert settled([pool_with("a", 1)], [sts("a", 1, 1, observed=0)]) == 0
+    assert settled([pool_with("a", 0)], [sts("a", 1, 1)]) == 0
+    assert settled([pool_with("a", 1)], []) == 0
