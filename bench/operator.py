@@ -369,16 +369,27 @@ def wait_reconciled(
         items = (
             api.get(f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/sendingpools")["items"] or []
         )
-        children = {
-            kind: api.get(path.format(ns=namespace), METADATA_ONLY)["items"] or []
-            for kind, path in CHILD_LISTS.items()
-        }
-        done = pools_done(items, children)
+        # The operator writes a pool's status after its children: the children are listed only
+        # once every status is current, so the poll loads the API server little meanwhile.
+        done = 0
+        current = sum(
+            1
+            for p in items
+            if (p.get("status") or {}).get("observedGeneration") == p["metadata"].get("generation")
+        )
+        if current >= pools:
+            children = {
+                kind: api.get(path.format(ns=namespace), METADATA_ONLY)["items"] or []
+                for kind, path in CHILD_LISTS.items()
+            }
+            done = pools_done(items, children)
         elapsed = time.monotonic() - t0
         if done >= pools:
             return elapsed, done
         if elapsed - last_report >= 10:
-            progress(f"  {elapsed:5.0f} s: {done}/{pools} pools reconciled")
+            progress(
+                f"  {elapsed:5.0f} s: {done}/{pools} pools reconciled ({current} with a status)"
+            )
             last_report = elapsed
         time.sleep(1.0)
     return None, done

@@ -20,7 +20,7 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -549,34 +549,69 @@ async def _reconcile_pool(idx: Indexes, namespace: str, name: str) -> bool:
     return changed
 
 
-_pending_policy_status: set[str] = set()
+# Namespace -> when its policy statuses were last asked for.
+_pending_policy_status: dict[str, float] = {}
+POLICY_STATUS_QUIET = 1.0
+POLICY_STATUS_MAX_DELAY = 5.0
 
 
 def _schedule_policy_statuses(idx: Indexes, namespace: str) -> None:
-    """Policy status counts pools: many pool reconciles in a burst share one update."""
-    if namespace in _pending_policy_status:
+    """Policy status counts pools: a burst of pool reconciles shares one update, written once
+    the burst pauses (or after POLICY_STATUS_MAX_DELAY)."""
+    pending = namespace in _pending_policy_status
+    _pending_policy_status[namespace] = time.monotonic()
+    if pending:
         return
-    _pending_policy_status.add(namespace)
 
     async def run() -> None:
-        await asyncio.sleep(0.5)
-        _pending_policy_status.discard(namespace)
+        start = time.monotonic()
+        while True:
+            await asyncio.sleep(POLICY_STATUS_QUIET / 2)
+            now = time.monotonic()
+            last = _pending_policy_status.get(namespace, start)
+            if now - last >= POLICY_STATUS_QUIET or now - start >= POLICY_STATUS_MAX_DELAY:
+                break
+        _pending_policy_status.pop(namespace, None)
         await _guarded("DeliveryPolicy", _update_policy_statuses(idx, namespace))
 
     _spawn(run())
 
 
+# resourceVersions of the operator's own status writes to policies and warmups: their watch
+# events are no news.
+_own_status_writes: dict[tuple[str, str, str], int] = {}
+
+
+def _own_write(kind: str, meta: Mapping[str, Any]) -> bool:
+    key = (kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
+    return _own_status_writes.get(key) == _int(meta.get("resourceVersion"))
+
+
 async def _write_status_if_changed(
-    res: kube.Resource, body: Mapping[str, Any], new_status: dict[str, Any]
+    res: kube.Resource,
+    body: Mapping[str, Any],
+    compute: Callable[[Mapping[str, Any]], dict[str, Any] | None],
 ) -> None:
-    if not r.status_changed(body.get("status"), new_status):
+    """Patch the status `compute` gives for the object when it differs from the live one; when
+    the index has an older version, compute again from the live object (lastTransitionTime and
+    startTime come from the status they replace)."""
+    new_status = compute(body)
+    if new_status is None or not r.status_changed(body.get("status"), new_status):
         return
     meta = body["metadata"]
     api = client()
     live = await api.get(res, meta["namespace"], meta["name"])
-    if live is None or not r.status_changed(live.get("status"), new_status):
+    if live is None:
         return
-    await api.patch_status(res, meta["namespace"], meta["name"], new_status)
+    new_status = compute(live)
+    if new_status is None or not r.status_changed(live.get("status"), new_status):
+        return
+    result = await api.patch_status(res, meta["namespace"], meta["name"], new_status)
+    if result is not None:
+        rmeta = result.get("metadata", {})
+        _own_status_writes[(res.kind, meta["namespace"], meta["name"])] = _int(
+            rmeta.get("resourceVersion")
+        )
 
 
 def _pools_in(idx: Indexes, namespace: str) -> list[SendingPool]:
@@ -591,22 +626,31 @@ def _pools_in(idx: Indexes, namespace: str) -> list[SendingPool]:
 async def _update_policy_statuses(idx: Indexes, namespace: str) -> None:
     pools = _pools_in(idx, namespace)
     now = r.now_utc()
+
+    def compute(body: Mapping[str, Any]) -> dict[str, Any] | None:
+        policy = parse(body)
+        if not isinstance(policy, DeliveryPolicy):
+            return None
+        status: dict[str, Any] = r.policy_status(policy, pools, now)
+        return status
+
     for b in _bodies(idx.policies, namespace):
-        policy = parse(b)
-        if isinstance(policy, DeliveryPolicy):
-            await _write_status_if_changed(
-                kube.DELIVERYPOLICIES, b, r.policy_status(policy, pools, now)
-            )
+        await _write_status_if_changed(kube.DELIVERYPOLICIES, b, compute)
 
 
 async def _update_warmup_statuses(idx: Indexes, namespace: str, pool: str) -> None:
     pools = [p for p in _pools_in(idx, namespace) if r.pool_name(p) == pool]
     now = r.now_utc()
+
+    def compute(body: Mapping[str, Any]) -> dict[str, Any] | None:
+        warmup = parse(body)
+        if not isinstance(warmup, IPWarmup):
+            return None
+        status: dict[str, Any] = r.warmup_status(warmup, pools[0] if pools else None, now)
+        return status
+
     for b in _bodies(idx.warmups, (namespace, pool)):
-        warmup = parse(b)
-        if isinstance(warmup, IPWarmup):
-            status = r.warmup_status(warmup, pools[0] if pools else None, now)
-            await _write_status_if_changed(kube.IPWARMUPS, b, status)
+        await _write_status_if_changed(kube.IPWARMUPS, b, compute)
 
 
 async def _reconcile_all(idx: Indexes, keys: Iterable[PoolKey]) -> None:
@@ -645,7 +689,7 @@ async def _guarded(kind: str, work: Any) -> None:
         await work
     except Exception as e:
         STATE.metrics.errors.labels(kind, type(e).__name__).inc()
-        log.error("status update of %s failed: %s", kind, e)
+        log.error("status update of %s failed: %s: %s", kind, type(e).__name__, str(e) or repr(e))
 
 
 def _selects(idx: Indexes, key: PoolKey, labels: Mapping[str, str]) -> bool:
@@ -662,6 +706,13 @@ async def policy_event(
 ) -> None:
     namespace = namespace or ""
     idx = _indexes(kwargs)
+    if event["type"] is None:
+        # The initial listing: every pool's own first event renders it with this policy; its
+        # status can be written now (every pool is in the index already).
+        await _guarded("DeliveryPolicy", _update_policy_statuses(idx, namespace))
+        return
+    if event["type"] != "DELETED" and _own_write("DeliveryPolicy", body.get("metadata", {})):
+        return
     labels = dict(body.get("metadata", {}).get("labels") or {})
     deleted = event["type"] == "DELETED"
     affected = [
@@ -684,6 +735,8 @@ async def warmup_event(
     namespace = namespace or ""
     idx = _indexes(kwargs)
     pool = str(spec.get("poolRef", ""))
+    if event["type"] != "DELETED" and _own_write("IPWarmup", kwargs["meta"]):
+        return
     before = STATE.warmup_pools.get((namespace, name))
     if event["type"] == "DELETED":
         STATE.warmup_pools.pop((namespace, name), None)
