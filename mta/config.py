@@ -263,7 +263,9 @@ class ProviderMatchConfig(Model):
 class PerIPLimitsConfig(Model):
     """Limits per (source IP, provider) pair."""
 
-    max_connections: int = Field(default=5, ge=1)
+    # 20, like Postfix's default_destination_concurrency_limit; policies set less for providers
+    # that want less.
+    max_connections: int = Field(default=20, ge=1)
     max_messages_per_connection: int = Field(default=50, ge=1)
     max_message_rate: Rate | None = None
 

@@ -80,12 +80,23 @@ class ProviderTable:
         self._settings: dict[str, ProviderSettingsConfig] = dict(configured)
         self._default = cfg.default
         self._by_domain = {d: m.name for m in reversed(self.matches) for d in m.domains}
+        self._cache: dict[tuple[str, tuple[str, ...]], str] = {}
 
     def by_domain(self, domain: str) -> str | None:
         """The provider known from the recipient domain alone, if any (no DNS needed)."""
         return self._by_domain.get(_norm(domain))
 
     def lookup(self, domain: str, mx_hosts: Iterable[str] = ()) -> str:
+        key = (domain, tuple(mx_hosts))
+        found = self._cache.get(key)
+        if found is None:
+            found = self._lookup(domain, key[1])
+            if len(self._cache) >= 100_000:  # bounded: domains are many, memory is not
+                self._cache.clear()
+            self._cache[key] = found
+        return found
+
+    def _lookup(self, domain: str, mx_hosts: Iterable[str]) -> str:
         known = self.by_domain(domain)
         if known is not None:
             return known

@@ -12,7 +12,7 @@ import logging
 import os
 import random
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +25,7 @@ from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.providers import DEFAULT
 from mailfleet.mta.retry import next_attempt_at, outcome_for_reply
 from mailfleet.mta.routing import RouteError, Router
-from mailfleet.mta.shaping import RuleHit, Shaper, Wait, day_index
+from mailfleet.mta.shaping import CONNECTION_LIMIT, RuleHit, Shaper, Wait, day_index
 from mailfleet.mta.spool import QueuedMessage, RecipientUpdate, Spool
 
 log = logging.getLogger("mailfleet.mta.queue")
@@ -91,6 +91,7 @@ class QueueRunner:
         self._seq = itertools.count()
         self._ready: asyncio.Queue[Job] = asyncio.Queue()
         self._delayed: list[Job] = []
+        self._parked: defaultdict[str, deque[Job]] = defaultdict(deque)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight = 0
@@ -209,6 +210,10 @@ class QueueRunner:
             if now - msg.received_at < self.cfg.retry.max_age:
                 # Held by shaping: not an attempt; try again when the pair can send.
                 self.metrics.shaping_waits.labels(provider, decision.reason).inc()
+                if decision.reason == CONNECTION_LIMIT:
+                    # Woken by the next release for this provider, not by polling.
+                    self._parked[provider].append(job)
+                    return
                 job.due = now + decision.seconds
                 self._schedule(job, now)
                 return
@@ -239,6 +244,9 @@ class QueueRunner:
             )
         finally:
             self.shaper.release(grant)
+            parked = self._parked.get(provider)
+            if parked:
+                self._ready.put_nowait(parked.popleft())
         hits: dict[str, RuleHit] = {}
         seen = time.time()
         for reply in result.replies:
@@ -420,6 +428,7 @@ class QueueRunner:
             "jobsReady": self._ready.qsize(),
             "jobsInFlight": self._inflight,
             "jobsDeferred": len(self._delayed),
+            "jobsWaitingForConnection": sum(len(d) for d in self._parked.values()),
             "nextRetry": self._delayed[0].due if self._delayed else None,
         }
 

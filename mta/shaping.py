@@ -25,6 +25,8 @@ from mailfleet.mta.config import (
 from mailfleet.mta.providers import ProviderTable
 
 DEFAULT_QUARANTINE = 86400.0
+# Waits that end when a connection is released rather than at a time.
+CONNECTION_LIMIT = "connection limit"
 OBSERVE_WINDOW = 60.0
 # How much of the reply a suspension or quarantine keeps as its reason: providers put the code
 # that says why (Outlook's S3150) at the end of texts well over 120 characters long.
@@ -278,9 +280,11 @@ class Shaper:
         quarantined, at their connection limit, out of tokens nor over their warmup cap. A
         capped warming IP's share spills to the others, or with overflow `defer` waits."""
         settings = self.settings(provider)
+        if self._pool_full(provider, settings):
+            return Wait(0.05, CONNECTION_LIMIT)
         pool_wait = self._pool_wait(provider, settings, now)
         if pool_wait > 0:
-            return Wait(pool_wait, "pool limit")
+            return Wait(pool_wait, "pool rate")
         candidates: list[tuple[float, str, str, bool]] = []
         waits: list[tuple[float, str]] = []
         capped_share = 0.0
@@ -303,7 +307,7 @@ class Shaper:
                 waits.append((next_slot_in(into, sh.day_length, sh.warmup_slots), "warmup cap"))
                 continue
             if p.inflight >= settings.per_ip.max_connections:
-                waits.append((0.05, "connection limit"))
+                waits.append((0.05, CONNECTION_LIMIT))
                 continue
             tw = p.token_wait(now)
             if tw > 0:
@@ -331,12 +335,12 @@ class Shaper:
         _, ip, helo, warm = chosen
         return self._take(Grant(ip, helo, provider, warm), now)
 
+    def _pool_full(self, provider: str, settings: ProviderSettingsConfig) -> bool:
+        limit = settings.pool.max_connections
+        return limit is not None and self.pool_inflight.get(provider, 0) >= limit
+
     def _pool_wait(self, provider: str, settings: ProviderSettingsConfig, now: float) -> float:
         pool = settings.pool
-        if pool.max_connections is not None and (
-            self.pool_inflight.get(provider, 0) >= pool.max_connections
-        ):
-            return 0.05
         if pool.max_message_rate is None:
             return 0.0
         rate = pool.max_message_rate
