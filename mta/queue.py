@@ -92,6 +92,7 @@ class QueueRunner:
         self._ready: asyncio.Queue[Job] = asyncio.Queue()
         self._delayed: list[Job] = []
         self._parked: defaultdict[str, deque[Job]] = defaultdict(deque)
+        self._stopping = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight = 0
@@ -132,9 +133,14 @@ class QueueRunner:
         self.update_config(self.cfg)
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Some client libraries turn a cancellation into an error of their own, so a worker can
+        # outlive one cancel(): the flag ends its loop, and the cancel is repeated until done.
+        self._stopping = True
+        pending = set(self._tasks)
+        while pending:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         self._tasks.clear()
         await self._save_shaping()
 
@@ -165,7 +171,7 @@ class QueueRunner:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.0))
 
     async def _worker(self) -> None:
-        while True:
+        while not self._stopping:
             if len(self._tasks) - 1 > self.cfg.delivery.max_concurrent_deliveries:
                 self._tasks.remove(asyncio.current_task())  # type: ignore[arg-type]
                 return
