@@ -141,7 +141,7 @@ class AdminConfig(Model):
 class SpoolConfig(Model):
     path: Path = Path("/var/spool/mailfleet")
     # Concurrent sessions share one fsync: a commit waits at most this long for company.
-    group_commit_window: Duration = 0.002
+    group_commit_window: Duration = 0.0
 
 
 class DNSConfig(Model):

@@ -345,7 +345,8 @@ class QueueRunner:
         if bounces and should_send_dsn(msg.mail_from, msg.data):
             # The DSN is durable before the bounced recipients are forgotten.
             await self._send_dsn(msg, bounces)
-        gone = await self.spool.update(msg.id, updates)
+        last = len(updates) >= self._remaining.get(msg.id, 0)
+        gone = await self.spool.update(msg.id, updates, last=last)
         finished = len(updates) - len(retry)
         self._remaining[msg.id] = self._remaining.get(msg.id, 0) - finished
         if gone or self._remaining[msg.id] <= 0:

@@ -202,10 +202,16 @@ class Spool:
         await self._submit(op)
         return msg
 
-    async def update(self, message_id: str, updates: list[RecipientUpdate]) -> bool:
-        """Record attempt results; removes the message once no recipient is left. True if gone."""
+    async def update(
+        self, message_id: str, updates: list[RecipientUpdate], last: bool = False
+    ) -> bool:
+        """Record attempt results; removes the message once no recipient is left. True if gone.
+        `last`: the caller knows these were all the recipients left, and every one is done."""
 
         def op(db: sqlite3.Connection) -> bool:
+            if last and all(u.done for u in updates):
+                db.execute("DELETE FROM messages WHERE id = ?", (message_id,))  # cascades
+                return True
             for u in updates:
                 if u.done:
                     db.execute(
@@ -290,22 +296,12 @@ class Spool:
                     stop = True
                     break
                 batch.append(item)
-            results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
             started = time.perf_counter()
-            db.execute("BEGIN IMMEDIATE")
-            for op, fut in batch:
-                db.execute("SAVEPOINT op")
-                try:
-                    results.append((fut, op(db), None))
-                    db.execute("RELEASE op")
-                except Exception as e:  # one bad operation must not fail its batch-mates
-                    db.execute("ROLLBACK TO op")
-                    db.execute("RELEASE op")
-                    results.append((fut, None, e))
-            try:
-                db.execute("COMMIT")
-            except Exception as e:
-                results = [(fut, None, e) for fut, _, _ in results]
+            results = _commit(db, batch)
+            if results is None:
+                # One bad operation must not fail its batch-mates: the batch is rolled back and
+                # each operation committed on its own (rare, so the common path stays lean).
+                results = [r for item in batch for r in (_commit(db, [item]) or [])]
             elapsed = time.perf_counter() - started
             if self._observe is not None:
                 self._observe(elapsed, len(batch))
@@ -313,7 +309,29 @@ class Spool:
         db.close()
 
 
-def _resolve_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+_Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+def _commit(
+    db: sqlite3.Connection, batch: list[tuple[_Op, asyncio.Future[Any]]]
+) -> list[_Result] | None:
+    """Run the operations in one transaction; None when one failed and a batch was rolled
+    back, the failure itself when the batch is a single operation."""
+    results: list[_Result] = []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for op, fut in batch:
+            results.append((fut, op(db), None))
+        db.execute("COMMIT")
+    except Exception as e:
+        db.execute("ROLLBACK")
+        if len(batch) > 1:
+            return None
+        return [(batch[0][1], None, e)]
+    return results
+
+
+def _resolve_all(results: list[_Result]) -> None:
     for fut, value, err in results:
         if fut.done():
             continue
