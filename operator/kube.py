@@ -99,7 +99,7 @@ class KubeClient:
         login: LoginFn,
         metrics: OperatorMetrics,
         timeout: float = 30.0,
-        connections: int = 32,
+        connections: int = 64,
     ) -> None:
         self._login = login
         self._metrics = metrics
