@@ -83,6 +83,8 @@ class RecipientUpdate:
 
 
 _Op = Callable[[sqlite3.Connection], Any]
+# An operation, the future its result goes to, and whether it needs an fsync before it returns.
+_Item = tuple[_Op, "asyncio.Future[Any]", bool]
 
 
 class SpoolError(Exception):
@@ -105,7 +107,7 @@ class Spool:
         self.path = path
         self.window = group_commit_window
         self._observe = observe_commit
-        self._ops: queue.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._ops: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._db_file = path / "spool.db"
@@ -163,11 +165,11 @@ class Spool:
 
     # -- operations --------------------------------------------------------------------------
 
-    async def _submit(self, op: _Op) -> Any:
+    async def _submit(self, op: _Op, durable: bool = True) -> Any:
         if self._thread is None or self._loop is None:
             raise SpoolError("the spool is not running")
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._ops.put((op, fut))
+        self._ops.put((op, fut, durable))
         return await fut
 
     async def accept(
@@ -232,7 +234,10 @@ class Spool:
                 return True
             return False
 
-        result: bool = await self._submit(op)
+        # Not fsynced on its own: the next accept's commit syncs the WAL, this included. A crash
+        # before that can only make a delivered message look queued (delivered again), never
+        # lose one.
+        result: bool = await self._submit(op, durable=False)
         return result
 
     # -- shaping state: adaptive rates, suspensions and warmup counters survive restarts -------
@@ -258,7 +263,7 @@ class Spool:
                 [(r["ip"], r["provider"], json.dumps(r)) for r in rows],
             )
 
-        await self._submit(op)
+        await self._submit(op, durable=False)
 
     async def warmup_add(self, ip: str, provider: str, day: int, n: int = 1) -> None:
         """Count a warmup send durably before it happens, so a crash can only undercount what
@@ -280,6 +285,7 @@ class Spool:
         assert self._loop is not None
         loop = self._loop
         stop = False
+        synchronous = "FULL"
         while not stop:
             first = self._ops.get()
             if first is None:
@@ -297,6 +303,12 @@ class Spool:
                     break
                 batch.append(item)
             started = time.perf_counter()
+            # FULL fsyncs the WAL at commit; NORMAL leaves it to the next FULL commit (the WAL
+            # is appended in order, so that fsync covers every earlier frame).
+            want = "FULL" if any(durable for _, _, durable in batch) else "NORMAL"
+            if want != synchronous:
+                db.execute(f"PRAGMA synchronous={want}")
+                synchronous = want
             results = _commit(db, batch)
             if results is None:
                 # One bad operation must not fail its batch-mates: the batch is rolled back and
@@ -312,15 +324,13 @@ class Spool:
 _Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
-def _commit(
-    db: sqlite3.Connection, batch: list[tuple[_Op, asyncio.Future[Any]]]
-) -> list[_Result] | None:
+def _commit(db: sqlite3.Connection, batch: list[_Item]) -> list[_Result] | None:
     """Run the operations in one transaction; None when one failed and a batch was rolled
     back, the failure itself when the batch is a single operation."""
     results: list[_Result] = []
     db.execute("BEGIN IMMEDIATE")
     try:
-        for op, fut in batch:
+        for op, fut, _ in batch:
             results.append((fut, op(db), None))
         db.execute("COMMIT")
     except Exception as e:
