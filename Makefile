@@ -51,7 +51,7 @@ fmt: $(STAMP) ## format the code
 
 .PHONY: bench
 bench: deps ## benchmarks: print figures and ratios against peers (never fail on speed)
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 .PHONY: demo
 demo: deps ## run the engine with examples/mta/local.yaml and a local sink

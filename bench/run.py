@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from bench import dkim as dkim_bench
+from bench import operator as operator_bench
 from bench import postfix as postfix_bench
 from bench import relay as relay_bench
 from bench import shaped as shaped_bench
@@ -18,8 +19,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="2,000 messages instead of 20,000")
     ap.add_argument("--workers", type=int, default=2, help="engine processes (SO_REUSEPORT)")
+    ap.add_argument("--pools", type=int, default=1000, help="SendingPools for the operator run")
+    ap.add_argument("--steady", type=float, default=300.0, help="steady-state window, seconds")
+    ap.add_argument("--skip-operator", action="store_true", help="engine benchmarks only")
     a = ap.parse_args()
     messages = 2000 if a.quick else 20000
+    pools, steady = (100, 60.0) if a.quick else (a.pools, a.steady)
     size, sessions = 5 * 1024, 20
 
     for alg, label in (("rsa-sha256", "rsa-2048"), ("ed25519-sha256", "ed25519")):
@@ -41,6 +46,8 @@ def main() -> None:
         " (Postfix unshaped, same run)",
         flush=True,
     )
+    if not a.skip_operator:
+        print(operator_bench.summary(operator_bench.measure(pools, steady)), flush=True)
 
 
 if __name__ == "__main__":
