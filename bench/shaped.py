@@ -20,7 +20,8 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-from bench.relay import RSA_KEY, start_engines
+from bench.relay import engine_config as relay_config
+from bench.relay import start_engines
 from tests.fixtures.procs import Proc
 from tests.fixtures.smtppeers import SmtpSink, smtp_source
 
@@ -33,38 +34,26 @@ PER_IP_RATE = "150/s"
 def engine_config(
     wdir: Path, smtp_port: int, admin_port: int, sinks: dict[str, str], reuse: bool
 ) -> dict[str, object]:
-    return {
-        "hostname": "bench.mailfleet.test",
-        "submission": {
-            "listen": f"127.0.0.1:{smtp_port}",
-            "trustedNetworks": ["127.0.0.0/8"],
-            "reusePort": reuse,
-        },
-        "admin": {"listen": f"127.0.0.1:{admin_port}"},
-        "spool": {"path": str(wdir / "spool")},
-        "routing": {"routes": {f"{p}.bench.test": addr for p, addr in sinks.items()}},
-        "delivery": {
-            "sourceIPs": [
-                {"address": ip, "hostname": f"out{i}.bench.test"}
-                for i, ip in enumerate(SOURCE_IPS, 1)
-            ],
-            "maxMessagesPerConnection": 1000,
-        },
-        "shaping": {
-            "providers": [
-                {
-                    "name": p,
-                    "match": {"recipientDomains": [f"{p}.bench.test"]},
-                    "perIP": {"maxConnections": 5, "maxMessageRate": PER_IP_RATE},
-                }
-                for p in sinks
-            ]
-        },
-        "dkim": {
-            "keys": [{"domain": "example.test", "selector": "s2026a", "keyFile": str(RSA_KEY)}]
-        },
-        "logging": {"level": "warning", "format": "json"},
+    """The plain relay's config, with a route per provider, four source IPs and limits."""
+    cfg = relay_config(wdir, smtp_port, admin_port, "", reuse)
+    cfg["routing"] = {"routes": {f"{p}.bench.test": addr for p, addr in sinks.items()}}
+    cfg["delivery"] = {
+        "sourceIPs": [
+            {"address": ip, "hostname": f"out{i}.bench.test"} for i, ip in enumerate(SOURCE_IPS, 1)
+        ],
+        "maxMessagesPerConnection": 1000,
     }
+    cfg["shaping"] = {
+        "providers": [
+            {
+                "name": p,
+                "match": {"recipientDomains": [f"{p}.bench.test"]},
+                "perIP": {"maxConnections": 5, "maxMessageRate": PER_IP_RATE},
+            }
+            for p in sinks
+        ]
+    }
+    return cfg
 
 
 def _attempts(admin_port: int) -> dict[tuple[str, str], float]:

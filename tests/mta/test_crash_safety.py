@@ -37,18 +37,21 @@ def _load(eng: EngineProc, start: int, acked: list[str], stop: threading.Event) 
             return
 
 
+def _start_load(eng: EngineProc) -> tuple[list[str], threading.Event, list[threading.Thread]]:
+    acked: list[str] = []
+    stop = threading.Event()
+    threads = [threading.Thread(target=_load, args=(eng, i, acked, stop)) for i in range(SENDERS)]
+    for t in threads:
+        t.start()
+    return acked, stop, threads
+
+
 def test_kill9_loses_no_accepted_message(
     mta_engine: Callable[..., EngineProc],
 ) -> None:
     with RecordingMX("127.0.0.1") as mx:
         eng = mta_engine({"routing": {"routes": {"*": f"{mx.host}:{mx.port}"}}})
-        acked: list[str] = []
-        stop = threading.Event()
-        threads = [
-            threading.Thread(target=_load, args=(eng, i, acked, stop)) for i in range(SENDERS)
-        ]
-        for t in threads:
-            t.start()
+        acked, stop, threads = _start_load(eng)
         deadline = time.monotonic() + 60
         while len(acked) < TOTAL // 3 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -89,13 +92,7 @@ def test_sigterm_under_load_stops_cleanly_and_loses_nothing(
     with RecordingMX("127.0.0.1") as mx:
         mx.on_data = lambda call: (time.sleep(0.02), None)[1]  # slow MX: deliveries in flight
         eng = mta_engine({"routing": {"routes": {"*": f"{mx.host}:{mx.port}"}}})
-        acked: list[str] = []
-        stop = threading.Event()
-        threads = [
-            threading.Thread(target=_load, args=(eng, i, acked, stop)) for i in range(SENDERS)
-        ]
-        for t in threads:
-            t.start()
+        acked, stop, threads = _start_load(eng)
         while len(acked) < 300:
             time.sleep(0.01)
         assert eng.proc is not None
