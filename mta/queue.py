@@ -223,7 +223,7 @@ class QueueRunner:
                 job.due = now + decision.seconds
                 self._schedule(job, now)
                 return
-            reason = f"4.4.7 not sent in time: {decision.reason}"
+            reason = f"not sent in time: {decision.reason}"
             result = AttemptResult(
                 replies=synthetic_replies(job.recipients, 451, "4.4.7", reason),
                 destination=None,
