@@ -3,29 +3,14 @@ keys from a real DNS server (dnsmasq) the way a receiving MTA would."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from fixtures.dkimverify import DkimVerifier
 from fixtures.dnsserver import DnsServer
+from fixtures.keys import ED_KEY, RSA_KEY
 
-from mailfleet.mta.config import DKIMConfig, DKIMKey
+from mailfleet.mta.config import DKIMConfig
 from mailfleet.mta.dkim import DKIMSigner
 from mailfleet.mta.dkimkeys import dns_txt_record
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "mta" / "dkim"
-RSA_KEY = DKIMKey(
-    domain="example.test",
-    selector="s2026a",
-    key_file=EXAMPLES / "example.test.s2026a.rsa.pem",
-    algorithm="rsa-sha256",
-)
-ED_KEY = DKIMKey(
-    domain="example.test",
-    selector="s2026e",
-    key_file=EXAMPLES / "example.test.s2026e.ed25519.pem",
-    algorithm="ed25519-sha256",
-)
 
 MESSAGE = (
     b"Received: from app1 (app1 [10.0.0.5]) by mta1; Mon, 02 Mar 2026 10:00:00 +0000\r\n"

@@ -7,28 +7,17 @@ from __future__ import annotations
 import email
 import email.policy
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fixtures.dkimverify import dkim_verify
 from fixtures.dnsserver import DnsServer
 from fixtures.engine import EngineProc
+from fixtures.keys import ED_KEY, RSA_KEY
 from fixtures.smtppeers import RecordingMX, swaks
 
 from mailfleet.mta.config import DKIMKey
 from mailfleet.mta.dkimkeys import dns_txt_record
-
-KEYS = Path(__file__).parent.parent.parent / "examples/mta/dkim"
-RSA = DKIMKey(
-    domain="example.test", selector="s2026a", key_file=KEYS / "example.test.s2026a.rsa.pem"
-)
-ED = DKIMKey(
-    domain="example.test",
-    selector="s2026e",
-    key_file=KEYS / "example.test.s2026e.ed25519.pem",
-    algorithm="ed25519-sha256",
-)
 
 
 @pytest.fixture
@@ -61,9 +50,9 @@ def _publish(dns: DnsServer, mx: RecordingMX, *keys: DKIMKey) -> None:
 @pytest.mark.parametrize(
     ("keys", "algorithms"),
     [
-        ([RSA], ["rsa-sha256"]),
-        ([ED], ["ed25519-sha256"]),
-        ([RSA, ED], ["rsa-sha256", "ed25519-sha256"]),
+        ([RSA_KEY], ["rsa-sha256"]),
+        ([ED_KEY], ["ed25519-sha256"]),
+        ([RSA_KEY, ED_KEY], ["rsa-sha256", "ed25519-sha256"]),
     ],
     ids=["rsa", "ed25519", "dual"],
 )
@@ -74,7 +63,7 @@ def test_signatures_verify_with_the_keys_in_dns(
     algorithms: list[str],
 ) -> None:
     dns, mx, _ = world
-    _publish(dns, mx, RSA, ED)
+    _publish(dns, mx, RSA_KEY, ED_KEY)
     dns.start()
     eng = _engine(mta_engine, dns, mx.port, keys)
     done = swaks(
@@ -99,9 +88,9 @@ def test_mail_from_another_domain_is_not_signed(
     mta_engine: Callable[..., EngineProc], world: tuple[DnsServer, RecordingMX, RecordingMX]
 ) -> None:
     dns, mx, _ = world
-    _publish(dns, mx, RSA)
+    _publish(dns, mx, RSA_KEY)
     dns.start()
-    eng = _engine(mta_engine, dns, mx.port, [RSA])
+    eng = _engine(mta_engine, dns, mx.port, [RSA_KEY])
     swaks(f"127.0.0.1:{eng.smtp_port}", from_="app@other.test", to="someone@example.org")
     assert dkim_verify(mx.wait_for(1)[0].content, dns) == []
 

@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from dkim.canonicalization import CanonicalizationPolicy
+from fixtures.keys import ED_KEY, EXAMPLES, RSA_KEY
 
 from mailfleet.mta.config import DKIMConfig, DKIMKey
 from mailfleet.mta.dkim import (
@@ -33,21 +34,6 @@ from mailfleet.mta.dkim import (
     split_message,
 )
 from mailfleet.mta.dkimkeys import dns_txt_record, generate_key, zone_record
-
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "examples" / "mta" / "dkim"
-RSA_KEY = DKIMKey(
-    domain="example.test",
-    selector="s2026a",
-    key_file=EXAMPLES / "example.test.s2026a.rsa.pem",
-    algorithm="rsa-sha256",
-)
-ED_KEY = DKIMKey(
-    domain="example.test",
-    selector="s2026e",
-    key_file=EXAMPLES / "example.test.s2026e.ed25519.pem",
-    algorithm="ed25519-sha256",
-)
 
 MESSAGE = (
     b"Received: from app1 (app1 [10.0.0.5]) by mta1; Mon, 02 Mar 2026 10:00:00 +0000\r\n"
