@@ -4,14 +4,14 @@
 #   hack/envtest.sh            -> builds if missing, prints e.g. ~/.cache/mailfleet/k8s-v1.34.4/bin
 #   hack/envtest.sh --check    -> prints the bin dir if complete, exits 1 otherwise (no build)
 #
-# Binaries: kube-apiserver, kube-controller-manager, kubectl (all k8s.io/kubernetes, the
+# Binaries: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (all k8s.io/kubernetes, the
 # version below) and etcd (go.etcd.io/etcd/server/v3, pinned in hack/controlplane/go.mod).
 # They are cached outside the repo, keyed by version, in ${MAILFLEET_CACHE:-~/.cache/mailfleet}.
 # The Go build and module caches stay at Go's defaults so a rebuild after a bump is incremental.
 set -euo pipefail
 
 K8S_VERSION=v1.34.4   # keep in step with k8s.io/kubernetes in hack/controlplane/go.mod
-BINARIES=(kube-apiserver kube-controller-manager kubectl etcd)
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd)
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 module_dir="$here/controlplane"
@@ -78,6 +78,7 @@ start=$SECONDS
   go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
     k8s.io/kubernetes/cmd/kubectl \
     ./etcd
 ) >&2
