@@ -21,7 +21,6 @@ from mailfleet.mta.config import parse_hostport
 from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.suppression import SuppressionStore
 
-
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/status"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

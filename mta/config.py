@@ -541,9 +541,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(
-    data: Any, source: str = "config", listen_host: str | None = None
-) -> EngineConfig:
+def parse_config(data: Any, source: str = "config", listen_host: str | None = None) -> EngineConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -353,9 +353,7 @@ def run_engine(config_path: Path, listen_host: str | None = None) -> int:
     try:
         text = read_config_text(config_path)
         cfg = parse_config_text(text, str(config_path), listen_host)
-        engine = Engine(
-            config_path, cfg, config_hash=config_digest(text), listen_host=listen_host
-        )
+        engine = Engine(config_path, cfg, config_hash=config_digest(text), listen_host=listen_host)
     except (ConfigError, CredentialsError, ValueError) as e:
         print(f"mailfleet mta: {e}", file=sys.stderr)
         return 2
