@@ -172,6 +172,19 @@ STATUS = {
     "readyReplicas": 1,
     "selector": "app.kubernetes.io/instance=transactional",
     "queueDepth": 1234,
+    "configHash": "0123456789abcdef",
+    "updatedPods": 1,
+    "pods": [
+        {
+            "name": "transactional-0",
+            "ip": "10.1.0.5",
+            "ready": True,
+            "configHash": "0123456789abcdef",
+            "queued": 1200,
+            "draining": False,
+        },
+        {"name": "transactional-1", "ready": False},
+    ],
     "activeIPs": 2,
     "quarantinedIPs": 0,
     "ips": [
@@ -192,10 +205,12 @@ def test_status_subresource_and_printer_columns(examples: Any) -> None:
     table = ok(examples, "get", "-n", NS, "mfpool", "transactional").splitlines()
     header, row = table[0].split(), table[1].split()
     assert header == [
-        "NAME", "READY", "REASON", "REPLICAS", "READY-PODS", "QUEUE", "ACTIVE-IPS",
-        "QUARANTINED", "AGE",
+        "NAME", "READY", "REASON", "REPLICAS", "READY-PODS", "QUEUE", "CONFIG-CURRENT",
+        "ACTIVE-IPS", "QUARANTINED", "AGE",
     ]  # fmt: skip
-    assert row[:8] == ["transactional", "False", "DKIMSecretMissing", "2", "1", "1234", "2", "0"]
+    assert row[:9] == [
+        "transactional", "False", "DKIMSecretMissing", "2", "1", "1234", "1", "2", "0"
+    ]  # fmt: skip
     wide = ok(examples, "get", "-n", NS, "mfpool", "transactional", "-o", "wide")
     assert "Secret dkim-example-com not found" in wide
     # The scale subresource reports the status side and the selector HPA needs.

@@ -27,6 +27,7 @@ ALL_RULE_MESSAGES = [
     for model in (
         m.Replicas,
         m.Egress,
+        m.Routing,
         m.Submission,
         m.LabelSelectorRequirement,
         m.SendingPoolSpec,
@@ -130,7 +131,8 @@ def test_printer_columns_say_whether_it_is_ok() -> None:
     wide = {c.name for c in pool.columns}
     normal = [c.name for c in pool.columns if c.priority == 0]
     assert normal == [
-        "Ready", "Reason", "Replicas", "Ready-Pods", "Queue", "Active-IPs", "Quarantined", "Age"
+        "Ready", "Reason", "Replicas", "Ready-Pods", "Queue", "Config-Current", "Active-IPs",
+        "Quarantined", "Age"
     ]  # fmt: skip
     assert {"Min", "Max", "Message"} <= wide
     warmup = next(k for k in m.KINDS if k.kind == "IPWarmup")
