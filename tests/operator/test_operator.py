@@ -140,9 +140,8 @@ def test_examples_become_children_status_and_events(
     assert sts["spec"]["serviceName"] == "transactional-headless"
     pod = sts["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["command"] == [
-        "mailfleet", "mta", "--config", "/etc/mailfleet/engine.yaml", "--listen-address", "$(POD_IP)"
-    ]  # fmt: skip
+    cmd = ["mailfleet", "mta", "--config", "/etc/mailfleet/engine.yaml"]
+    assert c["command"] == [*cmd, "--listen-address", "$(POD_IP)"]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert {
