@@ -185,8 +185,10 @@ class PodWorker(threading.Thread):
         self.pod_name: str = meta["name"]
         self.uid: str = meta["uid"]
         self.dir = agent.cfg.state_dir / "pods" / f"{self.ns}_{self.pod_name}"
-        self.vol_dir = self.dir / "volumes"
-        self.run_dir = self.dir / "run"
+        # Per pod UID: a StatefulSet's replacement (same name) starts while the old pod's
+        # worker still cleans up. Container logs stay at <dir>/<container>.log across both.
+        self.vol_dir = self.dir / self.uid / "volumes"
+        self.run_dir = self.dir / self.uid / "run"
         self.wake = threading.Event()
         self.lock = threading.Lock()
         self.gone = False  # the pod object was removed from the API
@@ -275,14 +277,8 @@ class PodWorker(threading.Thread):
 
     # -- preparation ----------------------------------------------------------------------
     def prepare(self, pod: Obj) -> None:
-        marker = self.dir / "uid"
-        if _read(str(marker)) != self.uid:
-            # A new pod under a reused name (StatefulSet): fresh volumes, the log continues.
-            shutil.rmtree(self.vol_dir, ignore_errors=True)
-            shutil.rmtree(self.run_dir, ignore_errors=True)
         self.vol_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(self.uid)
         self.ip = "127.0.0.1" if pod["spec"].get("hostNetwork") else self.agent.pod_ip(self.uid)
         self.start_time = pod.get("status", {}).get("startTime") or now_rfc3339()
         imgs = ", ".join(logic.images(pod))
@@ -880,9 +876,7 @@ class PodWorker(threading.Thread):
         self.finished = True
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.vol_dir, ignore_errors=True)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-        (self.dir / "uid").unlink(missing_ok=True)
+        shutil.rmtree(self.dir / self.uid, ignore_errors=True)
         self.agent.release_ip(self.uid)
 
     # -- reporting ------------------------------------------------------------------------
@@ -1223,7 +1217,7 @@ class Agent:
     # -- lifecycle ----------------------------------------------------------------------------
     def kill_leftovers(self) -> None:
         """Processes of a previous agent that died without stopping its pods."""
-        for pid_file in (self.cfg.state_dir / "pods").glob("*/run/*.pid"):
+        for pid_file in (self.cfg.state_dir / "pods").glob("*/*/run/*.pid"):
             parts = pid_file.read_text().split()
             if len(parts) == 2 and _proc_starttime(int(parts[0])) == parts[1]:
                 log.info("stopping leftover process %s (%s)", parts[0], pid_file)
