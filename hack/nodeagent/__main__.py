@@ -1,4 +1,5 @@
-"""``PYTHONPATH=hack python3 -m nodeagent --state-dir DIR --server URL --ca ... --cert ... --key ...``"""
+"""``PYTHONPATH=hack python3 -m nodeagent --node-name N --state-dir DIR --server URL --ca CA
+--cert CERT --key KEY [--provisioner-cert C --provisioner-key K]``"""
 
 from __future__ import annotations
 

@@ -321,8 +321,8 @@ class PodWorker(threading.Thread):
         def secret(name: str) -> dict[str, bytes] | None:
             if ("secret", name) not in cache:
                 obj = self._get("secrets", name)
-                cache[("secret", name)] = None if obj is None else logic.decode_secret(
-                    obj.get("data")
+                cache[("secret", name)] = (
+                    None if obj is None else logic.decode_secret(obj.get("data"))
                 )
             result: dict[str, bytes] | None = cache[("secret", name)]
             return result
@@ -484,7 +484,7 @@ class PodWorker(threading.Thread):
         p.mkdir(parents=True, exist_ok=True)
         if fs_group is not None and p.stat().st_gid != int(fs_group):
             # fsGroupChangePolicy OnRootMismatch: chown the tree when the root's group differs.
-            for dirpath, dirs, files in os.walk(p):
+            for dirpath, _dirs, files in os.walk(p):
                 os.chown(dirpath, -1, int(fs_group))
                 os.chmod(dirpath, os.stat(dirpath).st_mode | 0o2070)
                 for f in files:
@@ -500,7 +500,10 @@ class PodWorker(threading.Thread):
         cfg = self.agent.cfg
         path = ":".join(
             p
-            for p in (cfg.path_prefix, "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            for p in (
+                cfg.path_prefix,
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             if p
         )
         port = str(cfg.apiserver_port)
@@ -633,12 +636,12 @@ class PodWorker(threading.Thread):
         c.started = "startup" not in c.probes
         c.ready = c.started and "readiness" not in c.probes
         c.kill_reason = ""
-        self.event("Normal", "Started", f"Started container {c.name} (pid {proc.pid})", container=c.name)
+        self.event(
+            "Normal", "Started", f"Started container {c.name} (pid {proc.pid})", container=c.name
+        )
         hook = (c.spec.get("lifecycle") or {}).get("postStart")
         if hook and not self.run_hook(pod, c, hook, deadline=time.monotonic() + 30):
-            self.event(
-                "Warning", "FailedPostStartHook", f"PostStartHook failed", container=c.name
-            )
+            self.event("Warning", "FailedPostStartHook", "PostStartHook failed", container=c.name)
             self.kill(pod, c, grace=_grace(pod), hooks=False, reason="FailedPostStartHook")
 
     def on_exit(self, pod: Obj, c: Container, code: int) -> None:
@@ -769,7 +772,17 @@ class PodWorker(threading.Thread):
         spec_file.write_text(json.dumps(spec))
         try:
             proc = subprocess.Popen(
-                ["nsenter", "-t", str(c.pid), "-m", "-u", "--", self.agent.cfg.python, str(RUNNER), str(spec_file)],
+                [
+                    "nsenter",
+                    "-t",
+                    str(c.pid),
+                    "-m",
+                    "-u",
+                    "--",
+                    self.agent.cfg.python,
+                    str(RUNNER),
+                    str(spec_file),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -803,9 +816,7 @@ class PodWorker(threading.Thread):
             return False
         return True
 
-    def kill(
-        self, pod: Obj, c: Container, *, grace: float, hooks: bool, reason: str = ""
-    ) -> None:
+    def kill(self, pod: Obj, c: Container, *, grace: float, hooks: bool, reason: str = "") -> None:
         """preStop (if hooks), SIGTERM, SIGKILL when the grace period (hook time included) is
         over; then the exit is recorded as for any exit."""
         if c.proc is None:
@@ -814,9 +825,7 @@ class PodWorker(threading.Thread):
         hook = (c.spec.get("lifecycle") or {}).get("preStop")
         if hooks and hook:
             if not self.run_hook(pod, c, hook, deadline=deadline):
-                self.event(
-                    "Warning", "FailedPreStopHook", "PreStopHook failed", container=c.name
-                )
+                self.event("Warning", "FailedPreStopHook", "PreStopHook failed", container=c.name)
             deadline = max(deadline, time.monotonic() + MIN_GRACE_AFTER_HOOK)
         c.kill_reason = reason
         _killpg(c.pid, signal.SIGTERM)
@@ -854,9 +863,17 @@ class PodWorker(threading.Thread):
         for c in self.containers:
             if "terminated" not in c.state:
                 last = c.last_state.get("terminated")
-                c.state = {"terminated": last} if last else {
-                    "terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": now_rfc3339()}
-                }
+                c.state = (
+                    {"terminated": last}
+                    if last
+                    else {
+                        "terminated": {
+                            "exitCode": 0,
+                            "reason": "Completed",
+                            "finishedAt": now_rfc3339(),
+                        }
+                    }
+                )
         final = dict(pod)
         final["spec"] = {**pod["spec"], "restartPolicy": "Never"}
         self.push_status(final)
@@ -924,7 +941,9 @@ class Agent:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.api = Api(cfg.node, user_agent=f"nodeagent/{cfg.node_name}")
-        self.papi = Api(cfg.provisioner, user_agent="local-volume-provisioner") if cfg.provisioner else None
+        self.papi = (
+            Api(cfg.provisioner, user_agent="local-volume-provisioner") if cfg.provisioner else None
+        )
         self.stop = threading.Event()
         self.workers: dict[str, PodWorker] = {}
         self.lock = threading.Lock()
@@ -1083,7 +1102,9 @@ class Agent:
         )
 
     def renew_lease(self) -> None:
-        path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.cfg.node_name}"
+        path = (
+            f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.cfg.node_name}"
+        )
         try:
             self.api.merge_patch(
                 path,
@@ -1159,7 +1180,11 @@ class Agent:
     def on_claim(self, kind: str, pvc: Obj) -> None:
         assert self.papi is not None
         spec, meta = pvc.get("spec", {}), pvc["metadata"]
-        if kind == "DELETED" or spec.get("volumeName") or spec.get("storageClassName") != STORAGE_CLASS:
+        if (
+            kind == "DELETED"
+            or spec.get("volumeName")
+            or spec.get("storageClassName") != STORAGE_CLASS
+        ):
             return
         if pvc.get("status", {}).get("phase") != "Pending":
             return
@@ -1211,7 +1236,9 @@ class Agent:
         if path.parent == self.cfg.state_dir / "pvc":
             shutil.rmtree(path, ignore_errors=True)
         with contextlib.suppress(ApiError):
-            self.papi.request("DELETE", f"/api/v1/persistentvolumes/{meta['name']}", ok=(200, 202, 404))
+            self.papi.request(
+                "DELETE", f"/api/v1/persistentvolumes/{meta['name']}", ok=(200, 202, 404)
+            )
         log.info("deleted released volume %s", meta["name"])
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -1248,8 +1275,16 @@ class Agent:
         ]
         if self.papi is not None:
             informers += [
-                Informer(self.papi, "/api/v1/persistentvolumeclaims", self.on_claim, self.stop, name="pvcs"),
-                Informer(self.papi, "/api/v1/persistentvolumes", self.on_volume, self.stop, name="pvs"),
+                Informer(
+                    self.papi,
+                    "/api/v1/persistentvolumeclaims",
+                    self.on_claim,
+                    self.stop,
+                    name="pvcs",
+                ),
+                Informer(
+                    self.papi, "/api/v1/persistentvolumes", self.on_volume, self.stop, name="pvs"
+                ),
             ]
         for inf in informers:
             inf.start()

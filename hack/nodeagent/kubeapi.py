@@ -49,7 +49,9 @@ class Api:
     def _conn(self, timeout: float) -> http.client.HTTPSConnection:
         conn: http.client.HTTPSConnection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=timeout)
+            conn = http.client.HTTPSConnection(
+                self.host, self.port, context=self.ctx, timeout=timeout
+            )
             self._local.conn = conn
         conn.timeout = timeout
         if conn.sock is not None:

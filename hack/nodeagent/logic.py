@@ -43,7 +43,7 @@ def expand(text: str, env: Mapping[str, str]) -> str:
                     advance = 1
                 else:
                     name = text[cursor + 2 : close]
-                    out.append(env[name] if name in env else f"$({name})")
+                    out.append(env.get(name, f"$({name})"))
                     advance = close - cursor
             else:
                 out.append("$" + nxt)
@@ -115,7 +115,7 @@ def _key_ref(
     if key not in data:
         if optional:
             return default
-        raise ConfigError(f'couldn\'t find key {key} in {kind} {name}')
+        raise ConfigError(f"couldn't find key {key} in {kind} {name}")
     return data[key].decode("utf-8", errors="replace")
 
 
@@ -648,9 +648,9 @@ def not_honoured(pod: Obj) -> list[str]:
             pr = c.get(kind) or {}
             if "grpc" in pr:
                 out.add(f"{where}: {kind}.grpc")
-        if c.get("lifecycle", {}).get("postStart", {}).get("sleep") or c.get(
-            "lifecycle", {}
-        ).get("preStop", {}).get("tcpSocket"):
+        if c.get("lifecycle", {}).get("postStart", {}).get("sleep") or c.get("lifecycle", {}).get(
+            "preStop", {}
+        ).get("tcpSocket"):
             out.add(f"{where}: lifecycle handler type")
         if c.get("stdin") or c.get("tty"):
             out.add(f"{where}: stdin/tty")

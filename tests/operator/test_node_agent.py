@@ -288,7 +288,9 @@ def test_liveness_failure_restarts_the_container(kube_cluster: KubeCluster, ns: 
     kube = kube_cluster
     # Healthy for a while, then not; the probes run inside the container's mount namespace,
     # where /data (an emptyDir) is.
-    script = "touch /data/ok; sleep 3; rm /data/ok; trap 'exit 0' TERM; while true; do sleep 0.2; done"
+    script = (
+        "touch /data/ok; sleep 3; rm /data/ok; trap 'exit 0' TERM; while true; do sleep 0.2; done"
+    )
     probe = {"exec": {"command": ["cat", "/data/ok"]}, "periodSeconds": 1}
     c = {
         "name": "c",
@@ -427,7 +429,9 @@ def test_statefulset_volume_survives_pod_deletion_and_scales(
     wait_for("3 running pods", lambda: running_pods() == ["box-0", "box-1", "box-2"])
     assert kube.claim_dir(ns, "spool-box-2") != spool
     kube.kubectl("scale", "-n", ns, "statefulset", "box", "--replicas=1")
-    wait_for("1 running pod", lambda: get(kube, ns, "pods", "-l", "app=box")["items"].__len__() == 1)
+    wait_for(
+        "1 running pod", lambda: get(kube, ns, "pods", "-l", "app=box")["items"].__len__() == 1
+    )
     assert running_pods() == ["box-0"]
 
 
@@ -443,7 +447,9 @@ def test_what_cannot_be_honoured_is_a_warning_event(kube_cluster: KubeCluster, n
         "resources": {"limits": {"memory": "64Mi"}},
         "securityContext": {"readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
     }
-    apply(kube, ns, pod("strict", [c], securityContext={"seccompProfile": {"type": "RuntimeDefault"}}))
+    apply(
+        kube, ns, pod("strict", [c], securityContext={"seccompProfile": {"type": "RuntimeDefault"}})
+    )
     wait_for("pod strict Ready", lambda: ready(kube, ns, "strict"))
     warnings = [e for e in events(kube, ns, "strict") if e["reason"] == "NotHonoured"]
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
