@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import http.client
+import ipaddress
 import json
 import logging
 import os
@@ -121,9 +122,7 @@ class PodNetwork:
                 continue
             self._fh = fh
             self.index = n
-            import ipaddress
-
-            self.network = ipaddress.ip_network(f"127.10.{n}.0/24")
+            self.network = ipaddress.IPv4Network(f"127.10.{n}.0/24")
             return
         raise RuntimeError("every pod network 127.10.N.0/24 is held by another node agent")
 
@@ -666,7 +665,9 @@ class PodWorker(threading.Thread):
         c.ready = False
         c.started = False
         policy = pod["spec"].get("restartPolicy", "Always")
-        if logic.should_restart(policy, exit_code):
+        if self.shutdown:
+            c.state = {"terminated": terminated}  # the node stops; nothing restarts
+        elif logic.should_restart(policy, exit_code):
             c.last_state = {"terminated": terminated}
             c.crashes = logic.crashes_after_exit(c.crashes, ran_for)
             delay = logic.restart_delay(c.crashes, initial=self.agent.cfg.backoff_initial)
@@ -1077,7 +1078,7 @@ class Agent:
             "kubernetes.io/os": "linux",
             "kubernetes.io/arch": _machine(),
         }
-        body = {
+        body: Obj = {
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {
@@ -1251,6 +1252,20 @@ class Agent:
                 _killpg(int(parts[0]), signal.SIGKILL)
             pid_file.unlink(missing_ok=True)
 
+    def sweep(self) -> None:
+        """Volumes and run files of pods that are gone (deleted while the agent was down); the
+        container logs stay."""
+        with self.lock:
+            live = set(self.workers)
+            for d in (self.cfg.state_dir / "pods").glob("*/*"):
+                if d.is_dir() and d.name not in live:
+                    shutil.rmtree(d, ignore_errors=True)
+            stale = set(self.ips) - live
+            for uid in stale:
+                del self.ips[uid]
+            if stale:
+                self._save()
+
     def run(self) -> None:
         (self.cfg.state_dir / "pods").mkdir(parents=True, exist_ok=True)
         (self.cfg.state_dir / "pvc").mkdir(parents=True, exist_ok=True)
@@ -1289,6 +1304,8 @@ class Agent:
         for inf in informers:
             inf.start()
         log.info("node %s ready (pod network %s)", node, self.podnet.network)
+        if informers[0].synced.wait(60):
+            self.sweep()
         self.stop.wait()
         self.shutdown()
 
@@ -1300,7 +1317,8 @@ class Agent:
             w.stop_for_shutdown()
         deadline = time.monotonic() + self.cfg.shutdown_grace + 5
         for w in workers:
-            w.join(timeout=max(deadline - time.monotonic(), 0.1))
+            if w.ident is not None:
+                w.join(timeout=max(deadline - time.monotonic(), 0.1))
         # Whatever a stuck worker left behind.
         for w in workers:
             for c in w.containers:

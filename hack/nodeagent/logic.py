@@ -424,7 +424,7 @@ def _condition(
         "type": ctype,
         "status": status,
         "lastProbeTime": None,
-        "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),
+        "lastTransitionTime": now if old is None or changed else old.get("lastTransitionTime", now),
     }
     if not ok and reason:
         cond["reason"] = reason
@@ -486,7 +486,7 @@ def status_changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bo
 
 # --------------------------------------------------------------------------- pod IPs
 
-POD_NETWORK = ipaddress.ip_network("127.10.0.0/16")
+POD_NETWORK = ipaddress.IPv4Network("127.10.0.0/16")
 
 
 def allocate_ip(used: Iterable[str], network: ipaddress.IPv4Network = POD_NETWORK) -> str:
