@@ -90,6 +90,36 @@ SLEEP = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
 POD_IP_ENV = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
 
 
+# --------------------------------------------------------------------------- the node
+
+
+def test_node_is_ready_with_a_heartbeat_lease(kube_cluster: KubeCluster) -> None:
+    kube = kube_cluster
+    node = json.loads(kube.kubectl("get", "node", kube.node_name, "-o", "json").stdout)
+    assert condition(node, "Ready") == "True"
+    assert {a["type"]: a["address"] for a in node["status"]["addresses"]} == {
+        "InternalIP": "127.0.0.1",
+        "Hostname": kube.node_name,
+    }
+    info = node["status"]["nodeInfo"]
+    assert info["kubeletVersion"].startswith("v1.") and info["operatingSystem"] == "linux"
+    assert int(node["status"]["allocatable"]["pods"]) > 0
+    assert not node["spec"].get("taints")
+    lease = json.loads(
+        kube.kubectl("get", "lease", "-n", "kube-node-lease", kube.node_name, "-o", "json").stdout
+    )
+    assert lease["spec"]["holderIdentity"] == kube.node_name
+    assert lease["metadata"]["ownerReferences"][0]["uid"] == node["metadata"]["uid"]
+    renewed = lease["spec"]["renewTime"]
+
+    def renewed_again() -> bool:
+        path = "jsonpath={.spec.renewTime}"
+        out = kube.kubectl("get", "lease", "-n", "kube-node-lease", kube.node_name, "-o", path)
+        return out.stdout != renewed
+
+    wait_for("the lease to be renewed", renewed_again, timeout=30)
+
+
 # --------------------------------------------------------------------------- a plain pod
 
 
@@ -173,6 +203,8 @@ def test_env_downward_api_and_projected_files(kube_cluster: KubeCluster, ns: str
         'echo "SA `cat /var/run/secrets/kubernetes.io/serviceaccount/namespace`"; '
         'echo "LINK `readlink /etc/app/app.conf`"; '
         'echo "MODE `stat -L -c %a /etc/creds/sub/tok` `cat /etc/creds/sub/tok`"; '
+        'echo "ONE `cat /etc/one.conf`"; '
+        'if touch /etc/app/x 2>/dev/null; then echo "WRITE yes"; else echo "WRITE no"; fi; '
         'last=""; while true; do c=`cat /etc/app/app.conf`; '
         'if [ "$c" != "$last" ]; then echo "CONF $c"; last="$c"; fi; sleep 0.2; done'
     )
@@ -195,6 +227,7 @@ def test_env_downward_api_and_projected_files(kube_cluster: KubeCluster, ns: str
         "volumeMounts": [
             {"name": "app", "mountPath": "/etc/app", "readOnly": True},
             {"name": "creds", "mountPath": "/etc/creds", "readOnly": True},
+            {"name": "app", "mountPath": "/etc/one.conf", "subPath": "app.conf"},
         ],
     }
     volumes = [
@@ -223,6 +256,8 @@ def test_env_downward_api_and_projected_files(kube_cluster: KubeCluster, ns: str
     assert line("SA") == ns
     assert line("LINK") == "..data/app.conf"
     assert line("MODE") == "400 s3cret"
+    assert line("ONE") == "v1"
+    assert line("WRITE") == "no"
     assert line("CONF") == "v1"
 
     kube.kubectl(
@@ -312,6 +347,55 @@ def test_liveness_failure_restarts_the_container(kube_cluster: KubeCluster, ns: 
     reasons = [(e["reason"], e["message"]) for e in events(kube, ns, "sick")]
     assert ("Killing", "Container c failed liveness probe, will be restarted") in reasons
     assert any(r == "Unhealthy" and m.startswith("Liveness probe failed") for r, m in reasons)
+
+
+def test_restart_policies_and_crash_loop_back_off(kube_cluster: KubeCluster, ns: str) -> None:
+    kube = kube_cluster
+
+    def exits(code: int) -> list[dict[str, Any]]:
+        return [{"name": "c", "image": "busybox", "command": ["sh", "-c", f"exit {code}"]}]
+
+    apply(
+        kube,
+        ns,
+        pod("never", exits(3), restartPolicy="Never"),
+        pod("onfailure", exits(0), restartPolicy="OnFailure"),
+        pod("always", exits(1)),
+    )
+
+    def phase(name: str) -> str | None:
+        p = get(kube, ns, "pod", name)
+        return p["status"].get("phase") if p else None
+
+    wait_for("never Failed", lambda: phase("never") == "Failed")
+    term = container_status(get(kube, ns, "pod", "never"))["state"]["terminated"]
+    assert (term["exitCode"], term["reason"]) == (3, "Error")
+    wait_for("onfailure Succeeded", lambda: phase("onfailure") == "Succeeded")
+    assert container_status(get(kube, ns, "pod", "onfailure"))["restartCount"] == 0
+
+    def backing_off() -> dict[str, Any] | None:
+        cs = container_status(get(kube, ns, "pod", "always"))
+        waiting = cs.get("state", {}).get("waiting", {})
+        return cs if waiting.get("reason") == "CrashLoopBackOff" else None
+
+    cs = wait_for("CrashLoopBackOff", backing_off)
+    assert cs["restartCount"] >= 1 and cs["lastState"]["terminated"]["exitCode"] == 1
+    assert phase("always") == "Running"
+    assert "BackOff" in {e["reason"] for e in events(kube, ns, "always")}
+
+
+def test_the_repository_engine_is_on_the_path(kube_cluster: KubeCluster, ns: str) -> None:
+    kube = kube_cluster
+    c = {"name": "c", "image": "mailfleet", "command": ["mailfleet", "--help"]}
+    apply(kube, ns, pod("help", [c], restartPolicy="Never"))
+
+    def phase() -> str | None:
+        p = get(kube, ns, "pod", "help")
+        return p["status"].get("phase") if p else None
+
+    wait_for("the pod to finish", lambda: phase() in ("Succeeded", "Failed"))
+    assert phase() == "Succeeded", log_lines(kube, ns, "help", "c")
+    assert any("mta" in line for line in log_lines(kube, ns, "help", "c"))
 
 
 # --------------------------------------------------------------------------- deletion
