@@ -1,9 +1,9 @@
-"""`make demo`: the engine with examples/mta/local.yaml, a local sink, and one DKIM-signed message.
+"""`make demo-engine`: one engine (examples/mta/local.yaml), a local sink, one DKIM-signed message.
 
-    python -m bench.demo [--once]
+    python -m bench.demo_engine [--once]
 
-Starts smtp-sink on 127.0.0.1:2526 (dumping messages under .local/demo/sink/), the engine with
-examples/mta/local.yaml, sends a message with swaks, shows it as the sink received it with its
+Starts smtp-sink on 127.0.0.1:2526 (dumping messages under .local/demo-engine/sink/), the engine
+with examples/mta/local.yaml, sends a message with swaks, shows it as the sink received it with its
 DKIM signatures checked, then keeps running until Ctrl-C (or exits with --once).
 """
 
@@ -34,7 +34,7 @@ def main() -> int:
     ap.add_argument("--once", action="store_true", help="exit after the first message")
     args = ap.parse_args()
     cfg = load_config(CONFIG)
-    work = ROOT / ".local/demo"
+    work = ROOT / ".local/demo-engine"
     shutil.rmtree(work / "sink", ignore_errors=True)
     sink = SmtpSink("127.0.0.1", 2526, dump_dir=work / "sink", workdir=work / "sink-work").start()
     engine = Proc(
