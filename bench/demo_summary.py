@@ -163,9 +163,9 @@ def recent_events(events: Iterable[JSON], n: int = EVENTS_SHOWN) -> list[JSON]:
 
 
 def age(seconds: float) -> str:
-    """Like kubectl: 5s, 3m, 2m10s, 4h, 2d."""
+    """Like kubectl: 5s, 119s, 2m10s, 12m, 4h, 2d."""
     s = max(0, int(seconds))
-    if s < 60:
+    if s < 120:
         return f"{s}s"
     if s < 600:
         m, r = divmod(s, 60)
@@ -429,7 +429,8 @@ def render_summary(snap: Snapshot, width: int = 110) -> str:
         else "Ctrl-C stops everything"
     )
     lines = [
-        f"mailfleet demo  {clock(snap.elapsed)}  {headline(snap)}  ({until})",
+        f"mailfleet demo · {clock(snap.elapsed)} · {until}",
+        f"  {headline(snap)}",
         *(f"  {n}" for n in snap.notes),
     ]
     if snap.traffic.last_error:
