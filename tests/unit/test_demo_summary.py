@@ -71,7 +71,7 @@ def pod(
     return {"metadata": meta, "spec": spec, "status": status}
 
 
-POOL = {
+POOL: dict[str, Any] = {
     "metadata": {"name": "local"},
     "spec": {"replicas": {"min": 2, "max": 4}},
     "status": {
@@ -98,7 +98,7 @@ POOL = {
         ],
     },
 }
-WARMUP = {
+WARMUP: dict[str, Any] = {
     "metadata": {"name": "local-mta3"},
     "spec": {"addresses": ["127.0.2.3"]},
     "status": {"phase": "Warming", "day": 1, "todayCap": 60, "sentToday": {"gmail": 30}},
