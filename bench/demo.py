@@ -590,6 +590,7 @@ class Demo:
         """Refresh the summary until stopped or the deadline; returns the last snapshot."""
         tty = sys.stdout.isatty()
         last_print = 0.0
+        self.started_at = time.monotonic()  # --for counts from here: the fleet is applied
         while True:
             snap = self.snapshot()
             done = self.stop.is_set() or (
