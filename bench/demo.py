@@ -184,6 +184,14 @@ def load_cluster_module() -> ModuleType:
     return module
 
 
+def _short(path: Path) -> str:
+    """A path relative to the current directory when it is under it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def port_free(host: str, port: int, *, udp: bool = False) -> bool:
     kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
     with socket.socket(socket.AF_INET, kind) as s:
@@ -461,8 +469,11 @@ class Demo:
             self.stop,
         )
         self.traffic.start()
-        log(f"\nexport KUBECONFIG={self.cp.kubeconfig} PATH={self.cp.kubectl_path.parent}:$PATH")
-        log("to look around with kubectl (get pods,sendingpools; describe sendingpool local)\n")
+        kubectl = f"{_short(self.cp.kubectl_path)} --kubeconfig {_short(self.cp.kubeconfig)}"
+        self.notes.append(f"look around: {kubectl} get pods,sendingpools")
+        log(f"\n{self.notes[-1]}\n")
+        if sys.stdout.isatty():
+            sys.stdout.write("\x1b[2J")
 
     def _check_ports(self, fleet: LocalFleet) -> None:
         busy = []
@@ -596,10 +607,9 @@ class Demo:
             done = self.stop.is_set() or (
                 self.duration is not None and snap.elapsed >= self.duration
             )
-            if tty:
-                sys.stdout.write(
-                    "\x1b[H\x1b[2J" + render_summary(snap, shutil.get_terminal_size().columns)
-                )
+            if tty:  # redraw in place: home, each line cleared to its end, the rest cleared
+                text = render_summary(snap, shutil.get_terminal_size().columns)
+                sys.stdout.write("\x1b[H" + text.replace("\n", "\x1b[K\n") + "\x1b[J")
                 sys.stdout.flush()
             elif done or time.monotonic() - last_print >= print_every:
                 log(f"\n{'=' * 100}\n{render_summary(snap)}")
