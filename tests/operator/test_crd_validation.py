@@ -60,6 +60,28 @@ def examples(crds: Any) -> Any:
     return crds
 
 
+def test_local_examples_apply_as_is(crds: Any) -> None:
+    """examples/local/ (what `make demo` runs) is valid too, in a namespace of its own."""
+    ns = f"{NS}-local"
+    ok(crds, "create", "namespace", ns)
+    try:
+        proc = run(crds, "apply", "-n", ns, "-f", str(REPO / "examples" / "local"))
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        assert proc.stdout.count("created") == 3 and not proc.stderr, proc.stderr + proc.stdout
+        listed = ok(crds, "get", "mailfleet", "-n", ns, "-o", "name")
+        assert sorted(listed.split()) == [
+            "deliverypolicy.mailfleet.io/simulated-providers",
+            "ipwarmup.mailfleet.io/local-mta3",
+            "sendingpool.mailfleet.io/local",
+        ]
+        pool = json.loads(ok(crds, "get", "-n", ns, "sendingpool", "local", "-o", "json"))
+        # Nothing was pruned: the server kept every field the manifest sets.
+        assert pool["spec"]["routing"]["mxPort"] == 10025
+        m.parse_object(pool)
+    finally:
+        run(crds, "delete", "namespace", ns, "--wait=false")
+
+
 def get(kube_cluster: Any, *what: str) -> dict[str, Any]:
     obj: dict[str, Any] = json.loads(ok(kube_cluster, "get", "-n", NS, *what, "-o", "json"))
     return obj
