@@ -594,9 +594,6 @@ class PodWorker(threading.Thread):
         errfile = self.run_dir / f"{c.name}.err"
         errfile.unlink(missing_ok=True)
         spec["errfile"] = str(errfile)
-        spec_path = self.run_dir / f"{c.name}.json"
-        spec_path.write_text(json.dumps(spec))
-        spec_path.chmod(0o600)
         with (self.dir / f"{c.name}.log").open("ab") as logf:
             proc = subprocess.Popen(
                 [
@@ -608,15 +605,18 @@ class PodWorker(threading.Thread):
                     "--",
                     self.agent.cfg.python,
                     str(RUNNER),
-                    str(spec_path),
                 ],
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 cwd="/",
                 start_new_session=True,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
             )
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(json.dumps(spec).encode())
+        proc.stdin.close()
         if c.ever_ran:
             c.restart_count += 1
         c.ever_ran = True
@@ -769,35 +769,20 @@ class PodWorker(threading.Thread):
         if not c.pid:
             return 1, "container is not running"
         spec = self._runner_spec(pod, c, list(argv), self._env(pod, c), mounts=False)
-        spec_file = self.run_dir / f"{c.name}.exec-{threading.get_ident()}.json"
-        spec_file.write_text(json.dumps(spec))
+        proc = subprocess.Popen(
+            ["nsenter", "-t", str(c.pid), "-m", "-u", "--", self.agent.cfg.python, str(RUNNER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
-            proc = subprocess.Popen(
-                [
-                    "nsenter",
-                    "-t",
-                    str(c.pid),
-                    "-m",
-                    "-u",
-                    "--",
-                    self.agent.cfg.python,
-                    str(RUNNER),
-                    str(spec_file),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            try:
-                out, _ = proc.communicate(timeout=max(timeout, 0.1))
-            except subprocess.TimeoutExpired:
-                _killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
-                return -1, f"timed out after {timeout:.0f}s"
-            return proc.returncode, out.decode(errors="replace")
-        finally:
-            spec_file.unlink(missing_ok=True)
+            out, _ = proc.communicate(json.dumps(spec).encode(), timeout=max(timeout, 0.1))
+        except subprocess.TimeoutExpired:
+            _killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return -1, f"timed out after {timeout:.0f}s"
+        return proc.returncode, out.decode(errors="replace")
 
     def run_hook(self, pod: Obj, c: Container, hook: Obj, *, deadline: float) -> bool:
         remaining = max(deadline - time.monotonic(), 0.1)

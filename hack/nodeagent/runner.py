@@ -1,11 +1,15 @@
-"""Start one container process: ``unshare --mount --propagation private python3 runner.py SPEC``.
+"""Start one container process: ``unshare --mount --uts --propagation private python3 runner.py``
+with the spec (JSON) on stdin.
 
 Runs inside the container's fresh mount namespace: bind-mounts each volume onto its mountPath
 (creating a missing mount point, read-only where asked), drops to the pod's uid/gid/groups,
 changes to the working directory and execs the command with exactly the container's env. With
 ``"mounts": []`` it only does the rest, e.g. for a preStop or exec probe entered with
-``nsenter -t PID -m``. Any failure is written to spec["errfile"] and ends with exit code 128, so
-the agent can report a StartError with the reason. Standard library only, run by path.
+``nsenter -t PID -m -u``. The spec comes on stdin, not as a file: it holds the container's env
+(secrets), and inside a container's mount namespace the agent's state dir may be covered by a
+volume (an emptyDir on /tmp). Any failure is written to spec["errfile"] (opened before mounting)
+and ends with exit code 128, so the agent can report a StartError with the reason. Standard
+library only, run by path.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ def _mount(src: str, dst: str, flags: int) -> None:
         raise OSError(err, f"mount {src} on {dst}: {os.strerror(err)}")
 
 
-def _bind(m: dict[str, Any]) -> None:
-    src, dst = m["src"], m["dst"]
+def _bind(m: dict[str, Any], fd: int) -> None:
+    # Mount from the fd opened before any mount: an earlier mount (an emptyDir on /tmp) may
+    # cover the path of a later volume's source (the agent's state dir under /tmp).
+    src, dst = f"/proc/self/fd/{fd}", m["dst"]
     if os.path.isdir(src):
         os.makedirs(dst, exist_ok=True)
     else:
@@ -45,11 +51,18 @@ def _bind(m: dict[str, Any]) -> None:
         _mount(src, dst, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
 
 
-def main(spec_path: str) -> int:
-    spec: dict[str, Any] = json.loads(Path(spec_path).read_text())
+def main() -> int:
+    spec: dict[str, Any] = json.loads(sys.stdin.buffer.read())
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    errfile = open(spec["errfile"], "w") if spec.get("errfile") else None  # noqa: SIM115
     try:
-        for m in spec.get("mounts", []):
-            _bind(m)
+        mounts = spec.get("mounts", [])
+        fds = [os.open(m["src"], os.O_PATH | os.O_CLOEXEC) for m in mounts]
+        for m, fd in zip(mounts, fds, strict=True):
+            _bind(m, fd)
+            os.close(fd)
         if spec.get("hostname"):
             socket.sethostname(spec["hostname"])  # in the container's own UTS namespace
         groups = spec.get("groups")
@@ -64,16 +77,18 @@ def main(spec_path: str) -> int:
         argv: list[str] = spec["argv"]
         if not argv:
             raise RuntimeError("no command: the container has neither command nor args")
+        if errfile is not None:
+            errfile.close()  # empty: no start error (its path may be covered by now)
         os.execvpe(argv[0], argv, spec["env"])
     except Exception as e:
         msg = f"{type(e).__name__}: {e}"
         print(f"nodeagent runner: {msg}", file=sys.stderr)
-        errfile = spec.get("errfile")
-        if errfile:
-            Path(errfile).write_text(msg)
+        if errfile is not None:
+            errfile.write(msg)
+            errfile.close()
         return 128
     return 0  # not reached: exec replaced the process
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main())

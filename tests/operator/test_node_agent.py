@@ -321,17 +321,17 @@ def test_killed_process_is_restarted(kube_cluster: KubeCluster, ns: str) -> None
 
 def test_liveness_failure_restarts_the_container(kube_cluster: KubeCluster, ns: str) -> None:
     kube = kube_cluster
-    # Healthy for a while, then not; the probes run inside the container's mount namespace,
-    # where /data (an emptyDir) is.
+    # Healthy for a while, then not. The probes run inside the container's mount namespace,
+    # where /tmp is an emptyDir (as in the engine's pods), covering the node's /tmp.
     script = (
-        "touch /data/ok; sleep 3; rm /data/ok; trap 'exit 0' TERM; while true; do sleep 0.2; done"
+        "touch /tmp/ok; sleep 3; rm /tmp/ok; trap 'exit 0' TERM; while true; do sleep 0.2; done"
     )
-    probe = {"exec": {"command": ["cat", "/data/ok"]}, "periodSeconds": 1}
+    probe = {"exec": {"command": ["cat", "/tmp/ok"]}, "periodSeconds": 1}
     c = {
         "name": "c",
         "image": "busybox",
         "command": ["sh", "-c", script],
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "volumeMounts": [{"name": "data", "mountPath": "/tmp"}],
         "readinessProbe": probe,
         "livenessProbe": {**probe, "failureThreshold": 2},
     }
