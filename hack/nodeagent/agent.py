@@ -28,6 +28,7 @@ from typing import IO, Any
 
 from . import logic, volumes
 from .kubeapi import Api, ApiError, Credentials, Informer, now_micro, now_rfc3339
+from .server import KubeletServer
 
 log = logging.getLogger("nodeagent")
 Obj = dict[str, Any]
@@ -51,6 +52,8 @@ class Config:
     python: str = sys.executable
     backoff_initial: float = logic.BACKOFF_INITIAL
     max_pods: int = 110
+    serving_cert: str = ""  # with serving_key: serve the kubelet API (kubectl logs)
+    serving_key: str = ""
     shutdown_grace: float = 10.0
     volume_refresh: float = 2.0
 
@@ -149,6 +152,8 @@ class Container:
     probe_last: dict[str, float] = field(default_factory=dict)
     config_error: str = ""
     kill_reason: str = ""
+    log_start: int = 0  # offset in <container>.log where this instance's output begins
+    prev_log: tuple[int, int] | None = None  # the previous instance's output (kubectl logs -p)
 
     @property
     def name(self) -> str:
@@ -595,6 +600,9 @@ class PodWorker(threading.Thread):
         errfile.unlink(missing_ok=True)
         spec["errfile"] = str(errfile)
         with (self.dir / f"{c.name}.log").open("ab") as logf:
+            size = logf.seek(0, os.SEEK_END)
+            c.prev_log = (c.log_start, size) if c.ever_ran else None
+            c.log_start = size
             proc = subprocess.Popen(
                 [
                     "unshare",
@@ -942,7 +950,10 @@ class Agent:
             if ip in {str(a) for a in self.podnet.network.hosts()}
         }
         self.node_uid = ""
+        self.kubelet_port = 0
         self._transitions: dict[str, str] = {}
+        # (pod uid, container, reason, message) -> (Event name, count)
+        self.events: dict[tuple[str, str, str, str], tuple[str, int]] = {}
         self._save()
 
     # -- state ----------------------------------------------------------------------------
@@ -962,6 +973,20 @@ class Agent:
         with self.lock:
             if self.ips.pop(uid, None) is not None:
                 self._save()
+
+    def find_container(
+        self, ns: str, pod: str, container: str
+    ) -> tuple[PodWorker, Container] | None:
+        """The newest worker's container for a pod name (a StatefulSet pod is replaced under
+        the same name)."""
+        with self.lock:
+            workers = [w for w in self.workers.values() if (w.ns, w.pod_name) == (ns, pod)]
+        workers.sort(key=lambda w: (w.finished, bool(w.pod["metadata"].get("deletionTimestamp"))))
+        for w in workers:
+            for c in w.containers:
+                if c.name == container:
+                    return w, c
+        return None
 
     def worker_done(self, w: PodWorker) -> None:
         with self.lock:
@@ -983,6 +1008,24 @@ class Agent:
         if container:
             ref["fieldPath"] = f"spec.containers{{{container}}}"
         now = now_rfc3339()
+        ns = meta["namespace"]
+        key = (meta["uid"], container, reason, message)
+        with self.lock:
+            seen = self.events.get(key)
+        if seen is not None:
+            # The same event again (a probe failing every period): count it on the one
+            # Event object, as the kubelet's event correlator does.
+            name, count = seen
+            try:
+                self.api.merge_patch(
+                    f"/api/v1/namespaces/{ns}/events/{name}",
+                    {"count": count + 1, "lastTimestamp": now},
+                )
+                with self.lock:
+                    self.events[key] = (name, count + 1)
+                return
+            except (ApiError, OSError):
+                pass  # expired or deleted: post a new one
         body = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -999,10 +1042,14 @@ class Agent:
             "count": 1,
         }
         try:
-            self.api.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body)
+            created = self.api.request("POST", f"/api/v1/namespaces/{ns}/events", body)
+            with self.lock:
+                if len(self.events) > 10000:
+                    self.events.clear()
+                self.events[key] = (created["metadata"]["name"], 1)
         except (ApiError, OSError) as e:
-            log.warning("event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], e)
-        log.info("%s/%s %s %s: %s", meta["namespace"], meta["name"], etype, reason, message)
+            log.warning("event %s for %s/%s: %s", reason, ns, meta["name"], e)
+        log.info("%s/%s %s %s: %s", ns, meta["name"], etype, reason, message)
 
     # -- node ---------------------------------------------------------------------------
     def _node_status(self) -> Obj:
@@ -1042,7 +1089,7 @@ class Agent:
                 {"type": "InternalIP", "address": "127.0.0.1"},
                 {"type": "Hostname", "address": self.cfg.node_name},
             ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "nodeInfo": {
                 "machineID": _read("/etc/machine-id", "local"),
                 "systemUUID": _read("/etc/machine-id", "local"),
@@ -1255,6 +1302,12 @@ class Agent:
         (self.cfg.state_dir / "pods").mkdir(parents=True, exist_ok=True)
         (self.cfg.state_dir / "pvc").mkdir(parents=True, exist_ok=True)
         self.kill_leftovers()
+        if self.cfg.serving_cert:
+            server = KubeletServer(
+                self, ca=self.cfg.node.ca, cert=self.cfg.serving_cert, key=self.cfg.serving_key
+            )
+            server.start()
+            self.kubelet_port = server.port
         while not self.stop.is_set():
             try:
                 self.register()

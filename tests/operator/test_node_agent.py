@@ -302,10 +302,14 @@ def test_missing_config_map_key_is_a_config_error(kube_cluster: KubeCluster, ns:
 
 def test_killed_process_is_restarted(kube_cluster: KubeCluster, ns: str) -> None:
     kube = kube_cluster
-    apply(kube, ns, pod("victim", [{"name": "c", "image": "busybox", "command": SLEEP}]))
+    # "$$$$" is "$$" after Kubernetes' expansion: the shell prints its PID.
+    script = "echo boot $$$$; trap 'exit 0' TERM; while true; do sleep 0.2; done"
+    c = {"name": "c", "image": "busybox", "command": ["sh", "-c", script]}
+    apply(kube, ns, pod("victim", [c]))
     p = wait_for("pod victim Ready", lambda: ready(kube, ns, "victim"))
     cid = container_status(p)["containerID"]
     pid = int(cid.rsplit("://", 1)[1])
+    wait_for("the first boot line", lambda: log_lines(kube, ns, "victim", "c"))
     os.kill(pid, signal.SIGKILL)
 
     def restarted() -> dict[str, Any] | None:
@@ -317,6 +321,11 @@ def test_killed_process_is_restarted(kube_cluster: KubeCluster, ns: str) -> None
     assert (term["exitCode"], term["reason"], term["containerID"]) == (137, "Error", cid)
     assert cs["containerID"] != cid
     assert wait_for("Ready again", lambda: ready(kube, ns, "victim"))
+    new_pid = int(cs["containerID"].rsplit("://", 1)[1])
+    wait_for("the second boot line", lambda: len(log_lines(kube, ns, "victim", "c")) == 2)
+    # kubectl logs goes through the API server to the node agent, like to a kubelet.
+    assert kube.kubectl("logs", "-n", ns, "victim").stdout == f"boot {new_pid}\n"
+    assert kube.kubectl("logs", "-n", ns, "victim", "--previous").stdout == f"boot {pid}\n"
 
 
 def test_liveness_failure_restarts_the_container(kube_cluster: KubeCluster, ns: str) -> None:
@@ -344,9 +353,12 @@ def test_liveness_failure_restarts_the_container(kube_cluster: KubeCluster, ns: 
 
     cs = wait_for("a restart", restarted)
     assert cs["lastState"]["terminated"]["exitCode"] == 0  # it took SIGTERM and exited
-    reasons = [(e["reason"], e["message"]) for e in events(kube, ns, "sick")]
+    evs = events(kube, ns, "sick")
+    reasons = [(e["reason"], e["message"]) for e in evs]
     assert ("Killing", "Container c failed liveness probe, will be restarted") in reasons
-    assert any(r == "Unhealthy" and m.startswith("Liveness probe failed") for r, m in reasons)
+    # The failures before the restart are one Event, counted (as the kubelet aggregates).
+    failures = [e for e in evs if e["message"].startswith("Liveness probe failed")]
+    assert len(failures) == 1 and failures[0]["count"] >= 2
 
 
 def test_restart_policies_and_crash_loop_back_off(kube_cluster: KubeCluster, ns: str) -> None:

@@ -561,3 +561,11 @@ def test_security_context_container_over_pod() -> None:
 def test_mounts_parent_before_child() -> None:
     mounts = [{"mountPath": "/a/b/c"}, {"mountPath": "/a"}, {"mountPath": "/a/b/"}]
     assert [m["mountPath"] for m in logic.mount_order(mounts)] == ["/a", "/a/b/", "/a/b/c"]
+
+
+def test_tail_lines() -> None:
+    server: Any = importlib.import_module("nodeagent.server")
+    assert server.tail_lines(b"a\nb\nc\n", 2) == b"b\nc\n"
+    assert server.tail_lines(b"a\nb\nc", 1) == b"c"
+    assert server.tail_lines(b"a\n", 5) == b"a\n"
+    assert server.tail_lines(b"a\n", 0) == b""
