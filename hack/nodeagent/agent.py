@@ -552,6 +552,7 @@ class PodWorker(threading.Thread):
         self, pod: Obj, c: Container, argv: list[str], env: dict[str, str], *, mounts: bool
     ) -> Obj:
         uid, gid, groups, non_root = logic.security(pod, c.spec)
+        sc = c.spec.get("securityContext") or {}
         if non_root and not uid:
             raise logic.ConfigError(
                 "container has runAsNonRoot and image will run as root (set runAsUser)"
@@ -564,6 +565,8 @@ class PodWorker(threading.Thread):
             "gid": gid if gid is not None else uid,
             "groups": groups,
             "mounts": self._mounts(c) if mounts else [],
+            # Only when starting: an exec (probe, hook) enters the namespace already made so.
+            "readOnlyRoot": mounts and bool(sc.get("readOnlyRootFilesystem")),
             "hostname": (pod["spec"].get("hostname") or self.pod_name) if mounts else None,
         }
 
@@ -597,9 +600,10 @@ class PodWorker(threading.Thread):
             return
         c.config_error = ""
         errfile = self.run_dir / f"{c.name}.err"
-        errfile.unlink(missing_ok=True)
-        spec["errfile"] = str(errfile)
-        with (self.dir / f"{c.name}.log").open("ab") as logf:
+        # Opened here, in the node's mount namespace: a file the runner opened for writing in
+        # the container's would keep it from making that namespace's root read-only.
+        with (self.dir / f"{c.name}.log").open("ab") as logf, errfile.open("wb") as errf:
+            spec["errfd"] = errf.fileno()
             size = logf.seek(0, os.SEEK_END)
             c.prev_log = (c.log_start, size) if c.ever_ran else None
             c.log_start = size
@@ -620,6 +624,7 @@ class PodWorker(threading.Thread):
                 cwd="/",
                 start_new_session=True,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                pass_fds=(errf.fileno(),),
             )
         assert proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):

@@ -630,8 +630,6 @@ def not_honoured(pod: Obj) -> list[str]:
         if res.get("claims"):
             out.add(f"{where}: resources.claims")
         sc = c.get("securityContext") or {}
-        if sc.get("readOnlyRootFilesystem"):
-            out.add(f"{where}: securityContext.readOnlyRootFilesystem (the node's / is writable)")
         if sc.get("capabilities"):
             out.add(f"{where}: securityContext.capabilities")
         for key in ("seccompProfile", "seLinuxOptions", "appArmorProfile", "procMount"):

@@ -373,6 +373,11 @@ def test_restart_policies_and_crash_loop_back_off(kube_cluster: KubeCluster, ns:
         pod("never", exits(3), restartPolicy="Never"),
         pod("onfailure", exits(0), restartPolicy="OnFailure"),
         pod("always", exits(1)),
+        pod(
+            "nosuch",
+            [{"name": "c", "image": "x", "command": ["no-such-program"]}],
+            restartPolicy="Never",
+        ),
     )
 
     def phase(name: str) -> str | None:
@@ -383,6 +388,10 @@ def test_restart_policies_and_crash_loop_back_off(kube_cluster: KubeCluster, ns:
     term = container_status(get(kube, ns, "pod", "never"))["state"]["terminated"]
     assert (term["exitCode"], term["reason"]) == (3, "Error")
     wait_for("onfailure Succeeded", lambda: phase("onfailure") == "Succeeded")
+    wait_for("nosuch Failed", lambda: phase("nosuch") == "Failed")
+    term = container_status(get(kube, ns, "pod", "nosuch"))["state"]["terminated"]
+    assert term["reason"] == "StartError"
+    assert term["message"] == 'exec: "no-such-program": executable file not found in $PATH'
     assert container_status(get(kube, ns, "pod", "onfailure"))["restartCount"] == 0
 
     def backing_off() -> dict[str, Any] | None:
@@ -536,24 +545,38 @@ def test_statefulset_volume_survives_pod_deletion_and_scales(
 
 def test_what_cannot_be_honoured_is_a_warning_event(kube_cluster: KubeCluster, ns: str) -> None:
     kube = kube_cluster
+    # A read-only root is honoured: only the volumes are writable.
+    script = (
+        "if touch /etc/nodeagent-rw-test 2>/dev/null; then echo ROOT rw; else echo ROOT ro; fi; "
+        "if touch /scratch/x; then echo VOLUME rw; else echo VOLUME ro; fi; " + SLEEP[2]
+    )
     c = {
         "name": "c",
         "image": "busybox",
-        "command": SLEEP,
+        "command": ["sh", "-c", script],
         "resources": {"limits": {"memory": "64Mi"}},
         "securityContext": {"readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
     }
-    apply(
-        kube, ns, pod("strict", [c], securityContext={"seccompProfile": {"type": "RuntimeDefault"}})
+    strict = pod(
+        "strict",
+        [c],
+        securityContext={"seccompProfile": {"type": "RuntimeDefault"}},
+        volumes=[{"name": "scratch", "emptyDir": {}}],
     )
+    apply(kube, ns, strict)
     wait_for("pod strict Ready", lambda: ready(kube, ns, "strict"))
+    wait_for("its output", lambda: len(log_lines(kube, ns, "strict", "c")) == 2)
+    assert log_lines(kube, ns, "strict", "c") == ["ROOT ro", "VOLUME rw"]
+    assert not Path("/etc/nodeagent-rw-test").exists()
+
     warnings = [e for e in events(kube, ns, "strict") if e["reason"] == "NotHonoured"]
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
     msg = warnings[0]["message"]
     for what in (
         "container c: resources.limits",
-        "container c: securityContext.readOnlyRootFilesystem",
         "container c: securityContext.capabilities",
         "spec.securityContext.seccompProfile",
     ):
         assert what in msg
+    assert "readOnlyRootFilesystem" not in msg

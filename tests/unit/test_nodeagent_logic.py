@@ -534,7 +534,6 @@ def test_what_cannot_be_honoured_is_named() -> None:
         "container mta: resources.limits (not enforced)",
         "container mta: securityContext.allowPrivilegeEscalation=false (no_new_privs)",
         "container mta: securityContext.capabilities",
-        "container mta: securityContext.readOnlyRootFilesystem (the node's / is writable)",
         "spec.initContainers (not run)",
         "spec.securityContext.seccompProfile",
         "volume n: nfs",
