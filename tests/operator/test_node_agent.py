@@ -19,14 +19,21 @@ from fixtures.kube import KubeCluster
 pytestmark = pytest.mark.kube
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
+def wait_for(
+    what: str,
+    probe: Callable[[], Any],
+    timeout: float = 90.0,
+    detail: Callable[[], str] | None = None,
+) -> Any:
+    """probe() once it is truthy; a bound, not a speed requirement (the machine is shared)."""
     deadline = time.monotonic() + timeout
     while True:
         result = probe()
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+            more = f"\n{detail()}" if detail else ""
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{more}")
         time.sleep(0.2)
 
 
@@ -506,7 +513,12 @@ def test_statefulset_volume_survives_pod_deletion_and_scales(
         },
     }
     apply(kube, ns, sts)
-    first = wait_for("box-0 Ready", lambda: ready(kube, ns, "box-0"))
+
+    def state() -> str:
+        out = kube.kubectl("get", "-n", ns, "pods,pvc,events", "-o", "wide", check=False)
+        return out.stdout + out.stderr + kube.node_log.read_text()[-3000:]
+
+    first = wait_for("box-0 Ready", lambda: ready(kube, ns, "box-0"), detail=state)
     spool = kube.claim_dir(ns, "spool-box-0")
     wait_for("the first boot recorded", lambda: (spool / "boots").exists())
     assert (spool / "boots").read_text().split() == ["box-0"]
@@ -518,8 +530,12 @@ def test_statefulset_volume_survives_pod_deletion_and_scales(
         p = ready(kube, ns, "box-0")
         return p if p and p["metadata"]["uid"] != first["metadata"]["uid"] else None
 
-    wait_for("a new box-0 Ready", replaced)
-    wait_for("the second boot", lambda: len((spool / "boots").read_text().split()) == 2)
+    wait_for("a new box-0 Ready", replaced, detail=state)
+    wait_for(
+        "the second boot",
+        lambda: len((spool / "boots").read_text().split()) == 2,
+        detail=lambda: (spool / "boots").read_text() + state(),
+    )
     assert kube.claim_dir(ns, "spool-box-0") == spool
 
     def running_pods() -> list[str]:
@@ -531,11 +547,13 @@ def test_statefulset_volume_survives_pod_deletion_and_scales(
         )
 
     kube.kubectl("scale", "-n", ns, "statefulset", "box", "--replicas=3")
-    wait_for("3 running pods", lambda: running_pods() == ["box-0", "box-1", "box-2"])
+    wait_for("3 running pods", lambda: running_pods() == ["box-0", "box-1", "box-2"], detail=state)
     assert kube.claim_dir(ns, "spool-box-2") != spool
     kube.kubectl("scale", "-n", ns, "statefulset", "box", "--replicas=1")
     wait_for(
-        "1 running pod", lambda: get(kube, ns, "pods", "-l", "app=box")["items"].__len__() == 1
+        "1 pod left",
+        lambda: len(get(kube, ns, "pods", "-l", "app=box")["items"]) == 1,
+        detail=state,
     )
     assert running_pods() == ["box-0"]
 
