@@ -33,8 +33,10 @@ def _mount(src: str, dst: str, flags: int) -> None:
 
 
 def _bind(m: dict[str, Any]) -> None:
-    src, dst = m["src"], m["dst"]
-    if os.path.isdir(src):
+    # The source by its fd (opened before any mount): a mount on, say, /tmp must not hide the
+    # sources of the mounts after it when the agent's state dir is under /tmp.
+    src, dst = f"/proc/self/fd/{m['fd']}", m["dst"]
+    if m["isdir"]:
         os.makedirs(dst, exist_ok=True)
     else:
         Path(dst).parent.mkdir(parents=True, exist_ok=True)
@@ -47,8 +49,14 @@ def _bind(m: dict[str, Any]) -> None:
 
 def main(spec_path: str) -> int:
     spec: dict[str, Any] = json.loads(Path(spec_path).read_text())
+    errfile = spec.get("errfile")
+    errdir = os.open(os.path.dirname(errfile), os.O_PATH | os.O_CLOEXEC) if errfile else None
     try:
-        for m in spec.get("mounts", []):
+        mounts = spec.get("mounts", [])
+        for m in mounts:
+            m["fd"] = os.open(m["src"], os.O_PATH | os.O_CLOEXEC)
+            m["isdir"] = os.path.isdir(m["src"])
+        for m in mounts:
             _bind(m)
         if spec.get("hostname"):
             socket.sethostname(spec["hostname"])  # in the container's own UTS namespace
@@ -68,9 +76,11 @@ def main(spec_path: str) -> int:
     except Exception as e:
         msg = f"{type(e).__name__}: {e}"
         print(f"nodeagent runner: {msg}", file=sys.stderr)
-        errfile = spec.get("errfile")
-        if errfile:
-            Path(errfile).write_text(msg)
+        if errfile and errdir is not None:  # by the directory's fd: a mount may hide its path
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+            fd = os.open(os.path.basename(errfile), flags, 0o600, dir_fd=errdir)
+            with os.fdopen(fd, "w") as f:
+                f.write(msg)
         return 128
     return 0  # not reached: exec replaced the process
 
