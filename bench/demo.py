@@ -416,6 +416,7 @@ class Demo:
     dkim: DkimChecker | None = None
     stopped: list[str] = field(default_factory=list)
     pods: list[dict[str, Any]] = field(default_factory=list)
+    routing: dict[str, Any] = field(default_factory=dict)
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -425,23 +426,34 @@ class Demo:
             shutil.rmtree(self.state_dir / d, ignore_errors=True)
         (self.state_dir / "log").mkdir()
         (self.state_dir / "report.json").unlink(missing_ok=True)
-        self._check_ports(fleet)
 
         log("[1/7] Kubernetes binaries (hack/envtest.sh)")
         bin_dir = ensure_binaries()
         log(f"  {bin_dir}")
 
-        log("[2/7] control plane on loopback")
+        log("[2/7] control plane and local node on loopback")
         self._start_cluster(bin_dir)
 
-        log(f"[3/7] DNS: dnsmasq on {fleet.dns_host}:{fleet.dns_port}")
-        self.sim = IspSimulator()
-        self.sim.port = fleet.mx_port
+        # The ports examples/local/ names, unless taken (another demo, a test): then free ones,
+        # and the pool applied says so in its spec.routing.
+        self.sim = IspSimulator()  # picks a port free on all its addresses
+        mx_port = fleet.mx_port
+        if not all(port_free(p.address, mx_port) for p in self.sim.providers.values()):
+            mx_port = self.sim.port
+            self.notes.append(f"port {fleet.mx_port} was taken: the simulator uses {mx_port}")
+        self.sim.port = mx_port
         for p in self.sim.providers.values():
-            p.port = fleet.mx_port
-        self._start_dns(fleet)
+            p.port = mx_port
+        host, dns_port = fleet.dns_host, fleet.dns_port
+        if not (port_free(host, dns_port, udp=True) and port_free(host, dns_port)):
+            dns_port = free_port(host, udp=True)
+            self.notes.append(f"port {fleet.dns_port} was taken: DNS is on {host}:{dns_port}")
+        self.routing = {"mxPort": mx_port, "dns": {"nameservers": [host], "port": dns_port}}
 
-        log(f"[4/7] ISP simulator on port {fleet.mx_port}")
+        log(f"[3/7] DNS: dnsmasq on {host}:{dns_port}")
+        self._start_dns(fleet, dns_port)
+
+        log(f"[4/7] ISP simulator on port {mx_port}")
         for name, provider in self.sim.providers.items():
             limit = SIM_LIMITS.get(name)
             if limit is not None:
@@ -475,18 +487,6 @@ class Demo:
         if sys.stdout.isatty():
             sys.stdout.write("\x1b[2J")
 
-    def _check_ports(self, fleet: LocalFleet) -> None:
-        busy = []
-        if not port_free(fleet.dns_host, fleet.dns_port, udp=True):
-            busy.append(f"{fleet.dns_host}:{fleet.dns_port}/udp (DNS)")
-        for host in ("127.0.1.1", "127.0.1.2", "127.0.1.3"):
-            if not port_free(host, fleet.mx_port):
-                busy.append(f"{host}:{fleet.mx_port} (ISP simulator)")
-        if busy:
-            raise DemoError(
-                f"in use: {', '.join(busy)}; is another demo running? (stop it with Ctrl-C)"
-            )
-
     def _start_cluster(self, bin_dir: Path) -> None:
         cluster = load_cluster_module()
         cdir = self.state_dir / "cluster"
@@ -504,9 +504,9 @@ class Demo:
         self.cp.start()
         log(f"  {self.cp.server} ready in {time.monotonic() - t0:.1f}s; logs in {cdir / 'log'}")
 
-    def _start_dns(self, fleet: LocalFleet) -> None:
+    def _start_dns(self, fleet: LocalFleet, port: int) -> None:
         assert self.sim is not None
-        dns = DnsServer(fleet.dns_host, fleet.dns_port, ttl=60, workdir=self.state_dir / "dns")
+        dns = DnsServer(fleet.dns_host, port, ttl=60, workdir=self.state_dir / "dns")
         self.sim.add_to_dns(dns)
         for name, value in dkim_records(fleet.dkim).items():
             dns.add_txt(name, value)
@@ -531,9 +531,22 @@ class Demo:
             "--dry-run=client", "-o", "yaml",
         )  # fmt: skip
         self.kubectl("apply", "-f", "-", input=secret)
-        out = self.kubectl("apply", "-n", NAMESPACE, "-f", str(EXAMPLES))
+        out = self.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=self._manifests())
         for line in out.splitlines():
             log(f"  {line}")
+
+    def _manifests(self) -> str:
+        """examples/local/ as it is, but for the pool's routing when a port had to change."""
+        docs = []
+        for path in sorted(EXAMPLES.glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc and doc.get("kind") == "SendingPool":
+                    routing = doc["spec"].setdefault("routing", {})
+                    routing["mxPort"] = self.routing["mxPort"]
+                    routing.setdefault("dns", {}).update(self.routing["dns"])
+                if doc:
+                    docs.append(doc)
+        return yaml.safe_dump_all(docs, sort_keys=False)
 
     def _start_operator(self) -> None:
         port = free_port()
