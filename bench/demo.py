@@ -59,7 +59,7 @@ from mailfleet.mta.config import DKIMKey
 from mailfleet.mta.dkimkeys import dns_txt_record
 from tests.fixtures.dnsserver import DnsServer
 from tests.fixtures.isp import IspSimulator
-from tests.fixtures.procs import Proc, free_port
+from tests.fixtures.procs import Proc, free_port, stop_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "local"
@@ -200,6 +200,65 @@ def port_free(host: str, port: int, *, udp: bool = False) -> bool:
         except OSError:
             return False
     return True
+
+
+# --- processes, by PID, across runs ------------------------------------------------------------
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of `pid` (clock ticks since boot), or None when it does not run: with the
+    PID it identifies one process, even after the system reuses the number."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+class Ledger:
+    """<state-dir>/run/pids.json: the demo's own PID and those of the processes it started
+    outside the control plane (which keeps its own), so a demo that was killed without cleaning
+    up has its leftovers stopped by the next one."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "run" / "pids.json"
+        self.entries: list[dict[str, Any]] = []
+
+    def _load(self) -> list[dict[str, Any]]:
+        try:
+            data: list[dict[str, Any]] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        return data
+
+    def claim(self) -> list[str]:
+        """Take the state dir over: refuse if its demo still runs, stop what an earlier one left
+        running; returns what was stopped."""
+        stopped = []
+        old = self._load()
+        for e in old:
+            if e["name"] == "demo" and process_start(e["pid"]) == e["start"]:
+                raise DemoError(f"a demo already runs with this state dir (pid {e['pid']})")
+        for e in old:
+            if process_start(e["pid"]) == e["start"]:
+                stop_pid(e["pid"])
+                stopped.append(f"{e['name']} (pid {e['pid']})")
+        self.entries = []
+        self.add("demo", os.getpid())
+        return stopped
+
+    def add(self, name: str, pid: int | None) -> None:
+        start = process_start(pid) if pid else None
+        if pid and start:
+            self.entries.append({"name": name, "pid": pid, "start": start})
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.entries, indent=1) + "\n")
+
+    def clear(self) -> None:
+        """Forget the PIDs once they are stopped (only a ledger this demo claimed)."""
+        if self.entries:
+            self.path.unlink(missing_ok=True)
+            self.entries = []
 
 
 def dkim_records(keys: list[DKIMKey]) -> dict[str, str]:
@@ -417,11 +476,18 @@ class Demo:
     stopped: list[str] = field(default_factory=list)
     pods: list[dict[str, Any]] = field(default_factory=list)
     routing: dict[str, Any] = field(default_factory=dict)
+    ledger: Ledger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ledger = Ledger(self.state_dir)
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
         fleet = read_examples()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        leftovers = self.ledger.claim()
+        if leftovers:
+            log(f"stopped what an earlier demo left running: {', '.join(leftovers)}")
         for d in ("log", "delivered"):
             shutil.rmtree(self.state_dir / d, ignore_errors=True)
         (self.state_dir / "log").mkdir()
@@ -513,6 +579,7 @@ class Demo:
         for address, hostname in fleet.ips:
             dns.add_a(hostname, address)  # dnsmasq adds the matching PTR
         self.dns = dns.start()
+        self.ledger.add("dnsmasq", self.dns.pid)
         log(f"  MX: {', '.join(p.domain for p in self.sim.providers.values())}")
         log(f"  DKIM TXT: {', '.join(dkim_records(fleet.dkim))}; A/PTR for the pool's IPs")
 
@@ -560,6 +627,7 @@ class Demo:
             env={"KUBECONFIG": str(self.cp.kubeconfig), "PYTHONUNBUFFERED": "1"},
             cwd=ROOT,
         )  # fmt: skip
+        self.ledger.add("operator", self.operator.pid)
         self.operator.wait_port("127.0.0.1", port, timeout=60)
         log(f"  pid {self.operator.pid}, log {self.operator.stderr_path}")
 
@@ -651,6 +719,7 @@ class Demo:
             pid = self.dns.pid
             self.dns.stop()
             self.stopped.append(f"dnsmasq (pid {pid})")
+        self.ledger.clear()
 
     def report(self, snap: Snapshot, ok: bool, message: str) -> dict[str, Any]:
         return {
