@@ -77,7 +77,7 @@ DKIM_FILES = {
     "ed25519.pem": ROOT / "examples/mta/dkim/example.test.s2026e.ed25519.pem",
 }
 # How the simulated providers throttle: transactions per source IP per minute (None: never).
-SIM_LIMITS: dict[str, int | None] = {"gmail": 40, "outlook": 30, "yahoo": None}
+SIM_LIMITS: dict[str, int | None] = {"gmail": 55, "outlook": 40, "yahoo": None}
 SENDER = "app@example.test"
 KEEP_PER_PROVIDER = 10  # delivered messages kept on disk (and DKIM-checked) per provider
 
