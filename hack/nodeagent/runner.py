@@ -32,11 +32,11 @@ def _mount(src: str, dst: str, flags: int) -> None:
         raise OSError(err, f"mount {src} on {dst}: {os.strerror(err)}")
 
 
-def _bind(m: dict[str, Any]) -> None:
-    # The source by its fd (opened before any mount): a mount on, say, /tmp must not hide the
-    # sources of the mounts after it when the agent's state dir is under /tmp.
-    src, dst = f"/proc/self/fd/{m['fd']}", m["dst"]
-    if m["isdir"]:
+def _bind(m: dict[str, Any], fd: int) -> None:
+    # The source by its descriptor: a volume mounted earlier (an emptyDir on /tmp, say) may
+    # already cover the path the source lives at.
+    src, dst = f"/proc/self/fd/{fd}", m["dst"]
+    if os.path.isdir(src):
         os.makedirs(dst, exist_ok=True)
     else:
         Path(dst).parent.mkdir(parents=True, exist_ok=True)
@@ -49,15 +49,17 @@ def _bind(m: dict[str, Any]) -> None:
 
 def main(spec_path: str) -> int:
     spec: dict[str, Any] = json.loads(Path(spec_path).read_text())
+    # Opened before any mount: the pod's own volumes may cover the directory it is in.
     errfile = spec.get("errfile")
-    errdir = os.open(os.path.dirname(errfile), os.O_PATH | os.O_CLOEXEC) if errfile else None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    err_fd = os.open(errfile, flags, 0o600) if errfile else -1
     try:
         mounts = spec.get("mounts", [])
-        for m in mounts:
-            m["fd"] = os.open(m["src"], os.O_PATH | os.O_CLOEXEC)
-            m["isdir"] = os.path.isdir(m["src"])
-        for m in mounts:
-            _bind(m)
+        fds = [os.open(m["src"], os.O_PATH) for m in mounts]
+        for m, fd in zip(mounts, fds, strict=True):
+            _bind(m, fd)
+        for fd in fds:
+            os.close(fd)
         if spec.get("hostname"):
             socket.sethostname(spec["hostname"])  # in the container's own UTS namespace
         groups = spec.get("groups")
@@ -76,11 +78,8 @@ def main(spec_path: str) -> int:
     except Exception as e:
         msg = f"{type(e).__name__}: {e}"
         print(f"nodeagent runner: {msg}", file=sys.stderr)
-        if errfile and errdir is not None:  # by the directory's fd: a mount may hide its path
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-            fd = os.open(os.path.basename(errfile), flags, 0o600, dir_fd=errdir)
-            with os.fdopen(fd, "w") as f:
-                f.write(msg)
+        if err_fd >= 0:
+            os.write(err_fd, msg.encode(errors="replace"))
         return 128
     return 0  # not reached: exec replaced the process
 
