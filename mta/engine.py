@@ -20,7 +20,14 @@ from mailfleet import __version__
 from mailfleet.mta.admin import AdminServer
 from mailfleet.mta.arf import ARFError, dkim_verified_domains, from_feedback_domain, parse_arf
 from mailfleet.mta.auth import CredentialsError, UserDB
-from mailfleet.mta.config import ConfigError, EngineConfig, load_config
+from mailfleet.mta.config import (
+    ConfigError,
+    EngineConfig,
+    config_digest,
+    load_config,
+    parse_config_text,
+    read_config_text,
+)
 from mailfleet.mta.delivery import DeliveryClient
 from mailfleet.mta.dkim import DKIMSigner
 from mailfleet.mta.headers import add_headers, load_token_key
@@ -98,10 +105,15 @@ def prepare(cfg: EngineConfig) -> Prepared:
     return Prepared(cfg, policy, signer, key, tls)
 
 
-def check_config(path: Path) -> EngineConfig:
-    """`mailfleet mta --check`: the config file and every file it names."""
-    cfg = load_config(path)
+def check_config(path: Path, listen_host: str | None = None) -> EngineConfig:
+    """`mailfleet mta --check`: the config file and every file it names, as a reload checks
+    them."""
+    cfg = load_config(path, listen_host)
     prepare(cfg)
+    try:
+        read_admin_token(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return cfg
 
 
@@ -110,10 +122,33 @@ def token_key(cfg: EngineConfig) -> bytes | None:
     return load_token_key(path) if path is not None else None
 
 
+def read_admin_token(cfg: EngineConfig) -> bytes | None:
+    path = cfg.admin.token_file
+    if path is None:
+        return None
+    try:
+        token = path.read_bytes().strip()
+    except OSError as e:
+        raise ValueError(f"admin.tokenFile {path}: cannot read it: {e.strerror}") from None
+    if len(token) < 16:
+        raise ValueError(f"admin.tokenFile {path}: the token must be at least 16 characters")
+    return token
+
+
 class Engine:
-    def __init__(self, config_path: Path, cfg: EngineConfig) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        cfg: EngineConfig,
+        *,
+        config_hash: str = "",
+        listen_host: str | None = None,
+    ) -> None:
         self.config_path = config_path
         self.cfg = cfg
+        self.config_hash = config_hash
+        self.listen_host = listen_host
+        self.admin_token = read_admin_token(cfg)
         self.generation = 1
         self.metrics = EngineMetrics()
         self.signer = DKIMSigner(cfg.dkim)
@@ -296,14 +331,23 @@ class Engine:
             mtime = self._mtime()
             if mtime and mtime != self._config_mtime:
                 self._config_mtime = mtime
-                await self.reload()
+                await self.reload(only_if_changed=True)
 
-    async def reload(self) -> tuple[bool, str]:
-        """Apply the config file as a whole, or refuse it and change nothing."""
+    async def reload(
+        self, text: str | None = None, *, only_if_changed: bool = False
+    ) -> tuple[bool, str]:
+        """Apply the config file, or `text` (pushed by the operator before the kubelet syncs the
+        ConfigMap volume): all of it or, when anything is refused, none of it."""
         async with self._reload_lock:
             try:
-                ready = prepare(load_config(self.config_path))
-            except (ConfigError, ValueError, OSError) as e:
+                source = "pushed config" if text is not None else str(self.config_path)
+                raw = text if text is not None else read_config_text(self.config_path)
+                digest = config_digest(raw)
+                if only_if_changed and digest == self.config_hash:
+                    return True, "unchanged"
+                ready = prepare(parse_config_text(raw, source, self.listen_host))
+                admin_token = read_admin_token(ready.cfg)
+            except (ConfigError, CredentialsError, ValueError, OSError) as e:
                 self.metrics.config_reloads.labels("failed").inc()
                 log.error(
                     "config reload refused; keeping the running config",
@@ -319,6 +363,10 @@ class Engine:
                 notes.append("suppression changes on restart only")
             if cfg.admin.listen != old.admin.listen:
                 notes.append("admin.listen changes on restart only")
+            if admin_token is None and self.admin_token is not None:
+                # Dropping the token would leave a non-loopback admin API open until restart.
+                notes.append("admin.tokenFile removal takes effect on restart only")
+                admin_token = self.admin_token
             if cfg.routing.mx_port != old.routing.mx_port:
                 notes.append("routing.mxPort changes on restart only")
             try:
@@ -331,6 +379,8 @@ class Engine:
             self.handler.policy = ready.policy
             self.signer = ready.signer
             self.token_key = ready.token_key
+            self.admin_token = admin_token
+            self.config_hash = digest
             self.router.update_config(cfg.routing)
             if cfg.delivery != old.delivery or cfg.hostname != old.hostname:
                 old_client, self.client = self.client, DeliveryClient(cfg.delivery, cfg.hostname)
@@ -377,6 +427,7 @@ class Engine:
             "reason": reason,
             "draining": self.draining,
             "configGeneration": self.generation,
+            "configHash": self.config_hash,
             "uptimeSeconds": round(time.time() - self.started_at, 1),
             "submission": {"listen": self.submission.listen, "accepting": self.handler.accepting},
             "queue": self.queue.status(),
@@ -392,12 +443,14 @@ async def _close_later(client: DeliveryClient, delay: float) -> None:
         await client.close()
 
 
-def run_engine(config_path: Path) -> int:
+def run_engine(config_path: Path, listen_host: str | None = None) -> int:
     from mailfleet.mta.logs import setup_logging
 
     try:
-        cfg = check_config(config_path)
-        engine = Engine(config_path, cfg)
+        text = read_config_text(config_path)
+        cfg = parse_config_text(text, str(config_path), listen_host)
+        prepare(cfg)  # every file the config names, as a reload would check them
+        engine = Engine(config_path, cfg, config_hash=config_digest(text), listen_host=listen_host)
     except (ConfigError, CredentialsError, ValueError) as e:
         print(f"mailfleet mta: {e}", file=sys.stderr)
         return 2

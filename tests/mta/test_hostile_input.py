@@ -3,9 +3,6 @@ probe found, and asserts the reply a client gets and what the receiving MX got."
 
 from __future__ import annotations
 
-import contextlib
-import json
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,7 +28,8 @@ def _route(mx: RecordingMX, **extra: Any) -> dict[str, Any]:
         "routing": {"routes": {"*": f"{mx.host}:{mx.port}"}},
         "retry": {"initial": "1s"},
     }
-    cfg.update(extra)
+    for k, v in extra.items():
+        cfg[k] = {**cfg.get(k, {}), **v}
     return cfg
 
 
@@ -222,21 +220,17 @@ def test_suppression_reason_with_crlf_cannot_inject_a_reply(
     mta_engine: Callable[..., EngineProc], mx: RecordingMX
 ) -> None:
     eng = mta_engine(_route(mx))
-    req = urllib.request.Request(
-        eng.url("/v1/suppressions"),
-        method="POST",
-        data=json.dumps(
-            {"recipient": "gone@example.org", "reason": "x)\r\n250 2.1.5 Ok\r\n550 5.0.0 (y"}
-        ).encode(),
-        headers={"Content-Type": "application/json"},
+    answer = eng.post(
+        "/v1/suppressions",
+        {"recipient": "gone@example.org", "reason": "x)\r\n250 2.1.5 Ok\r\n550 5.0.0 (y"},
     )
-    # Refused on input (400) is fine too, as long as the reply below is one line.
-    with contextlib.suppress(urllib.error.HTTPError):
-        urllib.request.urlopen(req, timeout=10).close()
+    # Refused on input, naming the field.
+    assert "reason" in answer.get("error", ""), answer
+    assert eng.post("/v1/suppressions", {"recipient": "gone@example.org", "reason": "ok"})
     with _session(eng) as c:
         assert c.cmd("MAIL FROM:<app@example.test>").startswith("250")
         reply = c.cmd("RCPT TO:<gone@example.org>")
-        assert "\n" not in reply and "\r" not in reply
+        assert reply.startswith("550 5.7.1 <gone@example.org>") and "(ok)" in reply
         # The next command gets its own reply, not one the reason smuggled in.
         assert c.cmd("NOOP").startswith("250")
         assert c.cmd("RSET").startswith("250")

@@ -7,6 +7,7 @@ import pytest
 
 from mailfleet.mta.auth import UserDB, hash_password
 from mailfleet.mta.limits import AuthLimiter, SessionLimiter, data_deadline
+from mailfleet.mta.submission import reply_text
 
 
 def test_session_limiter_per_client_and_total() -> None:
@@ -67,3 +68,9 @@ def test_unknown_user_costs_a_bcrypt_run_and_long_passwords_none(
     assert not db.check("app", b"x" * 73) and not db.check("nobody", b"x" * 73)
     assert len(calls) == 1  # refused before bcrypt, for every user alike
     assert db.check("app", b"pw")
+
+
+def test_reply_text_keeps_a_reply_on_one_line() -> None:
+    # A reason stored before input was checked (or by another tool) is made safe on output.
+    assert reply_text("x)\r\n250 2.1.5 Ok\r\n550 (y") == "x) 250 2.1.5 Ok 550 (y"
+    assert reply_text("caf\u00e9\x00" + "z" * 300, 20) == "caf " + "z" * 16
