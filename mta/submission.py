@@ -446,6 +446,11 @@ class SubmissionSMTP(SMTP):
             return
         await super().smtp_HELO(hostname)
 
+    async def smtp_VRFY(self, arg: str) -> None:
+        # aiosmtpd's VRFY echoes its argument (undecodable bytes made it raise); a relay has
+        # nothing to verify anyway (RFC 5321 §3.5.3 allows 252; Postfix's disable_vrfy_command).
+        await self.push("502 5.5.1 VRFY command is disabled")
+
     # -- MAIL/RCPT: one strict parser ----------------------------------------------------------
 
     async def _parse_first(self, keyword: str, arg: str | None) -> bool:

@@ -234,3 +234,15 @@ def test_suppression_reason_with_crlf_cannot_inject_a_reply(
         # The next command gets its own reply, not one the reason smuggled in.
         assert c.cmd("NOOP").startswith("250")
         assert c.cmd("RSET").startswith("250")
+
+
+def test_vrfy_never_echoes_its_argument(
+    mta_engine: Callable[..., EngineProc], mx: RecordingMX
+) -> None:
+    # Found by the SMTP fuzzer: aiosmtpd's VRFY echoed undecodable bytes and raised.
+    eng = mta_engine(_route(mx))
+    with _session(eng) as c:
+        assert c.cmd(b"VRFY <a\xff\xfe@example.org>").startswith("502 5.5.1 ")
+        assert c.cmd(b"VRFY a\rb").startswith("502 5.5.1 ")
+        assert c.cmd("NOOP").startswith("250")
+    assert "Traceback" not in eng.log()

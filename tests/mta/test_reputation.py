@@ -166,12 +166,7 @@ def test_drop_mode_accepts_and_never_delivers(
 ) -> None:
     eng = mta_engine(_config(mx, suppression={"onSuppressed": "drop"}))
     eng.post("/v1/suppressions")  # wrong body: refused, nothing added
-    req = urllib.request.Request(
-        eng.url("/v1/suppressions"),
-        method="POST",
-        data=json.dumps({"recipient": "quiet@example.org"}).encode(),
-    )
-    urllib.request.urlopen(req, timeout=5).close()
+    eng.post("/v1/suppressions", {"recipient": "quiet@example.org"})
     eng.send("app@example.test", ["quiet@example.org", "loud@example.org"], message("drop"))
     got = mx.wait_for(1)
     eng.wait_queue_empty()
@@ -235,11 +230,6 @@ def test_suppression_refusal_reaches_a_real_client(
     mta_engine: Callable[..., EngineProc], mx: RecordingMX
 ) -> None:
     eng = mta_engine(_config(mx))
-    req = urllib.request.Request(
-        eng.url("/v1/suppressions"),
-        method="POST",
-        data=json.dumps({"recipient": "blocked@example.org", "reason": "manual"}).encode(),
-    )
-    urllib.request.urlopen(req, timeout=5).close()
+    eng.post("/v1/suppressions", {"recipient": "blocked@example.org", "reason": "manual"})
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         eng.send("app@example.test", ["blocked@example.org"], message("x"))
