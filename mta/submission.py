@@ -4,10 +4,12 @@ authenticated users, and says 250 only once the message is in the spool."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import re
 import socket
+import sqlite3
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -95,6 +97,13 @@ def has_bare_newline(data: bytes) -> bool:
     """A CR or LF that is not part of a CRLF pair (RFC 5321 §2.3.8 forbids them)."""
     pairs = data.count(b"\r\n")
     return data.count(b"\r") != pairs or data.count(b"\n") != pairs
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """The spool's filesystem is full (SQLite says SQLITE_FULL, or a write got ENOSPC)."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    return isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
 
 
 _ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")
@@ -293,7 +302,12 @@ class SubmissionHandler:
                 trace + data,
                 peer_ip + (f" user={user}" if user else ""),
             )
-        except Exception:
+        except Exception as e:
+            if is_disk_full(e):
+                log.error("spool disk full: refusing mail until there is room")
+                return self._refuse(
+                    "disk-full", "452 4.3.1 Insufficient system storage, try again later"
+                )
             log.exception("could not queue a message")
             return self._refuse("spool-error", "451 4.3.0 Could not queue the message, try again")
         self.metrics.received.inc()
