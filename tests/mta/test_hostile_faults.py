@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 from fixtures.engine import EngineProc, message
 from fixtures.rawsmtp import RawSMTP
 from fixtures.smtppeers import RecordingMX
+
+from mailfleet.mta.queue import SHAPING_SAVE_INTERVAL
 
 
 @pytest.fixture
@@ -49,6 +52,10 @@ def fill(path: Path) -> Path:
             while True:
                 f.write(b"\0" * 512)
     return filler
+
+
+def _subjects(mx: RecordingMX) -> set[bytes]:
+    return {m.content.split(b"Subject: ")[1].split(b"\r\n")[0] for m in mx.messages()}
 
 
 def _send(eng: EngineProc, subject: str) -> str:
@@ -87,3 +94,32 @@ def test_disk_full_says_452_keeps_what_it_accepted_and_recovers(
         subjects = sorted({m.content.split(b"Subject: ")[1].split(b"\r\n")[0] for m in got})
         assert subjects == [b"after", b"before 0", b"before 1", b"before 2"]
         assert eng.proc is not None and eng.proc.running()
+
+
+def test_deferred_mail_survives_a_full_disk_while_shaping_changes(
+    mta_engine: Callable[..., EngineProc], small_fs: Path
+) -> None:
+    # A throttling reply changes the shaping state, which the engine saves to the spool every
+    # SHAPING_SAVE_INTERVAL; that save failing on a full disk once stopped every retry for good.
+    with RecordingMX("127.0.0.1") as mx:
+        mx.script_rcpt(*["421 4.7.0 try again later"] * 3)
+        eng = mta_engine(
+            {
+                "spool": {"path": str(small_fs / "spool")},
+                "routing": {"routes": {"*": f"{mx.host}:{mx.port}"}},
+                "retry": {"initial": "1s", "max": "1s", "jitter": 0},
+            }
+        )
+        assert all(_send(eng, f"queued {i}").startswith("250 ") for i in range(3))
+        eng.wait_until(
+            lambda: eng.metric("mailfleet_delivery_attempts_total", result="deferred") >= 1,
+            what="a throttled attempt",
+        )
+        filler = fill(small_fs)
+        # Long enough for at least one save of the shaping state while the disk is full.
+        time.sleep(SHAPING_SAVE_INTERVAL * 2)
+        filler.unlink()
+        # Delivered at least once each (a delivery the full disk kept from being recorded is
+        # repeated: at-least-once).
+        eng.wait_until(lambda: len(_subjects(mx)) == 3, timeout=60, what="all three delivered")
+        assert _subjects(mx) == {b"queued 0", b"queued 1", b"queued 2"}
