@@ -211,6 +211,8 @@ class Operator:
         self.own_status_writes: dict[tuple[str, str, str], int] = {}
         self.pending_policy_status: dict[str, float] = {}
         self.parsed: dict[str, tuple[str, KubeObject | None]] = {}
+        # Pools whose pods are being asked right now: a second poll would only repeat it.
+        self.polling: set[PoolKey] = set()
         self.tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -353,8 +355,10 @@ class Operator:
         for k in [k for k, pool in self.child_pools.items() if k[0] == namespace and pool == name]:
             self.known.pop(k, None)
             del self.child_pools[k]
-        for mapping in (self.written, self.sts_seen, self.configs, self.pod_status):
-            mapping.pop(key, None)  # type: ignore[attr-defined]
+        self.written.pop(key, None)
+        self.sts_seen.pop(key, None)
+        self.configs.pop(key, None)
+        self.pod_status.pop(key, None)
         self.selected.pop(key, None)
         self.locks.pop(key, None)
         self.failures.pop(key, None)
@@ -566,9 +570,17 @@ class Operator:
     async def poll_pool(self, idx: Indexes, namespace: str, name: str) -> None:
         """Ask each running pod how it is; push the current config where it is behind; write
         what changed into the pool's and its warmups' status."""
-        assert self.engines is not None
         key = (namespace, name)
-        engines = self.engines
+        if self.engines is None or key in self.polling:
+            return
+        self.polling.add(key)
+        try:
+            await self._poll_pool(idx, key, self.engines)
+        finally:
+            self.polling.discard(key)
+
+    async def _poll_pool(self, idx: Indexes, key: PoolKey, engines: EngineApi) -> None:
+        namespace, name = key
         refs = pods.pollable(list(idx.pods.get(key, [])))
         if not refs and key not in self.pod_status:
             return

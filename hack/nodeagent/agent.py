@@ -148,6 +148,7 @@ class Container:
     probes: dict[str, logic.ProbeState] = field(default_factory=dict)
     probe_last: dict[str, float] = field(default_factory=dict)
     config_error: str = ""
+    user_warned: bool = False  # the runAsUser-not-honoured event was posted
     kill_reason: str = ""
 
     @property
@@ -551,6 +552,22 @@ class PodWorker(threading.Thread):
             raise logic.ConfigError(
                 "container has runAsNonRoot and image will run as root (set runAsUser)"
             )
+        if uid:
+            # The node's programs stand in for the image: where the pod's user cannot reach
+            # them (a Python under /root, say), the container runs as the agent's user.
+            gids = {gid if gid is not None else uid, *groups}
+            blocked = logic.command_reachable(argv, env.get("PATH", ""), uid, gids)
+            if blocked is not None:
+                if not c.user_warned:
+                    self.event(
+                        "Warning",
+                        "NotHonoured",
+                        f"runAsUser {uid} not honoured: {blocked} is not reachable by uid "
+                        f"{uid} on this node; the container runs as uid {os.getuid()}",
+                        container=c.name,
+                    )
+                    c.user_warned = True
+                uid, gid, groups = None, None, []
         return {
             "argv": argv,
             "env": env,

@@ -32,8 +32,10 @@ def _mount(src: str, dst: str, flags: int) -> None:
         raise OSError(err, f"mount {src} on {dst}: {os.strerror(err)}")
 
 
-def _bind(m: dict[str, Any]) -> None:
-    src, dst = m["src"], m["dst"]
+def _bind(m: dict[str, Any], fd: int) -> None:
+    # The source by its descriptor: a volume mounted earlier (an emptyDir on /tmp, say) may
+    # already cover the path the source lives at.
+    src, dst = f"/proc/self/fd/{fd}", m["dst"]
     if os.path.isdir(src):
         os.makedirs(dst, exist_ok=True)
     else:
@@ -47,9 +49,17 @@ def _bind(m: dict[str, Any]) -> None:
 
 def main(spec_path: str) -> int:
     spec: dict[str, Any] = json.loads(Path(spec_path).read_text())
+    # Opened before any mount: the pod's own volumes may cover the directory it is in.
+    errfile = spec.get("errfile")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    err_fd = os.open(errfile, flags, 0o600) if errfile else -1
     try:
-        for m in spec.get("mounts", []):
-            _bind(m)
+        mounts = spec.get("mounts", [])
+        fds = [os.open(m["src"], os.O_PATH) for m in mounts]
+        for m, fd in zip(mounts, fds, strict=True):
+            _bind(m, fd)
+        for fd in fds:
+            os.close(fd)
         if spec.get("hostname"):
             socket.sethostname(spec["hostname"])  # in the container's own UTS namespace
         groups = spec.get("groups")
@@ -68,9 +78,8 @@ def main(spec_path: str) -> int:
     except Exception as e:
         msg = f"{type(e).__name__}: {e}"
         print(f"nodeagent runner: {msg}", file=sys.stderr)
-        errfile = spec.get("errfile")
-        if errfile:
-            Path(errfile).write_text(msg)
+        if err_fd >= 0:
+            os.write(err_fd, msg.encode(errors="replace"))
         return 128
     return 0  # not reached: exec replaced the process
 
