@@ -134,7 +134,10 @@ def make_app(engine: Engine) -> web.Application:
                 {"error": 'expected JSON {"recipient": "user@domain", "reason": "..."}'},
                 status=400,
             )
-        await engine.suppress(recipient, str(body.get("reason") or "manual"), "admin-api")
+        try:
+            await engine.suppress(recipient, str(body.get("reason") or "manual"), "admin-api")
+        except ValueError as e:
+            return web.json_response({"error": str(e)}, status=400)
         entry = await engine.suppressions.get(recipient)
         return web.json_response(asdict(entry) if entry else {}, status=201)
 

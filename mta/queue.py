@@ -164,7 +164,12 @@ class QueueRunner:
             self._gauges()
             if now - last_save >= SHAPING_SAVE_INTERVAL:
                 last_save = now
-                await self._save_shaping()
+                try:
+                    await self._save_shaping()
+                except Exception as e:
+                    # E.g. the spool's disk full: saved next time. This task must not die, or
+                    # every deferred message would wait forever.
+                    log.warning("shaping state not saved", extra={"error": str(e)})
             timeout = min(self._delayed[0].due - now, 1.0) if self._delayed else 1.0
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

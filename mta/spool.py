@@ -334,7 +334,10 @@ def _commit(db: sqlite3.Connection, batch: list[_Item]) -> list[_Result] | None:
             results.append((fut, op(db), None))
         db.execute("COMMIT")
     except Exception as e:
-        db.execute("ROLLBACK")
+        # SQLite may have rolled back already (SQLITE_FULL does): a second ROLLBACK would raise
+        # and kill this thread, and every later accept would wait forever.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         if len(batch) > 1:
             return None
         return [(batch[0][1], None, e)]
