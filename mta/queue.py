@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailfleet.mta.classify import classify, text_rule
-from mailfleet.mta.config import EngineConfig
+from mailfleet.mta.config import EngineConfig, RetryConfig
 from mailfleet.mta.delivery import AttemptResult, DeliveryClient, RecipientReply, synthetic_replies
 from mailfleet.mta.dsn import DSNRecipient, build_dsn, should_send_dsn
 from mailfleet.mta.metrics import EngineMetrics
@@ -100,6 +100,12 @@ class QueueRunner:
         self._saved_shaping: list[dict[str, Any]] = []
 
     # -- config --------------------------------------------------------------------------------
+
+    def retry_config(self, provider: str) -> RetryConfig:
+        """The retry schedule for a recipient at `provider`: the provider's own when its policy
+        sets one, else the engine-wide `retry`."""
+        own = self.shaper.settings(provider).retry
+        return own if own is not None else self.cfg.retry
 
     def update_config(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
@@ -213,7 +219,7 @@ class QueueRunner:
         now = time.time()
         decision = self.shaper.acquire(provider, now, self.rng.random())
         if isinstance(decision, Wait):
-            if now - msg.received_at < self.cfg.retry.max_age:
+            if now - msg.received_at < self.retry_config(provider).max_age:
                 # Held by shaping: not an attempt; try again when the pair can send.
                 self.metrics.shaping_waits.labels(provider, decision.reason).inc()
                 if decision.reason == CONNECTION_LIMIT:
@@ -287,7 +293,7 @@ class QueueRunner:
         bounces: list[DSNRecipient] = []
         attempts = job.attempts + 1
         retry_at = next_attempt_at(
-            attempts, msg.received_at, now, self.cfg.retry, self.rng.random()
+            attempts, msg.received_at, now, self.retry_config(provider), self.rng.random()
         )
         mx = result.destination.hostname if result.destination else None
         soon: list[str] = []
