@@ -1,8 +1,16 @@
 """The admin HTTP API: /healthz, /readyz, /v1/status, /metrics, POST /v1/drain, POST /v1/reload,
-/v1/suppressions (GET list, POST add, GET/DELETE one)."""
+/v1/suppressions (GET list, POST add, GET/DELETE one).
+
+Open: /healthz, /readyz, /metrics, /v1/status (probes and Prometheus carry no credentials).
+Everything else changes state or lists recipients, and needs `Authorization: Bearer <token>`
+when the engine has an admin token. Request bodies must be JSON: a browser cannot send that (nor
+the header) to another origin without a preflight, so a web page cannot drive the API.
+"""
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -13,19 +21,52 @@ from mailfleet.mta.config import parse_hostport
 from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.suppression import SuppressionStore
 
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/status"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def authorized(token: bytes | None, header: str | None) -> bool:
+    """Whether an Authorization header carries the admin token (no token: everyone)."""
+    if token is None:
+        return True
+    if not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), token)
+
 
 class Engine(Protocol):
     metrics: EngineMetrics
     suppressions: SuppressionStore
+    admin_token: bytes | None
+    config_hash: str
 
     async def suppress(self, recipient: str, reason: str, source: str) -> None: ...
     def readiness(self) -> tuple[bool, str]: ...
     def status(self) -> dict[str, Any]: ...
     async def drain(self) -> dict[str, Any]: ...
-    async def reload(self) -> tuple[bool, str]: ...
+    async def reload(
+        self, text: str | None = None, *, only_if_changed: bool = False
+    ) -> tuple[bool, str]: ...
 
 
 def make_app(engine: Engine) -> web.Application:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            if not authorized(engine.admin_token, request.headers.get("Authorization")):
+                return web.json_response(
+                    {"error": "this endpoint needs Authorization: Bearer <admin token>"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="mailfleet-admin"'},
+                )
+            if request.can_read_body and request.content_type != "application/json":
+                return web.json_response(
+                    {"error": "request bodies must be JSON (Content-Type: application/json)"},
+                    status=415,
+                )
+        return await handler(request)
+
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -45,9 +86,24 @@ def make_app(engine: Engine) -> web.Application:
     async def drain(_: web.Request) -> web.Response:
         return web.json_response(await engine.drain())
 
-    async def reload(_: web.Request) -> web.Response:
-        ok, message = await engine.reload()
-        return web.json_response({"reloaded": ok, "message": message}, status=200 if ok else 422)
+    async def reload(request: web.Request) -> web.Response:
+        text: str | None = None
+        if request.can_read_body:
+            try:
+                body = await request.json()
+                text = body.get("config") if isinstance(body, dict) else None
+                if text is not None and not isinstance(text, str):
+                    raise ValueError
+            except ValueError:
+                return web.json_response(
+                    {"error": 'expected JSON {"config": "<engine.yaml text>"} or no body'},
+                    status=400,
+                )
+        ok, message = await engine.reload(text)
+        return web.json_response(
+            {"reloaded": ok, "message": message, "configHash": engine.config_hash},
+            status=200 if ok else 422,
+        )
 
     async def suppressions(request: web.Request) -> web.Response:
         try:
@@ -92,7 +148,7 @@ def make_app(engine: Engine) -> web.Application:
         removed = await engine.suppressions.remove(request.match_info["recipient"])
         return web.json_response({"removed": removed}, status=200 if removed else 404)
 
-    app = web.Application()
+    app = web.Application(middlewares=[guard])
     app.add_routes(
         [
             web.get("/healthz", healthz),

@@ -6,6 +6,7 @@ errors, so a typo is named instead of silently ignored.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from pathlib import Path
@@ -127,15 +128,65 @@ class SubmissionConfig(Model):
 
 
 class AdminConfig(Model):
-    """The admin HTTP API and Prometheus /metrics."""
+    """The admin HTTP API and Prometheus /metrics.
+
+    /healthz, /readyz, /metrics and /v1/status are open; everything else (drain, reload, the
+    suppression list) needs `Authorization: Bearer <token>` with the token in `tokenFile`.
+    Without a token file the engine serves the admin API on loopback only.
+    """
 
     listen: str = "127.0.0.1:8025"
+    token_file: Path | None = None
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
         parse_hostport(v)
         return v
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> AdminConfig:
+        if self.token_file is None and not is_loopback_host(parse_hostport(self.listen)[0]):
+            raise ValueError(
+                f"admin.tokenFile is required when admin.listen ({self.listen}) is not a "
+                "loopback address: the admin API can drain the engine and edit suppressions"
+            )
+        return self
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def with_listen_host(data: Any, host: str) -> Any:
+    """The raw config with the host part of submission.listen and admin.listen replaced: a pod
+    listens on its own address (its pod IP), whatever the rendered config says."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for section, default in (("submission", "127.0.0.1:2525"), ("admin", "127.0.0.1:8025")):
+        block = dict(out.get(section) or {})
+        listen = block.get("listen", default)
+        if isinstance(listen, str):
+            try:
+                _, port = parse_hostport(listen)
+            except ValueError:
+                continue  # validation names it
+            literal = f"[{host}]" if ":" in host else host
+            block["listen"] = f"{literal}:{port}"
+            out[section] = block
+    return out
+
+
+def config_digest(text: str | bytes) -> str:
+    """The identity of a config text: what the operator rendered and what an engine runs."""
+    raw = text.encode() if isinstance(text, str) else text
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 class SpoolConfig(Model):
@@ -490,27 +541,36 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: Any, source: str = "config") -> EngineConfig:
+def parse_config(data: Any, source: str = "config", listen_host: str | None = None) -> EngineConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         kind = type(data).__name__
         raise ConfigError(f"{source}: the engine config must be a mapping, got {kind}")
+    if listen_host:
+        data = with_listen_host(data, listen_host)
     try:
         return EngineConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
 
 
-def load_config(path: str | Path) -> EngineConfig:
-    """Read and validate a YAML config file; ConfigError names what is wrong."""
+def read_config_text(path: str | Path) -> str:
     p = Path(path)
     try:
-        text = p.read_text()
+        return p.read_text()
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the config file: {e.strerror}") from None
+
+
+def parse_config_text(text: str, source: str, listen_host: str | None = None) -> EngineConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    return parse_config(data, str(p))
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    return parse_config(data, source, listen_host)
+
+
+def load_config(path: str | Path, listen_host: str | None = None) -> EngineConfig:
+    """Read and validate a YAML config file; ConfigError names what is wrong."""
+    return parse_config_text(read_config_text(path), str(path), listen_host)

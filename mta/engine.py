@@ -15,7 +15,13 @@ from mailfleet import __version__
 from mailfleet.mta.admin import AdminServer
 from mailfleet.mta.arf import ARFError, parse_arf
 from mailfleet.mta.auth import CredentialsError, UserDB
-from mailfleet.mta.config import ConfigError, EngineConfig, load_config
+from mailfleet.mta.config import (
+    ConfigError,
+    EngineConfig,
+    config_digest,
+    parse_config_text,
+    read_config_text,
+)
 from mailfleet.mta.delivery import DeliveryClient
 from mailfleet.mta.dkim import DKIMSigner
 from mailfleet.mta.headers import add_headers, load_token_key
@@ -50,10 +56,33 @@ def token_key(cfg: EngineConfig) -> bytes | None:
     return load_token_key(path) if path is not None else None
 
 
+def read_admin_token(cfg: EngineConfig) -> bytes | None:
+    path = cfg.admin.token_file
+    if path is None:
+        return None
+    try:
+        token = path.read_bytes().strip()
+    except OSError as e:
+        raise ValueError(f"admin.tokenFile {path}: cannot read it: {e.strerror}") from None
+    if len(token) < 16:
+        raise ValueError(f"admin.tokenFile {path}: the token must be at least 16 characters")
+    return token
+
+
 class Engine:
-    def __init__(self, config_path: Path, cfg: EngineConfig) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        cfg: EngineConfig,
+        *,
+        config_hash: str = "",
+        listen_host: str | None = None,
+    ) -> None:
         self.config_path = config_path
         self.cfg = cfg
+        self.config_hash = config_hash
+        self.listen_host = listen_host
+        self.admin_token = read_admin_token(cfg)
         self.generation = 1
         self.metrics = EngineMetrics()
         self.signer = DKIMSigner(cfg.dkim)
@@ -205,15 +234,25 @@ class Engine:
             mtime = self._mtime()
             if mtime and mtime != self._config_mtime:
                 self._config_mtime = mtime
-                await self.reload()
+                await self.reload(only_if_changed=True)
 
-    async def reload(self) -> tuple[bool, str]:
+    async def reload(
+        self, text: str | None = None, *, only_if_changed: bool = False
+    ) -> tuple[bool, str]:
+        """Apply the config file, or `text` (pushed by the operator before the kubelet syncs the
+        ConfigMap volume): all of it or, when anything is refused, none of it."""
         async with self._reload_lock:
             try:
-                cfg = load_config(self.config_path)
+                source = "pushed config" if text is not None else str(self.config_path)
+                raw = text if text is not None else read_config_text(self.config_path)
+                digest = config_digest(raw)
+                if only_if_changed and digest == self.config_hash:
+                    return True, "unchanged"
+                cfg = parse_config_text(raw, source, self.listen_host)
                 policy = build_policy(cfg)
                 signer = DKIMSigner(cfg.dkim)
                 key = token_key(cfg)
+                admin_token = read_admin_token(cfg)
             except (ConfigError, CredentialsError, ValueError, OSError) as e:
                 self.metrics.config_reloads.labels("failed").inc()
                 log.error(
@@ -229,6 +268,10 @@ class Engine:
                 notes.append("suppression changes on restart only")
             if cfg.admin.listen != old.admin.listen:
                 notes.append("admin.listen changes on restart only")
+            if admin_token is None and self.admin_token is not None:
+                # Dropping the token would leave a non-loopback admin API open until restart.
+                notes.append("admin.tokenFile removal takes effect on restart only")
+                admin_token = self.admin_token
             if cfg.routing.mx_port != old.routing.mx_port:
                 notes.append("routing.mxPort changes on restart only")
             try:
@@ -240,6 +283,8 @@ class Engine:
             self.handler.policy = policy
             self.signer = signer
             self.token_key = key
+            self.admin_token = admin_token
+            self.config_hash = digest
             self.router.update_config(cfg.routing)
             if cfg.delivery != old.delivery or cfg.hostname != old.hostname:
                 old_client, self.client = self.client, DeliveryClient(cfg.delivery, cfg.hostname)
@@ -286,6 +331,7 @@ class Engine:
             "reason": reason,
             "draining": self.draining,
             "configGeneration": self.generation,
+            "configHash": self.config_hash,
             "uptimeSeconds": round(time.time() - self.started_at, 1),
             "submission": {"listen": self.submission.listen, "accepting": self.handler.accepting},
             "queue": self.queue.status(),
@@ -301,12 +347,13 @@ async def _close_later(client: DeliveryClient, delay: float) -> None:
         await client.close()
 
 
-def run_engine(config_path: Path) -> int:
+def run_engine(config_path: Path, listen_host: str | None = None) -> int:
     from mailfleet.mta.logs import setup_logging
 
     try:
-        cfg = load_config(config_path)
-        engine = Engine(config_path, cfg)
+        text = read_config_text(config_path)
+        cfg = parse_config_text(text, str(config_path), listen_host)
+        engine = Engine(config_path, cfg, config_hash=config_digest(text), listen_host=listen_host)
     except (ConfigError, CredentialsError, ValueError) as e:
         print(f"mailfleet mta: {e}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ def _mta(args: argparse.Namespace) -> int:
         from mailfleet.mta.config import ConfigError, load_config
 
         try:
-            load_config(args.config)
+            load_config(args.config, args.listen_address)
         except ConfigError as e:
             print(e, file=sys.stderr)
             return 2
@@ -21,7 +21,7 @@ def _mta(args: argparse.Namespace) -> int:
         return 0
     from mailfleet.mta.engine import run_engine
 
-    return run_engine(Path(args.config))
+    return run_engine(Path(args.config), args.listen_address)
 
 
 def _hash_password(args: argparse.Namespace) -> int:
@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     mta = sub.add_parser("mta", help="run the delivery engine")
     mta.add_argument("--config", "-c", required=False, help="engine config (YAML)")
     mta.add_argument("--check", action="store_true", help="validate the config and exit")
+    mta.add_argument(
+        "--listen-address",
+        default=None,
+        help="listen on this address instead of the host part of submission.listen and "
+        "admin.listen (a pod passes its pod IP)",
+    )
     mta_sub = mta.add_subparsers(dest="mta_command", metavar="{hash-password,dkim-keygen}")
     hp = mta_sub.add_parser("hash-password", help="print a users-file line for SMTP AUTH")
     hp.add_argument("user")
