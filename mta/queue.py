@@ -155,6 +155,7 @@ class QueueRunner:
         self._wake = asyncio.Event()
         self._load = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._workers: list[asyncio.Task[None]] = []
         self._inflight = 0
         self.rng = random.Random()
         self._saved_shaping: list[dict[str, Any]] = []
@@ -183,8 +184,8 @@ class QueueRunner:
         self.shaper.update_config(cfg, os.environ.get("POD_NAME"))
         self._class_rules = [text_rule(r.match, r.reply_class) for r in cfg.shaping.reply_classes]
         want = cfg.delivery.max_concurrent_deliveries
-        while len(self._tasks) < want:
-            self._tasks.append(asyncio.create_task(self._worker(), name="delivery-worker"))
+        while len(self._workers) < want:
+            self._workers.append(asyncio.create_task(self._worker(), name="delivery-worker"))
         # Extra workers are not cancelled mid-delivery; they finish and exit when over the limit.
 
     # -- intake --------------------------------------------------------------------------------
@@ -359,12 +360,13 @@ class QueueRunner:
         # Some client libraries turn a cancellation into an error of their own, so a worker can
         # outlive one cancel(): the flag ends its loop, and the cancel is repeated until done.
         self._stopping = True
-        pending = set(self._tasks)
+        pending = set(self._tasks) | set(self._workers)
         while pending:
             for t in pending:
                 t.cancel()
             _, pending = await asyncio.wait(pending, timeout=1.0)
         self._tasks.clear()
+        self._workers.clear()
         await self._save_shaping()
 
     def restore_shaping(self) -> None:
@@ -418,8 +420,8 @@ class QueueRunner:
 
     async def _worker(self) -> None:
         while not self._stopping:
-            if len(self._tasks) - 3 > self.cfg.delivery.max_concurrent_deliveries:
-                self._tasks.remove(asyncio.current_task())  # type: ignore[arg-type]
+            if len(self._workers) > self.cfg.delivery.max_concurrent_deliveries:
+                self._workers.remove(asyncio.current_task())  # type: ignore[arg-type]
                 return
             job = await self._ready.get()
             self._inflight += 1
