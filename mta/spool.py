@@ -423,7 +423,8 @@ def _MAINTAIN(db: sqlite3.Connection) -> None:  # a marker: never run inside a b
 
 def _maintain(db: sqlite3.Connection) -> tuple[None, BaseException | None]:
     try:
-        db.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+        # executescript steps the statement to its end (execute() would free one page only).
+        db.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     except sqlite3.Error as e:
         return None, e
