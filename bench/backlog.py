@@ -211,7 +211,8 @@ def report(r: dict[str, float]) -> str:
     return (
         f"backlog: {r['n']:.0f} queued, rss {r['rss_mb']:.0f} MB "
         f"({r['bytes_per_msg']:.0f} bytes/message over idle),"
-        f" restart to ready {r['ready_s']:.2f} s, first delivery after restart {r['first_s']:.2f} s, drain {r['drain']:.0f} msg/s"
+        f" restart to ready {r['ready_s']:.2f} s,"
+        f" first delivery after restart {r['first_s']:.2f} s, drain {r['drain']:.0f} msg/s"
         f"  (idle {r['idle_mb']:.0f} MB, ready {r['ready_deferred_s']:.2f} s with all deferred,"
         f" rss {r['rss_drain_mb']:.0f} MB while draining, active set peak"
         f" {r['peak_active']:.0f}, spool {r['spool_mb']:.0f} MB)"
