@@ -66,6 +66,7 @@ class Active:
 
     received_at: float
     size: int
+    admitted: float  # when it entered the active set
     jobs: int = 0  # its jobs in memory (ready, in flight, held by shaping)
     remaining: int = -1  # recipients left in the spool, -1: not known (loaded from the spool)
 
@@ -215,8 +216,10 @@ class QueueRunner:
         ]
         if not jobs:
             return
-        self.active[msg.id] = Active(msg.received_at, len(msg.data), remaining=len(msg.recipients))
         now = time.time()
+        self.active[msg.id] = Active(
+            msg.received_at, len(msg.data), now, remaining=len(msg.recipients)
+        )
         for job in jobs:
             self._add_job(job, now)
 
@@ -326,8 +329,12 @@ class QueueRunner:
         fresh: set[str] = set()
         c = self.counts
         for mid, group in groups:
-            if mid in self.active and mid not in fresh:
-                self._need_sweep = True  # its other recipients wait for it to leave
+            active = self.active.get(mid)
+            if active is not None and mid not in fresh:
+                if group[-1].next_attempt > active.admitted:
+                    # Deferred while the message stayed active (another domain's job holds
+                    # it): found again by the next sweep, once the message has left.
+                    self._need_sweep = True
                 cursor = (group[-1].next_attempt, mid)
                 continue
             if mid not in self.active and len(self.active) >= self.active_limit:
@@ -342,7 +349,7 @@ class QueueRunner:
             if not by_job:
                 continue
             if mid not in self.active:
-                self.active[mid] = Active(group[0].received_at, group[0].size)
+                self.active[mid] = Active(group[0].received_at, group[0].size, now)
                 fresh.add(mid)
             for (domain, attempts), rcpts in by_job.items():
                 self._add_job(Job(now, next(self._seq), mid, domain, rcpts, attempts), now)
