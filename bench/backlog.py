@@ -181,10 +181,12 @@ def measure(
             time.sleep(0.005)
         first = time.perf_counter() - t0
         d0, c0 = time.perf_counter(), sink.count
-        peak_active = 0
+        peak_active, slowest = 0, 0.0
         while time.perf_counter() - d0 < drain_seconds and sink.count < n:
             time.sleep(0.5)
+            s0 = time.perf_counter()
             peak_active = max(peak_active, eng.queue()["activeMessages"])
+            slowest = max(slowest, time.perf_counter() - s0)
         drained = (sink.count - c0) / (time.perf_counter() - d0)
         during = rss_mb(eng.proc.pid)
         return {
@@ -198,6 +200,7 @@ def measure(
             "drain": drained,
             "rss_drain_mb": during,
             "peak_active": peak_active,
+            "status_ms": slowest * 1000,
             "spool_mb": sum(p.stat().st_size for p in (workdir / "spool").glob("spool.db*"))
             / 1024**2,
         }
@@ -215,7 +218,8 @@ def report(r: dict[str, float]) -> str:
         f" first delivery after restart {r['first_s']:.2f} s, drain {r['drain']:.0f} msg/s"
         f"  (idle {r['idle_mb']:.0f} MB, ready {r['ready_deferred_s']:.2f} s with all deferred,"
         f" rss {r['rss_drain_mb']:.0f} MB while draining, active set peak"
-        f" {r['peak_active']:.0f}, spool {r['spool_mb']:.0f} MB)"
+        f" {r['peak_active']:.0f}, slowest /v1/status while draining {r['status_ms']:.0f} ms,"
+        f" spool {r['spool_mb']:.0f} MB)"
     )
 
 
