@@ -13,7 +13,7 @@ import os
 import random
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +114,78 @@ def group_due(rows: list[DueRow]) -> list[tuple[str, list[DueRow]]]:
     return out
 
 
+@dataclass
+class Planned:
+    """A message to bring into the active set, with its jobs: (domain, attempts) -> recipients."""
+
+    message_id: str
+    received_at: float
+    size: int
+    jobs: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Admission:
+    admit: list[Planned] = field(default_factory=list)
+    capped: set[str] = field(default_factory=set)  # domains at their limit, rows left behind
+    cursor: tuple[float, str] | None = None  # after the last row dealt with
+    more: bool = False  # the page was full: read on from the cursor at once
+    sweep: bool = False  # rows were skipped that only a pass from the start finds again
+
+
+def plan_admission(
+    rows: list[DueRow],
+    limit: int,
+    admitted_at: Callable[[str], float | None],
+    jobs_by_domain: Mapping[str, int],
+    domain_limit: int,
+    room: int,
+    waiting: Collection[str] = (),
+) -> Admission:
+    """Which messages of a page of due rows (ordered by next attempt, message id) enter the
+    active set. `admitted_at`: when a message already in it entered (None: not in it); `room`:
+    how many more may; a domain with `domain_limit` jobs takes no more (its rows wait), nor does
+    one in `waiting` (rows of it were left behind already: they go first, loaded by domain).
+
+    A page cut short by its `limit` may end inside a message: that message is left for the next
+    page (read again whole), unless it is the only one (the caller reads a bigger page)."""
+    groups = group_due(rows)
+    plan = Admission(more=len(rows) >= limit)
+    if plan.more and len(groups) > 1:
+        groups.pop()
+    jobs = dict(jobs_by_domain)
+    planned: dict[str, Planned] = {}
+    for mid, group in groups:
+        admitted = admitted_at(mid)
+        if admitted is not None:
+            if group[-1].next_attempt > admitted:
+                # Deferred while the message stayed active (another domain's job holds it):
+                # found again by the next sweep, once the message has left.
+                plan.sweep = True
+            plan.cursor = (group[-1].next_attempt, mid)
+            continue
+        msg = planned.get(mid)
+        if msg is None:
+            if len(planned) >= room:
+                plan.more = True
+                break
+            msg = Planned(mid, group[0].received_at, group[0].size)
+        for row in group:
+            key = (row.domain, row.attempts)
+            if key not in msg.jobs:
+                if row.domain in waiting or jobs.get(row.domain, 0) >= domain_limit:
+                    plan.capped.add(row.domain)
+                    continue
+                jobs[row.domain] = jobs.get(row.domain, 0) + 1
+                msg.jobs[key] = []
+            msg.jobs[key].append(row.recipient)
+        if msg.jobs and mid not in planned:
+            planned[mid] = msg
+            plan.admit.append(msg)
+        plan.cursor = (group[-1].next_attempt, mid)
+    return plan
+
+
 def jobs_for(msg: QueuedMessage, seq: itertools.count[int]) -> list[Job]:
     """Split a message by recipient domain and by retry time (recovered recipients may differ)."""
     groups: dict[tuple[str, float, int], list[str]] = defaultdict(list)
@@ -206,14 +278,19 @@ class QueueRunner:
         c.messages += 1
         for r in msg.recipients:
             c.add(c.by_domain, domain_of(r.recipient), 1)
-        if len(self.active) >= self.active_limit:
-            self._need_sweep = True
-            return
-        jobs = [
-            j
-            for j in jobs_for(msg, self._seq)
-            if c.jobs_by_domain.get(j.domain, 0) < self.domain_limit or self._cap(j.domain)
-        ]
+        jobs: list[Job] = []
+        left: set[str] = set()
+        for j in jobs_for(msg, self._seq):
+            if (
+                len(self.active) < self.active_limit
+                and j.domain not in self._capped
+                and c.jobs_by_domain.get(j.domain, 0) < self.domain_limit
+            ):
+                jobs.append(j)
+            else:
+                left.add(j.domain)
+        if left:
+            self._left_behind(msg.received_at, left)
         if not jobs:
             return
         now = time.time()
@@ -222,6 +299,19 @@ class QueueRunner:
         )
         for job in jobs:
             self._add_job(job, now)
+
+    def _left_behind(self, due: float, domains: set[str]) -> None:
+        """Rows due at `due` wait in the spool: make sure the loader's passes have not gone
+        beyond that time already (a commit can land behind a page just read)."""
+        at = (due, "")
+        if self._cursor is not None and at < self._cursor:
+            self._cursor = at
+        for d in domains:
+            if d in self._capped:  # loaded by domain: its own pass
+                after = self._capped[d]
+                if after is not None and at < after:
+                    self._capped[d] = at
+        self._load.set()
 
     def _cap(self, domain: str) -> bool:
         """Note a domain at its active limit: its due mail is loaded by domain once it has room."""
@@ -270,18 +360,24 @@ class QueueRunner:
         self.counts.by_domain = dict(counts.recipients_by_domain)
         self.oldest = await reader.oldest()
 
+    @property
+    def _load_batch(self) -> int:
+        """Free slots worth a page: read for a batch of them, not for each one."""
+        return min(max(self.active_limit // 20, 1), PAGE)
+
     async def _loader(self) -> None:
         while True:
             progressed = False
-            if len(self.active) < self.active_limit and self._reader is not None:
+            if self._reader is not None:
                 progressed = await self._load_once(self._reader)
             if progressed:
                 await asyncio.sleep(0)
                 continue
             self._load.clear()
             timeout = 1.0
-            if self._spool_next_due is not None:
-                timeout = min(max(self._spool_next_due - time.time(), 0.0), 1.0)
+            room = self.active_limit - len(self.active)
+            if self._spool_next_due is not None and room >= self._load_batch:
+                timeout = min(max(self._spool_next_due - time.time(), 0.01), 1.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._load.wait(), timeout=timeout)
 
@@ -294,66 +390,68 @@ class QueueRunner:
             room = self.active_limit - len(self.active)
             if free < max(self.domain_limit // 2, 1) or room <= 0:
                 continue
-            limit = min(free, room, PAGE)
-            rows = await reader.due(now, after, limit, domain)
-            cursor, more = self._admit(rows, limit, now)
-            if more:
-                self._capped[domain] = cursor if cursor is not None else after
+            rows, limit = await self._page(reader, now, after, min(free, room, PAGE), domain)
+            plan = self._admit(rows, limit, now, by_domain=True)
+            if plan.more:
+                self._capped[domain] = plan.cursor if plan.cursor is not None else after
                 return True
             self._capped.pop(domain, None)
         room = self.active_limit - len(self.active)
-        if room <= 0:
+        if room < self._load_batch and self.active:
             return False
         if self._need_sweep and now - self._last_sweep >= SWEEP_INTERVAL:
             self._need_sweep = False
             self._last_sweep = now
             self._cursor = None
-        limit = min(max(room, 1), PAGE)
-        rows = await reader.due(now, self._cursor, limit)
-        cursor, more = self._admit(rows, limit, now)
-        if cursor is not None:
-            self._cursor = cursor
-        if not more:
+        rows, limit = await self._page(reader, now, self._cursor, min(room, PAGE))
+        plan = self._admit(rows, limit, now)
+        if plan.cursor is not None:
+            self._cursor = plan.cursor
+        if not plan.more:
             self._spool_next_due = await reader.next_due(now)
-        return more
+        return plan.more
 
     def _admit(
-        self, rows: list[DueRow], limit: int, now: float
-    ) -> tuple[tuple[float, str] | None, bool]:
-        """Admit the messages of a page; (cursor after the last row taken, page was full)."""
-        groups = group_due(rows)
-        full = len(rows) >= limit
-        if full and len(groups) > 1:
-            groups.pop()  # maybe cut short by the limit: read again, whole, from the next page
-        cursor: tuple[float, str] | None = None
-        fresh: set[str] = set()
-        c = self.counts
-        for mid, group in groups:
-            active = self.active.get(mid)
-            if active is not None and mid not in fresh:
-                if group[-1].next_attempt > active.admitted:
-                    # Deferred while the message stayed active (another domain's job holds
-                    # it): found again by the next sweep, once the message has left.
-                    self._need_sweep = True
-                cursor = (group[-1].next_attempt, mid)
-                continue
-            if mid not in self.active and len(self.active) >= self.active_limit:
-                return cursor, True
-            by_job: dict[tuple[str, int], list[str]] = defaultdict(list)
-            for row in group:
-                if c.jobs_by_domain.get(row.domain, 0) >= self.domain_limit:
-                    self._cap(row.domain)
-                    continue
-                by_job[(row.domain, row.attempts)].append(row.recipient)
-            cursor = (group[-1].next_attempt, mid)
-            if not by_job:
-                continue
-            if mid not in self.active:
-                self.active[mid] = Active(group[0].received_at, group[0].size, now)
-                fresh.add(mid)
-            for (domain, attempts), rcpts in by_job.items():
-                self._add_job(Job(now, next(self._seq), mid, domain, rcpts, attempts), now)
-        return cursor, full
+        self, rows: list[DueRow], limit: int, now: float, by_domain: bool = False
+    ) -> Admission:
+        plan = plan_admission(
+            rows,
+            limit,
+            self._admitted_at,
+            self.counts.jobs_by_domain,
+            self.domain_limit,
+            self.active_limit - len(self.active),
+            () if by_domain else self._capped,
+        )
+        self._need_sweep = self._need_sweep or plan.sweep
+        for domain in plan.capped:
+            self._cap(domain)
+        for p in plan.admit:
+            self.active[p.message_id] = Active(p.received_at, p.size, now)
+            for (domain, attempts), rcpts in p.jobs.items():
+                job = Job(now, next(self._seq), p.message_id, domain, rcpts, attempts)
+                self._add_job(job, now)
+        return plan
+
+    def _admitted_at(self, message_id: str) -> float | None:
+        a = self.active.get(message_id)
+        return a.admitted if a is not None else None
+
+    async def _page(
+        self,
+        reader: SpoolReader,
+        now: float,
+        after: tuple[float, str] | None,
+        limit: int,
+        domain: str | None = None,
+    ) -> tuple[list[DueRow], int]:
+        """A page of due rows that holds at least one whole message (a message with more due
+        recipients than the page takes a bigger page)."""
+        while True:
+            rows = await reader.due(now, after, limit, domain)
+            if len(rows) < limit or rows[0].message_id != rows[-1].message_id:
+                return rows, limit
+            limit *= 2
 
     # -- running -------------------------------------------------------------------------------
 

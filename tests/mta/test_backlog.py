@@ -234,3 +234,70 @@ def test_new_mail_is_refused_with_452_below_the_disk_reserve(
     assert eng.status()["queue"]["messages"] == 0
     assert eng.metric("mailfleet_spool_disk_free_bytes") > 0
     assert eng.metric("mailfleet_spool_bytes", file="db") > 0
+
+
+def test_a_backlogged_domain_leaves_room_for_the_others(
+    mta_engine: Callable[..., EngineProc],
+) -> None:
+    """30 messages for a domain its provider's rate holds back (1 a minute) take at most
+    activeLimitPerDomain of the active set; mail for another domain sent afterwards is
+    delivered at once instead of waiting behind them."""
+    with RecordingMX("127.0.0.1", hostname="mx.example.org") as mx:
+        eng = mta_engine(
+            {
+                "routing": {"routes": {"*": f"{mx.host}:{mx.port}"}},
+                "spool": {"activeLimit": 6, "activeLimitPerDomain": 2},
+                "shaping": {
+                    "providers": [
+                        {
+                            "name": "slowpoke",
+                            "match": {"recipientDomains": ["slow.example"]},
+                            "perIP": {"maxMessageRate": "1/min"},
+                        }
+                    ]
+                },
+            }
+        )
+        bound = Bound(eng)
+        for i in range(30):
+            eng.send("app@example.test", [f"s{i}@slow.example"], body(i, 500))
+        fast = [f"f{i}@fast.example" for i in range(10)]
+        for i, r in enumerate(fast):
+            eng.send("app@example.test", [r], body(100 + i, 500))
+        got = mx.wait_for(10)
+
+        def fast_done() -> bool:
+            q = bound.sample()
+            assert q["byDomain"]["slow.example"]["active"] <= 2
+            return {m.rcpt_tos[0] for m in mx.messages()} >= set(fast)
+
+        eng.wait_until(fast_done, what="the other domain's mail delivered")
+        q = eng.status()["queue"]
+        assert q["byDomain"]["slow.example"]["queued"] >= 27  # still held by its rate
+        assert q["byProvider"]["slowpoke"]["queued"] == q["byDomain"]["slow.example"]["queued"]
+    assert len([m for m in got if m.rcpt_tos[0].endswith("@slow.example")]) <= 2
+    assert bound.max_status <= 6
+
+
+def test_a_many_recipient_message_loaded_from_disk_reaches_every_recipient(
+    mta_engine: Callable[..., EngineProc], tmp_path: Path
+) -> None:
+    rcpts = [f"u{i}@example.org" for i in range(40)] + [f"v{i}@example.net" for i in range(30)]
+
+    async def fill(path: Path) -> None:
+        s = Spool(path)
+        await s.start()
+        for _ in range(3):
+            await s.accept("app@example.test", rcpts, body(7, 1000))
+        await s.close()
+
+    with RecordingMX("127.0.0.1", hostname="mx.example.org") as mx:
+        eng = mta_engine(
+            {"routing": {"routes": {"*": f"{mx.host}:{mx.port}"}}, "spool": {"activeLimit": 1}},
+            start=False,
+        )
+        asyncio.run(fill(Path(eng.config["spool"]["path"])))
+        eng.start()
+        eng.wait_queue_empty()
+    got = sorted(r for m in mx.messages() for r in m.rcpt_tos)
+    assert got == sorted(rcpts * 3)
