@@ -54,8 +54,12 @@ bench: deps ## benchmarks: print figures and ratios against peers (never fail on
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 .PHONY: demo
-demo: deps ## run the engine with examples/mta/local.yaml and a local sink
+demo: deps ## a local fleet: control plane, operator, examples/local/, ISP simulator, live summary
 	$(PY) -m bench.demo $(DEMO_ARGS)
+
+.PHONY: demo-engine
+demo-engine: deps ## one engine with examples/mta/local.yaml, a local sink and a DKIM-signed message
+	$(PY) -m bench.demo_engine $(DEMO_ARGS)
 
 # Feature fragments (control plane, CRDs, ...) add their targets here.
 -include mk/*.mk

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""A real local Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager.
+"""A real local Kubernetes cluster on loopback: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler, and a local node (hack/nodeagent, a stand-in kubelet running pods as processes).
 
-No kubelet, no containers: the same API server and controllers as a real cluster, for tests and
+No containers: the same API server, controllers and scheduler as a real cluster, for tests and
 for users without Docker. Standard library only, so both ``make cluster-up`` and the pytest
 fixture (tests/fixtures/kube.py) use this one implementation.
 
@@ -47,7 +48,13 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENVTEST_SH = REPO_ROOT / "hack" / "envtest.sh"
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodeagent")
+NODE_NAME = "mailfleet-node"
+NODEAGENT_DIR = REPO_ROOT / "hack"
+# The node agent's volume provisioner: its StorageClass is the default one, binding Immediate so
+# the scheduler sees bound claims (there is one node: no topology to wait for).
+STORAGE_CLASS = "mailfleet-local"
+PROVISIONER_USER = "system:mailfleet:local-volume-provisioner"
 # A /16: one ClusterIP per Service for thousands of pools (a /24 holds only 254).
 SERVICE_CIDR = "10.0.0.0/16"
 SERVICE_IP = "10.0.0.1"  # first address of SERVICE_CIDR: the "kubernetes" Service
@@ -113,11 +120,12 @@ class Ports:
     etcd_peer: int
     apiserver: int
     controller_manager: int
+    scheduler: int = 0  # 0: picked on start (a cluster.json from before the scheduler)
 
     @classmethod
     def free(cls) -> Ports:
         chosen: list[int] = []
-        while len(chosen) < 4:
+        while len(chosen) < 5:
             p = free_port()
             if p not in chosen:
                 chosen.append(p)
@@ -176,8 +184,10 @@ def _issue(
 
 
 def ensure_pki(pki: Path) -> None:
-    """CA, serving and client certificates and the service-account key pair (once)."""
+    """CA, serving and client certificates and the service-account key pair (once); certificates
+    added since a state dir was made are issued into it."""
     if (pki / "complete").exists():
+        _ensure_leaf_certs(pki)
         return
     if pki.exists():
         shutil.rmtree(pki)
@@ -209,9 +219,23 @@ def ensure_pki(pki: Path) -> None:
     # Service-account token signing key (RS256) and its public half for verification.
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+    _ensure_leaf_certs(pki)
+    (pki / "complete").write_text("")
+
+
+def _ensure_leaf_certs(pki: Path) -> None:
+    leaves: list[tuple[str, str, list[str], bool]] = [
+        ("scheduler", "/CN=kube-scheduler", [f"IP:{LOOPBACK}"], False),
+        ("scheduler-client", "/CN=system:kube-scheduler", [], True),
+        # The Node authorizer and NodeRestriction know a kubelet by this identity.
+        ("node-client", f"/O=system:nodes/CN=system:node:{NODE_NAME}", [], True),
+        ("provisioner-client", f"/CN={PROVISIONER_USER}", [], True),
+    ]
+    for name, subject, sans, client in leaves:
+        if not (pki / f"{name}.crt").exists():
+            _issue(pki, name, subject, sans=sans, client=client)
     for key in pki.glob("*.key"):
         key.chmod(0o600)
-    (pki / "complete").write_text("")
 
 
 def write_kubeconfig(path: Path, *, server: str, pki: Path, user: str, cert: str) -> None:
@@ -266,10 +290,12 @@ def _pid_runs(pid: int, binary: str | None = None) -> bool:
     if binary is None:
         return True
     try:
-        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return Path(argv0).name == Path(binary).name
+    if binary == "nodeagent":  # python3 -m nodeagent
+        return b"nodeagent" in argv[1:3]
+    return Path(argv[0].decode()).name == Path(binary).name
 
 
 def _reap(pid: int) -> None:
@@ -324,10 +350,12 @@ def _tail(path: Path, n: int = 40) -> str:
 
 @dataclass
 class ControlPlane:
-    """etcd + kube-apiserver + kube-controller-manager under one state directory.
+    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + the node agent under
+    one state directory.
 
     state_dir layout: pki/ (certs, keys), etcd/ (data), run/<component>.pid, log/<component>.log,
-    kubeconfig (admin, system:masters), controller-manager.kubeconfig, bin/kubectl,
+    kubeconfig (admin, system:masters), controller-manager.kubeconfig, scheduler.kubeconfig,
+    bin/kubectl, node/ (the node agent: pods/<ns>_<name>/<container>.log, pvc/<pv>/ volumes),
     cluster.json (ports, versions: lets `down`/`status` and a later `up` find them again).
     """
 
@@ -341,6 +369,9 @@ class ControlPlane:
     # Appended to kube-apiserver's arguments (later flags win), e.g. an audit log for a
     # benchmark that counts API writes. Not recorded in cluster.json.
     extra_apiserver_args: list[str] = field(default_factory=list)
+    # False: no scheduler and no node agent (pods stay Pending), e.g. for a benchmark of the
+    # operator alone.
+    node: bool = True
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -359,6 +390,22 @@ class ControlPlane:
     @property
     def kcm_kubeconfig(self) -> Path:
         return self.state_dir / "controller-manager.kubeconfig"
+
+    @property
+    def scheduler_kubeconfig(self) -> Path:
+        return self.state_dir / "scheduler.kubeconfig"
+
+    @property
+    def node_state_dir(self) -> Path:
+        return self.state_dir / "node"
+
+    @property
+    def node_name(self) -> str:
+        return NODE_NAME
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return COMPONENTS if self.node else COMPONENTS[:3]
 
     @property
     def kubectl_path(self) -> Path:
@@ -390,6 +437,7 @@ class ControlPlane:
             state_dir=Path(state_dir),
             ports=Ports(**data["ports"]),
             fsync=bool(data.get("fsync", True)),
+            node=bool(data.get("node", True)),
         )
 
     def _save(self) -> None:
@@ -397,6 +445,7 @@ class ControlPlane:
             "bin_dir": str(self.bin_dir),
             "ports": asdict(self.ports),
             "fsync": self.fsync,
+            "node": self.node,
             "server": self.server,
             "kubeconfig": str(self.kubeconfig),
         }
@@ -405,7 +454,7 @@ class ControlPlane:
     def running(self) -> dict[str, int]:
         """component -> pid for each component whose PID file points at a live process."""
         out: dict[str, int] = {}
-        for c in COMPONENTS:
+        for c in self.components:
             try:
                 pid = int(self.pid_file(c).read_text().strip())
             except (OSError, ValueError):
@@ -494,18 +543,64 @@ class ControlPlane:
             "--v=1",
         ]
 
+    def _scheduler_args(self) -> list[str]:
+        pki = self.pki
+        kc = str(self.scheduler_kubeconfig)
+        return [
+            f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}",
+            f"--bind-address={LOOPBACK}",
+            f"--secure-port={self.ports.scheduler}",
+            f"--tls-cert-file={pki / 'scheduler.crt'}",
+            f"--tls-private-key-file={pki / 'scheduler.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--leader-elect=false",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+    def _nodeagent_args(self) -> list[str]:
+        pki = self.pki
+        return [
+            "-m",
+            "nodeagent",
+            f"--node-name={NODE_NAME}",
+            f"--state-dir={self.node_state_dir}",
+            f"--server={self.server}",
+            f"--ca={pki / 'ca.crt'}",
+            f"--cert={pki / 'node-client.crt'}",
+            f"--key={pki / 'node-client.key'}",
+            f"--provisioner-cert={pki / 'provisioner-client.crt'}",
+            f"--provisioner-key={pki / 'provisioner-client.key'}",
+            f"--kubelet-version={self._version()}",
+            # The pods' `mailfleet` and `python3` are the repository's (no image is pulled).
+            f"--path-prefix={REPO_ROOT / '.venv' / 'bin'}",
+        ]
+
+    def _version(self) -> str:
+        name = self.bin_dir.parent.name  # ~/.cache/mailfleet/k8s-vX.Y.Z/bin
+        return name[4:] if name.startswith("k8s-v") else "v0.0.0"
+
     def _spawn(self, component: str, args: list[str]) -> None:
-        binary = self.binary(component)
-        if not os.access(binary, os.X_OK):
-            raise ClusterError(f"{binary} is missing: run hack/envtest.sh (make envtest)")
+        env = None
+        if component == "nodeagent":
+            argv = [sys.executable, *args]
+            env = {**os.environ, "PYTHONPATH": str(NODEAGENT_DIR), "PYTHONUNBUFFERED": "1"}
+        else:
+            binary = self.binary(component)
+            if not os.access(binary, os.X_OK):
+                raise ClusterError(f"{binary} is missing: run hack/envtest.sh (make envtest)")
+            argv = [str(binary), *args]
         log = self.log_file(component).open("ab")
         try:
             proc = subprocess.Popen(
-                [str(binary), *args],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.state_dir,
+                env=env,
                 start_new_session=True,  # survives the CLI; never gets the terminal's signals
                 preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
@@ -553,6 +648,76 @@ class ControlPlane:
         logs = "\n".join(f"--- {c}:\n{_tail(self.log_file(c), 20)}" for c in watch)
         raise ClusterError(f"timed out waiting for {what} ({last})\n{logs}")
 
+    def _node_schedulable(self) -> bool:
+        """The Node is Ready and the node lifecycle controller has lifted its not-ready taint."""
+        status, body = self.get(f"/api/v1/nodes/{NODE_NAME}")
+        if status != 200:
+            return False
+        node = json.loads(body)
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in node.get("status", {}).get("conditions", [])
+        )
+        taints = node.get("spec", {}).get("taints", []) or []
+        return ready and not [t for t in taints if t.get("effect") != "PreferNoSchedule"]
+
+    def _apply_node_objects(self) -> None:
+        """The provisioner's RBAC and its (default) StorageClass."""
+        role = "mailfleet:local-volume-provisioner"
+        objs = [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": role},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["persistentvolumes"],
+                        "verbs": ["get", "list", "watch", "create", "delete"],
+                    },
+                    {
+                        "apiGroups": [""],
+                        "resources": ["persistentvolumeclaims"],
+                        "verbs": ["get", "list", "watch"],
+                    },
+                    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+                ],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": role},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": role,
+                },
+                "subjects": [
+                    {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "User",
+                        "name": PROVISIONER_USER,
+                    }
+                ],
+            },
+            {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "StorageClass",
+                "metadata": {
+                    "name": STORAGE_CLASS,
+                    "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+                },
+                "provisioner": "mailfleet.local/hostpath",
+                "reclaimPolicy": "Delete",
+                "volumeBindingMode": "Immediate",
+            },
+        ]
+        doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": objs})
+        try:
+            self.kubectl("apply", "-f", "-", input=doc)
+        except KubectlError as e:
+            raise ClusterError(f"applying the node's StorageClass and RBAC failed: {e}") from e
+
     def _etcd_healthy(self) -> bool:
         url = f"http://{LOOPBACK}:{self.ports.etcd_client}/health"
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -568,6 +733,8 @@ class ControlPlane:
         running = self.running()
         if not running:
             self._repick_busy_ports()
+        elif self.ports.scheduler == 0:  # a cluster started before the scheduler was added
+            self.ports.scheduler = free_port()
         ensure_pki(self.pki)
         write_kubeconfig(
             self.kubeconfig, server=self.server, pki=self.pki, user="admin", cert="admin"
@@ -578,6 +745,13 @@ class ControlPlane:
             pki=self.pki,
             user="system:kube-controller-manager",
             cert="kcm-client",
+        )
+        write_kubeconfig(
+            self.scheduler_kubeconfig,
+            server=self.server,
+            pki=self.pki,
+            user="system:kube-scheduler",
+            cert="scheduler-client",
         )
         shutil.copy2(self.binary("kubectl"), self.kubectl_path)
         self._save()
@@ -604,8 +778,22 @@ class ControlPlane:
                 'ServiceAccount "default" in namespace "default"',
                 lambda: self.get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
                 deadline,
-                list(COMPONENTS),
+                list(COMPONENTS[:3]),
             )
+            if self.node:
+                self._apply_node_objects()
+                if "kube-scheduler" not in running:
+                    self._busy_ports_check([self.ports.scheduler])
+                    self._spawn("kube-scheduler", self._scheduler_args())
+                if "nodeagent" not in running:
+                    self.node_state_dir.mkdir(parents=True, exist_ok=True)
+                    self._spawn("nodeagent", self._nodeagent_args())
+                self._wait(
+                    f'Node "{NODE_NAME}" Ready and schedulable',
+                    self._node_schedulable,
+                    deadline,
+                    list(COMPONENTS),
+                )
         except BaseException:
             self.stop()
             raise
@@ -615,7 +803,7 @@ class ControlPlane:
         by a free one (the kubeconfigs are rewritten on every start)."""
         taken = set(asdict(self.ports).values())
         for name, port in asdict(self.ports).items():
-            if port_in_use(port):
+            if port == 0 or port_in_use(port):
                 new = free_port()
                 while new in taken:
                     new = free_port()
@@ -631,7 +819,8 @@ class ControlPlane:
             )
 
     def stop(self) -> list[str]:
-        """Stop the components (controller-manager first) by PID; returns what was stopped."""
+        """Stop the components (the node agent first, etcd last) by PID; returns what was
+        stopped. The node agent stops its pods' processes before it exits (bounded)."""
         stopped: list[str] = []
         for c in reversed(COMPONENTS):
             pid: int | None = None
@@ -641,7 +830,8 @@ class ControlPlane:
             else:
                 with contextlib.suppress(OSError, ValueError):
                     pid = int(self.pid_file(c).read_text().strip())
-            if pid is not None and stop_pid(pid, c):
+            timeout = 30.0 if c == "nodeagent" else 15.0
+            if pid is not None and stop_pid(pid, c, timeout=timeout):
                 stopped.append(c)
             if proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -726,10 +916,12 @@ def _cmd_status(ns: argparse.Namespace) -> int:
         print("no control plane recorded in", ns.state_dir)
         return 1
     running = cp.running()
-    for c in COMPONENTS:
+    for c in cp.components:
         print(f"{c:26} {'pid ' + str(running[c]) if c in running else 'stopped'}")
     print(f"server {cp.server}  kubeconfig {cp.kubeconfig}")
-    return 0 if len(running) == len(COMPONENTS) else 1
+    if cp.node:
+        print(f"node {NODE_NAME}  state {cp.node_state_dir}  log {cp.log_file('nodeagent')}")
+    return 0 if len(running) == len(cp.components) else 1
 
 
 def _cmd_clean(ns: argparse.Namespace) -> int:
@@ -747,6 +939,8 @@ def _cmd_clean(ns: argparse.Namespace) -> int:
         "log",
         "kubeconfig",
         "controller-manager.kubeconfig",
+        "scheduler.kubeconfig",
+        "node",
         "cluster.json",
     ):
         p = state_dir / name

@@ -355,6 +355,7 @@ class Engine:
             "submission": {"listen": self.submission.listen, "accepting": self.handler.accepting},
             "queue": self.queue.status(),
             "shaping": self.queue.shaping_status(),
+            "warmup": self.queue.shaper.warmup_today(time.time()),
             "connections": stats() if callable(stats) else {},
         }
 

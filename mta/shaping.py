@@ -271,6 +271,20 @@ class Shaper:
             for k in keys
         )
 
+    def warmup_today(self, now: float) -> list[dict[str, Any]]:
+        """Today's count and cap of every warmup cap this engine holds (provider "*": the IP's
+        whole day), for the operator to show in the IPWarmup's status."""
+        day = day_index(now, self.cfg.shaping.day_length)
+        return [
+            {
+                "ip": ip,
+                "provider": provider,
+                "sent": self.warmup_sent.get((ip, provider, day), 0),
+                "cap": cap,
+            }
+            for (ip, provider), cap in sorted(self.caps.items())
+        ]
+
     # -- choosing a source IP --------------------------------------------------------------------
 
     def acquire(self, provider: str, now: float, rnd: float) -> Grant | Wait:

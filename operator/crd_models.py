@@ -73,6 +73,9 @@ QUANTITY_PATTERN = (
     r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 SOCKS5_PATTERN = r"^socks5h?://[^\s/@]+(:[0-9]{1,5})$"
+# host:port, the host a DNS name, an IPv4 address or a bracketed IPv6 address.
+HOSTPORT_PATTERN = rf"^(({_LABEL}\.)*{_LABEL}|\[[0-9A-Fa-f:.]+\]):[0-9]{{1,5}}$"
+ROUTE_DOMAIN_PATTERN = rf"^(\*|({_LABEL}\.)*{_LABEL})$"
 DKIM_SELECTOR_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 
@@ -289,7 +292,8 @@ class PoolIP(CRDModel):
     hostname: Hostname
     """HELO name; its A/AAAA record and the address's PTR must match it."""
     standby: bool = False
-    """Kept out of rotation until the operator promotes it (when an active IP is quarantined)."""
+    """Kept out of rotation: the engines never send from it. (Promotion of a standby when an
+    active IP is quarantined comes with the health loop; not acted on yet.)"""
 
 
 class Egress(CRDModel):
@@ -314,6 +318,37 @@ class Egress(CRDModel):
             lambda e: e.mode == "socks5" or e.proxy is None,
             field_path=".proxy",
             reason="FieldValueForbidden",
+        ),
+    )
+
+
+class DNS(CRDModel):
+    """The resolvers MX and A/AAAA lookups use; none: the pod's own (/etc/resolv.conf)."""
+
+    nameservers: list[IPAddress] = Field(default=[], max_length=8)
+    port: int = Field(default=53, ge=1, le=65535)
+
+
+class Routing(CRDModel):
+    """Where mail goes: static routes (smarthosts) first, then MX lookup."""
+
+    routes: dict[str, Annotated[str, Field(max_length=260, pattern=HOSTPORT_PATTERN)]] = Field(
+        default={}, max_length=256
+    )
+    """Recipient domain (or * for every other domain) -> host:port, bypassing MX lookup,
+    e.g. {"*": "smarthost.example.net:587"}."""
+    mx_port: int = Field(default=25, ge=1, le=65535)
+    """The port of every MX host; only a test world uses another than 25."""
+    dns: DNS = DNS()
+
+    cel_rules = (
+        Rule(
+            f"self.routes.all(d, size(d) <= 253 && d.matches(r'{ROUTE_DOMAIN_PATTERN}'))",
+            "routing.routes keys must be a domain name or *",
+            lambda r: all(
+                len(d) <= 253 and re.fullmatch(ROUTE_DOMAIN_PATTERN, d) for d in r.routes
+            ),
+            field_path=".routes",
         ),
     )
 
@@ -382,7 +417,8 @@ class LabelSelector(CRDModel):
 
 
 class QuarantineThresholds(CRDModel):
-    """Rates over health.window at which an IP is quarantined (and a standby promoted)."""
+    """Rates over health.window at which an IP is to be quarantined. Not acted on yet: today
+    engines quarantine an IP per provider from reply rules only."""
 
     bounce_rate: Fraction = 0.05
     complaint_rate: Fraction = 0.003
@@ -392,6 +428,9 @@ class QuarantineThresholds(CRDModel):
 
 
 class Health(CRDModel):
+    """IP health the operator is to watch. Not acted on yet (thresholds and blocklists are
+    validated and kept; the health loop that reads them is not built)."""
+
     window: Duration = 3600.0
     """The sliding window the rates are computed over."""
     quarantine: QuarantineThresholds = QuarantineThresholds()
@@ -425,6 +464,7 @@ class SendingPoolSpec(CRDModel):
     ips: list[PoolIP] = Field(min_length=1, max_length=256)
     """Source addresses; at least one must not be a standby."""
     egress: Egress = Egress()
+    routing: Routing = Routing()
     submission: Submission = Submission()
     dkim: list[DKIMKeyRef] = Field(default=[], max_length=32)
     policy_selector: LabelSelector | None = None
@@ -473,6 +513,19 @@ class IPStatus(CRDModel):
     """The pod that sends from this address."""
 
 
+class PodState(CRDModel):
+    """One pod of the pool as its engine reports itself over the admin API."""
+
+    name: str = Field(max_length=253)
+    ip: str | None = Field(default=None, max_length=45)
+    ready: bool = False
+    config_hash: str | None = Field(default=None, max_length=64)
+    """The hash of the engine config the pod runs; current when it equals status.configHash."""
+    queued: int | None = None
+    """Messages in the pod's spool."""
+    draining: bool | None = None
+
+
 class SendingPoolStatus(CRDModel):
     observed_generation: int | None = None
     conditions: Conditions = []
@@ -484,8 +537,15 @@ class SendingPoolStatus(CRDModel):
     selector: str | None = None
     """The pods' label selector as a string, for the scale subresource (HPA)."""
     queue_depth: int | None = None
+    """Messages queued across the pool's pods, as their engines last reported."""
+    config_hash: str | None = Field(default=None, max_length=64)
+    """The hash of the engine config rendered for the pool (the ConfigMap's engine.yaml)."""
+    updated_pods: int | None = None
+    """Pods whose engine runs the config with configHash."""
+    pods: list[PodState] = Field(default=[], max_length=1000)
     active_ips: int | None = Field(default=None, alias="activeIPs")
     quarantined_ips: int | None = Field(default=None, alias="quarantinedIPs")
+    """Pool IPs some engine has quarantined for at least one provider (reply rules)."""
     ips: list[IPStatus] = Field(default=[], max_length=256)
 
 
@@ -616,6 +676,9 @@ class WarmupSchedule(CRDModel):
         default=None, min_length=1, max_length=120
     )
     """e.g. [50, 100, 250, 500, 1000]; the last value is the cap of the final day."""
+    day_length: Duration = Field(default=86400.0, ge=60.0)
+    """How long a warmup day lasts: the operator moves to the next day (and its cap) after
+    this much warming. 24h for real traffic; shorter for a test or a demo."""
 
     cel_rules = (
         Rule(
@@ -636,7 +699,8 @@ class WarmupSchedule(CRDModel):
 
 
 class WarmupGates(CRDModel):
-    """Health an IP must keep, per provider, to advance a day."""
+    """Health an IP must keep, per provider, to advance a day. Not acted on yet: today the day
+    advances by the clock (schedule.dayLength) alone."""
 
     max_bounce_rate: Fraction = 0.02
     max_complaint_rate: Fraction = 0.001
@@ -775,6 +839,12 @@ KINDS: tuple[Kind, ...] = (
             PrinterColumn("Replicas", ".status.replicas", "integer"),
             PrinterColumn("Ready-Pods", ".status.readyReplicas", "integer"),
             PrinterColumn("Queue", ".status.queueDepth", "integer", "Messages queued"),
+            PrinterColumn(
+                "Config-Current",
+                ".status.updatedPods",
+                "integer",
+                "Pods running the current config",
+            ),
             PrinterColumn("Active-IPs", ".status.activeIPs", "integer"),
             PrinterColumn("Quarantined", ".status.quarantinedIPs", "integer"),
             _AGE,

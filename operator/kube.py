@@ -19,7 +19,7 @@ import aiohttp
 import kopf
 
 from mailfleet.operator.metrics import OperatorMetrics
-from mailfleet.operator.render import MANAGER
+from mailfleet.operator.naming import MANAGER
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ PDBS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 SENDINGPOOLS = Resource("mailfleet.io", "v1alpha1", "sendingpools", "SendingPool")
 DELIVERYPOLICIES = Resource("mailfleet.io", "v1alpha1", "deliverypolicies", "DeliveryPolicy")
 IPWARMUPS = Resource("mailfleet.io", "v1alpha1", "ipwarmups", "IPWarmup")
+SECRETS = Resource("", "v1", "secrets", "Secret")
 
 BY_KIND = {
     r.kind: r
@@ -202,6 +203,19 @@ class KubeClient:
         )
         if status == 404:
             raise ApiError(404, "PATCH", path, str(payload))
+        assert isinstance(payload, dict)
+        return payload
+
+    async def create(self, res: Resource, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """POST a new object; None when one of that name exists already (409)."""
+        meta = obj["metadata"]
+        path = res.path(meta["namespace"])
+        try:
+            _, payload = await self.request("POST", path, body=obj, kind=res.kind, verb="create")
+        except ApiError as e:
+            if e.status == 409:
+                return None
+            raise
         assert isinstance(payload, dict)
         return payload
 

@@ -81,13 +81,13 @@ def main(argv: list[str]) -> int:
     from mailfleet.operator import handlers
 
     if args.engine_image:
-        handlers.STATE.image = args.engine_image
+        handlers.SETTINGS.image = args.engine_image
     if args.metrics_port is not None:
-        handlers.STATE.metrics.serve(args.metrics_port, args.metrics_addr)
+        handlers.SETTINGS.metrics.serve(args.metrics_port, args.metrics_addr)
     namespaces: list[str] = args.namespace
     peering_name = args.peering or DEFAULT_PEERING
     # An explicitly named peering must exist; the default one is used only if it does.
-    handlers.STATE.peering_mandatory = args.peering is not None
+    handlers.SETTINGS.peering_mandatory = args.peering is not None
     try:
         kopf.run(
             standalone=args.standalone,

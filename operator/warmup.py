@@ -1,9 +1,14 @@
-"""Warmup schedules: how many messages an IP may send on a given warmup day.
+"""Warmup schedules: how many messages an IP may send on a given warmup day, and when the day
+advances.
 
-Pure functions; the day-advance logic (gates, hold/backoff) builds on these later.
+Pure functions with `now` passed in. The day advances by the clock, one day per
+`schedule.dayLength` of warming; health gates (hold, backoff) build on this later.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from mailfleet.operator.crd_models import WarmupPreset, WarmupSchedule
 
@@ -45,3 +50,37 @@ def final_day(schedule: WarmupSchedule) -> int:
 def provider_caps(cap: int, per_provider: dict[str, float]) -> dict[str, int]:
     """Each provider's share of the day's cap, rounded down (a share never rounds up past it)."""
     return {name: int(cap * share) for name, share in sorted(per_provider.items())}
+
+
+@dataclass(frozen=True)
+class WarmupClock:
+    day: int
+    last_advance: datetime | None
+    complete: bool
+    next_advance: datetime | None  # None: not advancing (paused, pending or complete)
+
+
+def warmup_clock(
+    day: int,
+    started: datetime | None,
+    last_advance: datetime | None,
+    now: datetime,
+    day_length: float,
+    final: int,
+    advancing: bool,
+) -> WarmupClock:
+    """The warmup day at `now` from the status last written: one day further once a whole day
+    has passed since the last advance (or the start). A warmup that fell more than a day behind
+    (operator down, paused) moves one day only and starts that day now: every day's cap is
+    meant to be sent, not skipped. Past the final day it is complete."""
+    day = max(day, 1)
+    since = last_advance or started
+    if not advancing or since is None:
+        return WarmupClock(day, last_advance, False, None)
+    length = timedelta(seconds=day_length)
+    if now - since < length:
+        return WarmupClock(day, last_advance, False, since + length)
+    if day >= final:
+        return WarmupClock(final, now, True, None)
+    moved = since + length if now - since < 2 * length else now
+    return WarmupClock(day + 1, moved, False, moved + length)

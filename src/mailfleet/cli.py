@@ -49,6 +49,21 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drain(args: argparse.Namespace) -> int:
+    from mailfleet.mta.adminclient import admin_token, admin_url, drain_until_empty
+    from mailfleet.mta.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.listen_address)
+        token = admin_token(cfg)
+    except (ConfigError, OSError) as e:
+        print(f"mailfleet mta drain: {e}", file=sys.stderr)
+        return 2
+    empty, state = drain_until_empty(admin_url(cfg), token, args.wait)
+    print(f"mailfleet mta drain: {'empty' if empty else 'not empty'} ({state})")
+    return 0 if empty else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailfleet", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="{mta,operator,crds}")
@@ -62,7 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen on this address instead of the host part of submission.listen and "
         "admin.listen (a pod passes its pod IP)",
     )
-    mta_sub = mta.add_subparsers(dest="mta_command", metavar="{hash-password,dkim-keygen}")
+    mta_sub = mta.add_subparsers(dest="mta_command", metavar="{hash-password,dkim-keygen,drain}")
+    dr = mta_sub.add_parser(
+        "drain", help="tell a running engine to stop taking mail; wait until its queue is empty"
+    )
+    dr.add_argument("--config", "-c", required=True, help="the engine's config (YAML)")
+    dr.add_argument("--listen-address", default=None, help="the engine's --listen-address")
+    dr.add_argument("--wait", type=float, default=60.0, help="seconds to wait for an empty queue")
     hp = mta_sub.add_parser("hash-password", help="print a users-file line for SMTP AUTH")
     hp.add_argument("user")
     hp.add_argument("--stdin", action="store_true", help="read the password from stdin")
@@ -96,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             return _hash_password(args)
         if args.mta_command == "dkim-keygen":
             return _dkim_keygen(args)
+        if args.mta_command == "drain":
+            return _drain(args)
         if not args.config:
             parser.error("mta: --config FILE is required")
         return _mta(args)

@@ -1,5 +1,6 @@
-"""The README's quick start: `make demo --once` starts the engine with examples/mta/local.yaml and
-a local sink, sends a message with swaks, and it arrives DKIM-signed (both example keys)."""
+"""The README's engine-only quick start: `make demo-engine` (here `python -m bench.demo_engine
+--once`) starts the engine with examples/mta/local.yaml and a local sink, sends a message with
+swaks, and it arrives DKIM-signed (both example keys)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 def test_demo_delivers_a_signed_message() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench.demo", "--once"],
+        [sys.executable, "-m", "bench.demo_engine", "--once"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -2,44 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
 from fixtures.engine import EngineProc, message
-from fixtures.procs import Proc, free_port
+from fixtures.procs import free_port
 from fixtures.smtppeers import RecordingMX
-
-DANTED = "/usr/sbin/danted"
-
-
-@pytest.fixture
-def dante(tmp_path: Path) -> Iterator[str]:
-    """danted on 127.0.0.1:<port>, connecting out from 127.0.0.5."""
-    port = free_port()
-    conf = tmp_path / "danted.conf"
-    conf.write_text(
-        f"""logoutput: stderr
-internal: 127.0.0.1 port = {port}
-external: 127.0.0.5
-socksmethod: none
-clientmethod: none
-user.privileged: root
-user.unprivileged: nobody
-client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}
-socks pass {{ from: 127.0.0.0/8 to: 127.0.0.0/8 command: connect }}
-"""
-    )
-    proc = Proc(
-        [DANTED, "-f", str(conf), "-p", str(tmp_path / "danted.pid"), "-N", "1"],
-        name="danted",
-        log_dir=tmp_path,
-    )
-    try:
-        proc.wait_port("127.0.0.1", port, timeout=15)
-        yield f"socks5://127.0.0.1:{port}"
-    finally:
-        proc.stop()
 
 
 def test_mail_leaves_from_the_proxy_address(

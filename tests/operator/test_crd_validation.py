@@ -60,6 +60,28 @@ def examples(crds: Any) -> Any:
     return crds
 
 
+def test_local_examples_apply_as_is(crds: Any) -> None:
+    """examples/local/ (what `make demo` runs) is valid too, in a namespace of its own."""
+    ns = f"{NS}-local"
+    ok(crds, "create", "namespace", ns)
+    try:
+        proc = run(crds, "apply", "-n", ns, "-f", str(REPO / "examples" / "local"))
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        assert proc.stdout.count("created") == 3 and not proc.stderr, proc.stderr + proc.stdout
+        listed = ok(crds, "get", "mailfleet", "-n", ns, "-o", "name")
+        assert sorted(listed.split()) == [
+            "deliverypolicy.mailfleet.io/simulated-providers",
+            "ipwarmup.mailfleet.io/local-mta3",
+            "sendingpool.mailfleet.io/local",
+        ]
+        pool = json.loads(ok(crds, "get", "-n", ns, "sendingpool", "local", "-o", "json"))
+        # Nothing was pruned: the server kept every field the manifest sets.
+        assert pool["spec"]["routing"]["mxPort"] == 10025
+        m.parse_object(pool)
+    finally:
+        run(crds, "delete", "namespace", ns, "--wait=false")
+
+
 def get(kube_cluster: Any, *what: str) -> dict[str, Any]:
     obj: dict[str, Any] = json.loads(ok(kube_cluster, "get", "-n", NS, *what, "-o", "json"))
     return obj
@@ -172,6 +194,19 @@ STATUS = {
     "readyReplicas": 1,
     "selector": "app.kubernetes.io/instance=transactional",
     "queueDepth": 1234,
+    "configHash": "0123456789abcdef",
+    "updatedPods": 1,
+    "pods": [
+        {
+            "name": "transactional-0",
+            "ip": "10.1.0.5",
+            "ready": True,
+            "configHash": "0123456789abcdef",
+            "queued": 1200,
+            "draining": False,
+        },
+        {"name": "transactional-1", "ready": False},
+    ],
     "activeIPs": 2,
     "quarantinedIPs": 0,
     "ips": [
@@ -192,10 +227,12 @@ def test_status_subresource_and_printer_columns(examples: Any) -> None:
     table = ok(examples, "get", "-n", NS, "mfpool", "transactional").splitlines()
     header, row = table[0].split(), table[1].split()
     assert header == [
-        "NAME", "READY", "REASON", "REPLICAS", "READY-PODS", "QUEUE", "ACTIVE-IPS",
-        "QUARANTINED", "AGE",
+        "NAME", "READY", "REASON", "REPLICAS", "READY-PODS", "QUEUE", "CONFIG-CURRENT",
+        "ACTIVE-IPS", "QUARANTINED", "AGE",
     ]  # fmt: skip
-    assert row[:8] == ["transactional", "False", "DKIMSecretMissing", "2", "1", "1234", "2", "0"]
+    assert row[:9] == [
+        "transactional", "False", "DKIMSecretMissing", "2", "1", "1234", "1", "2", "0"
+    ]  # fmt: skip
     wide = ok(examples, "get", "-n", NS, "mfpool", "transactional", "-o", "wide")
     assert "Secret dkim-example-com not found" in wide
     # The scale subresource reports the status side and the selector HPA needs.

@@ -21,12 +21,15 @@ from mailfleet.operator import crdgen
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+# examples/local/: the pool, policy and warmup `make demo` runs on this machine.
+LOCAL_EXAMPLES = sorted((REPO / "examples" / "local").glob("*.yaml"))
 INVALID = sorted((REPO / "tests/operator/invalid").glob("*.yaml"))
 ALL_RULE_MESSAGES = [
     r.message
     for model in (
         m.Replicas,
         m.Egress,
+        m.Routing,
         m.Submission,
         m.LabelSelectorRequirement,
         m.SendingPoolSpec,
@@ -130,7 +133,8 @@ def test_printer_columns_say_whether_it_is_ok() -> None:
     wide = {c.name for c in pool.columns}
     normal = [c.name for c in pool.columns if c.priority == 0]
     assert normal == [
-        "Ready", "Reason", "Replicas", "Ready-Pods", "Queue", "Active-IPs", "Quarantined", "Age"
+        "Ready", "Reason", "Replicas", "Ready-Pods", "Queue", "Config-Current", "Active-IPs",
+        "Quarantined", "Age"
     ]  # fmt: skip
     assert {"Min", "Max", "Message"} <= wide
     warmup = next(k for k in m.KINDS if k.kind == "IPWarmup")
@@ -368,7 +372,9 @@ def test_server_defaults_equal_model_defaults(
     assert set(dumped) == set(stored)
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", EXAMPLES + LOCAL_EXAMPLES, ids=lambda p: str(p.relative_to(REPO / "examples"))
+)
 def test_examples_parse(path: Path) -> None:
     docs = list(yaml.safe_load_all(path.read_text()))
     assert docs
@@ -385,6 +391,32 @@ def test_examples_cover_every_kind_and_the_big_providers() -> None:
     warmup = next(o for o in objs if isinstance(o, m.IPWarmup))
     assert warmup.spec.pool_ref == pool.metadata["name"]
     assert set(warmup.spec.addresses) <= {ip.address for ip in pool.spec.ips}
+
+
+def test_local_examples_fit_together_on_loopback() -> None:
+    """The local fleet: its pool selects its policy, its warmup warms one of its sending IPs,
+    every address is loopback, loopback clients may relay, and the DKIM keys are the examples'."""
+    objs = [m.parse_object(d) for p in LOCAL_EXAMPLES for d in yaml.safe_load_all(p.read_text())]
+    assert sorted(o.kind for o in objs) == ["DeliveryPolicy", "IPWarmup", "SendingPool"]
+    pool = next(o for o in objs if isinstance(o, m.SendingPool))
+    policy = next(o for o in objs if isinstance(o, m.DeliveryPolicy))
+    warmup = next(o for o in objs if isinstance(o, m.IPWarmup))
+    spec = pool.spec
+    assert (spec.replicas.min, spec.replicas.max) == (2, 4)
+    assert all(ipaddress.ip_address(str(ip.address)).is_loopback for ip in spec.ips)
+    assert [ip.standby for ip in spec.ips].count(True) == 1
+    assert any(
+        ipaddress.ip_address("127.10.0.1") in ipaddress.ip_network(str(c))
+        for c in spec.submission.trusted_cidrs
+    )
+    assert policy.metadata["labels"].items() >= spec.policy_selector.match_labels.items()
+    assert [p.name for p in policy.spec.providers] == ["gmail", "outlook", "yahoo"]
+    assert warmup.spec.pool_ref == pool.metadata["name"]
+    sending = {str(ip.address) for ip in spec.ips if not ip.standby}
+    assert {str(a) for a in warmup.spec.addresses} <= sending
+    keys = {(k.selector, k.algorithm) for k in spec.dkim}
+    assert keys == {("s2026a", "rsa-sha256"), ("s2026e", "ed25519-sha256")}
+    assert (REPO / "examples/mta/dkim/example.test.s2026a.rsa.pem").exists()
 
 
 def _loc(err: Any) -> str:

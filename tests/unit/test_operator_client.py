@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mailfleet.operator import handlers as h
-from mailfleet.operator import kube
-from mailfleet.operator import render as r
+from mailfleet.operator import drift, kube
+from mailfleet.operator import reconciler as h
 
 
 @pytest.mark.parametrize(
@@ -28,7 +27,7 @@ def test_retry_delay_backs_off_and_honours_retry_after(
 
 def sts(replicas: int, ready: int, generation: int = 2, foreign: bool = False) -> h.LiveStatefulSet:
     return h.LiveStatefulSet(
-        r.LiveChild("StatefulSet", "p", "h1", generation, foreign), replicas, ready
+        drift.LiveChild("StatefulSet", "p", "h1", generation, foreign), replicas, ready
     )
 
 
@@ -58,7 +57,7 @@ def test_index_bodies_leave_out_managed_fields_and_last_applied() -> None:
         },
         "spec": {"replicas": {"min": 1}},
     }
-    slim = h._slim(body)
+    slim = h.slim(body)
     assert slim == {
         "kind": "SendingPool",
         "metadata": {"name": "p", "annotations": {"team": "mail"}},

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from mailfleet.mta.config import parse_config
-from mailfleet.operator import render as r
+from mailfleet.mta.config import config_digest, parse_config
+from mailfleet.operator import conditions, drift, ipplan, naming, policy_merge, render, statuses
 from mailfleet.operator import warmup as wu
 from mailfleet.operator.crd_models import (
     DeliveryPolicy,
@@ -73,7 +73,7 @@ def warmup(
     return obj
 
 
-def inputs(p: SendingPool | None = None, **kw: Any) -> r.PoolInputs:
+def inputs(p: SendingPool | None = None, **kw: Any) -> render.PoolInputs:
     args: dict[str, Any] = {
         "pool": p or pool(),
         "policies": [policy()],
@@ -84,10 +84,10 @@ def inputs(p: SendingPool | None = None, **kw: Any) -> r.PoolInputs:
         "now": NOW,
     }
     args.update(kw)
-    return r.PoolInputs(**args)
+    return render.PoolInputs(**args)
 
 
-def child(rendered: r.RenderedPool, kind: str, name: str) -> dict[str, Any]:
+def child(rendered: render.RenderedPool, kind: str, name: str) -> dict[str, Any]:
     for c in rendered.children:
         found: dict[str, Any] = c
         if found["kind"] == kind and found["metadata"]["name"] == name:
@@ -112,7 +112,7 @@ def child(rendered: r.RenderedPool, kind: str, name: str) -> dict[str, Any]:
 def test_replicas_are_desired_or_min_clamped(
     mn: int, mx: int, desired: int | None, want: int
 ) -> None:
-    assert r.desired_replicas(Replicas(min=mn, max=mx, desired=desired)) == want
+    assert ipplan.desired_replicas(Replicas(min=mn, max=mx, desired=desired)) == want
 
 
 # --- IP ownership ------------------------------------------------------------------------------
@@ -121,7 +121,7 @@ def test_replicas_are_desired_or_min_clamped(
 @pytest.mark.parametrize("replicas", [1, 2, 3, 5, 8])
 def test_sending_ips_round_robin_over_pods(replicas: int) -> None:
     addrs = [f"203.0.113.{i}" for i in range(1, 6)]
-    owners = r.assign_owners(addrs, replicas, "pool")
+    owners = ipplan.assign_owners(addrs, replicas, "pool")
     assert list(owners) == addrs
     assert [owners[a] for a in addrs] == [f"pool-{i % replicas}" for i in range(5)]
     # Every pod up to min(replicas, IPs) gets at least one address; loads differ by at most one.
@@ -131,7 +131,7 @@ def test_sending_ips_round_robin_over_pods(replicas: int) -> None:
 
 
 def test_no_pods_means_no_owner() -> None:
-    assert r.assign_owners(["203.0.113.1"], 0, "p") == {"203.0.113.1": None}
+    assert ipplan.assign_owners(["203.0.113.1"], 0, "p") == {"203.0.113.1": None}
 
 
 def test_standby_ips_have_no_owner_and_do_not_shift_the_others() -> None:
@@ -141,7 +141,7 @@ def test_standby_ips_have_no_owner_and_do_not_shift_the_others() -> None:
         {"address": "203.0.113.12", "hostname": "c.example.com"},
         {"address": "203.0.113.13", "hostname": "d.example.com"},
     ]
-    plans = r.plan_ips(pool(ips=ips), [], 2)
+    plans = ipplan.plan_ips(pool(ips=ips), [], 2, NOW)
     assert [(p.address, p.state, p.owner) for p in plans] == [
         ("203.0.113.10", "active", "transactional-0"),
         ("203.0.113.11", "standby", None),
@@ -151,7 +151,7 @@ def test_standby_ips_have_no_owner_and_do_not_shift_the_others() -> None:
 
 
 def test_warming_ips_come_from_the_pools_active_warmups() -> None:
-    plans = r.plan_ips(pool(), [warmup()], 2)
+    plans = ipplan.plan_ips(pool(), [warmup()], 2, NOW)
     states = {p.address: (p.state, p.reason) for p in plans}
     assert states == {
         "203.0.113.10": ("active", None),
@@ -160,17 +160,17 @@ def test_warming_ips_come_from_the_pools_active_warmups() -> None:
     }
     # A warmup of another pool, a paused one (still capped) and a completed one.
     other = warmup(poolRef="other")
-    assert {p.state for p in r.plan_ips(pool(), [other], 2)} == {"active", "standby"}
+    assert {p.state for p in ipplan.plan_ips(pool(), [other], 2, NOW)} == {"active", "standby"}
     paused = warmup(paused=True)
-    assert r.plan_ips(pool(), [paused], 2)[2].state == "warming"
+    assert ipplan.plan_ips(pool(), [paused], 2, NOW)[2].state == "warming"
     done = warmup(status={"phase": "Complete", "day": 14})
-    assert r.plan_ips(pool(), [done], 2)[2].state == "active"
+    assert ipplan.plan_ips(pool(), [done], 2, NOW)[2].state == "active"
 
 
 def test_a_warmup_never_wakes_a_standby() -> None:
     w = warmup(addresses=["203.0.113.11"])
-    assert r.plan_ips(pool(), [w], 1)[1].state == "standby"
-    assert r.warmup_caps(pool(), [w]) == []
+    assert ipplan.plan_ips(pool(), [w], 1, NOW)[1].state == "standby"
+    assert ipplan.warmup_caps(pool(), [w], NOW) == []
 
 
 # --- warmup schedule ---------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def test_presets_increase_strictly(preset: str) -> None:
 
 
 def test_warmup_caps_per_ip_and_provider_share() -> None:
-    caps = r.warmup_caps(pool(), [warmup()])
+    caps = ipplan.warmup_caps(pool(), [warmup()], NOW)
     got = [(str(c.address), c.provider, c.day, c.daily_cap) for c in caps]
     first = wu.PRESETS["standard"][0]
     assert got == [
@@ -203,14 +203,14 @@ def test_warmup_caps_per_ip_and_provider_share() -> None:
     later = warmup(
         status={"phase": "Warming", "day": 3}, schedule={"days": [10, 20, 30, 40]}, perProvider={}
     )
-    assert [(c.provider, c.day, c.daily_cap) for c in r.warmup_caps(pool(), [later])] == [
+    assert [(c.provider, c.day, c.daily_cap) for c in ipplan.warmup_caps(pool(), [later], NOW)] == [
         ("*", 3, 30)
     ]
 
 
 def test_addresses_outside_the_pool_get_no_cap() -> None:
     w = warmup(addresses=["198.51.100.1", "203.0.113.12"], perProvider={})
-    assert [str(c.address) for c in r.warmup_caps(pool(), [w])] == ["203.0.113.12"]
+    assert [str(c.address) for c in ipplan.warmup_caps(pool(), [w], NOW)] == ["203.0.113.12"]
 
 
 # --- policies ----------------------------------------------------------------------------------
@@ -231,14 +231,16 @@ def test_selector_semantics() -> None:
         }
     )
     good = {"tier": "t", "env": "prod", "team": "x"}
-    assert r.selector_matches(sel, good)
-    assert r.selector_matches(sel, {**good, "zone": "us"})
-    assert not r.selector_matches(sel, {**good, "zone": "eu"})
-    assert not r.selector_matches(sel, {**good, "legacy": "1"})
-    assert not r.selector_matches(sel, {k: v for k, v in good.items() if k != "team"})
-    assert not r.selector_matches(sel, {**good, "env": "dev"})
-    assert not r.selector_matches(sel, {**good, "tier": "u"})
-    assert r.selector_matches(None, {}) and r.selector_matches(LabelSelector(), {"a": "b"})
+    assert policy_merge.selector_matches(sel, good)
+    assert policy_merge.selector_matches(sel, {**good, "zone": "us"})
+    assert not policy_merge.selector_matches(sel, {**good, "zone": "eu"})
+    assert not policy_merge.selector_matches(sel, {**good, "legacy": "1"})
+    assert not policy_merge.selector_matches(sel, {k: v for k, v in good.items() if k != "team"})
+    assert not policy_merge.selector_matches(sel, {**good, "env": "dev"})
+    assert not policy_merge.selector_matches(sel, {**good, "tier": "u"})
+    assert policy_merge.selector_matches(None, {}) and policy_merge.selector_matches(
+        LabelSelector(), {"a": "b"}
+    )
 
 
 def test_policies_selected_by_label_in_the_pools_namespace() -> None:
@@ -247,9 +249,9 @@ def test_policies_selected_by_label_in_the_pools_namespace() -> None:
     other_tier = policy("a", labels={"tier": "bulk"})
     other_ns = policy("c", labels={"tier": "transactional"})
     other_ns.metadata["namespace"] = "elsewhere"
-    assert [x.metadata["name"] for x in r.select_policies(p, [other_ns, other_tier, chosen])] == [
-        "b"
-    ]
+    assert [
+        x.metadata["name"] for x in policy_merge.select_policies(p, [other_ns, other_tier, chosen])
+    ] == ["b"]
 
 
 def test_merge_by_name_first_policy_by_name_wins_and_conflicts_are_named() -> None:
@@ -262,7 +264,7 @@ def test_merge_by_name_first_policy_by_name_wins_and_conflicts_are_named() -> No
     apple = {"name": "apple", "match": {"mxSuffixes": ["icloud.com"]}}
     extra = policy("b-extra", providers=[gmail2, apple], default={"perIP": {"maxConnections": 2}})
     for order in ([base, extra], [extra, base]):
-        merged = r.merge_policies(order)
+        merged = policy_merge.merge_policies(order)
         assert merged.sources == ["a-base", "b-extra"]
         assert [p.name for p in merged.providers] == ["gmail", "outlook", "yahoo", "apple"]
         assert merged.providers[0].per_ip.max_connections == 5  # a-base's gmail
@@ -271,9 +273,9 @@ def test_merge_by_name_first_policy_by_name_wins_and_conflicts_are_named() -> No
             "provider gmail is defined by a-base and b-extra; a-base wins",
             "default is defined by a-base and b-extra; a-base wins",
         ]
-    same = r.merge_policies([base, policy("z-copy")])
+    same = policy_merge.merge_policies([base, policy("z-copy")])
     assert same.conflicts == [] and len(same.providers) == 3
-    empty = r.merge_policies([])
+    empty = policy_merge.merge_policies([])
     assert empty.providers == [] and empty.sources == []
 
 
@@ -284,21 +286,23 @@ def test_conflict_is_reported_in_status_and_event() -> None:
         "perIP": {"maxConnections": 1},
     }
     pols = [policy("a"), policy("b", providers=[gmail2])]
-    out = r.render_pool(inputs(policies=pols))
-    cond = r.condition(out.status, "PoliciesResolved")
+    out = render.render_pool(inputs(policies=pols))
+    cond = conditions.condition(out.status, "PoliciesResolved")
     assert cond is not None and cond["reason"] == "PolicyConflict"
     assert "provider gmail is defined by a and b; a wins" in cond["message"]
-    events = r.pool_events(None, out.status)
+    events = statuses.pool_events(None, out.status)
     assert any(e.reason == "PolicyConflict" and e.type == "Warning" for e in events)
     # The same conflict again is not a new event.
-    assert not any(e.reason == "PolicyConflict" for e in r.pool_events(out.status, out.status))
+    assert not any(
+        e.reason == "PolicyConflict" for e in statuses.pool_events(out.status, out.status)
+    )
 
 
 # --- the engine config -------------------------------------------------------------------------
 
 
 def test_rendered_config_parses_and_carries_policies_ips_and_caps() -> None:
-    out = r.render_pool(inputs())
+    out = render.render_pool(inputs())
     cm = child(out, "ConfigMap", "transactional-config")
     cfg = parse_config(yaml.safe_load(cm["data"]["engine.yaml"]))
     assert cfg == out.config
@@ -314,9 +318,9 @@ def test_rendered_config_parses_and_carries_policies_ips_and_caps() -> None:
     assert cfg.shaping.overflow == "spill"
     assert cfg.submission.listen == "0.0.0.0:2525"
     assert [str(n) for n in cfg.submission.trusted_networks] == ["10.0.0.0/8"]
-    assert cfg.admin.listen == f"0.0.0.0:{r.ADMIN_PORT}"
+    assert cfg.admin.listen == f"0.0.0.0:{naming.ADMIN_PORT}"
     assert cfg.hostname == "mta1.example.com"
-    defer = r.render_pool(inputs(warmups=[warmup(overflow="defer")]))
+    defer = render.render_pool(inputs(warmups=[warmup(overflow="defer")]))
     assert defer.config is not None and defer.config.shaping.overflow == "defer"
 
 
@@ -332,22 +336,28 @@ def test_dkim_auth_and_tls_files_point_into_their_mounts() -> None:
         {"domain": "example.org", "selector": "s1", "secretRef": "dkim-a", "secretKey": "org.key"},
     ]
     sub = {"port": 587, "authSecretRef": "users", "tlsSecretRef": "tls"}
-    out = r.render_pool(inputs(pool(dkim=dkim, submission=sub)))
+    out = render.render_pool(inputs(pool(dkim=dkim, submission=sub)))
     assert out.config is not None
     keys = [(k.domain, k.selector, str(k.key_file), k.algorithm) for k in out.config.dkim.keys]
     assert keys == [
-        ("example.com", "s1", f"{r.SECRETS_DIR}/dkim/dkim-a/private.key", "rsa-sha256"),
-        ("example.com", "s2", f"{r.SECRETS_DIR}/dkim/dkim-b/private.key", "ed25519-sha256"),
-        ("example.org", "s1", f"{r.SECRETS_DIR}/dkim/dkim-a/org.key", "rsa-sha256"),
+        ("example.com", "s1", f"{naming.SECRETS_DIR}/dkim/dkim-a/private.key", "rsa-sha256"),
+        ("example.com", "s2", f"{naming.SECRETS_DIR}/dkim/dkim-b/private.key", "ed25519-sha256"),
+        ("example.org", "s1", f"{naming.SECRETS_DIR}/dkim/dkim-a/org.key", "rsa-sha256"),
     ]
-    assert str(out.config.submission.auth_users_file) == f"{r.SECRETS_DIR}/auth/users"
+    assert str(out.config.submission.auth_users_file) == f"{naming.SECRETS_DIR}/auth/users"
     assert out.config.submission.tls is not None
     sts = child(out, "StatefulSet", "transactional")
     pod = sts["spec"]["template"]["spec"]
     secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
-    assert secrets == {"dkim-0": "dkim-a", "dkim-1": "dkim-b", "auth": "users", "tls": "tls"}
+    assert secrets == {
+        "dkim-0": "dkim-a",
+        "dkim-1": "dkim-b",
+        "auth": "users",
+        "tls": "tls",
+        "admin": "transactional-admin",
+    }
     mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
-    assert mounts["dkim-0"]["mountPath"] == f"{r.SECRETS_DIR}/dkim/dkim-a"
+    assert mounts["dkim-0"]["mountPath"] == f"{naming.SECRETS_DIR}/dkim/dkim-a"
     assert all(mounts[n]["readOnly"] for n in secrets)
     assert pod["containers"][0]["ports"][0]["containerPort"] == 587
 
@@ -356,7 +366,7 @@ def test_dkim_auth_and_tls_files_point_into_their_mounts() -> None:
 
 
 def test_every_child_is_owned_by_the_pool_and_labelled() -> None:
-    out = r.render_pool(inputs())
+    out = render.render_pool(inputs())
     kinds = sorted((c["kind"], c["metadata"]["name"]) for c in out.children)
     assert kinds == [
         ("ConfigMap", "transactional-config"),
@@ -379,18 +389,18 @@ def test_every_child_is_owned_by_the_pool_and_labelled() -> None:
                 "blockOwnerDeletion": True,
             }
         ]
-        assert meta["labels"]["app.kubernetes.io/managed-by"] == r.MANAGER
-        assert meta["annotations"][r.HASH_ANNOTATION] == r.object_hash(c)
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == naming.MANAGER
+        assert meta["annotations"][naming.HASH_ANNOTATION] == drift.object_hash(c)
 
 
 def test_statefulset_shape() -> None:
-    out = r.render_pool(inputs(pool(replicas={"min": 2, "max": 10, "desired": 3})))
+    out = render.render_pool(inputs(pool(replicas={"min": 2, "max": 10, "desired": 3})))
     sts = child(out, "StatefulSet", "transactional")
     spec = sts["spec"]
     assert spec["replicas"] == 3 and spec["serviceName"] == "transactional-headless"
-    assert spec["selector"]["matchLabels"] == r.selector_labels("transactional")
+    assert spec["selector"]["matchLabels"] == naming.selector_labels("transactional")
     tmpl = spec["template"]
-    assert r.selector_labels("transactional").items() <= tmpl["metadata"]["labels"].items()
+    assert naming.selector_labels("transactional").items() <= tmpl["metadata"]["labels"].items()
     pod = tmpl["spec"]
     assert pod["serviceAccountName"] == "transactional-mta"
     assert pod["automountServiceAccountToken"] is False
@@ -398,11 +408,20 @@ def test_statefulset_shape() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (c,) = pod["containers"]
-    assert c["command"] == ["mailfleet", "mta", "--config", "/etc/mailfleet/engine.yaml"]
+    # Each pod listens on its own address; the kubelet expands $(POD_IP) from the env below.
+    assert c["command"] == [
+        "mailfleet",
+        "mta",
+        "--config",
+        "/etc/mailfleet/engine.yaml",
+        "--listen-address",
+        "$(POD_IP)",
+    ]
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in c["env"]
     assert c["image"] == "mailfleet:test"
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
-    assert {"name": "admin", "containerPort": r.ADMIN_PORT, "protocol": "TCP"} in c["ports"]
+    assert {"name": "admin", "containerPort": naming.ADMIN_PORT, "protocol": "TCP"} in c["ports"]
     assert c["env"][0] == {
         "name": "POD_NAME",
         "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
@@ -410,18 +429,29 @@ def test_statefulset_shape() -> None:
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
-    assert "/v1/drain" in c["lifecycle"]["preStop"]["exec"]["command"][-1]
-    compile(c["lifecycle"]["preStop"]["exec"]["command"][-1], "preStop", "exec")
+    # Hooks get no $(VAR) expansion: the shell reads POD_IP.
+    prestop = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert prestop[:2] == ["sh", "-c"] and "mailfleet mta drain" in prestop[2]
+    assert '--listen-address "$POD_IP"' in prestop[2]
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-    assert mounts == {"/etc/mailfleet": "config", "/var/spool/mailfleet": "spool", "/tmp": "tmp"}
+    assert mounts == {
+        "/etc/mailfleet": "config",
+        "/var/spool/mailfleet": "spool",
+        "/tmp": "tmp",
+        naming.ADMIN_TOKEN_DIR: "admin",
+    }
+    assert {
+        "name": "admin",
+        "secret": {"secretName": "transactional-admin", "defaultMode": 0o440},
+    } in pod["volumes"]
     assert {"name": "config", "configMap": {"name": "transactional-config"}} in pod["volumes"]
-    assert c["resources"] == r.DEFAULT_RESOURCES
+    assert c["resources"] == naming.DEFAULT_RESOURCES
     (claim,) = spec["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "spool"
     assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
     own = pool(resources={"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}}, image="img:2",
                storage={"size": "5Gi", "storageClassName": "fast"})  # fmt: skip
-    sts2 = child(r.render_pool(inputs(own)), "StatefulSet", "transactional")
+    sts2 = child(render.render_pool(inputs(own)), "StatefulSet", "transactional")
     c2 = sts2["spec"]["template"]["spec"]["containers"][0]
     assert c2["resources"] == {"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}}
     assert c2["image"] == "img:2"
@@ -429,10 +459,10 @@ def test_statefulset_shape() -> None:
 
 
 def test_services_pdb_and_service_account_shapes() -> None:
-    out = r.render_pool(inputs())
+    out = render.render_pool(inputs())
     headless = child(out, "Service", "transactional-headless")
     assert headless["spec"]["clusterIP"] == "None"
-    assert headless["spec"]["selector"] == r.selector_labels("transactional")
+    assert headless["spec"]["selector"] == naming.selector_labels("transactional")
     sub = child(out, "Service", "transactional")
     assert sub["spec"]["ports"] == [
         {"name": "submission", "port": 2525, "targetPort": "submission", "protocol": "TCP"}
@@ -440,7 +470,7 @@ def test_services_pdb_and_service_account_shapes() -> None:
     pdb = child(out, "PodDisruptionBudget", "transactional")
     assert pdb["spec"] == {
         "maxUnavailable": 1,
-        "selector": {"matchLabels": r.selector_labels("transactional")},
+        "selector": {"matchLabels": naming.selector_labels("transactional")},
     }
     sa = child(out, "ServiceAccount", "transactional-mta")
     assert sa["automountServiceAccountToken"] is False
@@ -458,20 +488,20 @@ def _shuffled(obj: Any) -> Any:
 
 
 def test_hash_is_stable_across_dict_order_and_renders() -> None:
-    a = r.render_pool(inputs())
-    b = r.render_pool(inputs(now=LATER))
+    a = render.render_pool(inputs())
+    b = render.render_pool(inputs(now=LATER))
     for x, y in zip(a.children, b.children, strict=True):
         assert x == y
-        assert r.object_hash(_shuffled(x)) == r.object_hash(x)
-    changed = r.render_pool(inputs(pool(replicas={"min": 3, "max": 10})))
-    assert r.object_hash(child(changed, "StatefulSet", "transactional")) != r.object_hash(
+        assert drift.object_hash(_shuffled(x)) == drift.object_hash(x)
+    changed = render.render_pool(inputs(pool(replicas={"min": 3, "max": 10})))
+    assert drift.object_hash(child(changed, "StatefulSet", "transactional")) != drift.object_hash(
         child(a, "StatefulSet", "transactional")
     )
     # Policy order in the namespace does not matter.
     pols = [policy("x"), policy("y", providers=[])]
     assert (
-        r.render_pool(inputs(policies=pols)).config_text
-        == r.render_pool(inputs(policies=list(reversed(pols)))).config_text
+        render.render_pool(inputs(policies=pols)).config_text
+        == render.render_pool(inputs(policies=list(reversed(pols)))).config_text
     )
 
 
@@ -484,39 +514,39 @@ def _as_server_would_store(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_needs_apply_only_when_missing_changed_or_drifted() -> None:
-    out = r.render_pool(inputs())
+    out = render.render_pool(inputs())
     for c in out.children:
-        assert r.needs_apply(c, None)
+        assert drift.needs_apply(c, None)
         live = _as_server_would_store(c)
-        assert not r.needs_apply(c, live), c["kind"]
+        assert not drift.needs_apply(c, live), c["kind"]
         stale = copy.deepcopy(live)
-        stale["metadata"]["annotations"][r.HASH_ANNOTATION] = "old"
-        assert r.needs_apply(c, stale)
+        stale["metadata"]["annotations"][naming.HASH_ANNOTATION] = "old"
+        assert drift.needs_apply(c, stale)
     sts = child(out, "StatefulSet", "transactional")
     scaled = _as_server_would_store(sts)
     scaled["spec"]["replicas"] = 7  # someone scaled the StatefulSet by hand
-    assert r.needs_apply(sts, scaled)
+    assert drift.needs_apply(sts, scaled)
     # Quantities the server normalises are the same quantity.
     own = pool(resources={"requests": {"cpu": "0.5", "memory": "1Gi"}})
-    sts2 = child(r.render_pool(inputs(own)), "StatefulSet", "transactional")
+    sts2 = child(render.render_pool(inputs(own)), "StatefulSet", "transactional")
     live2 = _as_server_would_store(sts2)
     live2["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "500m"
-    assert not r.needs_apply(sts2, live2)
+    assert not drift.needs_apply(sts2, live2)
 
 
 def test_immutable_statefulset_fields_are_kept_and_reported() -> None:
-    sts = child(r.render_pool(inputs()), "StatefulSet", "transactional")
+    sts = child(render.render_pool(inputs()), "StatefulSet", "transactional")
     live = _as_server_would_store(sts)
     bigger = child(
-        r.render_pool(inputs(pool(storage={"size": "20Gi"}))), "StatefulSet", "transactional"
+        render.render_pool(inputs(pool(storage={"size": "20Gi"}))), "StatefulSet", "transactional"
     )
-    applied, ignored = r.keep_immutable(bigger, live)
+    applied, ignored = drift.keep_immutable(bigger, live)
     assert ignored == ["spec.volumeClaimTemplates"]
     assert (
         applied["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
         == "10Gi"
     )
-    same, none = r.keep_immutable(sts, live)
+    same, none = drift.keep_immutable(sts, live)
     assert none == [] and same == sts
 
 
@@ -524,7 +554,7 @@ def test_immutable_statefulset_fields_are_kept_and_reported() -> None:
 
 
 def test_status_without_pods_says_why_it_is_not_ready() -> None:
-    out = r.render_pool(inputs())
+    out = render.render_pool(inputs())
     s = out.status
     assert s["observedGeneration"] == 1
     assert (
@@ -532,8 +562,11 @@ def test_status_without_pods_says_why_it_is_not_ready() -> None:
         == "app.kubernetes.io/instance=transactional,app.kubernetes.io/name=mailfleet-mta"
     )
     assert (s["replicas"], s["readyReplicas"], s["desiredReplicas"]) == (0, 0, 2)
-    assert (s["activeIPs"], s["quarantinedIPs"]) == (2, 0)
-    ready = r.condition(s, "Ready")
+    assert s["activeIPs"] == 2
+    # Quarantines and queue depth come from the pods' own reports, not from the render.
+    assert "quarantinedIPs" not in s and "queueDepth" not in s
+    assert s["configHash"] == config_digest(out.config_text)
+    ready = conditions.condition(s, "Ready")
     assert ready is not None
     assert (ready["status"], ready["reason"]) == ("False", "PodsNotReady")
     assert ready["lastTransitionTime"] == "2026-03-04T05:06:07Z"
@@ -542,8 +575,8 @@ def test_status_without_pods_says_why_it_is_not_ready() -> None:
     assert all(c["observedGeneration"] == 1 for c in s["conditions"])
     assert [ip["state"] for ip in s["ips"]] == ["active", "standby", "warming"]
     assert s["ips"][0]["pod"] == "transactional-0" and "pod" not in s["ips"][1]
-    all_ready = r.render_pool(inputs(statefulset_status={"replicas": 2, "readyReplicas": 2}))
-    rc = r.condition(all_ready.status, "Ready")
+    all_ready = render.render_pool(inputs(statefulset_status={"replicas": 2, "readyReplicas": 2}))
+    rc = conditions.condition(all_ready.status, "Ready")
     assert rc is not None and (rc["status"], rc["reason"]) == ("True", "PodsReady")
     # The status validates against the CRD model.
     from mailfleet.operator.crd_models import SendingPoolStatus
@@ -560,19 +593,19 @@ def _with_status(p: SendingPool, status: dict[str, Any]) -> SendingPool:
 
 
 def test_transition_times_move_only_when_status_flips() -> None:
-    first = r.render_pool(inputs()).status
+    first = render.render_pool(inputs()).status
     p2 = _with_status(pool(), first)
-    again = r.render_pool(inputs(p2, now=LATER)).status
+    again = render.render_pool(inputs(p2, now=LATER)).status
     assert again == first  # nothing changed: identical status, nothing to write
-    assert not r.status_changed(first, again)
-    ready = r.render_pool(
+    assert not drift.status_changed(first, again)
+    ready = render.render_pool(
         inputs(p2, now=LATER, statefulset_status={"replicas": 2, "readyReplicas": 2})
     )
-    cond = r.condition(ready.status, "Ready")
+    cond = conditions.condition(ready.status, "Ready")
     assert cond is not None and cond["lastTransitionTime"] == "2026-03-05T00:00:00Z"
-    other = r.condition(ready.status, "ConfigRendered")
+    other = conditions.condition(ready.status, "ConfigRendered")
     assert other is not None and other["lastTransitionTime"] == "2026-03-04T05:06:07Z"
-    assert r.status_changed(first, ready.status)
+    assert drift.status_changed(first, ready.status)
     # IP since is kept while the state holds.
     assert ready.status["ips"] == first["ips"]
 
@@ -580,30 +613,30 @@ def test_transition_times_move_only_when_status_flips() -> None:
 def test_missing_dkim_secret_and_recovery() -> None:
     dkim = [{"domain": "example.com", "selector": "s1", "secretRef": "dkim-example"}]
     p = pool(dkim=dkim)
-    missing = r.render_pool(inputs(p)).status
-    ready = r.condition(missing, "Ready")
+    missing = render.render_pool(inputs(p)).status
+    ready = conditions.condition(missing, "Ready")
     assert ready is not None and (ready["status"], ready["reason"]) == (
         "False",
         "DKIMSecretMissing",
     )
     assert "dkim-example" in ready["message"]
-    events = r.pool_events(None, missing)
+    events = statuses.pool_events(None, missing)
     assert [(e.type, e.reason) for e in events] == [("Warning", "DKIMSecretMissing")]
-    assert r.pool_events(missing, missing) == []  # no event storm on re-reconcile
-    found = r.render_pool(
+    assert statuses.pool_events(missing, missing) == []  # no event storm on re-reconcile
+    found = render.render_pool(
         inputs(_with_status(p, missing), secrets=frozenset({"dkim-example"}), now=LATER)
     ).status
-    ready2 = r.condition(found, "Ready")
+    ready2 = conditions.condition(found, "Ready")
     assert ready2 is not None and ready2["reason"] == "PodsNotReady"
-    assert [(e.type, e.reason) for e in r.pool_events(missing, found)] == [
+    assert [(e.type, e.reason) for e in statuses.pool_events(missing, found)] == [
         ("Normal", "SecretsFound")
     ]
 
 
 def test_missing_tls_secret_is_not_ready() -> None:
     p = pool(submission={"port": 2525, "tlsSecretRef": "mta-tls"})
-    s = r.render_pool(inputs(p)).status
-    ready = r.condition(s, "Ready")
+    s = render.render_pool(inputs(p)).status
+    ready = conditions.condition(s, "Ready")
     assert (
         ready is not None and ready["reason"] == "SecretMissing" and "mta-tls" in ready["message"]
     )
@@ -611,24 +644,24 @@ def test_missing_tls_secret_is_not_ready() -> None:
 
 def test_policy_status_counts_providers_and_pools() -> None:
     pol = policy()
-    s = r.policy_status(pol, [pool()], NOW)
+    s = statuses.policy_status(pol, [pool()], NOW)
     assert (s["providerCount"], s["poolCount"], s["pools"]) == (3, 1, ["transactional"])
-    unused = r.policy_status(policy(labels={"tier": "bulk"}), [pool()], NOW)
+    unused = statuses.policy_status(policy(labels={"tier": "bulk"}), [pool()], NOW)
     assert unused["poolCount"] == 0
-    assert r.condition(unused, "Ready") is not None
+    assert conditions.condition(unused, "Ready") is not None
 
 
 def test_warmup_status_phase_day_and_cap() -> None:
-    s = r.warmup_status(warmup(), pool(), NOW)
+    s = statuses.warmup_status(warmup(), pool(), NOW)
     assert (s["phase"], s["day"], s["todayCap"]) == ("Warming", 1, wu.PRESETS["standard"][0])
     assert s["startTime"] == "2026-03-04T05:06:07Z"
-    gone = r.warmup_status(warmup(), None, NOW)
+    gone = statuses.warmup_status(warmup(), None, NOW)
     assert gone["phase"] == "Pending"
-    cond = r.condition(gone, "Ready")
+    cond = conditions.condition(gone, "Ready")
     assert cond is not None and cond["reason"] == "PoolNotFound"
-    assert r.warmup_status(warmup(paused=True), pool(), NOW)["phase"] == "Paused"
-    outside = r.warmup_status(warmup(addresses=["198.51.100.7"]), pool(), NOW)
-    c2 = r.condition(outside, "Ready")
+    assert statuses.warmup_status(warmup(paused=True), pool(), NOW)["phase"] == "Paused"
+    outside = statuses.warmup_status(warmup(addresses=["198.51.100.7"]), pool(), NOW)
+    c2 = conditions.condition(outside, "Ready")
     assert c2 is not None and c2["reason"] == "AddressesNotInPool"
 
 
@@ -636,36 +669,38 @@ def test_warmup_status_phase_day_and_cap() -> None:
 
 
 def test_config_text_is_what_the_engine_config_writes() -> None:
-    rendered = r.render_pool(inputs(secrets=frozenset({"dkim-transactional"})))
+    rendered = render.render_pool(inputs(secrets=frozenset({"dkim-transactional"})))
     assert rendered.config is not None
     assert rendered.config_text == rendered.config.to_yaml()
 
 
-def live(hash_: str | None = "h1", marker: int | None = 5, foreign: bool = False) -> r.LiveChild:
-    return r.LiveChild("StatefulSet", "p", hash_, marker, foreign)
+def live(
+    hash_: str | None = "h1", marker: int | None = 5, foreign: bool = False
+) -> drift.LiveChild:
+    return drift.LiveChild("StatefulSet", "p", hash_, marker, foreign)
 
 
 def test_a_child_the_operator_applied_is_left_alone_while_the_watch_lags() -> None:
     # Applied generation 5; the watch still shows 4, or nothing yet.
-    assert r.child_action("h1", live("h0", 4), ("h1", 5)) == "skip"
-    assert r.child_action("h1", None, ("h1", 5)) == "skip"
-    assert r.child_action("h1", live("h1", 5), ("h1", 5)) == "skip"
+    assert drift.child_action("h1", live("h0", 4), ("h1", 5)) == "skip"
+    assert drift.child_action("h1", None, ("h1", 5)) == "skip"
+    assert drift.child_action("h1", live("h1", 5), ("h1", 5)) == "skip"
     # A controller moved it on without touching what the operator sets.
-    assert r.child_action("h1", live("h1", 6), ("h1", 5)) == "skip"
+    assert drift.child_action("h1", live("h1", 6), ("h1", 5)) == "skip"
 
 
 def test_a_child_someone_else_wrote_is_read_or_reapplied() -> None:
-    assert r.child_action("h1", live("h1", 6, foreign=True), ("h1", 5)) == "check"
-    assert r.child_action("h1", live("h9", 6), ("h1", 5)) == "apply"
+    assert drift.child_action("h1", live("h1", 6, foreign=True), ("h1", 5)) == "check"
+    assert drift.child_action("h1", live("h9", 6), ("h1", 5)) == "apply"
 
 
 def test_after_a_restart_the_hash_decides() -> None:
-    assert r.child_action("h1", None, None) == "apply"
-    assert r.child_action("h1", live("h0"), None) == "apply"
-    assert r.child_action("h1", live("h1"), None) == "skip"
-    assert r.child_action("h1", live("h1", foreign=True), None) == "check"
+    assert drift.child_action("h1", None, None) == "apply"
+    assert drift.child_action("h1", live("h0"), None) == "apply"
+    assert drift.child_action("h1", live("h1"), None) == "skip"
+    assert drift.child_action("h1", live("h1", foreign=True), None) == "check"
     # New inputs: the known version is not the desired one.
-    assert r.child_action("h2", live("h1"), ("h1", 5)) == "apply"
+    assert drift.child_action("h2", live("h1"), ("h1", 5)) == "apply"
 
 
 def test_live_child_keeps_hash_marker_and_whether_others_manage_it() -> None:
@@ -673,15 +708,17 @@ def test_live_child_keeps_hash_marker_and_whether_others_manage_it() -> None:
         "name": "p",
         "generation": 3,
         "resourceVersion": "812",
-        "annotations": {r.HASH_ANNOTATION: "abc"},
+        "annotations": {naming.HASH_ANNOTATION: "abc"},
         "managedFields": [
-            {"manager": r.MANAGER, "operation": "Apply"},
+            {"manager": naming.MANAGER, "operation": "Apply"},
             {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status"},
         ],
     }
-    assert r.live_child("StatefulSet", meta) == r.LiveChild("StatefulSet", "p", "abc", 3, False)
-    assert r.live_child("ConfigMap", meta).marker == 812
+    assert drift.live_child("StatefulSet", meta) == drift.LiveChild(
+        "StatefulSet", "p", "abc", 3, False
+    )
+    assert drift.live_child("ConfigMap", meta).marker == 812
     meta["managedFields"].append(
         {"manager": "kubectl", "operation": "Update", "subresource": "scale"}
     )
-    assert r.live_child("StatefulSet", meta).foreign
+    assert drift.live_child("StatefulSet", meta).foreign

@@ -1,0 +1,167 @@
+"""Replica counts and each pool IP's state, owner pod and warmup caps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from mailfleet.mta.config import (
+    WarmupCapConfig,
+)
+from mailfleet.operator import warmup as wu
+from mailfleet.operator.crd_models import (
+    IPWarmup,
+    Replicas,
+    SendingPool,
+)
+from mailfleet.operator.naming import pod_name, pool_name
+
+IPStateName = Literal["active", "warming", "standby", "quarantined"]
+
+
+def desired_replicas(replicas: Replicas) -> int:
+    """spec.replicas.desired (the scale subresource) if set, else min; clamped to [min, max]."""
+    want = replicas.desired if replicas.desired is not None else replicas.min
+    return int(max(replicas.min, min(replicas.max, want)))
+
+
+@dataclass(frozen=True)
+class IPPlan:
+    address: str
+    hostname: str
+    state: IPStateName
+    reason: str | None
+    owner: str | None  # the pod name that sends from it
+
+
+def _base_phase(warmup: IPWarmup, pool: SendingPool | None) -> str:
+    if pool is None:
+        return "Pending"
+    pool_addresses = {ip.address for ip in pool.spec.ips}
+    if not any(a in pool_addresses for a in warmup.spec.addresses):
+        return "Pending"
+    if warmup.spec.paused:
+        return "Paused"
+    status = warmup.status
+    if status is not None and status.phase in ("Holding", "Complete"):
+        return str(status.phase)
+    return "Warming"
+
+
+def clock_of(warmup: IPWarmup, pool: SendingPool | None, now: datetime) -> wu.WarmupClock:
+    """The warmup's day at `now`, advanced from its status by the clock."""
+    status = warmup.status
+    day = int(status.day) if status is not None and status.day else 1
+    started = status.start_time if status is not None else None
+    last = status.last_advance_time if status is not None else None
+    return wu.warmup_clock(
+        day,
+        started,
+        last,
+        now,
+        warmup.spec.schedule.day_length,
+        wu.final_day(warmup.spec.schedule),
+        advancing=_base_phase(warmup, pool) == "Warming",
+    )
+
+
+def warmup_phase(warmup: IPWarmup, pool: SendingPool | None, now: datetime) -> str:
+    """Pending (no such pool, or none of its addresses in the pool), Paused, Complete (a whole
+    day spent at the schedule's last cap), else Holding (health gates) or Warming."""
+    phase = _base_phase(warmup, pool)
+    if phase == "Warming" and clock_of(warmup, pool, now).complete:
+        return "Complete"
+    return phase
+
+
+def warmup_day(warmup: IPWarmup, pool: SendingPool | None, now: datetime) -> int:
+    return clock_of(warmup, pool, now).day
+
+
+def active_warmups(pool: SendingPool, warmups: Sequence[IPWarmup], now: datetime) -> list[IPWarmup]:
+    """The pool's warmups that still cap their addresses, ordered by name."""
+    return sorted(
+        (
+            w
+            for w in warmups
+            if w.spec.pool_ref == pool_name(pool)
+            and warmup_phase(w, pool, now) in ("Warming", "Holding", "Paused")
+        ),
+        key=lambda w: str(w.metadata["name"]),
+    )
+
+
+def assign_owners(addresses: Sequence[str], replicas: int, pool: str) -> dict[str, str | None]:
+    """Sending addresses round-robin over pods 0..replicas-1 in the order given; no pods, no
+    owner. Stable: the same spec always gives the same pod the same addresses."""
+    if replicas <= 0:
+        return {a: None for a in addresses}
+    return {a: pod_name(pool, i % replicas) for i, a in enumerate(addresses)}
+
+
+def plan_ips(
+    pool: SendingPool, warmups: Sequence[IPWarmup], replicas: int, now: datetime
+) -> list[IPPlan]:
+    """Each pool IP's state (standby from the spec; warming while an IPWarmup covers it; else
+    active) and its owner pod (standby IPs have none)."""
+    warming: dict[str, str] = {}
+    for w in active_warmups(pool, warmups, now):
+        for a in w.spec.addresses:
+            warming.setdefault(str(a), f"IPWarmup/{w.metadata['name']}")
+    sending = [str(ip.address) for ip in pool.spec.ips if not ip.standby]
+    owners = assign_owners(sending, replicas, pool_name(pool))
+    plans = []
+    for ip in pool.spec.ips:
+        addr = str(ip.address)
+        if ip.standby:
+            plans.append(IPPlan(addr, ip.hostname, "standby", None, None))
+        elif addr in warming:
+            plans.append(IPPlan(addr, ip.hostname, "warming", warming[addr], owners[addr]))
+        else:
+            plans.append(IPPlan(addr, ip.hostname, "active", None, owners[addr]))
+    return plans
+
+
+def warmup_caps(
+    pool: SendingPool, warmups: Sequence[IPWarmup], now: datetime
+) -> list[WarmupCapConfig]:
+    """Today's caps for the pool's warming IPs: "*" carries the IP's whole daily cap, and each
+    provider in perProvider its share of it. The first warmup (by name) naming an IP wins."""
+    pool_ips = {str(ip.address) for ip in pool.spec.ips if not ip.standby}
+    caps: list[WarmupCapConfig] = []
+    seen: set[str] = set()
+    for w in active_warmups(pool, warmups, now):
+        day = warmup_day(w, pool, now)
+        cap = wu.cap_for_day(w.spec.schedule, day)
+        for a in w.spec.addresses:
+            addr = str(a)
+            if addr not in pool_ips or addr in seen:
+                continue
+            seen.add(addr)
+            caps.append(WarmupCapConfig(address=a, provider="*", day=day, daily_cap=cap))
+            for provider, share_cap in wu.provider_caps(cap, w.spec.per_provider).items():
+                caps.append(
+                    WarmupCapConfig(address=a, provider=provider, day=day, daily_cap=share_cap)
+                )
+    return caps
+
+
+def warmup_day_length(pool: SendingPool, warmups: Sequence[IPWarmup], now: datetime) -> float:
+    """The engine's day for warmup counting: the shortest day of the pool's active warmups."""
+    lengths = [w.spec.schedule.day_length for w in active_warmups(pool, warmups, now)]
+    return min(lengths) if lengths else 86400.0
+
+
+def next_warmup_advance(
+    pool: SendingPool, warmups: Sequence[IPWarmup], now: datetime
+) -> datetime | None:
+    """When the next of the pool's warmups moves a day (the operator re-renders then)."""
+    times = [
+        t
+        for w in warmups
+        if w.spec.pool_ref == pool_name(pool)
+        and (t := clock_of(w, pool, now).next_advance) is not None
+    ]
+    return min(times) if times else None

@@ -1,0 +1,876 @@
+"""The operator's reconcile logic and all of its memory, in one object with its I/O injected.
+
+Every decision is in the pure modules (render, drift, statuses, pods); here we read (indexes,
+GETs of children), compare, and write only what differs: children by server-side apply when
+their hash or content drifted, status by merge patch when it changed. Kopf wiring lives in
+handlers.py; tests drive this object directly with an in-memory API.
+
+A reconcile with nothing new sends no request: the operator remembers the hash and version of
+each child it applied or checked (`known`), sees StatefulSets through a watch, and reads the
+other children only when it has no such memory of them (after a restart) or when a resync
+interval has passed (someone may have edited them by hand). At most `concurrency` reconciles
+talk to the API server at once, so a thousand new pools queue instead of timing out.
+
+Running pods are polled over their admin API: what they report (queue, config hash, warmup
+counts, quarantines) goes into the pool's and warmups' status, and a pod that runs another
+config than the one rendered gets it pushed at once with an authenticated reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import secrets
+import time
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from mailfleet.operator import drift, kube, naming, pods, policy_merge, render, statuses
+from mailfleet.operator.conditions import now_utc
+from mailfleet.operator.crd_models import (
+    GROUP,
+    DeliveryPolicy,
+    IPWarmup,
+    KubeObject,
+    SendingPool,
+    SendingPoolStatus,
+    parse_object,
+)
+from mailfleet.operator.metrics import OperatorMetrics
+
+log = logging.getLogger("mailfleet.operator")
+
+RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+# Enough to keep the API server busy, few enough that requests do not queue into timeouts.
+RECONCILE_CONCURRENCY = 24
+# How long the operator trusts its memory of an unwatched child before reading it again, and
+# how often every pool is reconciled for that (spread over the interval).
+RESYNC_SECONDS = 600.0
+# How often running pods are asked how they are.
+POD_POLL_SECONDS = 5.0
+POD_POLL_CONCURRENCY = 32
+POLICY_STATUS_QUIET = 1.0
+POLICY_STATUS_MAX_DELAY = 5.0
+
+PoolKey = tuple[str, str]
+ChildKey = tuple[str, str, str]  # namespace, kind, name
+
+
+class KubeApi(Protocol):
+    async def get(self, res: kube.Resource, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def apply(self, res: kube.Resource, obj: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def create(self, res: kube.Resource, obj: Mapping[str, Any]) -> dict[str, Any] | None: ...
+    async def patch_status(
+        self, res: kube.Resource, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any] | None: ...
+
+
+class EngineApi(Protocol):
+    async def status(self, ip: str) -> dict[str, Any] | None: ...
+    async def reload(self, ip: str, token: str, config_text: str) -> tuple[bool, str]: ...
+
+
+# (body of the object the event is about, type, reason, message)
+EventSink = Callable[[Mapping[str, Any], str, str, str], None]
+
+
+@dataclass(frozen=True)
+class LiveStatefulSet:
+    child: drift.LiveChild
+    replicas: int
+    ready: int
+
+    def status(self) -> dict[str, int]:
+        return {"replicas": self.replicas, "readyReplicas": self.ready}
+
+
+def live_statefulset(meta: Mapping[str, Any], status: Mapping[str, Any]) -> LiveStatefulSet:
+    return LiveStatefulSet(
+        child=drift.live_child("StatefulSet", meta),
+        replicas=int(status.get("replicas") or 0),
+        ready=int(status.get("readyReplicas") or 0),
+    )
+
+
+def statefulset_is_news(
+    event_type: str | None,
+    live: LiveStatefulSet,
+    seen: tuple[int, int] | None,
+    known: drift.Known | None,
+) -> bool:
+    """Whether a StatefulSet watch event can change anything: it is gone, its status is not
+    the one the pool's status was rendered from, or it is not the version the operator applied
+    or checked (someone else wrote it)."""
+    if event_type == "DELETED" or known is None:
+        return True
+    if seen != (live.replicas, live.ready):
+        return True
+    return bool(drift.child_action(known[0], live.child, known) != "skip")
+
+
+def slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A body to keep in an index: without managedFields and kubectl's last-applied copy, which
+    are most of a status-patched object and nothing the operator reads."""
+    out = {k: copy.deepcopy(v) for k, v in body.items() if k != "metadata"}
+    meta = {k: copy.deepcopy(v) for k, v in body.get("metadata", {}).items()}
+    meta.pop("managedFields", None)
+    annotations = dict(meta.get("annotations") or {})
+    if annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None) is not None:
+        meta["annotations"] = annotations
+    out["metadata"] = meta
+    return out
+
+
+def owner_pool(owners: Iterable[Mapping[str, Any]]) -> str | None:
+    for ref in owners:
+        if ref.get("kind") == "SendingPool" and str(ref.get("apiVersion", "")).startswith(GROUP):
+            return str(ref["name"])
+    return None
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
+
+
+def _bodies(index: Mapping[Any, Collection[Any]], key: Any) -> list[Any]:
+    return list(index.get(key, []))
+
+
+@dataclass(frozen=True)
+class Indexes:
+    """What the watches hold (Kopf indexes in the operator, plain dicts in tests)."""
+
+    pools: Mapping[PoolKey, Collection[dict[str, Any]]]
+    policies: Mapping[str, Collection[dict[str, Any]]]
+    warmups: Mapping[PoolKey, Collection[dict[str, Any]]]
+    secrets: Mapping[str, Collection[str]]
+    statefulsets: Mapping[PoolKey, Collection[LiveStatefulSet]]
+    admin_tokens: Mapping[PoolKey, Collection[str]]
+    pods: Mapping[PoolKey, Collection[pods.PodRef]]
+
+
+class Operator:
+    """The reconcile logic and everything it remembers between events."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        post_event: EventSink,
+        *,
+        engines: EngineApi | None = None,
+        metrics: OperatorMetrics | None = None,
+        image: str = "",
+        resync_seconds: float = RESYNC_SECONDS,
+        poll_seconds: float = POD_POLL_SECONDS,
+        concurrency: int = RECONCILE_CONCURRENCY,
+        clock: Callable[[], datetime] = now_utc,
+    ) -> None:
+        self.api = api
+        self.engines = engines
+        self.post_event = post_event
+        self.metrics = metrics if metrics is not None else OperatorMetrics()
+        self.image = image
+        self.resync_seconds = resync_seconds
+        self.poll_seconds = poll_seconds
+        self.clock = clock
+        self.indexes: Indexes | None = None
+        self.semaphore = asyncio.Semaphore(concurrency)
+        self.locks: dict[PoolKey, asyncio.Lock] = {}
+        # Policies each pool selected at its last render: a policy that stops matching a pool
+        # re-renders it too.
+        self.selected: dict[PoolKey, frozenset[str]] = {}
+        # The pool each warmup named when last seen: moving a warmup re-renders both pools.
+        self.warmup_pools: dict[PoolKey, str] = {}
+        self.failures: dict[PoolKey, int] = {}
+        self.retries: dict[PoolKey, asyncio.TimerHandle] = {}
+        # Re-renders when a warmup moves to its next day.
+        self.advances: dict[PoolKey, asyncio.TimerHandle] = {}
+        # The hash and marker of each child as the operator last applied or read it, and when.
+        self.known: dict[ChildKey, tuple[drift.Known, float]] = {}
+        # The pool each child belongs to, for forgetting a deleted pool's children.
+        self.child_pools: dict[ChildKey, str] = {}
+        # The pool status the operator last wrote and its resourceVersion: the index may lag
+        # behind it, and the watch event it causes is no news.
+        self.written: dict[PoolKey, tuple[int, dict[str, Any]]] = {}
+        # The StatefulSet status (replicas, readyReplicas) the pool's status was rendered from.
+        self.sts_seen: dict[PoolKey, tuple[int, int]] = {}
+        # The engine config last rendered for each pool: (hash, text), pushed to pods.
+        self.configs: dict[PoolKey, tuple[str, str]] = {}
+        # What the pods last reported, as written into the pool's status.
+        self.pod_status: dict[PoolKey, dict[str, Any]] = {}
+        # resourceVersions of the operator's own status writes to policies and warmups: their
+        # watch events are no news.
+        self.own_status_writes: dict[tuple[str, str, str], int] = {}
+        self.pending_policy_status: dict[str, float] = {}
+        self.parsed: dict[str, tuple[str, KubeObject | None]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.spawn(self._resync_loop())
+        if self.engines is not None:
+            self.spawn(self._poll_loop())
+
+    async def close(self) -> None:
+        for handle in [*self.retries.values(), *self.advances.values()]:
+            handle.cancel()
+        for task in list(self.tasks):
+            task.cancel()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def use(self, idx: Indexes) -> Indexes:
+        self.indexes = idx
+        return idx
+
+    # -- reading watched objects ---------------------------------------------------------------
+
+    def parse(self, body: Mapping[str, Any]) -> KubeObject | None:
+        """A mailfleet object from a watched body, cached by uid and resourceVersion."""
+        meta = body.get("metadata", {})
+        uid, version = str(meta.get("uid", "")), str(meta.get("resourceVersion", ""))
+        cached = self.parsed.get(uid)
+        if uid and version and cached is not None and cached[0] == version:
+            return cached[1]
+        obj = _parse(body)
+        if uid and version:
+            self.parsed[uid] = (version, obj)
+        return obj
+
+    def pools_in(self, idx: Indexes, namespace: str) -> list[SendingPool]:
+        out = []
+        for key in self.pool_keys(idx, namespace):
+            for b in _bodies(idx.pools, key):
+                if isinstance(p := self.parse(b), SendingPool):
+                    out.append(p)
+        return out
+
+    @staticmethod
+    def pool_keys(idx: Indexes, namespace: str) -> list[PoolKey]:
+        return sorted(k for k in idx.pools if k[0] == namespace)
+
+    # -- reconciling a pool --------------------------------------------------------------------
+
+    async def reconcile_pool(self, idx: Indexes, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        lock = self.locks.setdefault(key, asyncio.Lock())
+        async with lock, self.semaphore:
+            t0 = time.monotonic()
+            try:
+                changed = await self._reconcile_pool(idx, namespace, name)
+            except Exception as e:
+                self.metrics.reconciles.labels("SendingPool", "error").inc()
+                self.metrics.errors.labels("SendingPool", type(e).__name__).inc()
+                # The type too: a timeout's str() is empty.
+                log.error(
+                    "reconcile of SendingPool %s/%s failed: %s: %s",
+                    namespace,
+                    name,
+                    type(e).__name__,
+                    str(e) or repr(e),
+                )
+                self._schedule_retry(key)
+                return
+            finally:
+                self.metrics.duration.labels("SendingPool").observe(time.monotonic() - t0)
+            self.failures.pop(key, None)
+            handle = self.retries.pop(key, None)
+            if handle is not None:
+                handle.cancel()
+            result = "changed" if changed else "unchanged"
+            self.metrics.reconciles.labels("SendingPool", result).inc()
+
+    def _schedule_retry(self, key: PoolKey) -> None:
+        """Watch events are not redelivered: a failed reconcile retries itself, backing off."""
+        n = self.failures.get(key, 0)
+        self.failures[key] = n + 1
+        delay = RETRY_DELAYS[min(n, len(RETRY_DELAYS) - 1)]
+        self._reconcile_later(self.retries, key, delay)
+
+    def _reconcile_later(
+        self, timers: dict[PoolKey, asyncio.TimerHandle], key: PoolKey, delay: float
+    ) -> None:
+        old = timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+
+        def fire() -> None:
+            timers.pop(key, None)
+            if self.indexes is not None and key in self.indexes.pools:
+                self.spawn(self.reconcile_pool(self.indexes, *key))
+
+        timers[key] = asyncio.get_running_loop().call_later(max(delay, 0.0), fire)
+
+    async def _resync_loop(self) -> None:
+        """Every pool once per resync interval, spread over it: unwatched children the operator
+        has not read for that long are read again, and what drifted is put back."""
+        while True:
+            await asyncio.sleep(self.resync_seconds)
+            idx = self.indexes
+            if idx is None:
+                continue
+            keys = sorted(idx.pools)
+            pause = self.resync_seconds / max(len(keys), 1) / 2
+            for ns, name in keys:
+                if (ns, name) in idx.pools:
+                    await self.reconcile_pool(idx, ns, name)
+                await asyncio.sleep(pause)
+
+    def _known(self, key: ChildKey) -> drift.Known | None:
+        """What the operator last applied or read of a child, unless that is too old to trust
+        (StatefulSets are watched: their memory does not expire)."""
+        entry = self.known.get(key)
+        if entry is None:
+            return None
+        known, since = entry
+        if key[1] != "StatefulSet" and time.monotonic() - since > self.resync_seconds:
+            return None
+        return known
+
+    def _remember(
+        self, namespace: str, kind: str, desired_hash: str, live: Mapping[str, Any]
+    ) -> None:
+        meta = live.get("metadata", {})
+        self.known[(namespace, kind, str(meta.get("name", "")))] = (
+            (desired_hash, drift.child_marker(kind, meta)),
+            time.monotonic(),
+        )
+
+    def forget_pool(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        for k in [k for k, pool in self.child_pools.items() if k[0] == namespace and pool == name]:
+            self.known.pop(k, None)
+            del self.child_pools[k]
+        for mapping in (self.written, self.sts_seen, self.configs, self.pod_status):
+            mapping.pop(key, None)  # type: ignore[attr-defined]
+        self.selected.pop(key, None)
+        self.locks.pop(key, None)
+        self.failures.pop(key, None)
+        for timers in (self.retries, self.advances):
+            handle = timers.pop(key, None)
+            if handle is not None:
+                handle.cancel()
+
+    def _old_status(
+        self, key: PoolKey, body: Mapping[str, Any]
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """The pool's live status: the index's, unless it has not yet seen the operator's own
+        last write (then that, and True)."""
+        written = self.written.get(key)
+        if written is not None:
+            if _int(body.get("metadata", {}).get("resourceVersion")) < written[0]:
+                return written[1], True
+            del self.written[key]
+        status = body.get("status")
+        return (dict(status) if isinstance(status, Mapping) else None), False
+
+    async def _ensure_admin_secret(self, idx: Indexes, pool: SendingPool) -> bool:
+        """The pool's admin token Secret, created once with a random token and never rewritten
+        (its pods read it at start). Returns whether it was created."""
+        namespace, name = naming.pool_namespace(pool), naming.pool_name(pool)
+        secret = naming.admin_secret_name(name)
+        if secret in idx.secrets.get(namespace, []):
+            return False
+        obj = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": secret,
+                "namespace": namespace,
+                "labels": {**naming.child_labels(name), naming.ADMIN_TOKEN_LABEL: name},
+                "ownerReferences": [naming.owner_reference(pool)],
+            },
+            "type": "Opaque",
+            "stringData": {naming.ADMIN_TOKEN_KEY: secrets.token_hex(32)},
+        }
+        created = await self.api.create(kube.SECRETS, obj)
+        return created is not None
+
+    async def _reconcile_pool(self, idx: Indexes, namespace: str, name: str) -> bool:
+        key = (namespace, name)
+        bodies = _bodies(idx.pools, key)
+        if not bodies:
+            return False
+        body = bodies[0]
+        pool = self.parse(body)
+        if not isinstance(pool, SendingPool):
+            return False
+        old_status, fresher_than_index = self._old_status(key, body)
+        if fresher_than_index and old_status is not None:
+            try:
+                fresher = SendingPoolStatus.model_validate(old_status)
+            except ValidationError:
+                fresher = None
+            if fresher is not None:
+                pool = pool.model_copy(update={"status": fresher})
+        policies = [
+            p
+            for b in _bodies(idx.policies, namespace)
+            if isinstance(p := self.parse(b), DeliveryPolicy)
+        ]
+        warmups = [w for b in _bodies(idx.warmups, key) if isinstance(w := self.parse(b), IPWarmup)]
+        sts_list = list(idx.statefulsets.get(key, []))
+        sts = sts_list[0] if sts_list else None
+        now = self.clock()
+        rendered = render.render_pool(
+            render.PoolInputs(
+                pool=pool,
+                policies=policies,
+                warmups=warmups,
+                secrets=frozenset(idx.secrets.get(namespace, [])),
+                statefulset_status=sts.status() if sts is not None else None,
+                image=self.image,
+                now=now,
+            )
+        )
+        self.sts_seen[key] = (sts.replicas, sts.ready) if sts is not None else (0, 0)
+        if rendered.config_hash is not None:
+            self.configs[key] = (rendered.config_hash, rendered.config_text)
+        if rendered.next_warmup_advance is not None:
+            delay = (rendered.next_warmup_advance - now).total_seconds()
+            self._reconcile_later(self.advances, key, delay + 1.0)
+        before = self.selected.get(key)
+        self.selected[key] = frozenset(rendered.policies)
+        if before != self.selected[key]:
+            self.schedule_policy_statuses(idx, namespace)
+        generation = body["metadata"].get("generation")
+        # Never reconciled (no status, no StatefulSet): its children are applied without
+        # reading them first.
+        new_pool = old_status is None and sts is None
+        created_secret = await self._ensure_admin_secret(idx, pool)
+
+        async def sync(child: dict[str, Any]) -> tuple[str, bool] | None:
+            """Apply one child if it needs it: None, or (what, whether it existed)."""
+            kind = child["kind"]
+            res = kube.BY_KIND[kind]
+            child_name = child["metadata"]["name"]
+            ckey = (namespace, kind, child_name)
+            self.child_pools[ckey] = name
+            want = child["metadata"]["annotations"][naming.HASH_ANNOTATION]
+            if kind == "StatefulSet":
+                action = drift.child_action(
+                    want, sts.child if sts is not None else None, self._known(ckey)
+                )
+            else:
+                known = self._known(ckey)
+                action = "skip" if known is not None and known[0] == want else "check"
+                if action == "check" and new_pool:
+                    action = "apply"
+            if action == "skip":
+                return None
+            live: dict[str, Any] | None = None
+            if action == "check" or (
+                action == "apply" and kind == "StatefulSet" and sts is not None
+            ):
+                live = await self.api.get(res, namespace, child_name)
+                if action == "check" and live is not None and not drift.needs_apply(child, live):
+                    self._remember(namespace, kind, want, live)
+                    return None
+            existed = live is not None or (kind == "StatefulSet" and sts is not None)
+            to_apply, ignored = drift.keep_immutable(child, live)
+            applied = await self.api.apply(res, to_apply)
+            self._remember(namespace, kind, want, applied)
+            if kind == "ConfigMap":
+                self.post_event(
+                    body,
+                    "Normal",
+                    "ConfigRendered",
+                    f"{'Updated' if existed else 'Created'} ConfigMap {child_name}: engine.yaml "
+                    f"{rendered.config_hash} rendered for generation {generation} "
+                    f"(policies: {', '.join(rendered.policies) or 'none'})",
+                )
+            if ignored:
+                self.post_event(
+                    body,
+                    "Warning",
+                    "ImmutableFieldChanged",
+                    f"StatefulSet {child_name}: {', '.join(ignored)} cannot change in place; "
+                    "delete the StatefulSet with --cascade=orphan to apply it",
+                )
+            return f"{kind} {child_name}", existed
+
+        # What the pods use (ServiceAccount, ConfigMap, Services, PDB) at once, then the
+        # StatefulSet that makes them: one round trip of latency instead of five.
+        first = [c for c in rendered.children if c["kind"] != "StatefulSet"]
+        last = [c for c in rendered.children if c["kind"] == "StatefulSet"]
+        results: list[tuple[str, bool] | BaseException | None] = []
+        for group in (first, last):
+            results += await asyncio.gather(*(sync(c) for c in group), return_exceptions=True)
+            errors = [e for e in results if isinstance(e, BaseException)]
+            if errors:
+                raise errors[0]
+        done = [x for x in results if isinstance(x, tuple)]
+        if created_secret:
+            done.insert(0, (f"Secret {naming.admin_secret_name(name)}", False))
+        changed = bool(done)
+        created = [what for what, existed in done if not existed]
+        updated = [what for what, existed in done if existed]
+        # One event per verb and reconcile, not one per child: each is a write.
+        if created:
+            self.post_event(body, "Normal", "Created", "Created " + ", ".join(created))
+        if updated:
+            self.post_event(body, "Normal", "Updated", "Updated " + ", ".join(updated))
+        new_status = rendered.status
+        if rendered.config_hash is not None and key in self.pod_status:
+            # The pods' own report, recounted against the config rendered now.
+            new_status = {**new_status, **self.pod_status[key]}
+            new_status["updatedPods"] = sum(
+                1
+                for p in self.pod_status[key]["pods"]
+                if p.get("configHash") == rendered.config_hash
+            )
+        if drift.status_changed(old_status, new_status):
+            result = await self.api.patch_status(kube.SENDINGPOOLS, namespace, name, new_status)
+            if result is None:
+                return changed
+            changed = True
+            self.written[key] = (
+                _int(result.get("metadata", {}).get("resourceVersion")),
+                dict(result.get("status") or new_status),
+            )
+            for ev in statuses.pool_events(old_status, new_status):
+                self.post_event(body, ev.type, ev.reason, ev.message)
+        if warmups:
+            await self.update_warmup_statuses(idx, namespace, name)
+        if rendered.config_hash is not None and self.engines is not None:
+            self.spawn(self.guarded("SendingPool", self.poll_pool(idx, namespace, name)))
+        return changed
+
+    # -- pods ----------------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            idx = self.indexes
+            if idx is None:
+                continue
+            keys = [k for k in sorted(idx.pods) if k in idx.pools and idx.pods.get(k)]
+            for i in range(0, len(keys), POD_POLL_CONCURRENCY):
+                batch = keys[i : i + POD_POLL_CONCURRENCY]
+                await asyncio.gather(
+                    *(self.guarded("SendingPool", self.poll_pool(idx, *k)) for k in batch)
+                )
+
+    async def poll_pool(self, idx: Indexes, namespace: str, name: str) -> None:
+        """Ask each running pod how it is; push the current config where it is behind; write
+        what changed into the pool's and its warmups' status."""
+        assert self.engines is not None
+        key = (namespace, name)
+        engines = self.engines
+        refs = pods.pollable(list(idx.pods.get(key, [])))
+        if not refs and key not in self.pod_status:
+            return
+        answers = await asyncio.gather(*(engines.status(p.ip or "") for p in refs))
+        reports = [pods.PodReport(p, a) for p, a in zip(refs, answers, strict=True)]
+        desired = self.configs.get(key)
+        tokens = list(idx.admin_tokens.get(key, []))
+        if desired is not None and tokens:
+            behind = [r for r in reports if pods.needs_push(r, desired[0])]
+            results = await asyncio.gather(
+                *(engines.reload(r.pod.ip or "", tokens[0], desired[1]) for r in behind)
+            )
+            for r, (ok, message) in zip(behind, results, strict=True):
+                if ok:
+                    log.info("pushed config %s to pod %s/%s", desired[0], namespace, r.pod.name)
+                    fresh = await engines.status(r.pod.ip or "")
+                    reports[reports.index(r)] = pods.PodReport(r.pod, fresh)
+                else:
+                    log.warning(
+                        "pod %s/%s refused config %s: %s",
+                        namespace,
+                        r.pod.name,
+                        desired[0],
+                        message,
+                    )
+        fields = pods.pods_status(reports, desired[0] if desired else None)
+        bodies = _bodies(idx.pools, key)
+        if not bodies:
+            return
+        old_status, _ = self._old_status(key, bodies[0])
+        self.pod_status[key] = fields
+        if drift.status_changed(old_status, fields):
+            result = await self.api.patch_status(kube.SENDINGPOOLS, namespace, name, fields)
+            if result is not None:
+                self.written[key] = (
+                    _int(result.get("metadata", {}).get("resourceVersion")),
+                    dict(result.get("status") or {}),
+                )
+        rows = pods.warmup_rows(reports)
+        for b in _bodies(idx.warmups, key):
+            warmup = self.parse(b)
+            if not isinstance(warmup, IPWarmup):
+                continue
+            sent = {"sentToday": statuses.warmup_sent_today(warmup, rows)}
+            if drift.status_changed(b.get("status"), sent):
+                meta = b["metadata"]
+                result = await self.api.patch_status(kube.IPWARMUPS, namespace, meta["name"], sent)
+                if result is not None:
+                    self._note_own_write("IPWarmup", result)
+
+    # -- policy and warmup status --------------------------------------------------------------
+
+    def schedule_policy_statuses(self, idx: Indexes, namespace: str) -> None:
+        """Policy status counts pools: a burst of pool reconciles shares one update, written
+        once the burst pauses (or after POLICY_STATUS_MAX_DELAY)."""
+        pending = namespace in self.pending_policy_status
+        self.pending_policy_status[namespace] = time.monotonic()
+        if pending:
+            return
+
+        async def run() -> None:
+            start = time.monotonic()
+            while True:
+                await asyncio.sleep(POLICY_STATUS_QUIET / 2)
+                now = time.monotonic()
+                last = self.pending_policy_status.get(namespace, start)
+                if now - last >= POLICY_STATUS_QUIET or now - start >= POLICY_STATUS_MAX_DELAY:
+                    break
+            self.pending_policy_status.pop(namespace, None)
+            await self.guarded("DeliveryPolicy", self.update_policy_statuses(idx, namespace))
+
+        self.spawn(run())
+
+    def own_write(self, kind: str, meta: Mapping[str, Any]) -> bool:
+        key = (kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
+        return self.own_status_writes.get(key) == _int(meta.get("resourceVersion"))
+
+    def _note_own_write(self, kind: str, result: Mapping[str, Any]) -> None:
+        rmeta = result.get("metadata", {})
+        self.own_status_writes[(kind, str(rmeta.get("namespace")), str(rmeta.get("name")))] = _int(
+            rmeta.get("resourceVersion")
+        )
+
+    async def _write_status_if_changed(
+        self,
+        res: kube.Resource,
+        body: Mapping[str, Any],
+        compute: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+    ) -> None:
+        """Patch the status `compute` gives for the object when it differs from the live one;
+        when the index has an older version, compute again from the live object
+        (lastTransitionTime and startTime come from the status they replace)."""
+        new_status = compute(body)
+        if new_status is None or not drift.status_changed(body.get("status"), new_status):
+            return
+        meta = body["metadata"]
+        live = await self.api.get(res, meta["namespace"], meta["name"])
+        if live is None:
+            return
+        new_status = compute(live)
+        if new_status is None or not drift.status_changed(live.get("status"), new_status):
+            return
+        result = await self.api.patch_status(res, meta["namespace"], meta["name"], new_status)
+        if result is not None:
+            self._note_own_write(res.kind, result)
+
+    async def update_policy_statuses(self, idx: Indexes, namespace: str) -> None:
+        pools = self.pools_in(idx, namespace)
+        now = self.clock()
+
+        def compute(body: Mapping[str, Any]) -> dict[str, Any] | None:
+            policy = self.parse(body)
+            if not isinstance(policy, DeliveryPolicy):
+                return None
+            return statuses.policy_status(policy, pools, now)
+
+        for b in _bodies(idx.policies, namespace):
+            await self._write_status_if_changed(kube.DELIVERYPOLICIES, b, compute)
+
+    async def update_warmup_statuses(self, idx: Indexes, namespace: str, pool: str) -> None:
+        pools = [p for p in self.pools_in(idx, namespace) if naming.pool_name(p) == pool]
+        now = self.clock()
+
+        def compute(body: Mapping[str, Any]) -> dict[str, Any] | None:
+            warmup = self.parse(body)
+            if not isinstance(warmup, IPWarmup):
+                return None
+            return statuses.warmup_status(warmup, pools[0] if pools else None, now)
+
+        for b in _bodies(idx.warmups, (namespace, pool)):
+            await self._write_status_if_changed(kube.IPWARMUPS, b, compute)
+
+    async def reconcile_all(self, idx: Indexes, keys: Iterable[PoolKey]) -> None:
+        await asyncio.gather(
+            *(self.reconcile_pool(idx, ns, name) for ns, name in sorted(set(keys)))
+        )
+
+    async def guarded(self, kind: str, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception as e:
+            self.metrics.errors.labels(kind, type(e).__name__).inc()
+            log.error(
+                "status update of %s failed: %s: %s", kind, type(e).__name__, str(e) or repr(e)
+            )
+
+    # -- watch events --------------------------------------------------------------------------
+
+    async def on_pool(
+        self,
+        idx: Indexes,
+        event_type: str | None,
+        namespace: str,
+        name: str,
+        meta: Mapping[str, Any],
+    ) -> None:
+        key = (namespace, name)
+        if event_type == "DELETED":
+            self.forget_pool(namespace, name)
+            self.parsed.pop(str(meta.get("uid", "")), None)
+            self.schedule_policy_statuses(idx, namespace)
+            await self.guarded("IPWarmup", self.update_warmup_statuses(idx, namespace, name))
+            return
+        written = self.written.get(key)
+        if written is not None and _int(meta.get("resourceVersion")) == written[0]:
+            # The echo of the operator's own status write: nothing new.
+            return
+        await self.reconcile_pool(idx, namespace, name)
+
+    def _selects(self, idx: Indexes, key: PoolKey, labels: Mapping[str, str]) -> bool:
+        for b in _bodies(idx.pools, key):
+            pool = self.parse(b)
+            if isinstance(pool, SendingPool) and policy_merge.selector_matches(
+                pool.spec.policy_selector, labels
+            ):
+                return True
+        return False
+
+    async def on_policy(
+        self,
+        idx: Indexes,
+        event_type: str | None,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+    ) -> None:
+        if event_type is None:
+            # The initial listing: every pool's own first event renders it with this policy;
+            # its status can be written now (every pool is in the index already).
+            await self.guarded("DeliveryPolicy", self.update_policy_statuses(idx, namespace))
+            return
+        if event_type != "DELETED" and self.own_write("DeliveryPolicy", body.get("metadata", {})):
+            return
+        labels = dict(body.get("metadata", {}).get("labels") or {})
+        deleted = event_type == "DELETED"
+        affected = [
+            key
+            for key in self.pool_keys(idx, namespace)
+            if name in self.selected.get(key, frozenset())
+            or (not deleted and self._selects(idx, key, labels))
+        ]
+        await self.reconcile_all(idx, affected)
+        self.metrics.reconciles.labels(
+            "DeliveryPolicy", "pools-rerendered" if affected else "no-pools"
+        ).inc()
+        await self.guarded("DeliveryPolicy", self.update_policy_statuses(idx, namespace))
+
+    async def on_warmup(
+        self,
+        idx: Indexes,
+        event_type: str | None,
+        namespace: str,
+        name: str,
+        pool: str,
+        meta: Mapping[str, Any],
+    ) -> None:
+        if event_type != "DELETED" and self.own_write("IPWarmup", meta):
+            return
+        before = self.warmup_pools.get((namespace, name))
+        if event_type == "DELETED":
+            self.warmup_pools.pop((namespace, name), None)
+        else:
+            self.warmup_pools[(namespace, name)] = pool
+        names = {p for p in (pool, before) if p}
+        await self.reconcile_all(
+            idx, [(namespace, p) for p in names if (namespace, p) in idx.pools]
+        )
+        self.metrics.reconciles.labels(
+            "IPWarmup", "pools-rerendered" if names else "no-pools"
+        ).inc()
+        for p in names:
+            await self.guarded("IPWarmup", self.update_warmup_statuses(idx, namespace, p))
+
+    @staticmethod
+    def references(pool: SendingPool, secret: str) -> bool:
+        sub = pool.spec.submission
+        return (
+            secret in naming.dkim_secrets(pool.spec)
+            or secret in (sub.auth_secret_ref, sub.tls_secret_ref)
+            or secret == naming.admin_secret_name(naming.pool_name(pool))
+        )
+
+    async def on_secret(self, idx: Indexes, namespace: str, name: str) -> None:
+        affected = [
+            (namespace, naming.pool_name(p))
+            for p in self.pools_in(idx, namespace)
+            if self.references(p, name)
+        ]
+        await self.reconcile_all(idx, affected)
+
+    async def on_statefulset(
+        self,
+        idx: Indexes,
+        event_type: str | None,
+        namespace: str,
+        name: str,
+        meta: Mapping[str, Any],
+        status: Mapping[str, Any],
+    ) -> None:
+        pool = owner_pool(meta.get("ownerReferences") or [])
+        if pool is None or (namespace, pool) not in idx.pools:
+            return
+        ckey = (namespace, "StatefulSet", name)
+        if event_type is None:
+            # The initial listing: the pool's own first event reconciles it.
+            return
+        if event_type == "DELETED":
+            self.known.pop(ckey, None)
+        elif not statefulset_is_news(
+            event_type,
+            live_statefulset(meta, status),
+            self.sts_seen.get((namespace, pool)),
+            self._known(ckey),
+        ):
+            return
+        await self.reconcile_pool(idx, namespace, pool)
+
+    async def on_pod(self, idx: Indexes, namespace: str, pool: str) -> None:
+        """A pool pod came, went or changed address: ask the pods at once rather than at the
+        next poll, so a new pod gets its config and the status its numbers."""
+        if self.engines is not None and (namespace, pool) in idx.pools:
+            await self.guarded("SendingPool", self.poll_pool(idx, namespace, pool))
+
+
+def _parse(body: Mapping[str, Any]) -> KubeObject | None:
+    """A status we cannot read is dropped; a spec we cannot read skips the object (the API
+    server validates it, so that means a newer schema than ours)."""
+    data = copy.deepcopy(dict(body))
+    try:
+        return parse_object(data)
+    except (ValidationError, ValueError):
+        pass
+    data.pop("status", None)
+    try:
+        return parse_object(data)
+    except (ValidationError, ValueError) as e:
+        meta = data.get("metadata", {})
+        log.error(
+            "cannot read %s %s/%s: %s",
+            data.get("kind"),
+            meta.get("namespace"),
+            meta.get("name"),
+            str(e).splitlines()[0],
+        )
+        return None

@@ -1,0 +1,154 @@
+"""Status of DeliveryPolicies and IPWarmups, and the events a pool status change posts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from mailfleet.operator import warmup as wu
+from mailfleet.operator.conditions import Cond, condition, merge_conditions, plural, timestamp
+from mailfleet.operator.crd_models import (
+    DeliveryPolicy,
+    IPWarmup,
+    SendingPool,
+)
+from mailfleet.operator.ipplan import clock_of, warmup_phase
+from mailfleet.operator.naming import pool_name, pool_namespace
+from mailfleet.operator.policy_merge import selector_matches
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+def pool_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[EventSpec]:
+    """Events for condition changes an SRE needs to see: Secrets missing and found again,
+    policy conflicts, becoming Ready."""
+    events: list[EventSpec] = []
+    before_ready = condition(old, "Ready")
+    after_ready = condition(new, "Ready")
+    before_secrets = condition(old, "SecretsFound")
+    after_secrets = condition(new, "SecretsFound")
+    assert after_ready is not None and after_secrets is not None
+    if after_ready["reason"] == "DKIMSecretMissing" and (
+        before_ready is None or before_ready.get("message") != after_ready["message"]
+    ):
+        events.append(EventSpec("Warning", "DKIMSecretMissing", after_ready["message"]))
+    elif after_secrets["status"] == "False" and (
+        before_secrets is None or before_secrets.get("message") != after_secrets["message"]
+    ):
+        events.append(EventSpec("Warning", "SecretMissing", after_secrets["message"]))
+    if (
+        after_secrets["status"] == "True"
+        and before_secrets is not None
+        and before_secrets.get("status") == "False"
+    ):
+        events.append(EventSpec("Normal", "SecretsFound", "every referenced Secret exists now"))
+    before_pol = condition(old, "PoliciesResolved")
+    after_pol = condition(new, "PoliciesResolved")
+    if (
+        after_pol is not None
+        and after_pol["reason"] == "PolicyConflict"
+        and (before_pol is None or before_pol.get("message") != after_pol["message"])
+    ):
+        events.append(EventSpec("Warning", "PolicyConflict", after_pol["message"]))
+    if after_ready["reason"] == "RenderFailed" and (
+        before_ready is None or before_ready.get("message") != after_ready["message"]
+    ):
+        events.append(EventSpec("Warning", "RenderFailed", after_ready["message"]))
+    return events
+
+
+def policy_status(
+    policy: DeliveryPolicy, pools: Sequence[SendingPool], now: datetime
+) -> dict[str, Any]:
+    """providerCount, the pools that select the policy (same namespace), and Ready."""
+    ns = str(policy.metadata.get("namespace", "default"))
+    labels = policy.metadata.get("labels") or {}
+    using = sorted(
+        pool_name(p)
+        for p in pools
+        if pool_namespace(p) == ns and selector_matches(p.spec.policy_selector, labels)
+    )
+    generation = policy.metadata.get("generation")
+    old = policy.status.model_dump(mode="json", by_alias=True) if policy.status else {}
+    ready = (
+        Cond("Ready", "True", "InUse", f"selected by {plural(len(using), 'pool')}")
+        if using
+        else Cond("Ready", "True", "Unused", "no SendingPool selects this policy")
+    )
+    return {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(old.get("conditions", []), [ready], generation, now),
+        "pools": using,
+        "poolCount": len(using),
+        "providerCount": len(policy.spec.providers),
+    }
+
+
+def warmup_status(warmup: IPWarmup, pool: SendingPool | None, now: datetime) -> dict[str, Any]:
+    """phase, day and today's cap; Ready says whether the warmup applies to its pool."""
+    generation = warmup.metadata.get("generation")
+    old = warmup.status.model_dump(mode="json", by_alias=True) if warmup.status else {}
+    phase = warmup_phase(warmup, pool, now)
+    clock = clock_of(warmup, pool, now)
+    day = clock.day
+    ns = str(warmup.metadata.get("namespace", "default"))
+    if pool is None:
+        ready = Cond(
+            "Ready",
+            "False",
+            "PoolNotFound",
+            f"SendingPool {warmup.spec.pool_ref} not found in {ns}",
+        )
+    else:
+        pool_ips = {ip.address for ip in pool.spec.ips}
+        outside = [str(a) for a in warmup.spec.addresses if a not in pool_ips]
+        if len(outside) == len(warmup.spec.addresses):
+            ready = Cond(
+                "Ready",
+                "False",
+                "AddressesNotInPool",
+                f"none of the addresses is in SendingPool {warmup.spec.pool_ref}",
+            )
+        elif outside:
+            ready = Cond(
+                "Ready",
+                "True",
+                phase,
+                f"not in SendingPool {warmup.spec.pool_ref}: {', '.join(outside)}",
+            )
+        else:
+            ready = Cond(
+                "Ready", "True", phase, f"day {day} of {wu.final_day(warmup.spec.schedule)}"
+            )
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(old.get("conditions", []), [ready], generation, now),
+        "phase": phase,
+        "day": day,
+        "todayCap": wu.cap_for_day(warmup.spec.schedule, day),
+    }
+    if phase != "Pending":
+        status["startTime"] = old.get("startTime") or timestamp(now)
+    if clock.last_advance is not None:
+        status["lastAdvanceTime"] = timestamp(clock.last_advance)
+    return status
+
+
+def warmup_sent_today(warmup: IPWarmup, reports: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Messages the warmup's addresses sent today, per provider and in all ("*"), summed over
+    what the pool's engines report (`warmup` rows of /v1/status: ip, provider, sent)."""
+    addresses = {str(a) for a in warmup.spec.addresses}
+    out: dict[str, int] = {}
+    for row in reports:
+        if str(row.get("ip")) not in addresses:
+            continue
+        provider = str(row.get("provider"))
+        out[provider] = out.get(provider, 0) + int(row.get("sent") or 0)
+    return dict(sorted(out.items()))
