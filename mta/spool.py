@@ -193,7 +193,8 @@ class Spool:
         return SpoolReader(self._db_file)
 
     def load(self) -> list[QueuedMessage]:
-        """Every message still queued, with its recipients' retry state (used at start)."""
+        """Every message still queued, bodies included (tests and tools: the engine pages through
+        the spool with a SpoolReader instead)."""
         db = self._connect()
         try:
             messages: dict[str, QueuedMessage] = {}
