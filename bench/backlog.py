@@ -1,6 +1,7 @@
 """A backlog: N queued messages of 5 KB in one engine's spool (a provider outage's worth).
 
-    python -m bench.backlog [--messages 100000] [--size 5120] [--domains 10] [--drain-seconds 60]
+    python -m bench.backlog [--messages 100000 ...] [--quick] [--size 5120] [--domains 10]
+                            [--drain-seconds 60]
 
 1. An idle engine on an empty spool: its RSS is the baseline.
 2. The spool is filled with N messages as an outage leaves it: each tried once and deferred an
@@ -238,12 +239,14 @@ def report(r: dict[str, float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--messages", type=int, nargs="+", default=[100_000])
+    ap.add_argument("--quick", action="store_true", help="20,000 messages, a 20 s drain")
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--domains", type=int, default=10)
     ap.add_argument("--drain-seconds", type=float, default=60.0)
     a = ap.parse_args()
-    for n in a.messages:
-        print(report(measure(n, a.size, a.domains, a.drain_seconds)), flush=True)
+    runs, drain = ([20_000], 20.0) if a.quick else (a.messages, a.drain_seconds)
+    for n in runs:
+        print(report(measure(n, a.size, a.domains, drain)), flush=True)
 
 
 if __name__ == "__main__":

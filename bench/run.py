@@ -55,7 +55,8 @@ def main() -> None:
     )
     # 5 KB x 1,000,000 is 5 GB of spool: the run needs that much free disk for a while.
     for n in a.backlog if a.backlog is not None else ([20000] if a.quick else [100000, 1000000]):
-        print(backlog_bench.report(backlog_bench.measure(n, size)), flush=True)
+        drain = 20.0 if a.quick else 60.0
+        print(backlog_bench.report(backlog_bench.measure(n, size, drain_seconds=drain)), flush=True)
     if not a.skip_operator:
         print(operator_bench.summary(operator_bench.measure(pools, steady)), flush=True)
 
