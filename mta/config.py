@@ -203,7 +203,7 @@ class SpoolConfig(Model):
     # than this free, so retries and DSNs still have room to be written.
     disk_reserve: Size = Field(default=256 * 1024 * 1024, ge=0)
     # WAL checkpoint and incremental vacuum (deleted messages' space back to the filesystem).
-    housekeeping_interval: Duration = Field(default=60.0, gt=0)
+    housekeeping_interval: Duration = Field(default=15.0, gt=0)
 
     @property
     def domain_limit(self) -> int:

@@ -66,8 +66,9 @@ CREATE INDEX IF NOT EXISTS recipients_domain ON recipients (domain, next_attempt
 CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
 """
 
-# Pages freed per housekeeping pass (4 KiB each): 64 MiB back to the filesystem at a time.
-VACUUM_PAGES = 16384
+# Pages freed per housekeeping pass (4 KiB each): 16 MiB back to the filesystem at a time, so
+# that a pass holds the writer (and so new mail's 250) for a moment only.
+VACUUM_PAGES = 4096
 # The WAL is truncated to this after a checkpoint (it is reused, not regrown, up to here).
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
@@ -426,7 +427,13 @@ def _maintain(db: sqlite3.Connection) -> tuple[None, BaseException | None]:
     try:
         # executescript steps the statement to its end (execute() would free one page only).
         db.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        # Never wait for the reader thread to move on (the writer would stall with it): when a
+        # reader holds an old snapshot this pass checkpoints what it can and truncates next time.
+        db.execute("PRAGMA busy_timeout=0")
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            db.execute("PRAGMA busy_timeout=5000")
     except sqlite3.Error as e:
         return None, e
     return None, None
