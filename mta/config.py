@@ -219,6 +219,23 @@ class SpoolConfig(Model):
     path: Path = Path("/var/spool/mailfleet")
     # Concurrent sessions share one fsync: a commit waits at most this long for company.
     group_commit_window: Duration = 0.0
+    # Messages being worked on at once (in memory: ready, in flight, held by shaping), like
+    # Postfix's qmgr_message_active_limit; the rest wait on disk, bodies included.
+    active_limit: int = Field(default=20000, ge=1)
+    # Of those, at most this many for one recipient domain, so a backlogged domain leaves room
+    # for the others (default: a quarter of activeLimit).
+    active_limit_per_domain: int | None = Field(default=None, ge=1)
+    # New mail is refused with 452 4.3.1 at MAIL and DATA while the spool's filesystem has less
+    # than this free, so retries and DSNs still have room to be written.
+    disk_reserve: Size = Field(default=256 * 1024 * 1024, ge=0)
+    # WAL checkpoint and incremental vacuum (deleted messages' space back to the filesystem).
+    housekeeping_interval: Duration = Field(default=15.0, gt=0)
+
+    @property
+    def domain_limit(self) -> int:
+        if self.active_limit_per_domain is not None:
+            return min(self.active_limit_per_domain, self.active_limit)
+        return max(self.active_limit // 4, 1)
 
 
 class DNSConfig(Model):

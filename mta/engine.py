@@ -167,6 +167,7 @@ class Engine:
         self.handler = SubmissionHandler(
             build_policy(cfg), self.ingest, self.metrics, self.is_suppressed, self.on_feedback
         )
+        self.handler.low_on_disk = self.queue.low_on_disk
         self.submission = SubmissionServer(self.handler, self.metrics)
         self.admin = AdminServer(self)
         self.recovered = False
@@ -286,12 +287,19 @@ class Engine:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         await self.admin.start(self.cfg.admin.listen)
         await self.spool.start()
-        pending = await asyncio.to_thread(self.spool.load)
+        # Counts only (index scans, no bodies): the loader then pages in what is due, oldest
+        # first, up to spool.activeLimit, while the engine already takes new mail.
+        reader = self.spool.reader()
+        await self.queue.recover(reader)
         await asyncio.to_thread(self.queue.restore_shaping)
-        for msg in pending:
-            self.queue.add(msg)
         self.recovered = True
-        log.info("spool recovered", extra={"messages": len(pending)})
+        log.info(
+            "spool recovered",
+            extra={
+                "messages": self.queue.counts.messages,
+                "seconds": round(time.time() - self.started_at, 2),
+            },
+        )
         await self.queue.start()
         await self.submission.start(self.cfg.submission)
         self.metrics.config_generation.set(self.generation)
@@ -308,6 +316,7 @@ class Engine:
         self.submission.stop_listening()
         await self.queue.stop()
         await self.client.close()
+        await reader.close()
         await self.spool.close()
         await self.suppressions.close()
         await self.admin.stop()
@@ -407,6 +416,16 @@ class Engine:
         if self.submission.server is None:
             return False, "not listening"
         return True, "ready"
+
+    async def queue_action(self, action: str, domain: str) -> dict[str, Any]:
+        """retry: what waits for a retry at `domain` is due now; bounce: what is queued for it
+        now goes back to its senders as DSNs."""
+        if action == "bounce":
+            result = await self.queue.bounce(domain)
+        else:
+            result = await self.queue.retry_now(domain)
+        log.info(f"queue {action} by domain", extra=result)
+        return {"action": action, **result}
 
     async def drain(self) -> dict[str, Any]:
         if not self.draining:

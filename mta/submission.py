@@ -33,6 +33,8 @@ from mailfleet.mta.limits import AuthLimiter, SessionLimiter, data_deadline
 from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.spool import new_message_id
 
+DISK_FULL = "452 4.3.1 Insufficient system storage, try again later"
+
 log = logging.getLogger("mailfleet.mta.submission")
 
 # Accepts a message (queue id, sender, recipients, raw bytes, client) once it is durable; raises to
@@ -162,6 +164,8 @@ class SubmissionHandler:
         self.feedback = feedback
         self.accepting = True
         self.auth_limiter = AuthLimiter()
+        # True while the spool's disk is below its reserve: new mail is refused with 452 4.3.1.
+        self.low_on_disk: Callable[[], bool] = lambda: False
 
     def _refuse(self, reason: str, reply: str) -> str:
         self.metrics.rejected.labels(reason).inc()
@@ -191,6 +195,8 @@ class SubmissionHandler:
     ) -> str:
         if not self.accepting:
             return self._refuse("draining", "421 4.3.2 Service shutting down, try another server")
+        if self.low_on_disk():
+            return self._refuse("disk-full", DISK_FULL)
         # aiosmtpd takes an empty mail_from for "no MAIL yet", so the null path stays "<>" here.
         envelope.mail_from = address or "<>"
         envelope.mail_options.extend(mail_options)
@@ -248,6 +254,8 @@ class SubmissionHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if not self.accepting:
             return self._refuse("draining", "421 4.3.2 Service shutting down, try another server")
+        if self.low_on_disk():
+            return self._refuse("disk-full", DISK_FULL)
         data = envelope.original_content or b""
         assert isinstance(data, bytes)
         if has_bare_newline(data):
