@@ -1,5 +1,6 @@
 """The admin HTTP API: /healthz, /readyz, /v1/status, /metrics, POST /v1/drain, POST /v1/reload,
-/v1/suppressions (GET list, POST add, GET/DELETE one).
+/v1/suppressions (GET list, POST add, GET/DELETE one), POST /v1/queue/retry and /v1/queue/bounce
+(by recipient domain).
 
 Open: /healthz, /readyz, /metrics, /v1/status (probes and Prometheus carry no credentials).
 Everything else changes state or lists recipients, and needs `Authorization: Bearer <token>`
@@ -43,6 +44,7 @@ class Engine(Protocol):
 
     async def suppress(self, recipient: str, reason: str, source: str) -> None: ...
     def readiness(self) -> tuple[bool, str]: ...
+    async def queue_action(self, action: str, domain: str) -> dict[str, Any]: ...
     def status(self) -> dict[str, Any]: ...
     async def drain(self) -> dict[str, Any]: ...
     async def reload(
@@ -134,7 +136,10 @@ def make_app(engine: Engine) -> web.Application:
                 {"error": 'expected JSON {"recipient": "user@domain", "reason": "..."}'},
                 status=400,
             )
-        await engine.suppress(recipient, str(body.get("reason") or "manual"), "admin-api")
+        try:
+            await engine.suppress(recipient, str(body.get("reason") or "manual"), "admin-api")
+        except ValueError as e:
+            return web.json_response({"error": str(e)}, status=400)
         entry = await engine.suppressions.get(recipient)
         return web.json_response(asdict(entry) if entry else {}, status=201)
 
@@ -147,6 +152,19 @@ def make_app(engine: Engine) -> web.Application:
     async def remove_suppression(request: web.Request) -> web.Response:
         removed = await engine.suppressions.remove(request.match_info["recipient"])
         return web.json_response({"removed": removed}, status=200 if removed else 404)
+
+    async def queue_action(request: web.Request) -> web.Response:
+        action = request.match_info["action"]
+        try:
+            body = await request.json()
+            domain = body["domain"]
+            if not isinstance(domain, str) or not domain.strip(".") or "@" in domain:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return web.json_response(
+                {"error": 'expected JSON {"domain": "example.com"}'}, status=400
+            )
+        return web.json_response(await engine.queue_action(action, domain))
 
     app = web.Application(middlewares=[guard])
     app.add_routes(
@@ -161,6 +179,7 @@ def make_app(engine: Engine) -> web.Application:
             web.post("/v1/suppressions", add_suppression),
             web.get("/v1/suppressions/{recipient}", get_suppression),
             web.delete("/v1/suppressions/{recipient}", remove_suppression),
+            web.post(r"/v1/queue/{action:retry|bounce}", queue_action),
         ]
     )
     return app

@@ -30,12 +30,44 @@ class EngineMetrics:
             registry=r,
         )
         self.queue_messages = Gauge(
-            "mailfleet_queue_messages", "Messages in the spool", ["state"], registry=r
+            "mailfleet_queue_messages",
+            "Messages in the spool (queued); of those, being worked on in memory (active)",
+            ["state"],
+            registry=r,
         )
         self.queue_recipients = Gauge(
             "mailfleet_queue_recipients",
-            "Recipients waiting for delivery: active (due now) or deferred (waiting to retry)",
+            "Recipients waiting for delivery: active (in memory, being worked on) or deferred"
+            " (on disk until due)",
             ["state"],
+            registry=r,
+        )
+        self.queue_active_limit = Gauge(
+            "mailfleet_queue_active_limit",
+            "Messages that may be worked on at once (spool.activeLimit); the rest wait on disk",
+            registry=r,
+        )
+        self.queue_oldest_age = Gauge(
+            "mailfleet_queue_oldest_age_seconds",
+            "Age of the oldest message in the spool",
+            registry=r,
+        )
+        self.queue_provider_recipients = Gauge(
+            "mailfleet_queue_provider_recipients",
+            "Recipients queued per provider: active (in memory, being worked on) or waiting"
+            " (on disk, due or deferred)",
+            ["provider", "state"],
+            registry=r,
+        )
+        self.spool_bytes = Gauge(
+            "mailfleet_spool_bytes",
+            "Spool size on disk: the database, its WAL, and free pages inside the database",
+            ["file"],
+            registry=r,
+        )
+        self.spool_disk_free = Gauge(
+            "mailfleet_spool_disk_free_bytes",
+            "Free space on the spool's filesystem (new mail is refused below spool.diskReserve)",
             registry=r,
         )
         self.delivery_latency = Histogram(

@@ -8,10 +8,10 @@ where the kubelet's are documented (sources named per function).
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 import ipaddress
+import os
 import re
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -633,8 +633,6 @@ def not_honoured(pod: Obj) -> list[str]:
         if res.get("claims"):
             out.add(f"{where}: resources.claims")
         sc = c.get("securityContext") or {}
-        if sc.get("readOnlyRootFilesystem"):
-            out.add(f"{where}: securityContext.readOnlyRootFilesystem (the node's / is writable)")
         if sc.get("capabilities"):
             out.add(f"{where}: securityContext.capabilities")
         for key in ("seccompProfile", "seLinuxOptions", "appArmorProfile", "procMount"):
