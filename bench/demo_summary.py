@@ -244,7 +244,18 @@ def _pools(snap: Snapshot) -> list[str]:
     if not rows:
         return ["  (none yet)"]
     heads = ["NAME", "READY", "REASON", "PODS", "MIN-MAX", "QUEUE", "CONFIG", "UPDATED"]
-    return table(heads, rows)
+    lines = table(heads, rows)
+    for p in sorted(snap.pools, key=_name):
+        st = p.get("status", {})
+        if st.get("scaleReason"):
+            at = parse_time(st.get("lastScaleTime"))
+            when = f" ({age((snap.now - at).total_seconds())} ago)" if at else ""
+            lines.append(f"  {_name(p)} scaled: {st['scaleReason']}{when}")
+        if st.get("drainingPods"):
+            left = st.get("handoffLeft")
+            handoff = f", {left} message(s) to hand off" if left is not None else ""
+            lines.append(f"  {_name(p)} draining: {', '.join(st['drainingPods'])}{handoff}")
+    return lines
 
 
 def _pool_pod_status(snap: Snapshot) -> dict[str, JSON]:

@@ -236,6 +236,22 @@ def test_a_running_fleet_reads_at_a_glance() -> None:
     assert delivered[4].startswith("  last refusal (gmail to 127.0.2.1): 421 4.7.28")
 
 
+def test_scaling_and_draining_are_explained_under_the_pool() -> None:
+    status = {
+        **POOL["status"],
+        "scaleReason": "3 pods: 130 queued, 40 per pod",
+        "lastScaleTime": ts(12),
+        "drainingPods": ["local-2"],
+        "handoffLeft": 17,
+    }
+    text = summary.render_summary(fleet_snapshot(pools=[{**POOL, "status": status}]))
+    assert section(text, "SENDING POOLS")[2:] == [
+        "  local scaled: 3 pods: 130 queued, 40 per pod (12s ago)",
+        "  local draining: local-2, 17 message(s) to hand off",
+    ]
+    assert len(section(summary.render_summary(fleet_snapshot()), "SENDING POOLS")) == 2
+
+
 def test_events_show_the_newest_eight_oldest_first() -> None:
     text = summary.render_summary(fleet_snapshot())
     events = section(text, "EVENTS")
