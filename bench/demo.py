@@ -822,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        log("stopping what the demo started (Ctrl-C again abandons it; the next demo cleans up)")
         demo.shutdown()
         log(f"stopped: {', '.join(demo.stopped) or 'nothing was running'}")
     return code
