@@ -446,6 +446,8 @@ def measure(
         state / "kube",
         fsync=False,
         die_with_parent=True,
+        # The operator alone: a thousand pools' pods stay Pending, as without a kubelet.
+        node=False,
         extra_apiserver_args=[
             f"--audit-policy-file={state / 'audit-policy.yaml'}",
             f"--audit-log-path={audit_log}",

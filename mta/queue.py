@@ -25,7 +25,7 @@ from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.providers import DEFAULT
 from mailfleet.mta.retry import next_attempt_at, outcome_for_reply
 from mailfleet.mta.routing import RouteError, Router
-from mailfleet.mta.shaping import CONNECTION_LIMIT, RuleHit, Shaper, Wait, day_index
+from mailfleet.mta.shaping import CONNECTION_LIMIT, RuleHit, Shaper, Wait
 from mailfleet.mta.spool import (
     DiskUsage,
     DueRow,
@@ -662,8 +662,8 @@ class QueueRunner:
             if body is None:
                 return False  # gone from the spool meanwhile
             if grant.warmup:
-                day = day_index(now, self.cfg.shaping.day_length)
                 for key in self.shaper.warmup_keys(grant.ip, provider):
+                    day = self.shaper.warmup_day(grant.ip, key, now)[0]
                     await self.spool.warmup_add(grant.ip, key, day)
             result = await self.client.deliver(
                 source_ip=grant.ip or None,
@@ -917,8 +917,9 @@ class QueueRunner:
             m.shaping_rate.labels(*labels).set(row["rate"] if row["rate"] is not None else -1)
             m.pair_suspended.labels(*labels).set(1 if row["suspendedUntil"] else 0)
             m.pair_quarantined.labels(*labels).set(1 if row["quarantinedUntil"] else 0)
+        now = time.time()
         for (ip, provider, day), sent in list(self.shaper.warmup_sent.items()):
-            if day == day_index(time.time(), self.cfg.shaping.day_length):
+            if day == self.shaper.warmup_day(ip, provider, now)[0]:
                 m.warmup_sent.labels(ip, provider).set(sent)
         for (ip, provider), cap in self.shaper.caps.items():
             m.warmup_cap.labels(ip, provider).set(cap)
