@@ -230,6 +230,19 @@ def _ensure_leaf_certs(pki: Path) -> None:
         # The Node authorizer and NodeRestriction know a kubelet by this identity.
         ("node-client", f"/O=system:nodes/CN=system:node:{NODE_NAME}", [], True),
         ("provisioner-client", f"/CN={PROVISIONER_USER}", [], True),
+        # The node's kubelet API (kubectl logs): its serving cert, and the API server's client.
+        (
+            "node-serving",
+            f"/O=system:nodes/CN=system:node:{NODE_NAME}",
+            [f"IP:{LOOPBACK}", f"DNS:{NODE_NAME}"],
+            False,
+        ),
+        (
+            "apiserver-kubelet-client",
+            "/O=system:masters/CN=kube-apiserver-kubelet-client",
+            [],
+            True,
+        ),
     ]
     for name, subject, sans, client in leaves:
         if not (pki / f"{name}.crt").exists():
@@ -510,6 +523,11 @@ class ControlPlane:
             # The defaults (NamespaceLifecycle, LimitRanger, ServiceAccount, PodSecurity,
             # ResourceQuota, webhooks, ...) plus NodeRestriction; none needs a node.
             "--enable-admission-plugins=NodeRestriction",
+            # kubectl logs: the API server calls the node agent at its InternalIP.
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=true",
             "--profiling=false",
             "--endpoint-reconciler-type=none",
@@ -573,6 +591,8 @@ class ControlPlane:
             f"--key={pki / 'node-client.key'}",
             f"--provisioner-cert={pki / 'provisioner-client.crt'}",
             f"--provisioner-key={pki / 'provisioner-client.key'}",
+            f"--serving-cert={pki / 'node-serving.crt'}",
+            f"--serving-key={pki / 'node-serving.key'}",
             f"--kubelet-version={self._version()}",
             # The pods' `mailfleet` and `python3` are the repository's (no image is pulled).
             f"--path-prefix={REPO_ROOT / '.venv' / 'bin'}",

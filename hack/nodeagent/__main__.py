@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--provisioner-cert", help="client certificate of the volume provisioner")
     ap.add_argument("--provisioner-key")
     ap.add_argument("--kubelet-version", default="v0.0.0")
+    ap.add_argument("--serving-cert", default="", help="serve `kubectl logs` with this cert")
+    ap.add_argument("--serving-key", default="")
     ap.add_argument("--path-prefix", default="", help="put first on every container's PATH")
     ap.add_argument("--max-pods", type=int, default=110)
     ap.add_argument("--backoff-initial", type=float, default=10.0)
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         path_prefix=ns.path_prefix,
         max_pods=ns.max_pods,
         backoff_initial=ns.backoff_initial,
+        serving_cert=ns.serving_cert,
+        serving_key=ns.serving_key,
     )
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     serve(cfg)

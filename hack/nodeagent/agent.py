@@ -28,6 +28,7 @@ from typing import IO, Any
 
 from . import logic, volumes
 from .kubeapi import Api, ApiError, Credentials, Informer, now_micro, now_rfc3339
+from .server import KubeletServer
 
 log = logging.getLogger("nodeagent")
 Obj = dict[str, Any]
@@ -51,6 +52,8 @@ class Config:
     python: str = sys.executable
     backoff_initial: float = logic.BACKOFF_INITIAL
     max_pods: int = 110
+    serving_cert: str = ""  # with serving_key: serve the kubelet API (kubectl logs)
+    serving_key: str = ""
     shutdown_grace: float = 10.0
     volume_refresh: float = 2.0
 
@@ -148,7 +151,10 @@ class Container:
     probes: dict[str, logic.ProbeState] = field(default_factory=dict)
     probe_last: dict[str, float] = field(default_factory=dict)
     config_error: str = ""
+    user_warned: bool = False  # the runAsUser-not-honoured event was posted
     kill_reason: str = ""
+    log_start: int = 0  # offset in <container>.log where this instance's output begins
+    prev_log: tuple[int, int] | None = None  # the previous instance's output (kubectl logs -p)
 
     @property
     def name(self) -> str:
@@ -547,10 +553,27 @@ class PodWorker(threading.Thread):
         self, pod: Obj, c: Container, argv: list[str], env: dict[str, str], *, mounts: bool
     ) -> Obj:
         uid, gid, groups, non_root = logic.security(pod, c.spec)
+        sc = c.spec.get("securityContext") or {}
         if non_root and not uid:
             raise logic.ConfigError(
                 "container has runAsNonRoot and image will run as root (set runAsUser)"
             )
+        if uid:
+            # The node's programs stand in for the image: where the pod's user cannot reach
+            # them (a Python under /root, say), the container runs as the agent's user.
+            gids = {gid if gid is not None else uid, *groups}
+            blocked = logic.command_reachable(argv, env.get("PATH", ""), uid, gids)
+            if blocked is not None:
+                if not c.user_warned:
+                    self.event(
+                        "Warning",
+                        "NotHonoured",
+                        f"runAsUser {uid} not honoured: {blocked} is not reachable by uid "
+                        f"{uid} on this node; the container runs as uid {os.getuid()}",
+                        container=c.name,
+                    )
+                    c.user_warned = True
+                uid, gid, groups = None, None, []
         return {
             "argv": argv,
             "env": env,
@@ -559,6 +582,8 @@ class PodWorker(threading.Thread):
             "gid": gid if gid is not None else uid,
             "groups": groups,
             "mounts": self._mounts(c) if mounts else [],
+            # Only when starting: an exec (probe, hook) enters the namespace already made so.
+            "readOnlyRoot": mounts and bool(sc.get("readOnlyRootFilesystem")),
             "hostname": (pod["spec"].get("hostname") or self.pod_name) if mounts else None,
         }
 
@@ -592,12 +617,13 @@ class PodWorker(threading.Thread):
             return
         c.config_error = ""
         errfile = self.run_dir / f"{c.name}.err"
-        errfile.unlink(missing_ok=True)
-        spec["errfile"] = str(errfile)
-        spec_path = self.run_dir / f"{c.name}.json"
-        spec_path.write_text(json.dumps(spec))
-        spec_path.chmod(0o600)
-        with (self.dir / f"{c.name}.log").open("ab") as logf:
+        # Opened here, in the node's mount namespace: a file the runner opened for writing in
+        # the container's would keep it from making that namespace's root read-only.
+        with (self.dir / f"{c.name}.log").open("ab") as logf, errfile.open("wb") as errf:
+            spec["errfd"] = errf.fileno()
+            size = logf.seek(0, os.SEEK_END)
+            c.prev_log = (c.log_start, size) if c.ever_ran else None
+            c.log_start = size
             proc = subprocess.Popen(
                 [
                     "unshare",
@@ -608,15 +634,19 @@ class PodWorker(threading.Thread):
                     "--",
                     self.agent.cfg.python,
                     str(RUNNER),
-                    str(spec_path),
                 ],
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 cwd="/",
                 start_new_session=True,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                pass_fds=(errf.fileno(),),
             )
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(json.dumps(spec).encode())
+        proc.stdin.close()
         if c.ever_ran:
             c.restart_count += 1
         c.ever_ran = True
@@ -769,35 +799,20 @@ class PodWorker(threading.Thread):
         if not c.pid:
             return 1, "container is not running"
         spec = self._runner_spec(pod, c, list(argv), self._env(pod, c), mounts=False)
-        spec_file = self.run_dir / f"{c.name}.exec-{threading.get_ident()}.json"
-        spec_file.write_text(json.dumps(spec))
+        proc = subprocess.Popen(
+            ["nsenter", "-t", str(c.pid), "-m", "-u", "--", self.agent.cfg.python, str(RUNNER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
-            proc = subprocess.Popen(
-                [
-                    "nsenter",
-                    "-t",
-                    str(c.pid),
-                    "-m",
-                    "-u",
-                    "--",
-                    self.agent.cfg.python,
-                    str(RUNNER),
-                    str(spec_file),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            try:
-                out, _ = proc.communicate(timeout=max(timeout, 0.1))
-            except subprocess.TimeoutExpired:
-                _killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
-                return -1, f"timed out after {timeout:.0f}s"
-            return proc.returncode, out.decode(errors="replace")
-        finally:
-            spec_file.unlink(missing_ok=True)
+            out, _ = proc.communicate(json.dumps(spec).encode(), timeout=max(timeout, 0.1))
+        except subprocess.TimeoutExpired:
+            _killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return -1, f"timed out after {timeout:.0f}s"
+        return proc.returncode, out.decode(errors="replace")
 
     def run_hook(self, pod: Obj, c: Container, hook: Obj, *, deadline: float) -> bool:
         remaining = max(deadline - time.monotonic(), 0.1)
@@ -957,7 +972,10 @@ class Agent:
             if ip in {str(a) for a in self.podnet.network.hosts()}
         }
         self.node_uid = ""
+        self.kubelet_port = 0
         self._transitions: dict[str, str] = {}
+        # (pod uid, container, reason, message) -> (Event name, count)
+        self.events: dict[tuple[str, str, str, str], tuple[str, int]] = {}
         self._save()
 
     # -- state ----------------------------------------------------------------------------
@@ -977,6 +995,20 @@ class Agent:
         with self.lock:
             if self.ips.pop(uid, None) is not None:
                 self._save()
+
+    def find_container(
+        self, ns: str, pod: str, container: str
+    ) -> tuple[PodWorker, Container] | None:
+        """The newest worker's container for a pod name (a StatefulSet pod is replaced under
+        the same name)."""
+        with self.lock:
+            workers = [w for w in self.workers.values() if (w.ns, w.pod_name) == (ns, pod)]
+        workers.sort(key=lambda w: (w.finished, bool(w.pod["metadata"].get("deletionTimestamp"))))
+        for w in workers:
+            for c in w.containers:
+                if c.name == container:
+                    return w, c
+        return None
 
     def worker_done(self, w: PodWorker) -> None:
         with self.lock:
@@ -998,6 +1030,24 @@ class Agent:
         if container:
             ref["fieldPath"] = f"spec.containers{{{container}}}"
         now = now_rfc3339()
+        ns = meta["namespace"]
+        key = (meta["uid"], container, reason, message)
+        with self.lock:
+            seen = self.events.get(key)
+        if seen is not None:
+            # The same event again (a probe failing every period): count it on the one
+            # Event object, as the kubelet's event correlator does.
+            name, count = seen
+            try:
+                self.api.merge_patch(
+                    f"/api/v1/namespaces/{ns}/events/{name}",
+                    {"count": count + 1, "lastTimestamp": now},
+                )
+                with self.lock:
+                    self.events[key] = (name, count + 1)
+                return
+            except (ApiError, OSError):
+                pass  # expired or deleted: post a new one
         body = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -1014,10 +1064,14 @@ class Agent:
             "count": 1,
         }
         try:
-            self.api.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body)
+            created = self.api.request("POST", f"/api/v1/namespaces/{ns}/events", body)
+            with self.lock:
+                if len(self.events) > 10000:
+                    self.events.clear()
+                self.events[key] = (created["metadata"]["name"], 1)
         except (ApiError, OSError) as e:
-            log.warning("event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], e)
-        log.info("%s/%s %s %s: %s", meta["namespace"], meta["name"], etype, reason, message)
+            log.warning("event %s for %s/%s: %s", reason, ns, meta["name"], e)
+        log.info("%s/%s %s %s: %s", ns, meta["name"], etype, reason, message)
 
     # -- node ---------------------------------------------------------------------------
     def _node_status(self) -> Obj:
@@ -1057,7 +1111,7 @@ class Agent:
                 {"type": "InternalIP", "address": "127.0.0.1"},
                 {"type": "Hostname", "address": self.cfg.node_name},
             ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "nodeInfo": {
                 "machineID": _read("/etc/machine-id", "local"),
                 "systemUUID": _read("/etc/machine-id", "local"),
@@ -1270,6 +1324,12 @@ class Agent:
         (self.cfg.state_dir / "pods").mkdir(parents=True, exist_ok=True)
         (self.cfg.state_dir / "pvc").mkdir(parents=True, exist_ok=True)
         self.kill_leftovers()
+        if self.cfg.serving_cert:
+            server = KubeletServer(
+                self, ca=self.cfg.node.ca, cert=self.cfg.serving_cert, key=self.cfg.serving_key
+            )
+            server.start()
+            self.kubelet_port = server.port
         while not self.stop.is_set():
             try:
                 self.register()

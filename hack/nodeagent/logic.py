@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import os
 import re
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 Obj = dict[str, Any]
@@ -630,8 +633,6 @@ def not_honoured(pod: Obj) -> list[str]:
         if res.get("claims"):
             out.add(f"{where}: resources.claims")
         sc = c.get("securityContext") or {}
-        if sc.get("readOnlyRootFilesystem"):
-            out.add(f"{where}: securityContext.readOnlyRootFilesystem (the node's / is writable)")
         if sc.get("capabilities"):
             out.add(f"{where}: securityContext.capabilities")
         for key in ("seccompProfile", "seLinuxOptions", "appArmorProfile", "procMount"):
@@ -687,3 +688,57 @@ def security(pod: Obj, container: Obj) -> tuple[int | None, int | None, list[int
 def mount_order(mounts: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Mounts sorted so a parent mountPath is mounted before one nested inside it."""
     return sorted(mounts, key=lambda m: len(str(m["mountPath"]).rstrip("/").split("/")))
+
+
+def _may(st: os.stat_result, uid: int, gids: set[int], bit: int) -> bool:
+    """Whether uid (with groups gids) has permission `bit` (4 r, 2 w, 1 x) on a file: owner,
+    then group, then other bits, as the kernel checks them."""
+    if st.st_uid == uid:
+        return bool(st.st_mode & (bit << 6))
+    if st.st_gid in gids:
+        return bool(st.st_mode & (bit << 3))
+    return bool(st.st_mode & bit)
+
+
+def reachable_by(
+    path: str, uid: int, gids: set[int], stat: Callable[[str], os.stat_result] = os.stat
+) -> bool:
+    """Whether uid can execute `path`: search permission on every directory above it, and
+    read and execute on the file itself (a script is read by its interpreter)."""
+    real = os.path.realpath(path)
+    parts = Path(real).parents
+    try:
+        for d in reversed(list(parts)):
+            if not _may(stat(str(d)), uid, gids, 1):
+                return False
+        st = stat(real)
+    except OSError:
+        return False
+    return _may(st, uid, gids, 1) and _may(st, uid, gids, 4)
+
+
+def interpreter(path: str) -> str | None:
+    """The interpreter a script names on its #! line, if any."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    return words[0] if words else None
+
+
+def command_reachable(argv: Sequence[str], path_env: str, uid: int, gids: set[int]) -> str | None:
+    """None when uid can run argv[0] (found on path_env) and its interpreter; else the first
+    file it cannot reach."""
+    if not argv:
+        return None
+    found = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=path_env)
+    if found is None:
+        return None  # the exec reports a missing command itself
+    for f in (found, interpreter(found)):
+        if f is not None and not reachable_by(f, uid, gids):
+            return os.path.realpath(f)
+    return None

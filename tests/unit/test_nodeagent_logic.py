@@ -534,7 +534,6 @@ def test_what_cannot_be_honoured_is_named() -> None:
         "container mta: resources.limits (not enforced)",
         "container mta: securityContext.allowPrivilegeEscalation=false (no_new_privs)",
         "container mta: securityContext.capabilities",
-        "container mta: securityContext.readOnlyRootFilesystem (the node's / is writable)",
         "spec.initContainers (not run)",
         "spec.securityContext.seccompProfile",
         "volume n: nfs",
@@ -561,3 +560,46 @@ def test_security_context_container_over_pod() -> None:
 def test_mounts_parent_before_child() -> None:
     mounts = [{"mountPath": "/a/b/c"}, {"mountPath": "/a"}, {"mountPath": "/a/b/"}]
     assert [m["mountPath"] for m in logic.mount_order(mounts)] == ["/a", "/a/b/", "/a/b/c"]
+
+
+def test_tail_lines() -> None:
+    server: Any = importlib.import_module("nodeagent.server")
+    assert server.tail_lines(b"a\nb\nc\n", 2) == b"b\nc\n"
+    assert server.tail_lines(b"a\nb\nc", 1) == b"c"
+    assert server.tail_lines(b"a\n", 5) == b"a\n"
+    assert server.tail_lines(b"a\n", 0) == b""
+
+
+# --------------------------------------------------------------------------- runAsUser reach
+
+
+def _stat(modes: dict[str, tuple[int, int, int]]) -> Any:
+    """A stat function over a fake tree: path -> (mode, uid, gid)."""
+    import os as _os
+
+    def stat(path: str) -> Any:
+        if path not in modes:
+            raise FileNotFoundError(path)
+        mode, uid, gid = modes[path]
+        return _os.stat_result((mode, 0, 0, 1, uid, gid, 0, 0, 0, 0))
+
+    return stat
+
+
+def test_reachable_by_needs_search_on_every_parent_and_rx_on_the_file() -> None:
+    tree = {
+        "/": (0o755, 0, 0),
+        "/nahome": (0o700, 0, 0),
+        "/nahome/py": (0o755, 0, 0),
+        "/nausr": (0o755, 0, 0),
+        "/nausr/bin": (0o755, 0, 0),
+        "/nausr/bin/sh": (0o755, 0, 0),
+        "/nausr/bin/grp": (0o750, 0, 10001),
+    }
+    stat = _stat(tree)
+    assert logic.reachable_by("/nausr/bin/sh", 10001, {10001}, stat)
+    assert not logic.reachable_by("/nahome/py", 10001, {10001}, stat)
+    assert logic.reachable_by("/nahome/py", 0, {0}, stat)  # the owner may search it
+    assert logic.reachable_by("/nausr/bin/grp", 10001, {10001}, stat)  # by group
+    assert not logic.reachable_by("/nausr/bin/grp", 10002, {10002}, stat)
+    assert not logic.reachable_by("/nausr/bin/missing", 10001, {10001}, stat)

@@ -5,95 +5,21 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from fixtures.objects import LATER, NOW, child, inputs, policy, pool, pool_doc, warmup
 
 from mailfleet.mta.config import config_digest, parse_config
 from mailfleet.operator import conditions, drift, ipplan, naming, policy_merge, render, statuses
 from mailfleet.operator import warmup as wu
 from mailfleet.operator.crd_models import (
-    DeliveryPolicy,
-    IPWarmup,
     Replicas,
     SendingPool,
     WarmupSchedule,
     parse_object,
 )
-
-REPO = Path(__file__).resolve().parents[2]
-NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
-LATER = datetime(2026, 3, 5, 0, 0, 0, tzinfo=UTC)
-
-
-def example(name: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((REPO / "examples" / name).read_text())
-    doc["metadata"].update(namespace="ns1", uid=f"uid-{doc['metadata']['name']}", generation=1)
-    return doc
-
-
-def pool_doc(**spec: Any) -> dict[str, Any]:
-    doc = example("sendingpool.yaml")
-    doc["spec"].update(spec)
-    return doc
-
-
-def pool(**spec: Any) -> SendingPool:
-    obj = parse_object(pool_doc(**spec))
-    assert isinstance(obj, SendingPool)
-    return obj
-
-
-def policy(
-    name: str = "big-providers", labels: dict[str, str] | None = None, **spec: Any
-) -> DeliveryPolicy:
-    doc = example("deliverypolicy.yaml")
-    doc["metadata"]["name"] = name
-    if labels is not None:
-        doc["metadata"]["labels"] = labels
-    doc["spec"].update(spec)
-    obj = parse_object(doc)
-    assert isinstance(obj, DeliveryPolicy)
-    return obj
-
-
-def warmup(
-    name: str = "transactional-mta3", status: dict[str, Any] | None = None, **spec: Any
-) -> IPWarmup:
-    doc = example("ipwarmup.yaml")
-    doc["metadata"]["name"] = name
-    doc["spec"].update(spec)
-    if status is not None:
-        doc["status"] = status
-    obj = parse_object(doc)
-    assert isinstance(obj, IPWarmup)
-    return obj
-
-
-def inputs(p: SendingPool | None = None, **kw: Any) -> render.PoolInputs:
-    args: dict[str, Any] = {
-        "pool": p or pool(),
-        "policies": [policy()],
-        "warmups": [warmup()],
-        "secrets": frozenset(),
-        "statefulset_status": None,
-        "image": "mailfleet:test",
-        "now": NOW,
-    }
-    args.update(kw)
-    return render.PoolInputs(**args)
-
-
-def child(rendered: render.RenderedPool, kind: str, name: str) -> dict[str, Any]:
-    for c in rendered.children:
-        found: dict[str, Any] = c
-        if found["kind"] == kind and found["metadata"]["name"] == name:
-            return found
-    raise AssertionError(f"no {kind} {name}")
-
 
 # --- replicas ----------------------------------------------------------------------------------
 
