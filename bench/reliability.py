@@ -409,7 +409,7 @@ def disk_full(world: World, window: float) -> Row:
     )
     if mounted.returncode != 0:
         raise RuntimeError(f"disk-full needs a tmpfs mount: {mounted.stderr.decode().strip()}")
-    eng = world.engine(spool={"path": str(mnt / "spool")})
+    eng = world.engine(spool={"path": str(mnt / "spool"), "diskReserve": 0})
     dup = world.mx.duplicates()
     filler = mnt / "filler"
     try:

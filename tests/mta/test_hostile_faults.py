@@ -77,7 +77,8 @@ def test_disk_full_says_452_keeps_what_it_accepted_and_recovers(
         mx.script_rcpt(*["451 4.3.0 not now"] * 3)  # keep the first messages queued a while
         eng = mta_engine(
             {
-                "spool": {"path": str(small_fs / "spool")},
+                # No reserve: this is about the disk really filling up under a write.
+                "spool": {"path": str(small_fs / "spool"), "diskReserve": 0},
                 "routing": {"routes": {"*": f"{mx.host}:{mx.port}"}},
                 "retry": {"initial": "1s", "max": "1s", "jitter": 0},
             }
@@ -105,7 +106,8 @@ def test_deferred_mail_survives_a_full_disk_while_shaping_changes(
         mx.script_rcpt(*["421 4.7.0 try again later"] * 3)
         eng = mta_engine(
             {
-                "spool": {"path": str(small_fs / "spool")},
+                # No reserve: this is about the disk really filling up under a write.
+                "spool": {"path": str(small_fs / "spool"), "diskReserve": 0},
                 "routing": {"routes": {"*": f"{mx.host}:{mx.port}"}},
                 "retry": {"initial": "1s", "max": "1s", "jitter": 0},
             }
