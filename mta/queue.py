@@ -1,6 +1,10 @@
 """The queue runner: takes spooled messages to their destinations, records each outcome durably,
-schedules retries and writes DSNs. Decisions come from mailfleet.mta.retry; I/O from the router,
-the delivery client and the spool."""
+schedules retries and writes DSNs. Decisions come from mailfleet.mta.retry and plan_admission;
+I/O from the router, the delivery client and the spool.
+
+Only the active set (spool.activeLimit messages: ready, in flight, held by shaping) is in memory,
+as scheduling records without bodies; a deferred recipient goes back to the spool, and the loader
+pages what is due back in, oldest first, through the spool's due index."""
 
 from __future__ import annotations
 
