@@ -582,6 +582,10 @@ class Operator:
                 self.post_event(body, ev.type, ev.reason, ev.message)
         if warmups:
             await self.update_warmup_statuses(idx, namespace, name)
+            if any(w.status is None or w.status.start_time is None for w in warmups):
+                # A warmup just started: render again once its startTime is in the index, so
+                # the engines count its days from it.
+                self._reconcile_later(self.advances, key, 2.0)
         if rendered.config_hash is not None and self.engines is not None:
             self.spawn(self.guarded("SendingPool", self.poll_pool(idx, namespace, name)))
         return changed
