@@ -591,7 +591,7 @@ class Demo:
 
     def _apply(self) -> None:
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
-        self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        self.cp.wait_crds_established()
         secret = self.kubectl(
             "create", "secret", "generic", DKIM_SECRET, "-n", NAMESPACE,
             *(f"--from-file={k}={v}" for k, v in DKIM_FILES.items()),

@@ -460,7 +460,7 @@ def measure(
         cp.start()
         progress(f"control plane up in {time.monotonic() - t:.1f} s ({cp.server})")
         cp.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        cp.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        cp.wait_crds_established()
         cp.kubectl("create", "namespace", namespace)
         cp.kubectl(
             "create",

@@ -30,11 +30,12 @@ from mailfleet.mta.config import (
 )
 from mailfleet.mta.delivery import DeliveryClient
 from mailfleet.mta.dkim import DKIMSigner
+from mailfleet.mta.handoff import HandoffSender
 from mailfleet.mta.headers import add_headers, load_token_key
 from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.queue import QueueRunner
 from mailfleet.mta.routing import Router
-from mailfleet.mta.spool import Spool, new_message_id
+from mailfleet.mta.spool import QueuedMessage, Spool, new_message_id
 from mailfleet.mta.submission import (
     SubmissionHandler,
     SubmissionPolicy,
@@ -172,6 +173,8 @@ class Engine:
         self.admin = AdminServer(self)
         self.recovered = False
         self.draining = False
+        self.handoff: HandoffSender | None = None
+        self._handoff_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._config_mtime = self._mtime()
         self._reload_lock = asyncio.Lock()
@@ -427,14 +430,62 @@ class Engine:
         log.info(f"queue {action} by domain", extra=result)
         return {"action": action, **result}
 
-    async def drain(self) -> dict[str, Any]:
+    async def drain(self, handoff: list[str] | None = None) -> dict[str, Any]:
+        """Take no more mail; hand the queue to `handoff` peers (admin URLs) or deliver it."""
         if not self.draining:
             self.draining = True
             self.handler.accepting = False
             self.submission.stop_listening()
             self.metrics.ready.set(0)
-            log.info("draining: submission closed, delivering what is queued")
-        return {"draining": True, "queue": self.queue.status(), "empty": self.queue.empty}
+            self.metrics.draining.set(1)
+            log.info("draining: submission closed", extra={"handoff": handoff or []})
+        if handoff and (self.handoff is None or self.handoff.state.done):
+            token = self.admin_token.decode() if self.admin_token else None
+            self.handoff = HandoffSender(
+                self.spool,
+                self.spool.reader(),
+                self.queue,
+                handoff,
+                token,
+                on_handed=lambda n: self.metrics.handoff.labels("out").inc(n),
+            )
+            self._handoff_task = asyncio.create_task(self.handoff.run(), name="handoff")
+        return self.drain_state()
+
+    def drain_state(self) -> dict[str, Any]:
+        return {
+            "draining": self.draining,
+            "queue": self.queue.status(),
+            "empty": self.queue.empty,
+            "handoff": self.handoff.state.as_dict() if self.handoff is not None else None,
+        }
+
+    async def undrain(self) -> dict[str, Any]:
+        """Take mail again (a scale-down called off): what was not handed off stays here."""
+        if self._handoff_task is not None:
+            self._handoff_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._handoff_task
+            self._handoff_task = None
+        if self.draining:
+            await self.submission.start(self.cfg.submission)
+            self.draining = False
+            self.handler.accepting = True
+            self.metrics.ready.set(1)
+            self.metrics.draining.set(0)
+            log.info("undrained: taking mail again")
+        return self.drain_state()
+
+    async def adopt(self, messages: list[QueuedMessage]) -> int:
+        """Messages a draining peer hands over: stored (fsynced) with their state, then
+        scheduled here. Refused while this engine drains itself."""
+        if self.draining:
+            raise RuntimeError("this engine is draining: hand the mail to another pod")
+        fresh = await self.spool.adopt(messages)
+        for m in fresh:
+            self.queue.adopt(m)
+        self.metrics.handoff.labels("in").inc(len(fresh))
+        return len(fresh)
 
     def status(self) -> dict[str, Any]:
         ready, reason = self.readiness()

@@ -11,6 +11,18 @@ FSYNC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 class EngineMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        self.handoff = Counter(
+            "mailfleet_handoff_messages",
+            "Queued messages handed between pods while draining, by direction (out: sent to a"
+            " peer and deleted here; in: taken from a peer)",
+            ["direction"],
+            registry=r,
+        )
+        self.draining = Gauge(
+            "mailfleet_draining",
+            "1 while the engine drains (takes no mail, hands its queue off or delivers it)",
+            registry=r,
+        )
         self.received = Counter(
             "mailfleet_messages_received",
             "Messages accepted (250) by the submission listener",

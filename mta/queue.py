@@ -243,6 +243,10 @@ class QueueRunner:
         self.oldest: float | None = None
         self.disk: DiskUsage | None = None
         self._gauged_providers: set[str] = set()
+        # Messages an attempt is running for now, and messages being handed to another pod
+        # (no attempt may start for those).
+        self._busy: dict[str, int] = {}
+        self._handing_off: set[str] = set()
 
     def retry_config(self, provider: str) -> RetryConfig:
         """The retry schedule for a recipient at `provider`: the provider's own when its policy
@@ -539,8 +543,10 @@ class QueueRunner:
                 return
             job = await self._ready.get()
             self._inflight += 1
+            mid = job.message_id
+            self._busy[mid] = self._busy.get(mid, 0) + 1
             try:
-                if not await self._run(job):
+                if mid in self._handing_off or not await self._run(job):
                     self._release(job)
             except asyncio.CancelledError:
                 raise
@@ -551,6 +557,43 @@ class QueueRunner:
                 self._schedule(job, time.time())
             finally:
                 self._inflight -= 1
+                left = self._busy.get(mid, 1) - 1
+                if left > 0:
+                    self._busy[mid] = left
+                else:
+                    self._busy.pop(mid, None)
+
+    # -- handing mail to another pod (drain) -------------------------------------------------------
+
+    def begin_handoff(self, message_id: str) -> bool:
+        """Take a message away from delivery to hand it to another pod; False while an attempt
+        for it runs (it is delivered here, or handed off on a later pass)."""
+        if message_id in self._busy:
+            return False
+        self._handing_off.add(message_id)
+        # Its jobs in memory are dropped as they come up; the loader skips nothing: a job it
+        # loads meanwhile is dropped the same way.
+        self.active.pop(message_id, None)
+        return True
+
+    def end_handoff(self, msg: QueuedMessage, handed: bool) -> None:
+        """The handoff is over: gone from this pod (counted out), or kept to deliver here (found
+        again by the loader's next pass over the spool)."""
+        self._handing_off.discard(msg.id)
+        if handed:
+            c = self.counts
+            c.messages -= 1
+            for r in msg.recipients:
+                c.add(c.by_domain, domain_of(r.recipient), -1)
+            return
+        self._need_sweep = True
+        self._cursor = None
+        self._load.set()
+
+    def adopt(self, msg: QueuedMessage) -> None:
+        """A message another pod handed over (already in this spool): counted and scheduled at
+        its recipients' own retry times."""
+        self.add(msg)
 
     # -- one attempt ---------------------------------------------------------------------------
 

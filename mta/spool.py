@@ -313,6 +313,50 @@ class Spool:
         result: bool = await self._submit(op, durable=False)
         return result
 
+    async def adopt(self, messages: list[QueuedMessage]) -> list[QueuedMessage]:
+        """Store messages handed over by another pod, with their arrival time and each
+        recipient's attempts and retry time; fsynced before it returns. A message already here
+        (the same handoff repeated after a crash) is not stored twice. Returns the new ones."""
+
+        def op(db: sqlite3.Connection) -> list[QueuedMessage]:
+            fresh = []
+            for m in messages:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO messages (id, mail_from, received_at, client, data)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (m.id, m.mail_from, m.received_at, m.client, m.data),
+                )
+                if cur.rowcount == 0:
+                    continue
+                db.executemany(
+                    "INSERT INTO recipients (message_id, recipient, attempts, next_attempt,"
+                    " last_reply, domain) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            m.id,
+                            r.recipient,
+                            r.attempts,
+                            r.next_attempt,
+                            r.last_reply,
+                            domain_of(r.recipient),
+                        )
+                        for r in m.recipients
+                    ],
+                )
+                fresh.append(m)
+            return fresh
+
+        result: list[QueuedMessage] = await self._submit(op)
+        return result
+
+    async def remove(self, message_ids: list[str]) -> None:
+        """Messages another pod has taken (fsynced: they are on its disk, not on ours)."""
+
+        def op(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM messages WHERE id = ?", [(m,) for m in message_ids])
+
+        await self._submit(op)
+
     async def retry_now(self, domain: str, now: float) -> int:
         """Make every recipient at `domain` waiting for a retry due now; how many were."""
 
@@ -498,6 +542,33 @@ class SpoolReader:
             return (row[0], bytes(row[1])) if row is not None else None
 
         result: tuple[str, bytes] | None = await self._run(op)
+        return result
+
+    async def messages_after(self, after: str, limit: int) -> list[QueuedMessage]:
+        """Whole messages (body and each recipient's state) in id (arrival) order after `after`,
+        for handing them to another pod."""
+
+        def op(db: sqlite3.Connection) -> list[QueuedMessage]:
+            rows = db.execute(
+                "SELECT id, mail_from, received_at, client, data FROM messages WHERE id > ?"
+                " ORDER BY id LIMIT ?",
+                (after, limit),
+            ).fetchall()
+            out = {
+                mid: QueuedMessage(mid, mf, ra, bytes(data), [], client or "")
+                for mid, mf, ra, client, data in rows
+            }
+            if out:
+                marks = ",".join("?" * len(out))
+                for mid, rcpt, attempts, nxt, last in db.execute(
+                    "SELECT message_id, recipient, attempts, next_attempt, last_reply"
+                    f" FROM recipients WHERE message_id IN ({marks})",
+                    list(out),
+                ):
+                    out[mid].recipients.append(QueuedRecipient(rcpt, attempts, nxt, last or ""))
+            return [m for m in out.values() if m.recipients]
+
+        result: list[QueuedMessage] = await self._run(op)
         return result
 
     async def due(
