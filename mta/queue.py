@@ -286,6 +286,10 @@ class QueueRunner:
         c.messages += 1
         for r in msg.recipients:
             c.add(c.by_domain, domain_of(r.recipient), 1)
+        if msg.id in self.active:
+            # The loader read it from the spool between its commit and this call: it is being
+            # worked on already; scheduling it again would deliver it twice.
+            return
         jobs: list[Job] = []
         left: set[str] = set()
         for j in jobs_for(msg, self._seq):
