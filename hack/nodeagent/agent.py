@@ -271,6 +271,8 @@ class PodWorker(threading.Thread):
             return  # finished before this agent started: nothing to run
         if not self.prepared:
             self.prepare(pod)
+        if all("terminated" in c.state for c in self.containers):
+            return  # the pod has finished (Succeeded/Failed): only its deletion is left
         now = time.monotonic()
         if now >= self.volumes_at:
             self.refresh_volumes(pod)
@@ -873,8 +875,9 @@ class PodWorker(threading.Thread):
         status, then the final delete (gracePeriodSeconds=0) that removes the pod object."""
         for c in self.containers:
             c.ready = False
-        self.push_status(pod)
-        self.event("Normal", "Killing", "Stopping the pod's containers", once=True)
+        if self.prepared:
+            self.push_status(pod)
+            self.event("Normal", "Killing", "Stopping the pod's containers", once=True)
         self.stop_all(_grace(pod), hooks=True)
         for c in self.containers:
             if "terminated" not in c.state:
@@ -892,7 +895,8 @@ class PodWorker(threading.Thread):
                 )
         final = dict(pod)
         final["spec"] = {**pod["spec"], "restartPolicy": "Never"}
-        self.push_status(final)
+        if self.prepared:  # else: it finished before this agent ran; its status stands
+            self.push_status(final)
         with contextlib.suppress(ApiError):
             self.agent.api.request(
                 "DELETE",

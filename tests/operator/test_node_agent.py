@@ -426,6 +426,37 @@ def test_the_repository_engine_is_on_the_path(kube_cluster: KubeCluster, ns: str
     assert any("mta" in line for line in log_lines(kube, ns, "help", "c"))
 
 
+def test_startup_probe_and_post_start_hook(kube_cluster: KubeCluster, ns: str) -> None:
+    kube = kube_cluster
+    # postStart writes a file the container waits for; the startup probe passes once the
+    # container has seen it, which takes a few probe periods.
+    script = (
+        "while [ ! -f /tmp/hooked ]; do sleep 0.1; done; echo HOOK `cat /tmp/hooked`; "
+        "sleep 2; touch /tmp/started; " + SLEEP[2]
+    )
+    c = {
+        "name": "c",
+        "image": "busybox",
+        "command": ["sh", "-c", script],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "lifecycle": {
+            "postStart": {"exec": {"command": ["sh", "-c", "echo $HOSTNAME > /tmp/hooked"]}}
+        },
+        "startupProbe": {
+            "exec": {"command": ["test", "-f", "/tmp/started"]},
+            "periodSeconds": 1,
+            "failureThreshold": 30,
+        },
+    }
+    apply(kube, ns, pod("slowstart", [c], volumes=[{"name": "tmp", "emptyDir": {}}]))
+    p = wait_for("pod slowstart Ready", lambda: ready(kube, ns, "slowstart"))
+    cs = container_status(p)
+    assert (cs["started"], cs["ready"], cs["restartCount"]) == (True, True, 0)
+    assert log_lines(kube, ns, "slowstart", "c") == ["HOOK slowstart"]
+    messages = [e["message"] for e in events(kube, ns, "slowstart") if e["reason"] == "Unhealthy"]
+    assert messages and all(m.startswith("Startup probe failed") for m in messages)
+
+
 # --------------------------------------------------------------------------- deletion
 
 
