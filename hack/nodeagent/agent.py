@@ -153,6 +153,7 @@ class Container:
     config_error: str = ""
     user_warned: bool = False  # the runAsUser-not-honoured event was posted
     kill_reason: str = ""
+    init: bool = False  # an init container: runs to completion before the app containers
     log_start: int = 0  # offset in <container>.log where this instance's output begins
     prev_log: tuple[int, int] | None = None  # the previous instance's output (kubectl logs -p)
 
@@ -203,6 +204,11 @@ class PodWorker(threading.Thread):
         self.ip = ""
         self.start_time = ""
         self.containers = [Container(spec=c) for c in pod["spec"].get("containers", [])]
+        # Run in order, each to a successful exit, before the app containers start.
+        self.init_containers = [
+            Container(spec=c, init=True) for c in pod["spec"].get("initContainers", []) or []
+        ]
+        self.init_done = not self.init_containers
         self.volume_paths: dict[str, Path] = {}
         self.volumes_at = 0.0
         self.volume_error = ""
@@ -271,16 +277,38 @@ class PodWorker(threading.Thread):
             return  # finished before this agent started: nothing to run
         if not self.prepared:
             self.prepare(pod)
-        if all("terminated" in c.state for c in self.containers):
+        if all("terminated" in c.state for c in self.containers) or self.init_failed:
             return  # the pod has finished (Succeeded/Failed): only its deletion is left
         now = time.monotonic()
         if now >= self.volumes_at:
             self.refresh_volumes(pod)
             self.volumes_at = now + self.agent.cfg.volume_refresh
         if not self.volume_error:
-            for c in self.containers:
-                self.sync_container(pod, c)
+            if not self.init_done:
+                self.sync_init(pod)
+            if self.init_done:
+                for c in self.containers:
+                    self.sync_container(pod, c)
         self.push_status(pod)
+
+    @property
+    def init_failed(self) -> bool:
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        return logic.init_progress(policy, [c.view() for c in self.init_containers]) == "failed"
+
+    def sync_init(self, pod: Obj) -> None:
+        """The first init container that has not succeeded runs (or waits out its back-off);
+        the app containers wait in PodInitializing."""
+        for c in self.containers:
+            if not c.ever_ran:
+                c.state = {"waiting": {"reason": "PodInitializing"}}
+        for ic in self.init_containers:
+            if ic.state.get("terminated", {}).get("exitCode") == 0:
+                continue
+            self.sync_container(pod, ic)
+            if ic.state.get("terminated", {}).get("exitCode") != 0:
+                return  # running, backing off, or failed for good
+        self.init_done = True
 
     # -- preparation ----------------------------------------------------------------------
     def prepare(self, pod: Obj) -> None:
@@ -697,9 +725,14 @@ class PodWorker(threading.Thread):
         c.ready = False
         c.started = False
         policy = pod["spec"].get("restartPolicy", "Always")
+        if c.init:
+            restart = logic.should_restart_init(policy, exit_code)
+            c.ready = exit_code == 0
+        else:
+            restart = logic.should_restart(policy, exit_code)
         if self.shutdown:
             c.state = {"terminated": terminated}  # the node stops; nothing restarts
-        elif logic.should_restart(policy, exit_code):
+        elif restart:
             c.last_state = {"terminated": terminated}
             c.crashes = logic.crashes_after_exit(c.crashes, ran_for)
             delay = logic.restart_delay(c.crashes, initial=self.agent.cfg.backoff_initial)
@@ -855,7 +888,7 @@ class PodWorker(threading.Thread):
         self.on_exit(pod, c, code)
 
     def stop_all(self, grace: float, *, hooks: bool) -> None:
-        running = [c for c in self.containers if c.proc is not None]
+        running = [c for c in self.init_containers + self.containers if c.proc is not None]
         for c in self.containers:
             c.ready = False
         threads = [
@@ -928,6 +961,7 @@ class PodWorker(threading.Thread):
             host_ip="127.0.0.1",
             start_time=self.start_time or now_rfc3339(),
             now=now_rfc3339(),
+            init=[c.view() for c in self.init_containers],
         )
         if desired == self.last_pushed:
             return
@@ -1009,7 +1043,7 @@ class Agent:
             workers = [w for w in self.workers.values() if (w.ns, w.pod_name) == (ns, pod)]
         workers.sort(key=lambda w: (w.finished, bool(w.pod["metadata"].get("deletionTimestamp"))))
         for w in workers:
-            for c in w.containers:
+            for c in w.init_containers + w.containers:
                 if c.name == container:
                     return w, c
         return None

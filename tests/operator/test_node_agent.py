@@ -457,6 +457,50 @@ def test_startup_probe_and_post_start_hook(kube_cluster: KubeCluster, ns: str) -
     assert messages and all(m.startswith("Startup probe failed") for m in messages)
 
 
+def test_init_containers_run_in_order_before_the_app(kube_cluster: KubeCluster, ns: str) -> None:
+    kube = kube_cluster
+
+    def step(name: str, script: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "image": "busybox",
+            "command": ["sh", "-c", script],
+            "volumeMounts": [{"name": "work", "mountPath": "/work-dir"}],
+        }
+
+    app = step("app", "cat /work-dir/steps; " + SLEEP[2])
+    init = [step("one", "echo one >> /work-dir/steps"), step("two", "echo two >> /work-dir/steps")]
+    volumes = [{"name": "work", "emptyDir": {}}]
+    apply(kube, ns, pod("inits", [app], initContainers=init, volumes=volumes))
+    p = wait_for("pod inits Ready", lambda: ready(kube, ns, "inits"))
+    assert condition(p, "Initialized") == "True"
+    done = [
+        (s["name"], s["state"]["terminated"]["reason"])
+        for s in p["status"]["initContainerStatuses"]
+    ]
+    assert done == [("one", "Completed"), ("two", "Completed")]
+    wait_for("the app's output", lambda: log_lines(kube, ns, "inits", "app"))
+    assert log_lines(kube, ns, "inits", "app") == ["one", "two"]
+
+    failing = [step("bad", "exit 2")]
+    apply(
+        kube,
+        ns,
+        pod("badinit", [app], initContainers=failing, volumes=volumes, restartPolicy="Never"),
+    )
+
+    def phase() -> str | None:
+        got = get(kube, ns, "pod", "badinit")
+        return got["status"].get("phase") if got else None
+
+    wait_for("badinit Failed", lambda: phase() == "Failed")
+    p = get(kube, ns, "pod", "badinit")
+    assert condition(p, "Initialized") == "False"
+    assert p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 2
+    assert container_status(p)["state"]["waiting"]["reason"] == "PodInitializing"
+    assert not kube.pod_log(ns, "badinit", "app").exists()
+
+
 # --------------------------------------------------------------------------- deletion
 
 

@@ -534,7 +534,6 @@ def test_what_cannot_be_honoured_is_named() -> None:
         "container mta: resources.limits (not enforced)",
         "container mta: securityContext.allowPrivilegeEscalation=false (no_new_privs)",
         "container mta: securityContext.capabilities",
-        "spec.initContainers (not run)",
         "spec.securityContext.seccompProfile",
         "volume n: nfs",
     ]
@@ -603,3 +602,32 @@ def test_reachable_by_needs_search_on_every_parent_and_rx_on_the_file() -> None:
     assert logic.reachable_by("/nausr/bin/grp", 10001, {10001}, stat)  # by group
     assert not logic.reachable_by("/nausr/bin/grp", 10002, {10002}, stat)
     assert not logic.reachable_by("/nausr/bin/missing", 10001, {10001}, stat)
+
+
+def test_init_containers_gate_the_phase_and_initialized() -> None:
+    done = view({"terminated": {"exitCode": 0}})
+    failed = view({"terminated": {"exitCode": 2}})
+    backoff = view(
+        {"waiting": {"reason": "CrashLoopBackOff"}}, last={"terminated": {"exitCode": 2}}
+    )
+    assert logic.init_progress("Always", [done, done]) == "done"
+    assert logic.init_progress("Always", [done, view(RUNNING)]) == "running"
+    assert logic.init_progress("OnFailure", [backoff]) == "running"
+    assert logic.init_progress("Never", [done, failed]) == "failed"
+    assert logic.should_restart_init("Always", 0) is False
+    assert logic.should_restart_init("Always", 1) is True
+    assert logic.should_restart_init("Never", 1) is False
+
+    app = [view({"waiting": {"reason": "PodInitializing"}})]
+    common = {"pod_ip": "127.10.0.2", "host_ip": "127.0.0.1", "start_time": "s", "now": "t"}
+    pending = logic.pod_status({"spec": {}}, app, init=[done, view(RUNNING)], **common)
+    assert pending["phase"] == "Pending"
+    init_cond = next(c for c in pending["conditions"] if c["type"] == "Initialized")
+    assert (init_cond["status"], init_cond["reason"]) == ("False", "ContainersNotInitialized")
+    assert init_cond["message"] == "containers with incomplete status: [c]"
+    assert [s["name"] for s in pending["initContainerStatuses"]] == ["c", "c"]
+    never = {"spec": {"restartPolicy": "Never"}}
+    assert logic.pod_status(never, app, init=[failed], **common)["phase"] == "Failed"
+    running = logic.pod_status({"spec": {}}, [view(RUNNING)], init=[done], **common)
+    assert running["phase"] == "Running"
+    assert "initContainerStatuses" not in logic.pod_status({"spec": {}}, [view(RUNNING)], **common)
