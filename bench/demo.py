@@ -59,7 +59,7 @@ from mailfleet.mta.config import DKIMKey
 from mailfleet.mta.dkimkeys import dns_txt_record
 from tests.fixtures.dnsserver import DnsServer
 from tests.fixtures.isp import IspSimulator
-from tests.fixtures.procs import Proc, free_port
+from tests.fixtures.procs import Proc, free_port, stop_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "local"
@@ -77,7 +77,7 @@ DKIM_FILES = {
     "ed25519.pem": ROOT / "examples/mta/dkim/example.test.s2026e.ed25519.pem",
 }
 # How the simulated providers throttle: transactions per source IP per minute (None: never).
-SIM_LIMITS: dict[str, int | None] = {"gmail": 40, "outlook": 30, "yahoo": None}
+SIM_LIMITS: dict[str, int | None] = {"gmail": 55, "outlook": 40, "yahoo": None}
 SENDER = "app@example.test"
 KEEP_PER_PROVIDER = 10  # delivered messages kept on disk (and DKIM-checked) per provider
 
@@ -200,6 +200,65 @@ def port_free(host: str, port: int, *, udp: bool = False) -> bool:
         except OSError:
             return False
     return True
+
+
+# --- processes, by PID, across runs ------------------------------------------------------------
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of `pid` (clock ticks since boot), or None when it does not run: with the
+    PID it identifies one process, even after the system reuses the number."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+class Ledger:
+    """<state-dir>/run/pids.json: the demo's own PID and those of the processes it started
+    outside the control plane (which keeps its own), so a demo that was killed without cleaning
+    up has its leftovers stopped by the next one."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "run" / "pids.json"
+        self.entries: list[dict[str, Any]] = []
+
+    def _load(self) -> list[dict[str, Any]]:
+        try:
+            data: list[dict[str, Any]] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        return data
+
+    def claim(self) -> list[str]:
+        """Take the state dir over: refuse if its demo still runs, stop what an earlier one left
+        running; returns what was stopped."""
+        stopped = []
+        old = self._load()
+        for e in old:
+            if e["name"] == "demo" and process_start(e["pid"]) == e["start"]:
+                raise DemoError(f"a demo already runs with this state dir (pid {e['pid']})")
+        for e in old:
+            if process_start(e["pid"]) == e["start"]:
+                stop_pid(e["pid"])
+                stopped.append(f"{e['name']} (pid {e['pid']})")
+        self.entries = []
+        self.add("demo", os.getpid())
+        return stopped
+
+    def add(self, name: str, pid: int | None) -> None:
+        start = process_start(pid) if pid else None
+        if pid and start:
+            self.entries.append({"name": name, "pid": pid, "start": start})
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.entries, indent=1) + "\n")
+
+    def clear(self) -> None:
+        """Forget the PIDs once they are stopped (only a ledger this demo claimed)."""
+        if self.entries:
+            self.path.unlink(missing_ok=True)
+            self.entries = []
 
 
 def dkim_records(keys: list[DKIMKey]) -> dict[str, str]:
@@ -416,32 +475,51 @@ class Demo:
     dkim: DkimChecker | None = None
     stopped: list[str] = field(default_factory=list)
     pods: list[dict[str, Any]] = field(default_factory=list)
+    routing: dict[str, Any] = field(default_factory=dict)
+    ledger: Ledger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ledger = Ledger(self.state_dir)
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
         fleet = read_examples()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        leftovers = self.ledger.claim()
+        if leftovers:
+            log(f"stopped what an earlier demo left running: {', '.join(leftovers)}")
         for d in ("log", "delivered"):
             shutil.rmtree(self.state_dir / d, ignore_errors=True)
         (self.state_dir / "log").mkdir()
         (self.state_dir / "report.json").unlink(missing_ok=True)
-        self._check_ports(fleet)
 
         log("[1/7] Kubernetes binaries (hack/envtest.sh)")
         bin_dir = ensure_binaries()
         log(f"  {bin_dir}")
 
-        log("[2/7] control plane on loopback")
+        log("[2/7] control plane and local node on loopback")
         self._start_cluster(bin_dir)
 
-        log(f"[3/7] DNS: dnsmasq on {fleet.dns_host}:{fleet.dns_port}")
-        self.sim = IspSimulator()
-        self.sim.port = fleet.mx_port
+        # The ports examples/local/ names, unless taken (another demo, a test): then free ones,
+        # and the pool applied says so in its spec.routing.
+        self.sim = IspSimulator()  # picks a port free on all its addresses
+        mx_port = fleet.mx_port
+        if not all(port_free(p.address, mx_port) for p in self.sim.providers.values()):
+            mx_port = self.sim.port
+            self.notes.append(f"port {fleet.mx_port} was taken: the simulator uses {mx_port}")
+        self.sim.port = mx_port
         for p in self.sim.providers.values():
-            p.port = fleet.mx_port
-        self._start_dns(fleet)
+            p.port = mx_port
+        host, dns_port = fleet.dns_host, fleet.dns_port
+        if not (port_free(host, dns_port, udp=True) and port_free(host, dns_port)):
+            dns_port = free_port(host, udp=True)
+            self.notes.append(f"port {fleet.dns_port} was taken: DNS is on {host}:{dns_port}")
+        self.routing = {"mxPort": mx_port, "dns": {"nameservers": [host], "port": dns_port}}
 
-        log(f"[4/7] ISP simulator on port {fleet.mx_port}")
+        log(f"[3/7] DNS: dnsmasq on {host}:{dns_port}")
+        self._start_dns(fleet, dns_port)
+
+        log(f"[4/7] ISP simulator on port {mx_port}")
         for name, provider in self.sim.providers.items():
             limit = SIM_LIMITS.get(name)
             if limit is not None:
@@ -475,18 +553,6 @@ class Demo:
         if sys.stdout.isatty():
             sys.stdout.write("\x1b[2J")
 
-    def _check_ports(self, fleet: LocalFleet) -> None:
-        busy = []
-        if not port_free(fleet.dns_host, fleet.dns_port, udp=True):
-            busy.append(f"{fleet.dns_host}:{fleet.dns_port}/udp (DNS)")
-        for host in ("127.0.1.1", "127.0.1.2", "127.0.1.3"):
-            if not port_free(host, fleet.mx_port):
-                busy.append(f"{host}:{fleet.mx_port} (ISP simulator)")
-        if busy:
-            raise DemoError(
-                f"in use: {', '.join(busy)}; is another demo running? (stop it with Ctrl-C)"
-            )
-
     def _start_cluster(self, bin_dir: Path) -> None:
         cluster = load_cluster_module()
         cdir = self.state_dir / "cluster"
@@ -504,15 +570,16 @@ class Demo:
         self.cp.start()
         log(f"  {self.cp.server} ready in {time.monotonic() - t0:.1f}s; logs in {cdir / 'log'}")
 
-    def _start_dns(self, fleet: LocalFleet) -> None:
+    def _start_dns(self, fleet: LocalFleet, port: int) -> None:
         assert self.sim is not None
-        dns = DnsServer(fleet.dns_host, fleet.dns_port, ttl=60, workdir=self.state_dir / "dns")
+        dns = DnsServer(fleet.dns_host, port, ttl=60, workdir=self.state_dir / "dns")
         self.sim.add_to_dns(dns)
         for name, value in dkim_records(fleet.dkim).items():
             dns.add_txt(name, value)
         for address, hostname in fleet.ips:
             dns.add_a(hostname, address)  # dnsmasq adds the matching PTR
         self.dns = dns.start()
+        self.ledger.add("dnsmasq", self.dns.pid)
         log(f"  MX: {', '.join(p.domain for p in self.sim.providers.values())}")
         log(f"  DKIM TXT: {', '.join(dkim_records(fleet.dkim))}; A/PTR for the pool's IPs")
 
@@ -531,9 +598,22 @@ class Demo:
             "--dry-run=client", "-o", "yaml",
         )  # fmt: skip
         self.kubectl("apply", "-f", "-", input=secret)
-        out = self.kubectl("apply", "-n", NAMESPACE, "-f", str(EXAMPLES))
+        out = self.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=self._manifests())
         for line in out.splitlines():
             log(f"  {line}")
+
+    def _manifests(self) -> str:
+        """examples/local/ as it is, but for the pool's routing when a port had to change."""
+        docs = []
+        for path in sorted(EXAMPLES.glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc and doc.get("kind") == "SendingPool":
+                    routing = doc["spec"].setdefault("routing", {})
+                    routing["mxPort"] = self.routing["mxPort"]
+                    routing.setdefault("dns", {}).update(self.routing["dns"])
+                if doc:
+                    docs.append(doc)
+        return yaml.safe_dump_all(docs, sort_keys=False)
 
     def _start_operator(self) -> None:
         port = free_port()
@@ -547,6 +627,7 @@ class Demo:
             env={"KUBECONFIG": str(self.cp.kubeconfig), "PYTHONUNBUFFERED": "1"},
             cwd=ROOT,
         )  # fmt: skip
+        self.ledger.add("operator", self.operator.pid)
         self.operator.wait_port("127.0.0.1", port, timeout=60)
         log(f"  pid {self.operator.pid}, log {self.operator.stderr_path}")
 
@@ -638,6 +719,7 @@ class Demo:
             pid = self.dns.pid
             self.dns.stop()
             self.stopped.append(f"dnsmasq (pid {pid})")
+        self.ledger.clear()
 
     def report(self, snap: Snapshot, ok: bool, message: str) -> dict[str, Any]:
         return {

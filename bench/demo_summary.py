@@ -15,6 +15,9 @@ from typing import Any
 
 JSON = Mapping[str, Any]
 EVENTS_SHOWN = 8
+# The endpoint controllers' complaint that a Service cannot list a loopback pod IP: true on the
+# local node, repeated every few seconds, and nothing the demo's reader can act on.
+HIDDEN_REASONS = frozenset({"FailedToUpdateEndpoint", "FailedToUpdateEndpointSlices"})
 
 
 @dataclass(frozen=True)
@@ -389,8 +392,10 @@ def _delivered(snap: Snapshot) -> list[str]:
 
 
 def _events(snap: Snapshot, width: int) -> list[str]:
+    shown = [e for e in snap.events if e.get("reason") not in HIDDEN_REASONS]
+    hidden = len(snap.events) - len(shown)
     rows = []
-    for e in recent_events(snap.events):
+    for e in recent_events(shown):
         t = event_time(e)
         obj = e.get("involvedObject") or e.get("regarding") or {}
         message = e.get("message") or e.get("note") or ""
@@ -403,9 +408,14 @@ def _events(snap: Snapshot, width: int) -> list[str]:
                 _truncate(str(message), max(20, width - 60)),
             ]
         )
-    if not rows:
-        return ["  (none yet)"]
-    return table(["AGE", "TYPE", "REASON", "OBJECT", "MESSAGE"], rows)
+    lines = (
+        table(["AGE", "TYPE", "REASON", "OBJECT", "MESSAGE"], rows) if rows else ["  (none yet)"]
+    )
+    if hidden:
+        lines.append(
+            f"  ({hidden} endpoint warnings not shown: Services cannot list loopback pod IPs)"
+        )
+    return lines
 
 
 def headline(snap: Snapshot) -> str:

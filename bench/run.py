@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from bench import backlog as backlog_bench
 from bench import dkim as dkim_bench
 from bench import operator as operator_bench
 from bench import postfix as postfix_bench
@@ -22,6 +23,12 @@ def main() -> None:
     ap.add_argument("--pools", type=int, default=1000, help="SendingPools for the operator run")
     ap.add_argument("--steady", type=float, default=300.0, help="steady-state window, seconds")
     ap.add_argument("--skip-operator", action="store_true", help="engine benchmarks only")
+    ap.add_argument(
+        "--backlog",
+        type=int,
+        nargs="*",
+        help="queued messages for the backlog run (default 100000 1000000; --quick 20000)",
+    )
     a = ap.parse_args()
     messages = 2000 if a.quick else 20000
     pools, steady = (100, 60.0) if a.quick else (a.pools, a.steady)
@@ -46,6 +53,10 @@ def main() -> None:
         " (Postfix unshaped, same run)",
         flush=True,
     )
+    # 5 KB x 1,000,000 is 5 GB of spool: the run needs that much free disk for a while.
+    for n in a.backlog if a.backlog is not None else ([20000] if a.quick else [100000, 1000000]):
+        drain = 20.0 if a.quick else 60.0
+        print(backlog_bench.report(backlog_bench.measure(n, size, drain_seconds=drain)), flush=True)
     if not a.skip_operator:
         print(operator_bench.summary(operator_bench.measure(pools, steady)), flush=True)
 

@@ -1,5 +1,6 @@
 """The admin HTTP API: /healthz, /readyz, /v1/status, /metrics, POST /v1/drain, POST /v1/reload,
-/v1/suppressions (GET list, POST add, GET/DELETE one).
+/v1/suppressions (GET list, POST add, GET/DELETE one), POST /v1/queue/retry and /v1/queue/bounce
+(by recipient domain).
 
 Open: /healthz, /readyz, /metrics, /v1/status (probes and Prometheus carry no credentials).
 Everything else changes state or lists recipients, and needs `Authorization: Bearer <token>`
@@ -18,7 +19,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mailfleet.mta.config import parse_hostport
+from mailfleet.mta.handoff import HandoffError, decode
 from mailfleet.mta.metrics import EngineMetrics
+from mailfleet.mta.spool import QueuedMessage
 from mailfleet.mta.suppression import SuppressionStore
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/status"})
@@ -43,8 +46,11 @@ class Engine(Protocol):
 
     async def suppress(self, recipient: str, reason: str, source: str) -> None: ...
     def readiness(self) -> tuple[bool, str]: ...
+    async def queue_action(self, action: str, domain: str) -> dict[str, Any]: ...
     def status(self) -> dict[str, Any]: ...
-    async def drain(self) -> dict[str, Any]: ...
+    async def drain(self, handoff: list[str] | None = None) -> dict[str, Any]: ...
+    async def undrain(self) -> dict[str, Any]: ...
+    async def adopt(self, messages: list[QueuedMessage]) -> int: ...
     async def reload(
         self, text: str | None = None, *, only_if_changed: bool = False
     ) -> tuple[bool, str]: ...
@@ -83,8 +89,38 @@ def make_app(engine: Engine) -> web.Application:
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
 
-    async def drain(_: web.Request) -> web.Response:
-        return web.json_response(await engine.drain())
+    async def drain(request: web.Request) -> web.Response:
+        handoff: list[str] = []
+        if request.can_read_body:
+            try:
+                body = await request.json()
+                given = body.get("handoff") if isinstance(body, dict) else None
+                if not isinstance(given, list | None) or not all(
+                    isinstance(u, str) and u.startswith(("http://", "https://"))
+                    for u in given or []
+                ):
+                    raise ValueError
+                handoff = [str(u) for u in given or []]
+            except ValueError:
+                return web.json_response(
+                    {"error": 'expected JSON {"handoff": ["http://peer:8025", ...]} or no body'},
+                    status=400,
+                )
+        return web.json_response(await engine.drain(handoff))
+
+    async def undrain(_: web.Request) -> web.Response:
+        return web.json_response(await engine.undrain())
+
+    async def handoff(request: web.Request) -> web.Response:
+        try:
+            messages = decode(await request.json())
+        except (ValueError, HandoffError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        try:
+            taken = await engine.adopt(messages)
+        except RuntimeError as e:
+            return web.json_response({"error": str(e)}, status=503)
+        return web.json_response({"accepted": len(messages), "new": taken})
 
     async def reload(request: web.Request) -> web.Response:
         text: str | None = None
@@ -134,7 +170,10 @@ def make_app(engine: Engine) -> web.Application:
                 {"error": 'expected JSON {"recipient": "user@domain", "reason": "..."}'},
                 status=400,
             )
-        await engine.suppress(recipient, str(body.get("reason") or "manual"), "admin-api")
+        try:
+            await engine.suppress(recipient, str(body.get("reason") or "manual"), "admin-api")
+        except ValueError as e:
+            return web.json_response({"error": str(e)}, status=400)
         entry = await engine.suppressions.get(recipient)
         return web.json_response(asdict(entry) if entry else {}, status=201)
 
@@ -148,6 +187,19 @@ def make_app(engine: Engine) -> web.Application:
         removed = await engine.suppressions.remove(request.match_info["recipient"])
         return web.json_response({"removed": removed}, status=200 if removed else 404)
 
+    async def queue_action(request: web.Request) -> web.Response:
+        action = request.match_info["action"]
+        try:
+            body = await request.json()
+            domain = body["domain"]
+            if not isinstance(domain, str) or not domain.strip(".") or "@" in domain:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return web.json_response(
+                {"error": 'expected JSON {"domain": "example.com"}'}, status=400
+            )
+        return web.json_response(await engine.queue_action(action, domain))
+
     app = web.Application(middlewares=[guard])
     app.add_routes(
         [
@@ -156,11 +208,14 @@ def make_app(engine: Engine) -> web.Application:
             web.get("/v1/status", status),
             web.get("/metrics", metrics),
             web.post("/v1/drain", drain),
+            web.post("/v1/undrain", undrain),
+            web.post("/v1/handoff", handoff),
             web.post("/v1/reload", reload),
             web.get("/v1/suppressions", suppressions),
             web.post("/v1/suppressions", add_suppression),
             web.get("/v1/suppressions/{recipient}", get_suppression),
             web.delete("/v1/suppressions/{recipient}", remove_suppression),
+            web.post(r"/v1/queue/{action:retry|bounce}", queue_action),
         ]
     )
     return app

@@ -14,7 +14,8 @@ Providers fill the fields unevenly, so each value falls back on the embedded mes
   ``[IPv6:2001:db8::1]``) or alone in parentheses as Yahoo and Outlook write it
   (``from out1 (EHLO out1) (192.0.2.1)``).
 
-Pure: bytes in, an ARFReport out; nothing here does I/O.
+Pure: bytes in, an ARFReport out; nothing here does I/O (the DKIM check of a report takes its
+DNS lookup as a function).
 """
 
 from __future__ import annotations
@@ -25,13 +26,24 @@ import email.utils
 import ipaddress
 import quopri
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import Message
 from email.parser import BytesHeaderParser, HeaderParser
 from email.policy import compat32
 
-__all__ = ["ARFError", "ARFReport", "is_arf", "parse_arf", "received_ip"]
+import dkim
+
+__all__ = [
+    "ARFError",
+    "ARFReport",
+    "dkim_verified_domains",
+    "from_feedback_domain",
+    "is_arf",
+    "parse_arf",
+    "received_ip",
+]
 
 
 class ARFError(ValueError):
@@ -296,4 +308,29 @@ def received_ip(received: list[str] | str) -> str | None:
         for ip in _received_ips(f):
             if ip is not None:
                 return ip
+    return None
+
+
+def dkim_verified_domains(data: bytes, txt_lookup: Callable[..., bytes | None]) -> set[str]:
+    """The d= domains (lower case) of the DKIM signatures of `data` that verify, public keys
+    fetched with `txt_lookup(name: bytes, timeout=...)` (dkimpy's dnsfunc). Blocking when the
+    lookup is: run it in a thread."""
+    verifier = dkim.DKIM(data)
+    count = sum(1 for name, _ in verifier.headers if name.strip().lower() == b"dkim-signature")
+    found: set[str] = set()
+    for idx in range(count):
+        try:
+            ok = verifier.verify(idx=idx, dnsfunc=txt_lookup)
+        except (dkim.DKIMException, ValueError, IndexError, UnicodeError):
+            continue
+        if ok and verifier.domain:
+            found.add(verifier.domain.decode("ascii", "replace").lower())
+    return found
+
+
+def from_feedback_domain(verified: set[str], domains: frozenset[str] | set[str]) -> str | None:
+    """The first verified signing domain that is, or is under, a configured feedback domain."""
+    for d in sorted(verified):
+        if any(d == f or d.endswith("." + f) for f in domains):
+            return d
     return None

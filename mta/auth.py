@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bcrypt
@@ -12,6 +15,14 @@ import bcrypt
 
 class CredentialsError(Exception):
     pass
+
+
+# bcrypt reads at most 72 bytes of a password (and the library refuses longer ones); a longer
+# password is refused before bcrypt sees it, the same way for every user.
+MAX_PASSWORD_BYTES = 72
+# bcrypt runs here, never on the event loop; two threads bound what parallel guessers can take
+# from the engine (bcrypt releases the GIL, so the loop keeps serving meanwhile).
+_BCRYPT = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bcrypt")
 
 
 def hash_password(password: str, rounds: int = 12) -> str:
@@ -38,12 +49,15 @@ def parse_users(text: str, source: str) -> dict[str, bytes]:
 class UserDB:
     """Checks passwords; a successful check is remembered (keyed by a salted digest, never the
     password) so that a client re-authenticating on every connection does not cost a bcrypt run
-    on the event loop each time."""
+    each time. An unknown user costs one bcrypt run too (against a dummy hash of the same cost
+    as the real ones), so the time of the answer does not tell which users exist."""
 
     def __init__(self, users: dict[str, bytes]) -> None:
         self._users = users
         self._salt = os.urandom(16)
         self._ok: set[bytes] = set()
+        self._dummy: bytes | None = None
+        self._dummy_lock = threading.Lock()
 
     @classmethod
     def from_file(cls, path: Path) -> UserDB:
@@ -51,14 +65,28 @@ class UserDB:
             text = path.read_text()
         except OSError as e:
             raise CredentialsError(f"{path}: cannot read the users file: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise CredentialsError(f"{path}: the users file is not UTF-8 text") from None
         return cls(parse_users(text, str(path)))
 
     def __len__(self) -> int:
         return len(self._users)
 
+    def _dummy_hash(self) -> bytes:
+        with self._dummy_lock:
+            if self._dummy is None:
+                costs = sorted(int(h[4:6]) for h in self._users.values() if h[4:6].isdigit())
+                rounds = costs[len(costs) // 2] if costs else 12
+                self._dummy = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(rounds))
+            return self._dummy
+
     def check(self, user: str, password: bytes) -> bool:
+        """Blocking (bcrypt): call it from a thread, as `verify` does."""
+        if len(password) > MAX_PASSWORD_BYTES:
+            return False
         hashed = self._users.get(user)
         if hashed is None:
+            bcrypt.checkpw(password, self._dummy_hash())
             return False
         key = hmac.new(
             self._salt, user.encode() + b"\0" + password + b"\0" + hashed, hashlib.sha256
@@ -70,3 +98,8 @@ class UserDB:
             self._ok.add(digest)
             return True
         return False
+
+    async def verify(self, user: str, password: bytes) -> bool:
+        """`check` on the bcrypt threads, so the event loop keeps serving."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_BCRYPT, self.check, user, password)

@@ -96,6 +96,15 @@ class TLSFiles(Model):
     key_file: Path
 
 
+class AuthLimitsConfig(Model):
+    """AUTH failures tolerated per client IP and per user name within `window`; past them that
+    client (or user) is locked out for `lockout`: 421 4.7.0 and the connection is closed."""
+
+    max_failures: int = Field(default=5, ge=1)
+    window: Duration = 300.0
+    lockout: Duration = 900.0
+
+
 class SubmissionConfig(Model):
     """Where applications hand mail in."""
 
@@ -110,7 +119,24 @@ class SubmissionConfig(Model):
     tls: TLSFiles | None = None
     # Several processes may share the port (SO_REUSEPORT) to use every core.
     reuse_port: bool = False
+    # The longest a whole DATA transfer may take, however fast the client sends.
     data_timeout: Duration = 300.0
+    # A client silent this long between commands is disconnected (421 4.4.2).
+    command_timeout: Duration = 60.0
+    # During DATA a client must keep sending at least this many bytes a second on average
+    # (after a first commandTimeout of grace), like Postfix's smtpd_min_data_rate.
+    min_data_rate: Size = 500
+    # Sessions open at once, over all clients and per client IP; past either the client gets
+    # 421 4.7.0 at connect.
+    max_sessions: int = Field(default=1000, ge=1)
+    max_sessions_per_client: int = Field(default=50, ge=1)
+    # A bare CR or LF inside DATA: reject (550 5.5.2, like Postfix's smtpd_forbid_bare_newline)
+    # or normalize it to CRLF before signing, for legacy clients.
+    bare_newlines: Literal["reject", "normalize"] = "reject"
+    # Recipients at an address literal (user@[192.0.2.1]): refused at RCPT unless accepted here;
+    # accepted ones still follow static routes.
+    address_literals: Literal["refuse", "accept"] = "refuse"
+    auth_limits: AuthLimitsConfig = Field(default_factory=lambda: AuthLimitsConfig())
 
     @field_validator("listen")
     @classmethod
@@ -193,6 +219,23 @@ class SpoolConfig(Model):
     path: Path = Path("/var/spool/mailfleet")
     # Concurrent sessions share one fsync: a commit waits at most this long for company.
     group_commit_window: Duration = 0.0
+    # Messages being worked on at once (in memory: ready, in flight, held by shaping), like
+    # Postfix's qmgr_message_active_limit; the rest wait on disk, bodies included.
+    active_limit: int = Field(default=20000, ge=1)
+    # Of those, at most this many for one recipient domain, so a backlogged domain leaves room
+    # for the others (default: a quarter of activeLimit).
+    active_limit_per_domain: int | None = Field(default=None, ge=1)
+    # New mail is refused with 452 4.3.1 at MAIL and DATA while the spool's filesystem has less
+    # than this free, so retries and DSNs still have room to be written.
+    disk_reserve: Size = Field(default=256 * 1024 * 1024, ge=0)
+    # WAL checkpoint and incremental vacuum (deleted messages' space back to the filesystem).
+    housekeeping_interval: Duration = Field(default=15.0, gt=0)
+
+    @property
+    def domain_limit(self) -> int:
+        if self.active_limit_per_domain is not None:
+            return min(self.active_limit_per_domain, self.active_limit)
+        return max(self.active_limit // 4, 1)
 
 
 class DNSConfig(Model):
@@ -451,11 +494,28 @@ class SuppressionConfig(Model):
     suppress_classes: list[str] = Field(default_factory=lambda: ["invalid-recipient"])
     # ARF reports (RFC 5965) mailed to these addresses through submission are complaints.
     feedback_addresses: list[str] = Field(default_factory=list)
+    # Who may send them: clients in these networks, and/or reports carrying a valid DKIM
+    # signature of one of these domains (a provider's feedback loop signs its reports).
+    feedback_sources: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list
+    )
+    feedback_domains: list[str] = Field(default_factory=list)
+
+    @field_validator("feedback_domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        return [d.lower().rstrip(".") for d in v]
 
     @model_validator(mode="after")
     def _redis(self) -> SuppressionConfig:
         if self.backend == "redis" and not self.redis_url:
             raise ValueError("suppression.redisURL is required when suppression.backend is redis")
+        if self.feedback_addresses and not (self.feedback_sources or self.feedback_domains):
+            raise ValueError(
+                "suppression.feedbackAddresses needs suppression.feedbackSources (networks) or"
+                " suppression.feedbackDomains (DKIM-signing domains): a report accepted from"
+                " anyone could suppress any recipient"
+            )
         return self
 
 

@@ -6,30 +6,42 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.exception
+import dns.resolver
+
 from mailfleet import __version__
 from mailfleet.mta.admin import AdminServer
-from mailfleet.mta.arf import ARFError, parse_arf
+from mailfleet.mta.arf import ARFError, dkim_verified_domains, from_feedback_domain, parse_arf
 from mailfleet.mta.auth import CredentialsError, UserDB
 from mailfleet.mta.config import (
     ConfigError,
     EngineConfig,
     config_digest,
+    load_config,
     parse_config_text,
     read_config_text,
 )
 from mailfleet.mta.delivery import DeliveryClient
 from mailfleet.mta.dkim import DKIMSigner
+from mailfleet.mta.handoff import HandoffSender
 from mailfleet.mta.headers import add_headers, load_token_key
 from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.queue import QueueRunner
 from mailfleet.mta.routing import Router
-from mailfleet.mta.spool import Spool, new_message_id
-from mailfleet.mta.submission import SubmissionHandler, SubmissionPolicy, SubmissionServer
+from mailfleet.mta.spool import QueuedMessage, Spool, new_message_id
+from mailfleet.mta.submission import (
+    SubmissionHandler,
+    SubmissionPolicy,
+    SubmissionServer,
+    server_tls_context,
+)
 from mailfleet.mta.suppression import open_store
 
 log = logging.getLogger("mailfleet.mta.engine")
@@ -47,8 +59,63 @@ def build_policy(cfg: EngineConfig) -> SubmissionPolicy:
         users=users,
         max_recipients=cfg.submission.max_recipients,
         feedback_addresses=frozenset(a.lower() for a in cfg.suppression.feedback_addresses),
+        feedback_sources=list(cfg.suppression.feedback_sources),
+        feedback_domains=frozenset(cfg.suppression.feedback_domains),
         drop_suppressed=cfg.suppression.on_suppressed == "drop",
+        bare_newlines=cfg.submission.bare_newlines,
+        accept_address_literals=cfg.submission.address_literals == "accept",
     )
+
+
+@dataclass
+class Prepared:
+    """Everything a config needs that can fail, built before any of it is applied."""
+
+    cfg: EngineConfig
+    policy: SubmissionPolicy
+    signer: DKIMSigner
+    token_key: bytes | None
+    tls: ssl.SSLContext | None
+
+
+def prepare(cfg: EngineConfig) -> Prepared:
+    """Build what `cfg` needs (users file, DKIM keys, TLS certificate and key, token key);
+    ConfigError names the field when one cannot be used. `mailfleet mta --check` and a reload
+    refuse exactly the same configs."""
+    try:
+        policy = build_policy(cfg)
+    except CredentialsError as e:
+        raise ConfigError(f"submission.authUsersFile: {e}") from None
+    try:
+        signer = DKIMSigner(cfg.dkim)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"dkim.keys: {e}") from None
+    try:
+        key = token_key(cfg)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"headers.tokenKeyFile: {e}") from None
+    tls = None
+    if cfg.submission.tls is not None:
+        t = cfg.submission.tls
+        try:
+            tls = server_tls_context(str(t.cert_file), str(t.key_file))
+        except (ssl.SSLError, OSError) as e:
+            raise ConfigError(
+                f"submission.tls: cannot use certFile {t.cert_file} with keyFile {t.key_file}: {e}"
+            ) from None
+    return Prepared(cfg, policy, signer, key, tls)
+
+
+def check_config(path: Path, listen_host: str | None = None) -> EngineConfig:
+    """`mailfleet mta --check`: the config file and every file it names, as a reload checks
+    them."""
+    cfg = load_config(path, listen_host)
+    prepare(cfg)
+    try:
+        read_admin_token(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return cfg
 
 
 def token_key(cfg: EngineConfig) -> bytes | None:
@@ -101,10 +168,13 @@ class Engine:
         self.handler = SubmissionHandler(
             build_policy(cfg), self.ingest, self.metrics, self.is_suppressed, self.on_feedback
         )
+        self.handler.low_on_disk = self.queue.low_on_disk
         self.submission = SubmissionServer(self.handler, self.metrics)
         self.admin = AdminServer(self)
         self.recovered = False
         self.draining = False
+        self.handoff: HandoffSender | None = None
+        self._handoff_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._config_mtime = self._mtime()
         self._reload_lock = asyncio.Lock()
@@ -156,8 +226,23 @@ class Engine:
         self.metrics.suppressions.labels(reason).inc()
         log.info("recipient suppressed", extra={"reason": reason, "source": source[:200]})
 
-    async def on_feedback(self, data: bytes, client: str) -> str:
-        """An ARF complaint: suppress the recipient, count it against the source IP."""
+    async def on_feedback(self, data: bytes, client: str, from_source: bool) -> str:
+        """An ARF complaint: suppress the recipient, count it against the source IP. Only from a
+        configured feedback source: the client's network, or a valid DKIM signature of one of
+        suppression.feedbackDomains."""
+        if not from_source:
+            domains = self.cfg.suppression.feedback_domains
+            verified = await asyncio.to_thread(dkim_verified_domains, data, self._txt_lookup)
+            if from_feedback_domain(verified, frozenset(domains)) is None:
+                self.metrics.rejected.labels("feedback-source").inc()
+                log.warning(
+                    "feedback report refused: not from a feedback source",
+                    extra={"client": client, "dkim_domains": sorted(verified)[:5]},
+                )
+                return (
+                    "550 5.7.1 Feedback report refused: neither from a feedback loop's network"
+                    " nor DKIM-signed by a configured feedback domain"
+                )
         try:
             report = parse_arf(data)
         except ARFError as e:
@@ -180,6 +265,22 @@ class Engine:
         )
         return "250 2.0.0 Ok: complaint recorded"
 
+    def _txt_lookup(self, name: bytes, timeout: float = 5.0) -> bytes | None:
+        """dkimpy's DNS function (run in a thread): TXT records from the engine's resolvers."""
+        dns_cfg = self.cfg.routing.dns
+        resolver = dns.resolver.Resolver(configure=not dns_cfg.nameservers)
+        if dns_cfg.nameservers:
+            resolver.nameservers = list(dns_cfg.nameservers)
+            resolver.port = dns_cfg.port
+        resolver.lifetime = min(float(dns_cfg.timeout), timeout)
+        try:
+            answer = resolver.resolve(name.decode("ascii", "replace"), "TXT", search=False)
+        except dns.exception.DNSException:
+            return None
+        for rr in answer:
+            return b"".join(rr.strings)
+        return None
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -189,12 +290,19 @@ class Engine:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         await self.admin.start(self.cfg.admin.listen)
         await self.spool.start()
-        pending = await asyncio.to_thread(self.spool.load)
+        # Counts only (index scans, no bodies): the loader then pages in what is due, oldest
+        # first, up to spool.activeLimit, while the engine already takes new mail.
+        reader = self.spool.reader()
+        await self.queue.recover(reader)
         await asyncio.to_thread(self.queue.restore_shaping)
-        for msg in pending:
-            self.queue.add(msg)
         self.recovered = True
-        log.info("spool recovered", extra={"messages": len(pending)})
+        log.info(
+            "spool recovered",
+            extra={
+                "messages": self.queue.counts.messages,
+                "seconds": round(time.time() - self.started_at, 2),
+            },
+        )
         await self.queue.start()
         await self.submission.start(self.cfg.submission)
         self.metrics.config_generation.set(self.generation)
@@ -211,6 +319,7 @@ class Engine:
         self.submission.stop_listening()
         await self.queue.stop()
         await self.client.close()
+        await reader.close()
         await self.spool.close()
         await self.suppressions.close()
         await self.admin.stop()
@@ -248,11 +357,8 @@ class Engine:
                 digest = config_digest(raw)
                 if only_if_changed and digest == self.config_hash:
                     return True, "unchanged"
-                cfg = parse_config_text(raw, source, self.listen_host)
-                policy = build_policy(cfg)
-                signer = DKIMSigner(cfg.dkim)
-                key = token_key(cfg)
-                admin_token = read_admin_token(cfg)
+                ready = prepare(parse_config_text(raw, source, self.listen_host))
+                admin_token = read_admin_token(ready.cfg)
             except (ConfigError, CredentialsError, ValueError, OSError) as e:
                 self.metrics.config_reloads.labels("failed").inc()
                 log.error(
@@ -260,6 +366,7 @@ class Engine:
                     extra={"error": str(e), "generation": self.generation},
                 )
                 return False, str(e)
+            cfg = ready.cfg
             old = self.cfg
             notes = []
             if cfg.spool.path != old.spool.path:
@@ -275,14 +382,15 @@ class Engine:
             if cfg.routing.mx_port != old.routing.mx_port:
                 notes.append("routing.mxPort changes on restart only")
             try:
-                await self.submission.start(cfg.submission)
+                await self.submission.start(cfg.submission, ready.tls)
             except OSError as e:
                 self.metrics.config_reloads.labels("failed").inc()
                 log.error("config reload refused: cannot listen", extra={"error": str(e)})
                 return False, f"submission.listen {cfg.submission.listen}: {e}"
-            self.handler.policy = policy
-            self.signer = signer
-            self.token_key = key
+            # Nothing below can fail: the new config is applied whole.
+            self.handler.policy = ready.policy
+            self.signer = ready.signer
+            self.token_key = ready.token_key
             self.admin_token = admin_token
             self.config_hash = digest
             self.router.update_config(cfg.routing)
@@ -312,14 +420,72 @@ class Engine:
             return False, "not listening"
         return True, "ready"
 
-    async def drain(self) -> dict[str, Any]:
+    async def queue_action(self, action: str, domain: str) -> dict[str, Any]:
+        """retry: what waits for a retry at `domain` is due now; bounce: what is queued for it
+        now goes back to its senders as DSNs."""
+        if action == "bounce":
+            result = await self.queue.bounce(domain)
+        else:
+            result = await self.queue.retry_now(domain)
+        log.info(f"queue {action} by domain", extra=result)
+        return {"action": action, **result}
+
+    async def drain(self, handoff: list[str] | None = None) -> dict[str, Any]:
+        """Take no more mail; hand the queue to `handoff` peers (admin URLs) or deliver it."""
         if not self.draining:
             self.draining = True
             self.handler.accepting = False
             self.submission.stop_listening()
             self.metrics.ready.set(0)
-            log.info("draining: submission closed, delivering what is queued")
-        return {"draining": True, "queue": self.queue.status(), "empty": self.queue.empty}
+            self.metrics.draining.set(1)
+            log.info("draining: submission closed", extra={"handoff": handoff or []})
+        if handoff and (self.handoff is None or self.handoff.state.done):
+            token = self.admin_token.decode() if self.admin_token else None
+            self.handoff = HandoffSender(
+                self.spool,
+                self.spool.reader(),
+                self.queue,
+                handoff,
+                token,
+                on_handed=lambda n: self.metrics.handoff.labels("out").inc(n),
+            )
+            self._handoff_task = asyncio.create_task(self.handoff.run(), name="handoff")
+        return self.drain_state()
+
+    def drain_state(self) -> dict[str, Any]:
+        return {
+            "draining": self.draining,
+            "queue": self.queue.status(),
+            "empty": self.queue.empty,
+            "handoff": self.handoff.state.as_dict() if self.handoff is not None else None,
+        }
+
+    async def undrain(self) -> dict[str, Any]:
+        """Take mail again (a scale-down called off): what was not handed off stays here."""
+        if self._handoff_task is not None:
+            self._handoff_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._handoff_task
+            self._handoff_task = None
+        if self.draining:
+            await self.submission.start(self.cfg.submission)
+            self.draining = False
+            self.handler.accepting = True
+            self.metrics.ready.set(1)
+            self.metrics.draining.set(0)
+            log.info("undrained: taking mail again")
+        return self.drain_state()
+
+    async def adopt(self, messages: list[QueuedMessage]) -> int:
+        """Messages a draining peer hands over: stored (fsynced) with their state, then
+        scheduled here. Refused while this engine drains itself."""
+        if self.draining:
+            raise RuntimeError("this engine is draining: hand the mail to another pod")
+        fresh = await self.spool.adopt(messages)
+        for m in fresh:
+            self.queue.adopt(m)
+        self.metrics.handoff.labels("in").inc(len(fresh))
+        return len(fresh)
 
     def status(self) -> dict[str, Any]:
         ready, reason = self.readiness()
@@ -354,6 +520,7 @@ def run_engine(config_path: Path, listen_host: str | None = None) -> int:
     try:
         text = read_config_text(config_path)
         cfg = parse_config_text(text, str(config_path), listen_host)
+        prepare(cfg)  # every file the config names, as a reload would check them
         engine = Engine(config_path, cfg, config_hash=config_digest(text), listen_host=listen_host)
     except (ConfigError, CredentialsError, ValueError) as e:
         print(f"mailfleet mta: {e}", file=sys.stderr)

@@ -11,6 +11,18 @@ FSYNC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 class EngineMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        self.handoff = Counter(
+            "mailfleet_handoff_messages",
+            "Queued messages handed between pods while draining, by direction (out: sent to a"
+            " peer and deleted here; in: taken from a peer)",
+            ["direction"],
+            registry=r,
+        )
+        self.draining = Gauge(
+            "mailfleet_draining",
+            "1 while the engine drains (takes no mail, hands its queue off or delivers it)",
+            registry=r,
+        )
         self.received = Counter(
             "mailfleet_messages_received",
             "Messages accepted (250) by the submission listener",
@@ -30,12 +42,44 @@ class EngineMetrics:
             registry=r,
         )
         self.queue_messages = Gauge(
-            "mailfleet_queue_messages", "Messages in the spool", ["state"], registry=r
+            "mailfleet_queue_messages",
+            "Messages in the spool (queued); of those, being worked on in memory (active)",
+            ["state"],
+            registry=r,
         )
         self.queue_recipients = Gauge(
             "mailfleet_queue_recipients",
-            "Recipients waiting for delivery: active (due now) or deferred (waiting to retry)",
+            "Recipients waiting for delivery: active (in memory, being worked on) or deferred"
+            " (on disk until due)",
             ["state"],
+            registry=r,
+        )
+        self.queue_active_limit = Gauge(
+            "mailfleet_queue_active_limit",
+            "Messages that may be worked on at once (spool.activeLimit); the rest wait on disk",
+            registry=r,
+        )
+        self.queue_oldest_age = Gauge(
+            "mailfleet_queue_oldest_age_seconds",
+            "Age of the oldest message in the spool",
+            registry=r,
+        )
+        self.queue_provider_recipients = Gauge(
+            "mailfleet_queue_provider_recipients",
+            "Recipients queued per provider: active (in memory, being worked on) or waiting"
+            " (on disk, due or deferred)",
+            ["provider", "state"],
+            registry=r,
+        )
+        self.spool_bytes = Gauge(
+            "mailfleet_spool_bytes",
+            "Spool size on disk: the database, its WAL, and free pages inside the database",
+            ["file"],
+            registry=r,
+        )
+        self.spool_disk_free = Gauge(
+            "mailfleet_spool_disk_free_bytes",
+            "Free space on the spool's filesystem (new mail is refused below spool.diskReserve)",
             registry=r,
         )
         self.delivery_latency = Histogram(

@@ -13,12 +13,12 @@ import os
 import random
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from mailfleet.mta.classify import classify, text_rule
-from mailfleet.mta.config import EngineConfig
+from mailfleet.mta.config import EngineConfig, RetryConfig
 from mailfleet.mta.delivery import AttemptResult, DeliveryClient, RecipientReply, synthetic_replies
 from mailfleet.mta.dsn import DSNRecipient, build_dsn, should_send_dsn
 from mailfleet.mta.metrics import EngineMetrics
@@ -26,7 +26,16 @@ from mailfleet.mta.providers import DEFAULT
 from mailfleet.mta.retry import next_attempt_at, outcome_for_reply
 from mailfleet.mta.routing import RouteError, Router
 from mailfleet.mta.shaping import CONNECTION_LIMIT, RuleHit, Shaper, Wait, day_index
-from mailfleet.mta.spool import QueuedMessage, RecipientUpdate, Spool
+from mailfleet.mta.spool import (
+    DiskUsage,
+    DueRow,
+    QueuedMessage,
+    RecipientUpdate,
+    Spool,
+    SpoolReader,
+    disk_usage,
+    domain_of,
+)
 
 log = logging.getLogger("mailfleet.mta.queue")
 attempt_log = logging.getLogger("mailfleet.mta.delivery")
@@ -39,11 +48,7 @@ Inject = Callable[[str, list[str], bytes], Awaitable[str]]
 Suppress = Callable[[str, str, str], Awaitable[None]]
 
 
-def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].lower().rstrip(".")
-
-
-@dataclass(order=True)
+@dataclass(order=True, slots=True)
 class Job:
     """One message for the recipients of one domain (they share MX hosts)."""
 
@@ -53,6 +58,132 @@ class Job:
     domain: str = field(compare=False)
     recipients: list[str] = field(compare=False)
     attempts: int = field(compare=False, default=0)
+
+
+@dataclass(slots=True)
+class Active:
+    """A message being worked on: what scheduling needs of it. Its body stays in the spool."""
+
+    received_at: float
+    size: int
+    admitted: float  # when it entered the active set
+    jobs: int = 0  # its jobs in memory (ready, in flight, held by shaping)
+    remaining: int = -1  # recipients left in the spool, -1: not known (loaded from the spool)
+
+
+@dataclass(slots=True)
+class Body:
+    mail_from: str
+    data: bytes
+
+
+# Rows read from the spool per page: enough to fill the active set quickly, small enough that
+# one page never holds the event loop (the read itself is on the spool reader's thread).
+PAGE = 1000
+# How often a pass over what is due starts again from the oldest (rows skipped while their
+# message was active are found again then).
+SWEEP_INTERVAL = 30.0
+STATS_INTERVAL = 5.0
+
+
+@dataclass
+class Counts:
+    """What the queue holds, kept up to date on every change (no scan per status call)."""
+
+    messages: int = 0
+    by_domain: dict[str, int] = field(default_factory=dict)  # recipients queued, by domain
+    active_by_domain: dict[str, int] = field(default_factory=dict)  # of those, in memory
+    jobs_by_domain: dict[str, int] = field(default_factory=dict)
+
+    def add(self, table: dict[str, int], key: str, n: int) -> None:
+        v = table.get(key, 0) + n
+        if v > 0:
+            table[key] = v
+        else:
+            table.pop(key, None)
+
+
+def group_due(rows: list[DueRow]) -> list[tuple[str, list[DueRow]]]:
+    """Consecutive rows of one message together, in page order."""
+    out: list[tuple[str, list[DueRow]]] = []
+    for row in rows:
+        if out and out[-1][0] == row.message_id:
+            out[-1][1].append(row)
+        else:
+            out.append((row.message_id, [row]))
+    return out
+
+
+@dataclass
+class Planned:
+    """A message to bring into the active set, with its jobs: (domain, attempts) -> recipients."""
+
+    message_id: str
+    received_at: float
+    size: int
+    jobs: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Admission:
+    admit: list[Planned] = field(default_factory=list)
+    capped: set[str] = field(default_factory=set)  # domains at their limit, rows left behind
+    cursor: tuple[float, str] | None = None  # after the last row dealt with
+    more: bool = False  # the page was full: read on from the cursor at once
+    sweep: bool = False  # rows were skipped that only a pass from the start finds again
+
+
+def plan_admission(
+    rows: list[DueRow],
+    limit: int,
+    admitted_at: Callable[[str], float | None],
+    jobs_by_domain: Mapping[str, int],
+    domain_limit: int,
+    room: int,
+    waiting: Collection[str] = (),
+) -> Admission:
+    """Which messages of a page of due rows (ordered by next attempt, message id) enter the
+    active set. `admitted_at`: when a message already in it entered (None: not in it); `room`:
+    how many more may; a domain with `domain_limit` jobs takes no more (its rows wait), nor does
+    one in `waiting` (rows of it were left behind already: they go first, loaded by domain).
+
+    A page cut short by its `limit` may end inside a message: that message is left for the next
+    page (read again whole), unless it is the only one (the caller reads a bigger page)."""
+    groups = group_due(rows)
+    plan = Admission(more=len(rows) >= limit)
+    if plan.more and len(groups) > 1:
+        groups.pop()
+    jobs = dict(jobs_by_domain)
+    planned: dict[str, Planned] = {}
+    for mid, group in groups:
+        admitted = admitted_at(mid)
+        if admitted is not None:
+            if group[-1].next_attempt > admitted:
+                # Deferred while the message stayed active (another domain's job holds it):
+                # found again by the next sweep, once the message has left.
+                plan.sweep = True
+            plan.cursor = (group[-1].next_attempt, mid)
+            continue
+        msg = planned.get(mid)
+        if msg is None:
+            if len(planned) >= room:
+                plan.more = True
+                break
+            msg = Planned(mid, group[0].received_at, group[0].size)
+        for row in group:
+            key = (row.domain, row.attempts)
+            if key not in msg.jobs:
+                if row.domain in waiting or jobs.get(row.domain, 0) >= domain_limit:
+                    plan.capped.add(row.domain)
+                    continue
+                jobs[row.domain] = jobs.get(row.domain, 0) + 1
+                msg.jobs[key] = []
+            msg.jobs[key].append(row.recipient)
+        if msg.jobs and mid not in planned:
+            planned[mid] = msg
+            plan.admit.append(msg)
+        plan.cursor = (group[-1].next_attempt, mid)
+    return plan
 
 
 def jobs_for(msg: QueuedMessage, seq: itertools.count[int]) -> list[Job]:
@@ -86,18 +217,42 @@ class QueueRunner:
         self.suppress = suppress
         self.shaper = Shaper(cfg, os.environ.get("POD_NAME"))
         self._class_rules = [text_rule(r.match, r.reply_class) for r in cfg.shaping.reply_classes]
-        self.messages: dict[str, QueuedMessage] = {}
-        self._remaining: dict[str, int] = {}
+        self.active: dict[str, Active] = {}
+        self.counts = Counts()
+        self._reader: SpoolReader | None = None
         self._seq = itertools.count()
         self._ready: asyncio.Queue[Job] = asyncio.Queue()
         self._delayed: list[Job] = []
         self._parked: defaultdict[str, deque[Job]] = defaultdict(deque)
         self._stopping = False
         self._wake = asyncio.Event()
+        self._load = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._workers: list[asyncio.Task[None]] = []
         self._inflight = 0
         self.rng = random.Random()
         self._saved_shaping: list[dict[str, Any]] = []
+        # The pass over what is due: where it is, and domains skipped at their active limit.
+        self._cursor: tuple[float, str] | None = None
+        self._capped: dict[str, tuple[float, str] | None] = {}
+        self._need_sweep = False
+        self._last_sweep = 0.0
+        self._spool_next_due: float | None = None
+        self._bounce_before: dict[str, float] = {}
+        self._domain_provider: dict[str, str] = {}
+        self.oldest: float | None = None
+        self.disk: DiskUsage | None = None
+        self._gauged_providers: set[str] = set()
+        # Messages an attempt is running for now, and messages being handed to another pod
+        # (no attempt may start for those).
+        self._busy: dict[str, int] = {}
+        self._handing_off: set[str] = set()
+
+    def retry_config(self, provider: str) -> RetryConfig:
+        """The retry schedule for a recipient at `provider`: the provider's own when its policy
+        sets one, else the engine-wide `retry`."""
+        own = self.shaper.settings(provider).retry
+        return own if own is not None else self.cfg.retry
 
     # -- config --------------------------------------------------------------------------------
 
@@ -106,18 +261,86 @@ class QueueRunner:
         self.shaper.update_config(cfg, os.environ.get("POD_NAME"))
         self._class_rules = [text_rule(r.match, r.reply_class) for r in cfg.shaping.reply_classes]
         want = cfg.delivery.max_concurrent_deliveries
-        while len(self._tasks) < want:
-            self._tasks.append(asyncio.create_task(self._worker(), name="delivery-worker"))
+        while len(self._workers) < want:
+            self._workers.append(asyncio.create_task(self._worker(), name="delivery-worker"))
         # Extra workers are not cancelled mid-delivery; they finish and exit when over the limit.
 
     # -- intake --------------------------------------------------------------------------------
 
+    @property
+    def active_limit(self) -> int:
+        return self.cfg.spool.active_limit
+
+    @property
+    def domain_limit(self) -> int:
+        return self.cfg.spool.domain_limit
+
     def add(self, msg: QueuedMessage) -> None:
-        self.messages[msg.id] = msg
-        self._remaining[msg.id] = len(msg.recipients)
+        """A message just accepted: counted, and worked on at once if the active set has room
+        (else it waits in the spool, found by the loader in arrival order)."""
+        c = self.counts
+        c.messages += 1
+        for r in msg.recipients:
+            c.add(c.by_domain, domain_of(r.recipient), 1)
+        jobs: list[Job] = []
+        left: set[str] = set()
+        for j in jobs_for(msg, self._seq):
+            if (
+                len(self.active) < self.active_limit
+                and j.domain not in self._capped
+                and c.jobs_by_domain.get(j.domain, 0) < self.domain_limit
+            ):
+                jobs.append(j)
+            else:
+                left.add(j.domain)
+        if left:
+            self._left_behind(msg.received_at, left)
+        if not jobs:
+            return
         now = time.time()
-        for job in jobs_for(msg, self._seq):
-            self._schedule(job, now)
+        self.active[msg.id] = Active(
+            msg.received_at, len(msg.data), now, remaining=len(msg.recipients)
+        )
+        for job in jobs:
+            self._add_job(job, now)
+
+    def _left_behind(self, due: float, domains: set[str]) -> None:
+        """Rows due at `due` wait in the spool: make sure the loader's passes have not gone
+        beyond that time already (a commit can land behind a page just read)."""
+        at = (due, "")
+        if self._cursor is not None and at < self._cursor:
+            self._cursor = at
+        for d in domains:
+            if d in self._capped:  # loaded by domain: its own pass
+                after = self._capped[d]
+                if after is not None and at < after:
+                    self._capped[d] = at
+        self._load.set()
+
+    def _cap(self, domain: str) -> bool:
+        """Note a domain at its active limit: its due mail is loaded by domain once it has room."""
+        self._capped.setdefault(domain, None)
+        return False
+
+    def _add_job(self, job: Job, now: float) -> None:
+        c = self.counts
+        self.active[job.message_id].jobs += 1
+        c.add(c.jobs_by_domain, job.domain, 1)
+        c.add(c.active_by_domain, job.domain, len(job.recipients))
+        self._schedule(job, now)
+
+    def _release(self, job: Job) -> None:
+        """A job is over (recorded, or its message gone): the message leaves the active set with
+        its last job, and the loader may take the next one from the spool."""
+        c = self.counts
+        c.add(c.jobs_by_domain, job.domain, -1)
+        c.add(c.active_by_domain, job.domain, -len(job.recipients))
+        a = self.active.get(job.message_id)
+        if a is not None:
+            a.jobs -= 1
+            if a.jobs <= 0:
+                del self.active[job.message_id]
+                self._load.set()
 
     def _schedule(self, job: Job, now: float) -> None:
         if job.due <= now:
@@ -126,22 +349,133 @@ class QueueRunner:
             heapq.heappush(self._delayed, job)
             self._wake.set()
 
+    def _due_later(self, at: float) -> None:
+        if self._spool_next_due is None or at < self._spool_next_due:
+            self._spool_next_due = at
+            self._load.set()
+
+    # -- the loader: from the spool into the active set, oldest due first ----------------------
+
+    async def recover(self, reader: SpoolReader) -> None:
+        """At start: count what the spool holds (index-only, no bodies). Loading is lazy."""
+        self._reader = reader
+        counts = await reader.counts()
+        self.counts.messages = counts.messages
+        self.counts.by_domain = dict(counts.recipients_by_domain)
+        self.oldest = await reader.oldest()
+
+    @property
+    def _load_batch(self) -> int:
+        """Free slots worth a page: read for a batch of them, not for each one."""
+        return min(max(self.active_limit // 20, 1), PAGE)
+
+    async def _loader(self) -> None:
+        while True:
+            progressed = False
+            if self._reader is not None:
+                progressed = await self._load_once(self._reader)
+            if progressed:
+                await asyncio.sleep(0)
+                continue
+            self._load.clear()
+            timeout = 1.0
+            room = self.active_limit - len(self.active)
+            if self._spool_next_due is not None and room >= self._load_batch:
+                timeout = min(max(self._spool_next_due - time.time(), 0.01), 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._load.wait(), timeout=timeout)
+
+    async def _load_once(self, reader: SpoolReader) -> bool:
+        """One page into the active set; True if there may be more to load right away."""
+        now = time.time()
+        # Domains that were at their limit first: their backlog is older than what follows.
+        for domain, after in list(self._capped.items()):
+            free = self.domain_limit - self.counts.jobs_by_domain.get(domain, 0)
+            room = self.active_limit - len(self.active)
+            if free < max(self.domain_limit // 2, 1) or room <= 0:
+                continue
+            rows, limit = await self._page(reader, now, after, min(free, room, PAGE), domain)
+            plan = self._admit(rows, limit, now, by_domain=True)
+            if plan.more:
+                self._capped[domain] = plan.cursor if plan.cursor is not None else after
+                return True
+            self._capped.pop(domain, None)
+        room = self.active_limit - len(self.active)
+        if room < self._load_batch and self.active:
+            return False
+        if self._need_sweep and now - self._last_sweep >= SWEEP_INTERVAL:
+            self._need_sweep = False
+            self._last_sweep = now
+            self._cursor = None
+        rows, limit = await self._page(reader, now, self._cursor, min(room, PAGE))
+        plan = self._admit(rows, limit, now)
+        if plan.cursor is not None:
+            self._cursor = plan.cursor
+        if not plan.more:
+            self._spool_next_due = await reader.next_due(now)
+        return plan.more
+
+    def _admit(
+        self, rows: list[DueRow], limit: int, now: float, by_domain: bool = False
+    ) -> Admission:
+        plan = plan_admission(
+            rows,
+            limit,
+            self._admitted_at,
+            self.counts.jobs_by_domain,
+            self.domain_limit,
+            self.active_limit - len(self.active),
+            () if by_domain else self._capped,
+        )
+        self._need_sweep = self._need_sweep or plan.sweep
+        for domain in plan.capped:
+            self._cap(domain)
+        for p in plan.admit:
+            self.active[p.message_id] = Active(p.received_at, p.size, now)
+            for (domain, attempts), rcpts in p.jobs.items():
+                job = Job(now, next(self._seq), p.message_id, domain, rcpts, attempts)
+                self._add_job(job, now)
+        return plan
+
+    def _admitted_at(self, message_id: str) -> float | None:
+        a = self.active.get(message_id)
+        return a.admitted if a is not None else None
+
+    async def _page(
+        self,
+        reader: SpoolReader,
+        now: float,
+        after: tuple[float, str] | None,
+        limit: int,
+        domain: str | None = None,
+    ) -> tuple[list[DueRow], int]:
+        """A page of due rows that holds at least one whole message (a message with more due
+        recipients than the page takes a bigger page)."""
+        while True:
+            rows = await reader.due(now, after, limit, domain)
+            if len(rows) < limit or rows[0].message_id != rows[-1].message_id:
+                return rows, limit
+            limit *= 2
+
     # -- running -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._timer(), name="queue-timer"))
+        self._tasks.append(asyncio.create_task(self._loader(), name="queue-loader"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="spool-housekeeping"))
         self.update_config(self.cfg)
 
     async def stop(self) -> None:
         # Some client libraries turn a cancellation into an error of their own, so a worker can
         # outlive one cancel(): the flag ends its loop, and the cancel is repeated until done.
         self._stopping = True
-        pending = set(self._tasks)
+        pending = set(self._tasks) | set(self._workers)
         while pending:
             for t in pending:
                 t.cancel()
             _, pending = await asyncio.wait(pending, timeout=1.0)
         self._tasks.clear()
+        self._workers.clear()
         await self._save_shaping()
 
     def restore_shaping(self) -> None:
@@ -157,28 +491,59 @@ class QueueRunner:
 
     async def _timer(self) -> None:
         last_save = 0.0
+        last_stats = 0.0
         while True:
             now = time.time()
             while self._delayed and self._delayed[0].due <= now:
                 self._ready.put_nowait(heapq.heappop(self._delayed))
+            self.disk = disk_usage(self.spool.path / "spool.db", self._free_pages())
+            if now - last_stats >= STATS_INTERVAL and self._reader is not None:
+                last_stats = now
+                self.oldest = await self._reader.oldest()
+                self._provider_gauges()
             self._gauges()
             if now - last_save >= SHAPING_SAVE_INTERVAL:
                 last_save = now
-                await self._save_shaping()
+                try:
+                    await self._save_shaping()
+                except Exception as e:
+                    # E.g. the spool's disk full: saved next time. This task must not die, or
+                    # every deferred message would wait forever.
+                    log.warning("shaping state not saved", extra={"error": str(e)})
             timeout = min(self._delayed[0].due - now, 1.0) if self._delayed else 1.0
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.0))
 
+    def _free_pages(self) -> int:
+        return self.disk.free_pages_bytes if self.disk is not None else 0
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.spool.housekeeping_interval)
+            try:
+                await self.spool.maintain()
+                if self._reader is not None:
+                    self.disk = await self._reader.disk()
+            except Exception:
+                log.exception("spool housekeeping failed")
+
+    def low_on_disk(self) -> bool:
+        """True while the spool's filesystem is below the reserve: new mail gets 452 4.3.1."""
+        return self.disk is not None and self.disk.disk_free_bytes < self.cfg.spool.disk_reserve
+
     async def _worker(self) -> None:
         while not self._stopping:
-            if len(self._tasks) - 1 > self.cfg.delivery.max_concurrent_deliveries:
-                self._tasks.remove(asyncio.current_task())  # type: ignore[arg-type]
+            if len(self._workers) > self.cfg.delivery.max_concurrent_deliveries:
+                self._workers.remove(asyncio.current_task())  # type: ignore[arg-type]
                 return
             job = await self._ready.get()
             self._inflight += 1
+            mid = job.message_id
+            self._busy[mid] = self._busy.get(mid, 0) + 1
             try:
-                await self._run(job)
+                if mid in self._handing_off or not await self._run(job):
+                    self._release(job)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -188,14 +553,71 @@ class QueueRunner:
                 self._schedule(job, time.time())
             finally:
                 self._inflight -= 1
+                left = self._busy.get(mid, 1) - 1
+                if left > 0:
+                    self._busy[mid] = left
+                else:
+                    self._busy.pop(mid, None)
+
+    # -- handing mail to another pod (drain) -------------------------------------------------------
+
+    def begin_handoff(self, message_id: str) -> bool:
+        """Take a message away from delivery to hand it to another pod; False while an attempt
+        for it runs (it is delivered here, or handed off on a later pass)."""
+        if message_id in self._busy:
+            return False
+        self._handing_off.add(message_id)
+        # Its jobs in memory are dropped as they come up; the loader skips nothing: a job it
+        # loads meanwhile is dropped the same way.
+        self.active.pop(message_id, None)
+        return True
+
+    def end_handoff(self, msg: QueuedMessage, handed: bool) -> None:
+        """The handoff is over: gone from this pod (counted out), or kept to deliver here (found
+        again by the loader's next pass over the spool)."""
+        self._handing_off.discard(msg.id)
+        if handed:
+            c = self.counts
+            c.messages -= 1
+            for r in msg.recipients:
+                c.add(c.by_domain, domain_of(r.recipient), -1)
+            return
+        self._need_sweep = True
+        self._cursor = None
+        self._load.set()
+
+    def adopt(self, msg: QueuedMessage) -> None:
+        """A message another pod handed over (already in this spool): counted and scheduled at
+        its recipients' own retry times."""
+        self.add(msg)
 
     # -- one attempt ---------------------------------------------------------------------------
 
-    async def _run(self, job: Job) -> None:
-        msg = self.messages.get(job.message_id)
+    async def _body(self, message_id: str) -> Body | None:
+        """The message as accepted (DKIM signature included), read from the spool now."""
+        assert self._reader is not None
+        got = await self._reader.message(message_id)
+        return Body(*got) if got is not None else None
+
+    async def _run(self, job: Job) -> bool:
+        """One attempt for a job; True if the job is still held in memory (waiting to send)."""
+        msg = self.active.get(job.message_id)
         if msg is None:
-            return
+            return False
         started = time.time()
+        cutoff = self._bounce_before.get(job.domain)
+        if cutoff is not None and msg.received_at <= cutoff:
+            reason = "bounced by the administrator"
+            result = AttemptResult(
+                replies=synthetic_replies(job.recipients, 550, "5.0.0", reason),
+                destination=None,
+                source_ip=None,
+                tls=False,
+                error=reason,
+            )
+            provider = self.shaper.table.by_domain(job.domain) or DEFAULT
+            await self._record(job, msg, None, result, started, provider, {})
+            return False
         try:
             destinations = await self.router.resolve(job.domain)
         except RouteError as e:
@@ -207,22 +629,23 @@ class QueueRunner:
                 error=str(e),
             )
             provider = self.shaper.table.by_domain(job.domain) or DEFAULT
-            await self._record(job, msg, result, started, provider, {})
-            return
+            await self._record(job, msg, None, result, started, provider, {})
+            return False
         provider = self.shaper.table.lookup(job.domain, [d.hostname for d in destinations])
+        self._domain_provider[job.domain] = provider
         now = time.time()
         decision = self.shaper.acquire(provider, now, self.rng.random())
         if isinstance(decision, Wait):
-            if now - msg.received_at < self.cfg.retry.max_age:
+            if now - msg.received_at < self.retry_config(provider).max_age:
                 # Held by shaping: not an attempt; try again when the pair can send.
                 self.metrics.shaping_waits.labels(provider, decision.reason).inc()
                 if decision.reason == CONNECTION_LIMIT:
                     # Woken by the next release for this provider, not by polling.
                     self._parked[provider].append(job)
-                    return
+                    return True
                 job.due = now + decision.seconds
                 self._schedule(job, now)
-                return
+                return True
             reason = f"not sent in time: {decision.reason}"
             result = AttemptResult(
                 replies=synthetic_replies(job.recipients, 451, "4.4.7", reason),
@@ -231,10 +654,13 @@ class QueueRunner:
                 tls=False,
                 error=reason,
             )
-            await self._record(job, msg, result, started, provider, {})
-            return
+            await self._record(job, msg, None, result, started, provider, {})
+            return False
         grant = decision
         try:
+            body = await self._body(job.message_id)
+            if body is None:
+                return False  # gone from the spool meanwhile
             if grant.warmup:
                 day = day_index(now, self.cfg.shaping.day_length)
                 for key in self.shaper.warmup_keys(grant.ip, provider):
@@ -243,9 +669,9 @@ class QueueRunner:
                 source_ip=grant.ip or None,
                 helo=grant.helo,
                 destinations=destinations,
-                mail_from=msg.mail_from,
+                mail_from=body.mail_from,
                 recipients=job.recipients,
-                data=msg.data,
+                data=body.data,
                 domain=job.domain,
             )
         finally:
@@ -270,12 +696,14 @@ class QueueRunner:
                         "reply": reply.reply[:200],
                     },
                 )
-        await self._record(job, msg, result, started, provider, hits)
+        await self._record(job, msg, body, result, started, provider, hits)
+        return False
 
     async def _record(
         self,
         job: Job,
-        msg: QueuedMessage,
+        msg: Active,
+        body: Body | None,
         result: AttemptResult,
         started: float,
         provider: str,
@@ -287,7 +715,7 @@ class QueueRunner:
         bounces: list[DSNRecipient] = []
         attempts = job.attempts + 1
         retry_at = next_attempt_at(
-            attempts, msg.received_at, now, self.cfg.retry, self.rng.random()
+            attempts, msg.received_at, now, self.retry_config(provider), self.rng.random()
         )
         mx = result.destination.hostname if result.destination else None
         soon: list[str] = []
@@ -342,39 +770,49 @@ class QueueRunner:
                 updates.append(
                     RecipientUpdate(reply.recipient, False, attempts, retry_at, line[:500])
                 )
-        if bounces and should_send_dsn(msg.mail_from, msg.data):
-            # The DSN is durable before the bounced recipients are forgotten.
-            await self._send_dsn(msg, bounces)
-        last = len(updates) >= self._remaining.get(msg.id, 0)
-        gone = await self.spool.update(msg.id, updates, last=last)
+        if bounces:
+            if body is None:
+                body = await self._body(job.message_id)
+            if body is not None and should_send_dsn(body.mail_from, body.data):
+                # The DSN is durable before the bounced recipients are forgotten.
+                await self._send_dsn(job.message_id, msg.received_at, body, bounces)
         finished = len(updates) - len(retry)
-        self._remaining[msg.id] = self._remaining.get(msg.id, 0) - finished
-        if gone or self._remaining[msg.id] <= 0:
-            self.messages.pop(msg.id, None)
-            self._remaining.pop(msg.id, None)
+        last = 0 <= msg.remaining <= finished
+        gone = await self.spool.update(job.message_id, updates, last=last)
+        c = self.counts
+        c.add(c.by_domain, job.domain, -finished)
+        if msg.remaining >= 0:
+            msg.remaining -= finished
+        if gone:
+            c.messages -= 1
         later = [r for r in retry if r not in soon]
         now_again = [r for r in retry if r in soon]
         if later:
+            # Back to the spool only: the loader brings it back when it is due.
             assert retry_at is not None
-            self._schedule(Job(retry_at, next(self._seq), msg.id, job.domain, later, attempts), now)
-        if now_again:
-            self._schedule(Job(now, next(self._seq), msg.id, job.domain, now_again, attempts), now)
+            self._due_later(retry_at)
+        if now_again and not gone:
+            self._add_job(
+                Job(now, next(self._seq), job.message_id, job.domain, now_again, attempts), now
+            )
 
-    async def _send_dsn(self, msg: QueuedMessage, bounces: list[DSNRecipient]) -> None:
+    async def _send_dsn(
+        self, message_id: str, received_at: float, body: Body, bounces: list[DSNRecipient]
+    ) -> None:
         cfg = self.cfg
         dsn = build_dsn(
             reporting_mta=cfg.hostname,
             dsn_from=cfg.bounces.dsn_from or f"MAILER-DAEMON@{cfg.hostname}",
-            original_sender=msg.mail_from,
-            original_message=msg.data,
+            original_sender=body.mail_from,
+            original_message=body.data,
             failures=bounces,
-            arrival_date=msg.received_at,
+            arrival_date=received_at,
         )
-        qid = await self.inject("", [msg.mail_from.strip("<>")], dsn)
+        qid = await self.inject("", [body.mail_from.strip("<>")], dsn)
         self.metrics.dsns.labels("failed").inc()
         log.info(
             "dsn queued",
-            extra={"message_id": msg.id, "dsn_id": qid, "recipients": len(bounces)},
+            extra={"message_id": message_id, "dsn_id": qid, "recipients": len(bounces)},
         )
 
     def _log_attempt(
@@ -408,16 +846,72 @@ class QueueRunner:
             },
         )
 
+    # -- admin: by domain -----------------------------------------------------------------------
+
+    async def retry_now(self, domain: str) -> dict[str, Any]:
+        """Every recipient at `domain` waiting for a retry becomes due now (shaping still
+        applies), oldest first."""
+        domain = domain_of(domain)
+        now = time.time()
+        n = await self.spool.retry_now(domain, now)
+        self._due_later(now)
+        return {"domain": domain, "recipients": n}
+
+    async def bounce(self, domain: str) -> dict[str, Any]:
+        """Everything queued for `domain` until now is bounced (a DSN to each sender), at the
+        loader's pace; mail accepted afterwards is delivered as usual."""
+        domain = domain_of(domain)
+        now = time.time()
+        self._bounce_before[domain] = now
+        await self.spool.retry_now(domain, now)
+        self._due_later(now)
+        return {"domain": domain, "recipients": self.counts.by_domain.get(domain, 0)}
+
     # -- introspection -------------------------------------------------------------------------
 
-    def _gauges(self) -> None:
-        # Once a second from the timer: sums over the queue stay off the per-message path.
-        deferred = sum(len(j.recipients) for j in self._delayed)
-        total = sum(self._remaining.values())
-        self.metrics.queue_recipients.labels("deferred").set(deferred)
-        self.metrics.queue_recipients.labels("active").set(max(total - deferred, 0))
-        self.metrics.queue_messages.labels("queued").set(len(self.messages))
+    def provider_of(self, domain: str) -> str:
+        """The provider a domain was last routed to (or is known as); "default" otherwise."""
+        return self._domain_provider.get(domain) or self.shaper.table.by_domain(domain) or DEFAULT
+
+    def by_provider(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        active = self.counts.active_by_domain
+        for domain, n in self.counts.by_domain.items():
+            row = out.setdefault(self.provider_of(domain), {"queued": 0, "active": 0})
+            row["queued"] += n
+            row["active"] += active.get(domain, 0)
+        return out
+
+    def _provider_gauges(self) -> None:
         m = self.metrics
+        rows = self.by_provider()
+        for provider in self._gauged_providers - set(rows):
+            for state in ("active", "waiting"):
+                m.queue_provider_recipients.labels(provider, state).set(0)
+        for provider, row in rows.items():
+            m.queue_provider_recipients.labels(provider, "active").set(row["active"])
+            m.queue_provider_recipients.labels(provider, "waiting").set(
+                row["queued"] - row["active"]
+            )
+        self._gauged_providers = set(rows)
+
+    def _gauges(self) -> None:
+        # Once a second from the timer: sums over domains, never over messages.
+        c = self.counts
+        total = sum(c.by_domain.values())
+        active = sum(c.active_by_domain.values())
+        m = self.metrics
+        m.queue_recipients.labels("deferred").set(max(total - active, 0))
+        m.queue_recipients.labels("active").set(active)
+        m.queue_messages.labels("queued").set(c.messages)
+        m.queue_messages.labels("active").set(len(self.active))
+        m.queue_active_limit.set(self.active_limit)
+        m.queue_oldest_age.set(time.time() - self.oldest if self.oldest is not None else 0)
+        if self.disk is not None:
+            m.spool_bytes.labels("db").set(self.disk.db_bytes)
+            m.spool_bytes.labels("wal").set(self.disk.wal_bytes)
+            m.spool_bytes.labels("free-pages").set(self.disk.free_pages_bytes)
+            m.spool_disk_free.set(self.disk.disk_free_bytes)
         for row in self.shaper.snapshot(time.time()):
             labels = (row["ip"], row["provider"])
             m.shaping_rate.labels(*labels).set(row["rate"] if row["rate"] is not None else -1)
@@ -429,14 +923,46 @@ class QueueRunner:
         for (ip, provider), cap in self.shaper.caps.items():
             m.warmup_cap.labels(ip, provider).set(cap)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, top: int = 20) -> dict[str, Any]:
+        c = self.counts
+        now = time.time()
+        nxt = [self._delayed[0].due] if self._delayed else []
+        if self._spool_next_due is not None and self._spool_next_due > now:
+            nxt.append(self._spool_next_due)
+        biggest = heapq.nlargest(top, c.by_domain.items(), key=lambda kv: kv[1])
+        disk = self.disk
         return {
-            "messages": len(self.messages),
+            "messages": c.messages,
+            "recipients": sum(c.by_domain.values()),
+            "activeMessages": len(self.active),
+            "activeLimit": self.active_limit,
+            "activeLimitPerDomain": self.domain_limit,
+            "oldestAgeSeconds": round(now - self.oldest, 1) if self.oldest is not None else None,
             "jobsReady": self._ready.qsize(),
             "jobsInFlight": self._inflight,
             "jobsDeferred": len(self._delayed),
             "jobsWaitingForConnection": sum(len(d) for d in self._parked.values()),
-            "nextRetry": self._delayed[0].due if self._delayed else None,
+            "nextRetry": min(nxt) if nxt else None,
+            "domains": len(c.by_domain),
+            "byDomain": {
+                d: {
+                    "queued": n,
+                    "active": c.active_by_domain.get(d, 0),
+                    "provider": self.provider_of(d),
+                }
+                for d, n in biggest
+            },
+            "byProvider": self.by_provider(),
+            "spool": {
+                "dbBytes": disk.db_bytes,
+                "walBytes": disk.wal_bytes,
+                "freePagesBytes": disk.free_pages_bytes,
+                "diskFreeBytes": disk.disk_free_bytes,
+                "diskReserveBytes": self.cfg.spool.disk_reserve,
+                "refusingNewMail": self.low_on_disk(),
+            }
+            if disk is not None
+            else None,
         }
 
     def shaping_status(self) -> list[dict[str, Any]]:
@@ -444,4 +970,4 @@ class QueueRunner:
 
     @property
     def empty(self) -> bool:
-        return not self.messages
+        return self.counts.messages <= 0

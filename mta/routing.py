@@ -157,12 +157,16 @@ class Router:
         domain = domain.strip().lower().rstrip(".")
         if not domain:
             raise permanent("empty recipient domain", 501, "5.1.3")
-        literal = address_literal(domain)
-        if literal is not None:
-            return [Destination(literal, literal, self._mx_port, 0)]
+        # Static routes first, address literals included: with a "*" smarthost route nothing
+        # leaves any other way (the submission listener refuses literals unless configured).
         route = self._cfg.routes.get(domain) or self._cfg.routes.get("*")
         if route is not None:
             return await self._static(route)
+        literal = address_literal(domain)
+        if literal is not None:
+            return [Destination(literal, literal, self._mx_port, 0)]
+        if domain.startswith("["):
+            raise permanent(f"unusable address literal {domain}", 501, "5.1.3")
         return await self._mx(domain)
 
     async def _static(self, route: str) -> list[Destination]:

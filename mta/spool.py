@@ -1,5 +1,10 @@
 """The durable queue: SQLite in WAL mode, written by one thread with group commit.
 
+Bodies stay in the spool: the queue runner keeps only scheduling records in memory and reads a
+body when an attempt starts (`SpoolReader`, its own connection and thread, so reads never wait
+for the writer's fsyncs). `recipients(next_attempt, message_id)` and `(domain, next_attempt)`
+indexes let it page through what is due, oldest first, without scanning the queue.
+
 Why SQLite: one file per pod on the spool volume, atomic multi-row transactions (a message and its
 recipients land together or not at all), crash recovery by the WAL, and no server to run. Why one
 writer thread: SQLite serialises writers anyway; a single thread that takes every operation waiting
@@ -10,6 +15,7 @@ at that moment and commits them as one transaction turns N concurrent sessions i
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import queue
@@ -35,6 +41,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     attempts     INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL DEFAULT 0,
     last_reply   TEXT NOT NULL DEFAULT '',
+    domain       TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (message_id, recipient)
 );
 CREATE TABLE IF NOT EXISTS shaping_state (
@@ -51,6 +58,52 @@ CREATE TABLE IF NOT EXISTS warmup_sent (
     PRIMARY KEY (ip, provider, day)
 );
 """
+
+# After the tables (and after the migration that adds recipients.domain to an older spool).
+INDEXES = """
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients (next_attempt, message_id);
+CREATE INDEX IF NOT EXISTS recipients_domain ON recipients (domain, next_attempt, message_id);
+CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
+"""
+
+# Pages freed per housekeeping pass (4 KiB each): 16 MiB back to the filesystem at a time, so
+# that a pass holds the writer (and so new mail's 250) for a moment only.
+VACUUM_PAGES = 4096
+# The WAL is truncated to this after a checkpoint (it is reused, not regrown, up to here).
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+@dataclass(frozen=True, slots=True)
+class DueRow:
+    """One recipient due for an attempt, with what scheduling needs of its message."""
+
+    message_id: str
+    recipient: str
+    domain: str
+    attempts: int
+    next_attempt: float
+    received_at: float
+    size: int
+
+
+@dataclass(frozen=True)
+class SpoolCounts:
+    """What the queue holds, counted once at start (then kept by the queue runner)."""
+
+    messages: int
+    recipients_by_domain: dict[str, int]
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    db_bytes: int
+    wal_bytes: int
+    free_pages_bytes: int  # inside the file: reused by new mail, returned by incremental vacuum
+    disk_free_bytes: int  # on the spool's filesystem, for unprivileged writers
 
 
 @dataclass
@@ -117,15 +170,32 @@ class Spool:
     def _connect(self) -> sqlite3.Connection:
         self._db_file.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self._db_file, isolation_level=None, check_same_thread=False)
+        # Only takes effect on a new file (before the first table): deleted messages' pages can
+        # then be handed back to the filesystem a slice at a time (`maintain`).
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("PRAGMA journal_mode=WAL")
         # FULL: the WAL is fsynced at every commit, which is what makes our 250 honest.
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
+        db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(recipients)")}
+        if "domain" not in columns:  # a spool written before bodies stayed on disk
+            db.execute("ALTER TABLE recipients ADD COLUMN domain TEXT NOT NULL DEFAULT ''")
+            db.execute(
+                "UPDATE recipients SET domain ="
+                " lower(rtrim(substr(recipient, instr(recipient, '@') + 1), '.'))"
+            )
+        db.executescript(INDEXES)
         return db
 
+    def reader(self) -> SpoolReader:
+        """A read-only view on its own connection and thread (start() first: it makes the file)."""
+        return SpoolReader(self._db_file)
+
     def load(self) -> list[QueuedMessage]:
-        """Every message still queued, with its recipients' retry state (used at start)."""
+        """Every message still queued, bodies included (tests and tools: the engine pages through
+        the spool with a SpoolReader instead)."""
         db = self._connect()
         try:
             messages: dict[str, QueuedMessage] = {}
@@ -181,12 +251,14 @@ class Spool:
         message_id: str | None = None,
     ) -> QueuedMessage:
         """Store a message; returns once it is on disk and fsynced."""
+        now = time.time()
         msg = QueuedMessage(
             id=message_id or new_message_id(),
             mail_from=mail_from,
-            received_at=time.time(),
+            received_at=now,
             data=data,
-            recipients=[QueuedRecipient(r) for r in dict.fromkeys(recipients)],
+            # Due at arrival: the due index then orders new mail and retries by age together.
+            recipients=[QueuedRecipient(r, 0, now) for r in dict.fromkeys(recipients)],
             client=client,
         )
 
@@ -197,8 +269,9 @@ class Spool:
                 (msg.id, msg.mail_from, msg.received_at, msg.client, msg.data),
             )
             db.executemany(
-                "INSERT INTO recipients (message_id, recipient) VALUES (?, ?)",
-                [(msg.id, r.recipient) for r in msg.recipients],
+                "INSERT INTO recipients (message_id, recipient, next_attempt, domain)"
+                " VALUES (?, ?, ?, ?)",
+                [(msg.id, r.recipient, now, domain_of(r.recipient)) for r in msg.recipients],
             )
 
         await self._submit(op)
@@ -239,6 +312,68 @@ class Spool:
         # lose one.
         result: bool = await self._submit(op, durable=False)
         return result
+
+    async def adopt(self, messages: list[QueuedMessage]) -> list[QueuedMessage]:
+        """Store messages handed over by another pod, with their arrival time and each
+        recipient's attempts and retry time; fsynced before it returns. A message already here
+        (the same handoff repeated after a crash) is not stored twice. Returns the new ones."""
+
+        def op(db: sqlite3.Connection) -> list[QueuedMessage]:
+            fresh = []
+            for m in messages:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO messages (id, mail_from, received_at, client, data)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (m.id, m.mail_from, m.received_at, m.client, m.data),
+                )
+                if cur.rowcount == 0:
+                    continue
+                db.executemany(
+                    "INSERT INTO recipients (message_id, recipient, attempts, next_attempt,"
+                    " last_reply, domain) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            m.id,
+                            r.recipient,
+                            r.attempts,
+                            r.next_attempt,
+                            r.last_reply,
+                            domain_of(r.recipient),
+                        )
+                        for r in m.recipients
+                    ],
+                )
+                fresh.append(m)
+            return fresh
+
+        result: list[QueuedMessage] = await self._submit(op)
+        return result
+
+    async def remove(self, message_ids: list[str]) -> None:
+        """Messages another pod has taken (fsynced: they are on its disk, not on ours)."""
+
+        def op(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM messages WHERE id = ?", [(m,) for m in message_ids])
+
+        await self._submit(op)
+
+    async def retry_now(self, domain: str, now: float) -> int:
+        """Make every recipient at `domain` waiting for a retry due now; how many were."""
+
+        def op(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "UPDATE recipients SET next_attempt = ? WHERE domain = ? AND next_attempt > ?",
+                (now, domain, now),
+            )
+            return cur.rowcount
+
+        result: int = await self._submit(op, durable=False)
+        return result
+
+    async def maintain(self) -> None:
+        """Housekeeping: hand freed pages back to the filesystem, checkpoint and truncate the
+        WAL. Runs on the writer thread between commits (never inside one)."""
+        await self._submit(_MAINTAIN, durable=False)
 
     # -- shaping state: adaptive rates, suspensions and warmup counters survive restarts -------
 
@@ -309,11 +444,15 @@ class Spool:
             if want != synchronous:
                 db.execute(f"PRAGMA synchronous={want}")
                 synchronous = want
-            results = _commit(db, batch)
+            maint = [item for item in batch if item[0] is _MAINTAIN]
+            batch = [item for item in batch if item[0] is not _MAINTAIN]
+            results = _commit(db, batch) if batch else []
             if results is None:
                 # One bad operation must not fail its batch-mates: the batch is rolled back and
                 # each operation committed on its own (rare, so the common path stays lean).
                 results = [r for item in batch for r in (_commit(db, [item]) or [])]
+            for _, fut, _ in maint:
+                results.append((fut, *_maintain(db)))
             elapsed = time.perf_counter() - started
             if self._observe is not None:
                 self._observe(elapsed, len(batch))
@@ -322,6 +461,26 @@ class Spool:
 
 
 _Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+def _MAINTAIN(db: sqlite3.Connection) -> None:  # a marker: never run inside a batch
+    raise AssertionError("housekeeping runs outside transactions")
+
+
+def _maintain(db: sqlite3.Connection) -> tuple[None, BaseException | None]:
+    try:
+        # executescript steps the statement to its end (execute() would free one page only).
+        db.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
+        # Never wait for the reader thread to move on (the writer would stall with it): when a
+        # reader holds an old snapshot this pass checkpoints what it can and truncates next time.
+        db.execute("PRAGMA busy_timeout=0")
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            db.execute("PRAGMA busy_timeout=5000")
+    except sqlite3.Error as e:
+        return None, e
+    return None, None
 
 
 def _commit(db: sqlite3.Connection, batch: list[_Item]) -> list[_Result] | None:
@@ -334,11 +493,176 @@ def _commit(db: sqlite3.Connection, batch: list[_Item]) -> list[_Result] | None:
             results.append((fut, op(db), None))
         db.execute("COMMIT")
     except Exception as e:
-        db.execute("ROLLBACK")
+        # SQLite may have rolled back already (SQLITE_FULL does): a second ROLLBACK would raise
+        # and kill this thread, and every later accept would wait forever.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         if len(batch) > 1:
             return None
         return [(batch[0][1], None, e)]
     return results
+
+
+class SpoolReader:
+    """Reads on a connection and a thread of their own: bodies when an attempt starts, pages of
+    what is due, counts. WAL readers see the last commit and never block the writer."""
+
+    def __init__(self, db_file: Path) -> None:
+        self._db_file = db_file
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool-reader")
+        self._db: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = sqlite3.connect(
+                f"file:{self._db_file}?mode=ro", uri=True, check_same_thread=False
+            )
+        return self._db
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(self._conn()))
+
+    async def close(self) -> None:
+        def shut(db: sqlite3.Connection) -> None:
+            db.close()
+            self._db = None
+
+        if self._db is not None:
+            await self._run(shut)
+        self._pool.shutdown(wait=False)
+
+    async def message(self, message_id: str) -> tuple[str, bytes] | None:
+        """(mail_from, data) of a queued message, None once it has left the spool."""
+
+        def op(db: sqlite3.Connection) -> tuple[str, bytes] | None:
+            row = db.execute(
+                "SELECT mail_from, data FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            return (row[0], bytes(row[1])) if row is not None else None
+
+        result: tuple[str, bytes] | None = await self._run(op)
+        return result
+
+    async def messages_after(self, after: str, limit: int) -> list[QueuedMessage]:
+        """Whole messages (body and each recipient's state) in id (arrival) order after `after`,
+        for handing them to another pod."""
+
+        def op(db: sqlite3.Connection) -> list[QueuedMessage]:
+            rows = db.execute(
+                "SELECT id, mail_from, received_at, client, data FROM messages WHERE id > ?"
+                " ORDER BY id LIMIT ?",
+                (after, limit),
+            ).fetchall()
+            out = {
+                mid: QueuedMessage(mid, mf, ra, bytes(data), [], client or "")
+                for mid, mf, ra, client, data in rows
+            }
+            if out:
+                marks = ",".join("?" * len(out))
+                for mid, rcpt, attempts, nxt, last in db.execute(
+                    "SELECT message_id, recipient, attempts, next_attempt, last_reply"
+                    f" FROM recipients WHERE message_id IN ({marks})",
+                    list(out),
+                ):
+                    out[mid].recipients.append(QueuedRecipient(rcpt, attempts, nxt, last or ""))
+            return [m for m in out.values() if m.recipients]
+
+        result: list[QueuedMessage] = await self._run(op)
+        return result
+
+    async def due(
+        self,
+        now: float,
+        after: tuple[float, str] | None,
+        limit: int,
+        domain: str | None = None,
+    ) -> list[DueRow]:
+        """Recipients due by `now` in (next_attempt, message_id) order, from after `after`:
+        work proportional to the page, whatever the size of the queue."""
+        where = ["r.next_attempt <= ?"]
+        args: list[Any] = [now]
+        if domain is not None:
+            where.append("r.domain = ?")
+            args.append(domain)
+        if after is not None:
+            where.append("(r.next_attempt, r.message_id) > (?, ?)")
+            args.extend(after)
+        index = "recipients_domain" if domain is not None else "recipients_due"
+        sql = (
+            "SELECT r.message_id, r.recipient, r.domain, r.attempts, r.next_attempt,"
+            f" m.received_at, length(m.data) FROM recipients r INDEXED BY {index}"
+            " JOIN messages m ON m.id = r.message_id"
+            f" WHERE {' AND '.join(where)} ORDER BY r.next_attempt, r.message_id LIMIT ?"
+        )
+        args.append(limit)
+
+        def op(db: sqlite3.Connection) -> list[DueRow]:
+            return [DueRow(*row) for row in db.execute(sql, args)]
+
+        result: list[DueRow] = await self._run(op)
+        return result
+
+    async def next_due(self, now: float) -> float | None:
+        """The earliest retry time after `now` (one index probe)."""
+
+        def op(db: sqlite3.Connection) -> float | None:
+            row = db.execute(
+                "SELECT min(next_attempt) FROM recipients WHERE next_attempt > ?", (now,)
+            ).fetchone()
+            return float(row[0]) if row and row[0] is not None else None
+
+        result: float | None = await self._run(op)
+        return result
+
+    async def oldest(self) -> float | None:
+        """When the oldest queued message arrived (one index probe)."""
+
+        def op(db: sqlite3.Connection) -> float | None:
+            row = db.execute("SELECT min(received_at) FROM messages").fetchone()
+            return float(row[0]) if row and row[0] is not None else None
+
+        result: float | None = await self._run(op)
+        return result
+
+    async def counts(self) -> SpoolCounts:
+        """Messages, and recipients by domain (index-only scans; once, at start)."""
+
+        def op(db: sqlite3.Connection) -> SpoolCounts:
+            (messages,) = db.execute("SELECT count(*) FROM messages").fetchone()
+            by_domain = {
+                d: n
+                for d, n in db.execute("SELECT domain, count(*) FROM recipients GROUP BY domain")
+            }
+            return SpoolCounts(int(messages), by_domain)
+
+        result: SpoolCounts = await self._run(op)
+        return result
+
+    async def disk(self) -> DiskUsage:
+        def op(db: sqlite3.Connection) -> DiskUsage:
+            (page_size,) = db.execute("PRAGMA page_size").fetchone()
+            (free_pages,) = db.execute("PRAGMA freelist_count").fetchone()
+            return disk_usage(self._db_file, int(page_size) * int(free_pages))
+
+        result: DiskUsage = await self._run(op)
+        return result
+
+
+def disk_usage(db_file: Path, free_pages_bytes: int = 0) -> DiskUsage:
+    def size(p: Path) -> int:
+        try:
+            return p.stat().st_size
+        except OSError:
+            return 0
+
+    st = os.statvfs(db_file.parent)
+    return DiskUsage(
+        db_bytes=size(db_file),
+        wal_bytes=size(db_file.with_name(db_file.name + "-wal")),
+        free_pages_bytes=free_pages_bytes,
+        disk_free_bytes=st.f_bavail * st.f_frsize,
+    )
 
 
 def _resolve_all(results: list[_Result]) -> None:

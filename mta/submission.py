@@ -4,22 +4,36 @@ authenticated users, and says 250 only once the message is in the spool."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import re
 import socket
+import sqlite3
 import ssl
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate, make_msgid
-from typing import Any
+from typing import Any, Literal, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailfleet.mta.addresses import (
+    AddressError,
+    ParsedPath,
+    domain_of,
+    is_address_literal,
+    parse_path,
+    valid_helo,
+)
 from mailfleet.mta.auth import UserDB
 from mailfleet.mta.config import SubmissionConfig, parse_hostport
+from mailfleet.mta.limits import AuthLimiter, SessionLimiter, data_deadline
 from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.spool import new_message_id
+
+DISK_FULL = "452 4.3.1 Insufficient system storage, try again later"
 
 log = logging.getLogger("mailfleet.mta.submission")
 
@@ -32,8 +46,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Looks up a recipient on the suppression list: None, or why it is suppressed.
 Suppressed = Callable[[str], Awaitable[str | None]]
-# Takes a message to a feedback address (an ARF report); returns the SMTP reply.
-Feedback = Callable[[bytes, str], Awaitable[str]]
+# Takes a message to a feedback address (an ARF report), the client, and whether the client is
+# a configured feedback source (else the report must be DKIM-signed by a feedback domain);
+# returns the SMTP reply.
+Feedback = Callable[[bytes, str, bool], Awaitable[str]]
 
 
 @dataclass
@@ -45,16 +61,59 @@ class SubmissionPolicy:
     users: UserDB | None
     max_recipients: int
     feedback_addresses: frozenset[str] = frozenset()
+    # Clients whose reports to a feedback address count (the providers' networks); reports from
+    # other clients count only when DKIM-signed by one of `feedback_domains` (checked later).
+    feedback_sources: list[Network] = field(default_factory=list)
+    feedback_domains: frozenset[str] = frozenset()
     drop_suppressed: bool = False
+    bare_newlines: Literal["reject", "normalize"] = "reject"
+    accept_address_literals: bool = False
+
+    def is_feedback_source(self, peer_ip: str) -> bool:
+        return _in_networks(peer_ip, self.feedback_sources)
 
     def is_trusted(self, peer_ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(peer_ip)
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.trusted)
+        return _in_networks(peer_ip, self.trusted)
+
+
+def _in_networks(peer_ip: str, networks: list[Network]) -> bool:
+    try:
+        addr = ipaddress.ip_address(peer_ip)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)
+
+
+_UNSAFE_IN_REPLY = re.compile(r"[^\x20-\x7e]+")
+
+
+def reply_text(text: str, limit: int = 200) -> str:
+    """Text safe inside one SMTP reply line: printable ASCII only (a CR or LF would end the reply
+    and start one the client takes for the next command's), and not too long."""
+    return _UNSAFE_IN_REPLY.sub(" ", text)[:limit].strip()
+
+
+def has_bare_newline(data: bytes) -> bool:
+    """A CR or LF that is not part of a CRLF pair (RFC 5321 §2.3.8 forbids them)."""
+    pairs = data.count(b"\r\n")
+    return data.count(b"\r") != pairs or data.count(b"\n") != pairs
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """The spool's filesystem is full (SQLite says SQLITE_FULL, or a write got ENOSPC)."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    return isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
+
+
+_ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")
+
+
+def normalize_newlines(data: bytes) -> bytes:
+    """Every bare CR and bare LF made a CRLF, as the receiving side would read them."""
+    return _ANY_NEWLINE.sub(b"\r\n", data)
 
 
 def _peer_ip(session: Session) -> str:
@@ -104,6 +163,9 @@ class SubmissionHandler:
         self.suppressed = suppressed
         self.feedback = feedback
         self.accepting = True
+        self.auth_limiter = AuthLimiter()
+        # True while the spool's disk is below its reserve: new mail is refused with 452 4.3.1.
+        self.low_on_disk: Callable[[], bool] = lambda: False
 
     def _refuse(self, reason: str, reply: str) -> str:
         self.metrics.rejected.labels(reason).inc()
@@ -133,6 +195,8 @@ class SubmissionHandler:
     ) -> str:
         if not self.accepting:
             return self._refuse("draining", "421 4.3.2 Service shutting down, try another server")
+        if self.low_on_disk():
+            return self._refuse("disk-full", DISK_FULL)
         # aiosmtpd takes an empty mail_from for "no MAIL yet", so the null path stays "<>" here.
         envelope.mail_from = address or "<>"
         envelope.mail_options.extend(mail_options)
@@ -147,18 +211,28 @@ class SubmissionHandler:
         rcpt_options: list[str],
     ) -> str:
         policy = self.policy
+        if len(envelope.rcpt_tos) >= policy.max_recipients:
+            return self._refuse("too-many-recipients", "452 4.5.3 Too many recipients")
         if address.lower() in policy.feedback_addresses and self.feedback is not None:
             # Feedback loops report from the providers' networks: a local address, not relaying.
+            # Only configured sources count; signed reports are checked at DATA.
+            if not (policy.is_feedback_source(_peer_ip(session)) or policy.feedback_domains):
+                return self._refuse(
+                    "feedback-source",
+                    f"550 5.7.1 <{address}>: feedback reports are accepted from the"
+                    " configured feedback loops only",
+                )
             envelope.rcpt_tos.append(address)
             return "250 2.1.5 Ok (feedback)"
         if not (session.authenticated or policy.is_trusted(_peer_ip(session))):
             if policy.users is not None:
                 return self._refuse("auth-required", "530 5.7.0 Authentication required")
             return self._refuse("relay-denied", "554 5.7.1 Relay access denied")
-        if len(envelope.rcpt_tos) >= policy.max_recipients:
-            return self._refuse("too-many-recipients", "452 4.5.3 Too many recipients")
-        if "@" not in address:
-            return self._refuse("bad-recipient", "501 5.1.3 Recipient address must be user@domain")
+        if is_address_literal(domain_of(address)) and not policy.accept_address_literals:
+            return self._refuse(
+                "address-literal",
+                f"550 5.7.1 <{address}>: recipients at address literals are not accepted here",
+            )
         if self.suppressed is not None:
             why = await self.suppressed(address)
             if why is not None:
@@ -166,7 +240,8 @@ class SubmissionHandler:
                     self.metrics.suppressed.labels("rejected").inc()
                     return self._refuse(
                         "suppressed",
-                        f"550 5.7.1 <{address}>: recipient is on the suppression list ({why})",
+                        f"550 5.7.1 <{address}>: recipient is on the suppression list"
+                        f" ({reply_text(why, 64)})",
                     )
                 dropped = getattr(envelope, "dropped", [])
                 dropped.append(address)
@@ -179,10 +254,21 @@ class SubmissionHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if not self.accepting:
             return self._refuse("draining", "421 4.3.2 Service shutting down, try another server")
+        if self.low_on_disk():
+            return self._refuse("disk-full", DISK_FULL)
         data = envelope.original_content or b""
         assert isinstance(data, bytes)
-        if b"\r\n" not in data and b"\n" in data:
-            data = data.replace(b"\n", b"\r\n")
+        if has_bare_newline(data):
+            if self.policy.bare_newlines == "reject":
+                # Postfix's smtpd_forbid_bare_newline=reject answers the same way. Permanent:
+                # the client would send the same bytes again.
+                return self._refuse(
+                    "bare-newline",
+                    "550 5.5.2 Message refused: bare <CR> or <LF> in the message data"
+                    " (every line must end with <CR><LF>, RFC 5321 section 2.3.8)",
+                )
+            # Normalised before anything is added or signed: what is signed is what is sent.
+            data = normalize_newlines(data)
         user = ""
         if session.authenticated and isinstance(session.auth_data, LoginPassword):
             user = session.auth_data.login.decode(errors="replace")
@@ -191,10 +277,11 @@ class SubmissionHandler:
         rcpts = list(envelope.rcpt_tos)
         feedback = [r for r in rcpts if r.lower() in self.policy.feedback_addresses]
         if feedback and self.feedback is not None:
+            from_source = self.policy.is_feedback_source(peer_ip)
             if len(feedback) == len(rcpts):
-                return await self.feedback(data, peer_ip)
+                return await self.feedback(data, peer_ip, from_source)
             rcpts = [r for r in rcpts if r not in feedback]
-            await self.feedback(data, peer_ip)
+            await self.feedback(data, peer_ip, from_source)
         dropped = getattr(envelope, "dropped", [])
         if dropped:
             self.metrics.suppressed.labels("dropped").inc(len(dropped))
@@ -223,57 +310,243 @@ class SubmissionHandler:
                 trace + data,
                 peer_ip + (f" user={user}" if user else ""),
             )
-        except Exception:
+        except Exception as e:
+            if is_disk_full(e):
+                log.error("spool disk full: refusing mail until there is room")
+                return self._refuse(
+                    "disk-full", "452 4.3.1 Insufficient system storage, try again later"
+                )
             log.exception("could not queue a message")
             return self._refuse("spool-error", "451 4.3.0 Could not queue the message, try again")
         self.metrics.received.inc()
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
-    # aiosmtpd calls this synchronously for AUTH PLAIN/LOGIN, only after STARTTLS
-    # (auth_require_tls): a bcrypt check per new user/password pair, then a cached digest.
+    async def check_login(self, peer_ip: str, auth_data: LoginPassword) -> AuthOutcome:
+        """AUTH PLAIN/LOGIN (only after STARTTLS): "ok", "failed" (535), or "locked" (421, too
+        many failures from this client or for this user within the window)."""
+        users = self.policy.users
+        login = auth_data.login.decode(errors="replace")
+        keys = (f"ip:{peer_ip}", f"user:{login.lower()}")
+        if self.auth_limiter.locked(keys, time.monotonic()):
+            self.metrics.rejected.labels("auth-locked").inc()
+            log.warning("authentication locked out", extra={"user": login, "peer": peer_ip})
+            return "locked"
+        if users is not None and await users.verify(login, auth_data.password):
+            return "ok"
+        self.metrics.rejected.labels("auth-failed").inc()
+        log.warning("authentication failed", extra={"user": login, "peer": peer_ip})
+        self.auth_limiter.failure(keys, time.monotonic())
+        return "failed"
+
     def authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
     ) -> AuthResult:
-        users = self.policy.users
-        if users is None or not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        login = auth_data.login.decode(errors="replace")
-        if users.check(login, auth_data.password):
-            return AuthResult(success=True, auth_data=auth_data)
-        self.metrics.rejected.labels("auth-failed").inc()
-        log.warning("authentication failed", extra={"user": login, "peer": _peer_ip(session)})
+        # Never the real check (SubmissionSMTP._authenticate hands over to check_login); given
+        # to aiosmtpd only so that it offers AUTH.
         return AuthResult(success=False, handled=False)
 
 
-_SIMPLE_PATH = re.compile(r"\s*<([^<>\s\"\\()\[\],;:]*)>(.*)", re.DOTALL)
+AuthOutcome = Literal["ok", "failed", "locked"]
 
 
-class SessionCounter(SMTP):
-    """aiosmtpd's SMTP with a session gauge, and a fast path for plain addresses."""
+@dataclass(frozen=True)
+class _PendingAuth:
+    """What aiosmtpd's synchronous authenticator hook hands over to the asynchronous check."""
 
-    metrics: EngineMetrics | None = None
+    login: LoginPassword
 
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        # aiosmtpd parses every MAIL/RCPT argument with the email header parser (and defines a
-        # class per call); "<local@domain> PARAMS" needs none of that. Quoted local parts and
-        # other rare forms still go to the full parser.
-        m = _SIMPLE_PATH.match(arg)
-        if m is None:
-            return super()._getaddr(arg)  # type: ignore[no-any-return]
-        addr = m.group(1) or "<>"  # as aiosmtpd gives the null path
-        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
-            return None, None
-        return addr, m.group(2).lstrip()
+
+class SubmissionSMTP(SMTP):
+    """aiosmtpd's SMTP with what the submission listener adds: one strict address parser for
+    MAIL and RCPT, EHLO validation, session limits and the session gauge, a command timeout
+    shorter than the DATA timeout with a minimum data rate, and AUTH checked off the loop."""
+
+    def __init__(self, handler: SubmissionHandler, owner: SubmissionServer, **kw: Any) -> None:
+        super().__init__(handler, **kw)
+        self.owner = owner
+        self._parsed: ParsedPath | None = None
+        self._counted_ip: str | None = None
+        self._refused = False
+        self._in_data = False
+        self._data_start = 0.0
+        self._data_bytes = 0
+        self._deadline = 0.0
+
+    # -- sessions: limits and the gauge --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.metrics is not None:
-            self.metrics.sessions.inc()
+        if self._original_transport is not None:
+            # STARTTLS calls this again for the same session: not a new session.
+            super().connection_made(transport)
+            return
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        refusal = self.owner.sessions.open(ip)
+        if refusal is not None:
+            self._refused = True
+            self.owner.metrics.rejected.labels("too-many-sessions").inc()
+            # uvloop's transports are not asyncio.WriteTransport subclasses: cast, not check.
+            cast(asyncio.WriteTransport, transport).write(f"{refusal}\r\n".encode())
+            transport.close()
+            return
+        self._counted_ip = ip
+        self.owner.metrics.sessions.inc()
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.metrics is not None:
-            self.metrics.sessions.dec()
+        if self._refused:
+            return
+        if self._counted_ip is not None:
+            self.owner.sessions.close(self._counted_ip)
+            self._counted_ip = None
+            self.owner.metrics.sessions.dec()
         super().connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        return super().eof_received()  # type: ignore[no-any-return]
+
+    # -- timeouts ------------------------------------------------------------------------------
+
+    def _timeout_cb(self) -> None:
+        transport = cast(asyncio.WriteTransport | None, self.transport)
+        if transport is not None and not transport.is_closing():
+            why = "data rate too low" if self._in_data else "idle"
+            transport.write(
+                f"421 4.4.2 {self.hostname} Error: timeout exceeded ({why})\r\n".encode()
+            )
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_data:
+            self._data_bytes += len(data)
+            self._extend_deadline()
+        super().data_received(data)
+
+    def _extend_deadline(self) -> None:
+        cfg = self.owner.cfg
+        assert cfg is not None
+        deadline = data_deadline(
+            self._data_start,
+            self._data_bytes,
+            grace=cfg.command_timeout,
+            min_rate=float(cfg.min_data_rate),
+            max_duration=cfg.data_timeout,
+        )
+        # Re-arm only when it moved by a second or more: chunks arrive often.
+        if deadline - self._deadline >= 1.0 or self._deadline == 0.0:
+            self._deadline = deadline
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._in_data = True
+        self._data_start = self.loop.time()
+        self._data_bytes = 0
+        self._deadline = 0.0
+        self._extend_deadline()
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._in_data = False
+            if self.transport is not None:
+                self._reset_timeout()
+
+    # -- EHLO/HELO -----------------------------------------------------------------------------
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if hostname and not valid_helo(hostname):
+            await self.push("501 5.5.4 Syntax: EHLO hostname (a domain name or address literal)")
+            return
+        await super().smtp_EHLO(hostname)
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        if hostname and not valid_helo(hostname):
+            await self.push("501 5.5.4 Syntax: HELO hostname (a domain name or address literal)")
+            return
+        await super().smtp_HELO(hostname)
+
+    async def smtp_VRFY(self, arg: str) -> None:
+        # aiosmtpd's VRFY echoes its argument (undecodable bytes made it raise); a relay has
+        # nothing to verify anyway (RFC 5321 §3.5.3 allows 252; Postfix's disable_vrfy_command).
+        await self.push("502 5.5.1 VRFY command is disabled")
+
+    # -- MAIL/RCPT: one strict parser ----------------------------------------------------------
+
+    async def _parse_first(self, keyword: str, arg: str | None) -> bool:
+        """Parse the path before aiosmtpd's own checks; push the reply and return False for an
+        address that can never be valid. aiosmtpd's checks (HELO first, nested MAIL, SIZE, ...)
+        then run as usual, and its `_getaddr` returns what was parsed here."""
+        self._parsed = None
+        assert self.session is not None and self.envelope is not None
+        if arg is None or not self.session.host_name:
+            return True  # aiosmtpd answers these
+        text = self._strip_command_keyword(keyword, arg)
+        if text is None:
+            return True
+        try:
+            self._parsed = parse_path(
+                text,
+                "sender" if keyword == "FROM:" else "recipient",
+                smtputf8=bool(self.envelope.smtp_utf8) and keyword == "TO:",
+            )
+        except AddressError as e:
+            self.owner.metrics.rejected.labels("bad-address").inc()
+            await self.push(e.reply)
+            return False
+        return True
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self._parse_first("FROM:", arg):
+            await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self._parse_first("TO:", arg):
+            await super().smtp_RCPT(arg)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        parsed, self._parsed = self._parsed, None
+        if parsed is None:  # VRFY, or a path _parse_first did not see: parse it here
+            try:
+                parsed = parse_path(arg, "recipient")
+            except AddressError:
+                return None, None
+        # aiosmtpd takes an empty address for "no MAIL yet": the null path stays "<>".
+        return parsed.address or "<>", " ".join(parsed.params)
+
+    # -- AUTH, checked off the event loop ------------------------------------------------------
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        # aiosmtpd calls this synchronously; hand the credentials to _finish_auth instead.
+        if not isinstance(auth_data, LoginPassword) or self.owner.handler.policy.users is None:
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=False, handled=False, auth_data=_PendingAuth(auth_data))
+
+    async def _finish_auth(self, result: AuthResult) -> AuthResult:
+        pending = result.auth_data
+        if not isinstance(pending, _PendingAuth):
+            return result
+        assert self.session is not None
+        outcome = await self.owner.handler.check_login(_peer_ip(self.session), pending.login)
+        if outcome == "ok":
+            return AuthResult(success=True, auth_data=pending.login)
+        if outcome == "locked":
+            await self.push("421 4.7.0 Too many failed authentications, try again later")
+            if self.transport is not None:
+                self.transport.close()
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._finish_auth(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._finish_auth(await super().auth_LOGIN(_, args))
+
+
+SessionCounter = SubmissionSMTP  # the former name
 
 
 def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -291,12 +564,14 @@ class SubmissionServer:
         self.listen: str = ""
         self.tls: ssl.SSLContext | None = None
         self.cfg: SubmissionConfig | None = None
+        self.sessions = SessionLimiter(1000, 50)
 
     def _factory(self) -> SMTP:
         cfg = self.cfg
         assert cfg is not None
-        smtp = SessionCounter(
+        return SubmissionSMTP(
             self.handler,
+            self,
             hostname=self.handler.policy.hostname,
             ident="mailfleet ESMTP",
             data_size_limit=cfg.max_message_size,
@@ -306,34 +581,41 @@ class SubmissionServer:
             require_starttls=False,
             auth_require_tls=True,
             authenticator=self.handler.authenticate,
-            timeout=cfg.data_timeout,
+            timeout=cfg.command_timeout,
         )
-        smtp.metrics = self.metrics
-        return smtp
 
-    async def start(self, cfg: SubmissionConfig) -> None:
+    def prepare(self, cfg: SubmissionConfig) -> ssl.SSLContext | None:
+        """The TLS context cfg asks for; raises (ssl.SSLError, OSError) when it cannot be built.
+        Nothing changes until `start` is given the result."""
+        if cfg.tls is None:
+            return None
+        return server_tls_context(str(cfg.tls.cert_file), str(cfg.tls.key_file))
+
+    async def start(self, cfg: SubmissionConfig, tls: ssl.SSLContext | None = None) -> None:
         """Listen per cfg; on a reload with a new address, the old socket stops listening but its
-        sessions carry on to the end."""
-        self.cfg = cfg
-        self.tls = (
-            server_tls_context(str(cfg.tls.cert_file), str(cfg.tls.key_file)) if cfg.tls else None
-        )
-        if self.server is not None and cfg.listen == self.listen:
-            return
-        host, port = parse_hostport(cfg.listen)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            self._factory,
-            host=host,
-            port=port,
-            reuse_address=True,
-            reuse_port=cfg.reuse_port or None,
-            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-        )
-        old, self.server, self.listen = self.server, server, cfg.listen
-        if old is not None:
-            old.close()
-        log.info("submission listening", extra={"listen": cfg.listen})
+        sessions carry on to the end. All or nothing: when the new socket cannot be opened,
+        nothing changes (the caller prepared `tls` with `prepare` first)."""
+        if cfg.tls is not None and tls is None:
+            tls = self.prepare(cfg)
+        if self.server is None or cfg.listen != self.listen:
+            host, port = parse_hostport(cfg.listen)
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(
+                self._factory,
+                host=host,
+                port=port,
+                reuse_address=True,
+                reuse_port=cfg.reuse_port or None,
+                family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+            )
+            old, self.server, self.listen = self.server, server, cfg.listen
+            if old is not None:
+                old.close()
+            log.info("submission listening", extra={"listen": cfg.listen})
+        self.cfg, self.tls = cfg, tls
+        self.sessions.configure(cfg.max_sessions, cfg.max_sessions_per_client)
+        limits = cfg.auth_limits
+        self.handler.auth_limiter.configure(limits.max_failures, limits.window, limits.lockout)
 
     def stop_listening(self) -> None:
         if self.server is not None:

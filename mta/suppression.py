@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ __all__ = [
     "Suppression",
     "SuppressionStore",
     "SuppressionStoreError",
+    "check_reason",
     "normalize_recipient",
     "open_store",
     "redis_key",
@@ -88,6 +90,20 @@ class SuppressionStore(Protocol):
     async def count(self) -> int: ...
 
     async def close(self) -> None: ...
+
+
+MAX_REASON = 64
+_REASON = re.compile(r"[\x20-\x7e]*")
+
+
+def check_reason(reason: str) -> str:
+    """A reason is echoed in the 550 reply at RCPT: printable ASCII only (a CR or LF would end
+    that reply and inject another), at most MAX_REASON characters. ValueError names the rule."""
+    if not _REASON.fullmatch(reason) or len(reason) > MAX_REASON:
+        raise ValueError(
+            f"reason: printable ASCII only (no control characters), at most {MAX_REASON} characters"
+        )
+    return reason
 
 
 def normalize_recipient(recipient: str) -> str:
@@ -179,7 +195,7 @@ class SQLiteSuppressions:
 
     async def add(self, recipient: str, reason: str, source: str) -> Suppression:
         key = normalize_recipient(recipient)
-        entry = Suppression(key, reason, source, self._clock())
+        entry = Suppression(key, check_reason(reason), source, self._clock())
 
         def write(db: sqlite3.Connection) -> Suppression:
             db.execute(
@@ -333,6 +349,7 @@ class RedisSuppressions:
 
     async def add(self, recipient: str, reason: str, source: str) -> Suppression:
         key = normalize_recipient(recipient)
+        check_reason(reason)
         value = json.dumps(
             {"reason": reason, "source": source, "created_at": self._clock()},
             separators=(",", ":"),

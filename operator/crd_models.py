@@ -275,10 +275,12 @@ class Replicas(CRDModel):
 
 
 class Autoscaling(CRDModel):
-    """The operator's queue-driven autoscaler. Not acting yet: today the pool runs
-    replicas.desired clamped to [min, max], which HPA or KEDA can drive through /scale."""
+    """The operator's queue-driven autoscaler. With enabled, it sets the pod count within
+    [replicas.min, replicas.max] from the queue the pods report, and replicas.desired (the scale
+    subresource) is not used; without it, replicas.desired is, for kubectl scale, HPA or KEDA.
+    Either way a pod leaves only after it has handed its queue to the pods that stay."""
 
-    enabled: bool = True
+    enabled: bool = False
     target_queue_per_pod: int = Field(default=5000, ge=1, le=10_000_000)
     """Queued messages one pod should carry; the pool scales to queueDepth / this."""
     scale_down_stabilization: Duration = 600.0
@@ -543,6 +545,13 @@ class SendingPoolStatus(CRDModel):
     updated_pods: int | None = None
     """Pods whose engine runs the config with configHash."""
     pods: list[PodState] = Field(default=[], max_length=1000)
+    draining_pods: list[str] = Field(default=[], max_length=1000)
+    """Pods handing their queue to the others before a scale-down removes them."""
+    handoff_left: int | None = None
+    """Messages the draining pods still hold."""
+    scale_reason: str | None = Field(default=None, max_length=1024)
+    """Why the pod count last changed, with the numbers behind it."""
+    last_scale_time: datetime | None = None
     active_ips: int | None = Field(default=None, alias="activeIPs")
     quarantined_ips: int | None = Field(default=None, alias="quarantinedIPs")
     """Pool IPs some engine has quarantined for at least one provider (reply rules)."""
@@ -837,6 +846,9 @@ KINDS: tuple[Kind, ...] = (
             PrinterColumn("Ready", _ready("status"), description="The Ready condition"),
             PrinterColumn("Reason", _ready("reason")),
             PrinterColumn("Replicas", ".status.replicas", "integer"),
+            PrinterColumn(
+                "Desired", ".status.desiredReplicas", "integer", "Pods the pool is moving to"
+            ),
             PrinterColumn("Ready-Pods", ".status.readyReplicas", "integer"),
             PrinterColumn("Queue", ".status.queueDepth", "integer", "Messages queued"),
             PrinterColumn(
@@ -851,6 +863,9 @@ KINDS: tuple[Kind, ...] = (
             PrinterColumn("Min", ".spec.replicas.min", "integer", priority=1),
             PrinterColumn("Max", ".spec.replicas.max", "integer", priority=1),
             PrinterColumn("Message", _ready("message"), priority=1),
+            PrinterColumn("Draining", ".status.drainingPods", priority=1),
+            PrinterColumn("Handoff-Left", ".status.handoffLeft", "integer", priority=1),
+            PrinterColumn("Scale-Reason", ".status.scaleReason", priority=1),
         ),
         # The scale subresource drives spec.replicas.desired, not min/max: HPA/KEDA (or
         # `kubectl scale`) set a target, the operator clamps it to [min, max]; removing

@@ -55,3 +55,28 @@ class EngineAdmin:
                 return rsp.status == 200 and bool(body.get("reloaded")), message
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             return False, f"{type(e).__name__}: {e}"
+
+    async def drain(self, ip: str, token: str, handoff: list[str]) -> dict[str, Any] | None:
+        """Tell an engine to stop taking mail and hand its queue to `handoff` (admin URLs of
+        the pods that stay; empty: deliver it itself). Its state, or None."""
+        try:
+            async with self._client().post(
+                _url(ip, "/v1/drain", self.port),
+                json={"handoff": handoff},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as rsp:
+                body = await rsp.json(content_type=None)
+                return body if rsp.status == 200 and isinstance(body, dict) else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+
+    async def undrain(self, ip: str, token: str) -> bool:
+        """Take mail again (a scale-down called off)."""
+        try:
+            async with self._client().post(
+                _url(ip, "/v1/undrain", self.port),
+                headers={"Authorization": f"Bearer {token}"},
+            ) as rsp:
+                return rsp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False

@@ -170,10 +170,15 @@ def admin_token_index(
 
 @kopf.index("apps", "v1", "statefulsets", labels=MANAGED)
 def statefulset_index(
-    namespace: str | None, name: str, meta: kopf.Meta, status: kopf.Status, **_: Any
+    namespace: str | None,
+    name: str,
+    meta: kopf.Meta,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    **_: Any,
 ) -> dict[PoolKey, LiveStatefulSet]:
     # What the pool's status and the apply decision need, not the object.
-    return {(namespace or "", name): live_statefulset(meta, status)}
+    return {(namespace or "", name): live_statefulset(meta, status, spec)}
 
 
 @kopf.index("v1", "pods", labels=MANAGED)

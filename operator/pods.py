@@ -58,7 +58,7 @@ def needs_push(report: PodReport, desired_hash: str | None) -> bool:
     return report.status.get("configHash") != desired_hash
 
 
-def _queued(status: Mapping[str, Any] | None) -> int | None:
+def queued(status: Mapping[str, Any] | None) -> int | None:
     if status is None:
         return None
     value = (status.get("queue") or {}).get("messages")
@@ -89,12 +89,12 @@ def pods_status(reports: Sequence[PodReport], desired_hash: str | None) -> dict[
         if r.status is not None:
             if r.status.get("configHash"):
                 item["configHash"] = r.status["configHash"]
-            queued = _queued(r.status)
-            if queued is not None:
-                item["queued"] = queued
+            depth = queued(r.status)
+            if depth is not None:
+                item["queued"] = depth
             item["draining"] = bool(r.status.get("draining"))
         pods.append(item)
-    depths = [q for r in reports if (q := _queued(r.status)) is not None]
+    depths = [q for r in reports if (q := queued(r.status)) is not None]
     out: dict[str, Any] = {
         "pods": pods,
         "updatedPods": sum(
@@ -110,3 +110,60 @@ def pods_status(reports: Sequence[PodReport], desired_hash: str | None) -> dict[
         # Unknown until some engine answers: an absent queueDepth, not a made-up zero.
         out["queueDepth"] = sum(depths)
     return out
+
+
+def ordinal(pod: str) -> int | None:
+    """A StatefulSet pod's ordinal, from its name (`<pool>-<n>`)."""
+    _, _, tail = pod.rpartition("-")
+    return int(tail) if tail.isdigit() else None
+
+
+def admin_url(ip: str, port: int) -> str:
+    return f"http://[{ip}]:{port}" if ":" in ip else f"http://{ip}:{port}"
+
+
+@dataclass(frozen=True)
+class DrainPlan:
+    leaving: list[str]  # pods a scale-down removes (the highest ordinals)
+    drain: list[PodReport]  # leaving pods to tell to drain
+    undrain: list[PodReport]  # pods that stay but still drain: the scale-down was called off
+    handoff: list[str]  # admin URLs of the ready pods that stay, to take the queue
+    drained: bool  # every leaving pod drains and holds nothing: the StatefulSet may shrink
+    left: int | None  # messages the leaving pods still hold (None: none answered)
+
+
+def drain_plan(
+    reports: Sequence[PodReport], target: int, live: int | None, admin_port: int
+) -> DrainPlan:
+    """What to do about a scale-down from `live` pods to `target`: the pods at ordinals target
+    and up hand their queue to the ready pods below target; once every one of them answers
+    that it is draining and empty, they may go. A pod with no address never ran, so holds
+    nothing; one that does not answer holds back the scale-down (its spool may hold mail)."""
+    shrinking = live is not None and live > target
+    by_ordinal = [(ordinal(r.pod.name), r) for r in reports]
+    leaving = sorted(
+        (r for n, r in by_ordinal if shrinking and n is not None and n >= target),
+        key=lambda r: r.pod.name,
+    )
+    staying = [r for n, r in by_ordinal if n is not None and n < target]
+    handoff = [
+        admin_url(r.pod.ip, admin_port)
+        for r in staying
+        if r.pod.ready and r.pod.ip and r.status is not None and not r.status.get("draining")
+    ]
+    drain = [r for r in leaving if r.status is not None and not r.status.get("draining")]
+    undrain = [r for r in staying if r.status is not None and r.status.get("draining")]
+    answered = [r for r in leaving if r.status is not None]
+    drained = shrinking and all(
+        r.status is not None and bool(r.status.get("draining")) and queued(r.status) == 0
+        for r in leaving
+    )
+    left = sum(queued(r.status) or 0 for r in answered) if answered else None
+    return DrainPlan(
+        leaving=[r.pod.name for r in leaving],
+        drain=drain,
+        undrain=undrain,
+        handoff=handoff,
+        drained=drained,
+        left=left,
+    )

@@ -30,8 +30,17 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from mailfleet.operator import drift, kube, naming, pods, policy_merge, render, statuses
-from mailfleet.operator.conditions import now_utc
+from mailfleet.operator import (
+    autoscale,
+    drift,
+    kube,
+    naming,
+    pods,
+    policy_merge,
+    render,
+    statuses,
+)
+from mailfleet.operator.conditions import now_utc, timestamp
 from mailfleet.operator.crd_models import (
     GROUP,
     DeliveryPolicy,
@@ -73,6 +82,8 @@ class KubeApi(Protocol):
 class EngineApi(Protocol):
     async def status(self, ip: str) -> dict[str, Any] | None: ...
     async def reload(self, ip: str, token: str, config_text: str) -> tuple[bool, str]: ...
+    async def drain(self, ip: str, token: str, handoff: list[str]) -> dict[str, Any] | None: ...
+    async def undrain(self, ip: str, token: str) -> bool: ...
 
 
 # (body of the object the event is about, type, reason, message)
@@ -84,16 +95,21 @@ class LiveStatefulSet:
     child: drift.LiveChild
     replicas: int
     ready: int
+    spec_replicas: int | None = None  # what it was last asked to run
 
     def status(self) -> dict[str, int]:
         return {"replicas": self.replicas, "readyReplicas": self.ready}
 
 
-def live_statefulset(meta: Mapping[str, Any], status: Mapping[str, Any]) -> LiveStatefulSet:
+def live_statefulset(
+    meta: Mapping[str, Any], status: Mapping[str, Any], spec: Mapping[str, Any] | None = None
+) -> LiveStatefulSet:
+    wanted = (spec or {}).get("replicas")
     return LiveStatefulSet(
         child=drift.live_child("StatefulSet", meta),
         replicas=int(status.get("replicas") or 0),
         ready=int(status.get("readyReplicas") or 0),
+        spec_replicas=int(wanted) if wanted is not None else None,
     )
 
 
@@ -213,6 +229,12 @@ class Operator:
         self.parsed: dict[str, tuple[str, KubeObject | None]] = {}
         # Pools whose pods are being asked right now: a second poll would only repeat it.
         self.polling: set[PoolKey] = set()
+        # The built-in autoscaler: its count per pool and the recommendations behind it.
+        self.autoscaled: dict[PoolKey, int] = {}
+        self.scale_history: dict[PoolKey, tuple[autoscale.Recommendation, ...]] = {}
+        self.scale_note: dict[PoolKey, tuple[str, datetime]] = {}
+        # Pods from this ordinal up have handed off their queue: the StatefulSet may shrink.
+        self.drained_to: dict[PoolKey, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -359,6 +381,10 @@ class Operator:
         self.sts_seen.pop(key, None)
         self.configs.pop(key, None)
         self.pod_status.pop(key, None)
+        self.autoscaled.pop(key, None)
+        self.scale_history.pop(key, None)
+        self.scale_note.pop(key, None)
+        self.drained_to.pop(key, None)
         self.selected.pop(key, None)
         self.locks.pop(key, None)
         self.failures.pop(key, None)
@@ -437,6 +463,9 @@ class Operator:
                 statefulset_status=sts.status() if sts is not None else None,
                 image=self.image,
                 now=now,
+                autoscaled=self.autoscaled.get(key),
+                live_replicas=sts.spec_replicas if sts is not None else None,
+                drained_to=self.drained_to.get(key),
             )
         )
         self.sts_seen[key] = (sts.replicas, sts.ready) if sts is not None else (0, 0)
@@ -527,6 +556,9 @@ class Operator:
         if updated:
             self.post_event(body, "Normal", "Updated", "Updated " + ", ".join(updated))
         new_status = rendered.status
+        note = self.scale_note.get(key)
+        if note is not None:
+            new_status = {**new_status, "scaleReason": note[0], "lastScaleTime": timestamp(note[1])}
         if rendered.config_hash is not None and key in self.pod_status:
             # The pods' own report, recounted against the config rendered now.
             new_status = {**new_status, **self.pod_status[key]}
@@ -608,8 +640,15 @@ class Operator:
                     )
         fields = pods.pods_status(reports, desired[0] if desired else None)
         bodies = _bodies(idx.pools, key)
-        if not bodies:
+        pool = self.parse(bodies[0]) if bodies else None
+        if not isinstance(pool, SendingPool):
             return
+        rerender = self._autoscale(key, pool, bodies[0], reports, idx)
+        fields.update(await self._drain(key, pool, bodies[0], reports, idx, tokens, engines))
+        if plan_ready := (
+            key in self.drained_to and self._live_replicas(idx, key) != self.drained_to[key]
+        ):
+            rerender = rerender or plan_ready
         old_status, _ = self._old_status(key, bodies[0])
         self.pod_status[key] = fields
         if drift.status_changed(old_status, fields):
@@ -630,6 +669,110 @@ class Operator:
                 result = await self.api.patch_status(kube.IPWARMUPS, namespace, meta["name"], sent)
                 if result is not None:
                     self._note_own_write("IPWarmup", result)
+        if rerender:
+            self.spawn(self.reconcile_pool(idx, namespace, name))
+
+    def _live_replicas(self, idx: Indexes, key: PoolKey) -> int | None:
+        sts = list(idx.statefulsets.get(key, []))
+        return sts[0].spec_replicas if sts else None
+
+    def _autoscale(
+        self,
+        key: PoolKey,
+        pool: SendingPool,
+        body: Mapping[str, Any],
+        reports: list[pods.PodReport],
+        idx: Indexes,
+    ) -> bool:
+        """The built-in autoscaler's look at the queue; True when the pod count changes."""
+        spec = pool.spec
+        if not spec.autoscaling.enabled:
+            self.autoscaled.pop(key, None)
+            self.scale_history.pop(key, None)
+            return False
+        current = self.autoscaled.get(key)
+        if current is None:
+            current = self._live_replicas(idx, key) or render.target_replicas(pool, None)
+        depths = [
+            q for r in reports if r.status is not None and (q := pods.queued(r.status)) is not None
+        ]
+        now = self.clock()
+        decision = autoscale.decide(
+            current,
+            sum(depths) if depths else None,
+            spec.autoscaling.target_queue_per_pod,
+            spec.replicas.min,
+            spec.replicas.max,
+            self.scale_history.get(key, ()),
+            now,
+            spec.autoscaling.scale_down_stabilization,
+        )
+        self.scale_history[key] = decision.history
+        self.autoscaled[key] = decision.replicas
+        if not decision.changed:
+            return False
+        self.scale_note[key] = (decision.reason, now)
+        verb = "ScaledUp" if decision.replicas > current else "ScaledDown"
+        self.post_event(body, "Normal", verb, decision.reason)
+        return True
+
+    async def _drain(
+        self,
+        key: PoolKey,
+        pool: SendingPool,
+        body: Mapping[str, Any],
+        reports: list[pods.PodReport],
+        idx: Indexes,
+        tokens: list[str],
+        engines: EngineApi,
+    ) -> dict[str, Any]:
+        """Scale-down without losing mail: the leaving pods hand their queue to the pods that
+        stay before the StatefulSet shrinks; a scale-down called off undrains them. Everything
+        it needs is in the pods' own answers and the StatefulSet, so an operator restarted in
+        the middle of a drain carries on where it was."""
+        target = render.target_replicas(pool, self.autoscaled.get(key))
+        live = self._live_replicas(idx, key)
+        plan = pods.drain_plan(reports, target, live, naming.ADMIN_PORT)
+        token = tokens[0] if tokens else None
+        if token is not None:
+            for r in plan.drain:
+                queued = pods.queued(r.status) if r.status is not None else None
+                state = await engines.drain(r.pod.ip or "", token, plan.handoff)
+                if state is not None:
+                    to = ", ".join(u.split("//")[1] for u in plan.handoff) or "nobody: it delivers"
+                    self.post_event(
+                        body,
+                        "Normal",
+                        "Draining",
+                        f"pod {r.pod.name} drains before the scale-down to {target}: "
+                        f"{queued if queued is not None else '?'} messages handed to {to}",
+                    )
+            for r in plan.undrain:
+                if await engines.undrain(r.pod.ip or "", token):
+                    self.post_event(
+                        body,
+                        "Normal",
+                        "DrainCancelled",
+                        f"pod {r.pod.name} takes mail again: the pool scales to {target}",
+                    )
+        if plan.drained:
+            if self.drained_to.get(key) != target:
+                self.drained_to[key] = target
+                self.post_event(
+                    body,
+                    "Normal",
+                    "Drained",
+                    f"{', '.join(plan.leaving)} handed off every message: "
+                    f"scaling the StatefulSet from {live} to {target}",
+                )
+        elif live is None or live <= target:
+            self.drained_to.pop(key, None)
+        out: dict[str, Any] = {"drainingPods": plan.leaving}
+        if plan.left is not None and plan.leaving:
+            out["handoffLeft"] = plan.left
+        elif not plan.leaving:
+            out["handoffLeft"] = 0
+        return out
 
     # -- policy and warmup status --------------------------------------------------------------
 

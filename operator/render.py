@@ -55,6 +55,12 @@ class PoolInputs:
     statefulset_status: Mapping[str, Any] | None  # the live StatefulSet's status
     image: str
     now: datetime
+    # The built-in autoscaler's count (None: it is off or has not decided).
+    autoscaled: int | None = None
+    # The StatefulSet's own spec.replicas as it runs now (None: no StatefulSet yet).
+    live_replicas: int | None = None
+    # Pods from this ordinal up have handed off their queue and may go (None: none have).
+    drained_to: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,12 +91,33 @@ def missing_secrets(spec: SendingPoolSpec, secrets: frozenset[str]) -> dict[str,
     return out
 
 
+def target_replicas(pool: SendingPool, autoscaled: int | None) -> int:
+    """The pod count the pool moves to: the autoscaler's when it is on and has decided, else
+    replicas.desired; within [min, max] either way."""
+    spec = pool.spec
+    if spec.autoscaling.enabled and autoscaled is not None:
+        return max(spec.replicas.min, min(spec.replicas.max, autoscaled))
+    return desired_replicas(spec.replicas)
+
+
+def run_replicas(target: int, live: int | None, drained_to: int | None) -> int:
+    """The StatefulSet's replicas: up at once; down only once the pods that leave (the highest
+    ordinals) have handed off their queue, i.e. drained_to <= target."""
+    if live is None or target >= live:
+        return target
+    if drained_to is not None and drained_to <= target:
+        return target
+    return live
+
+
 def render_pool(inp: PoolInputs) -> RenderedPool:
     pool = inp.pool
     name = pool_name(pool)
     generation = pool.metadata.get("generation")
     old_status = pool.status.model_dump(mode="json", by_alias=True) if pool.status else {}
-    replicas = desired_replicas(pool.spec.replicas)
+    target = target_replicas(pool, inp.autoscaled)
+    # The pods that exist until a scale-down is drained: owners, readiness and the StatefulSet.
+    replicas = run_replicas(target, inp.live_replicas, inp.drained_to)
     selected = select_policies(pool, inp.policies)
     merged = merge_policies(selected)
     plans = plan_ips(pool, inp.warmups, replicas, inp.now)
@@ -214,7 +241,7 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
         ),
         "replicas": pods,
         "readyReplicas": ready_pods,
-        "desiredReplicas": replicas,
+        "desiredReplicas": target,
         "selector": selector_string(name),
         "activeIPs": sum(1 for p in plans if p.state in ("active", "warming")),
         "ips": ips,

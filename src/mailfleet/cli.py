@@ -10,10 +10,12 @@ from pathlib import Path
 
 def _mta(args: argparse.Namespace) -> int:
     if args.check:
-        from mailfleet.mta.config import ConfigError, load_config
+        from mailfleet.mta.config import ConfigError
+        from mailfleet.mta.engine import check_config
 
         try:
-            load_config(args.config, args.listen_address)
+            # The config and every file it names (users, DKIM keys, TLS): what a reload checks.
+            check_config(Path(args.config), args.listen_address)
         except ConfigError as e:
             print(e, file=sys.stderr)
             return 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ import yaml
 from fixtures.dkimverify import DkimVerifier
 from fixtures.dnsserver import DnsServer
 from fixtures.keys import ED_KEY, RSA_KEY
+from fixtures.procs import wait_until
 
 from mailfleet.mta.dkimkeys import dns_txt_record
 
@@ -78,51 +80,83 @@ def mentions(pid: int, text: str) -> bool:
     return text in describe(pid) or cwd.startswith(text)
 
 
+class DemoRun:
+    """`python -m bench.demo ARGS` in the background, with every process it starts remembered
+    (the pods' engines are the node agent's children) while it runs."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.state = tmp_path / "demo"
+        self.out_path = tmp_path / "demo.out"
+        self.seen: set[tuple[int, str]] = set()
+        with self.out_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.demo", "--state-dir", str(self.state), *args],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self._done = threading.Event()
+        self._tracker = threading.Thread(target=self._track, daemon=True)
+        self._tracker.start()
+
+    def _track(self) -> None:
+        while not self._done.wait(0.5):
+            self.seen.update(descendants(self.proc.pid))
+
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._done.set()
+            self._tracker.join()
+            if self.proc.poll() is None:  # as Ctrl-C would: the demo stops what it started
+                self.proc.terminate()
+                self.proc.wait(timeout=120)
+
+    def assert_nothing_left(self) -> None:
+        assert self.seen, "no child process of the demo was ever seen"
+        left = {pid: describe(pid) for pid, start in self.seen if alive((pid, start))}
+        assert not left, left
+        state = str(self.state)
+        strays = {
+            int(p): describe(int(p))
+            for p in os.listdir("/proc")
+            if p.isdigit() and mentions(int(p), state) and (ident := identity(int(p)))
+            and alive(ident)
+        }  # fmt: skip
+        assert not strays, strays
+
+
+def last_frame(text: str) -> str:
+    return text.rsplit("=" * 100, 1)[-1]
+
+
+def pod_rows(frame: str) -> list[list[str]]:
+    rows = frame.split("\nPODS\n", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    return [r.split() for r in rows]
+
+
 def test_make_demo_runs_a_fleet_that_delivers_signed_mail(
     tmp_path: Path, dns_server: DnsServer, dkim_verifier: DkimVerifier
 ) -> None:
-    state = tmp_path / "demo"
-    out_path = tmp_path / "demo.out"
-    seen: set[tuple[int, str]] = set()
-    with out_path.open("wb") as out:
-        demo = subprocess.Popen(
-            [sys.executable, "-m", "bench.demo", "--for", str(DEMO_SECONDS), "--state-dir",
-             str(state), "--print-every", "15"],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        # Remember every process the demo starts (the pods' engines are the node agent's
-        # children) while it runs, to check afterwards that none is left.
-        done = threading.Event()
-
-        def track() -> None:
-            while not done.wait(0.5):
-                seen.update(descendants(demo.pid))
-
-        tracker = threading.Thread(target=track, daemon=True)
-        tracker.start()
-        try:
-            code = demo.wait(timeout=DEMO_SECONDS + 600)
-        finally:
-            done.set()
-            tracker.join()
-            if demo.poll() is None:  # as Ctrl-C would: the demo stops what it started
-                demo.terminate()
-                demo.wait(timeout=120)
-    text = out_path.read_text(errors="replace")
+    demo = DemoRun(tmp_path, "--for", str(DEMO_SECONDS), "--print-every", "15")
+    code = demo.wait(timeout=DEMO_SECONDS + 600)
+    text = demo.output()
     assert code == 0, text[-8000:]
 
     # What the user reads at the end: a fleet that ran and delivered.
     assert "demo OK: delivered" in text, text[-4000:]
-    final = text.rsplit("=" * 100, 1)[-1]
-    pods = final.split("\nPODS\n", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    final = last_frame(text)
+    pods = pod_rows(final)
     assert len(pods) >= 2, final
-    assert all(row.split()[1:2] == ["Running"] and row.split()[3] == "yes" for row in pods), final
+    assert all(row[1] == "Running" and row[3] == "yes" for row in pods), final
     assert "stopped: traffic, operator" in text
 
     # The report agrees, and the mail came from the pool's sending IPs.
-    report = json.loads((state / "report.json").read_text())
+    report = json.loads((demo.state / "report.json").read_text())
     assert report["ok"] is True
     assert {p["phase"] for p in report["pods"]} == {"Running"}
     pool = yaml.safe_load((REPO / "examples/local/sendingpool.yaml").read_text())
@@ -136,7 +170,7 @@ def test_make_demo_runs_a_fleet_that_delivers_signed_mail(
     # verifies both signatures against the example keys' records.
     for key in (RSA_KEY, ED_KEY):
         dns_server.add_txt(f"{key.selector}._domainkey.{key.domain}", dns_txt_record(key))
-    kept = sorted((state / "delivered").glob("*.eml"))
+    kept = sorted((demo.state / "delivered").glob("*.eml"))
     assert kept, "the demo kept no delivered message"
     for path in kept[:3]:
         sigs = dkim_verifier(path.read_bytes())
@@ -145,15 +179,26 @@ def test_make_demo_runs_a_fleet_that_delivers_signed_mail(
         assert {s["selector"] for s in sigs} == {RSA_KEY.selector, ED_KEY.selector}
 
     # Nothing the demo started is left running.
-    assert seen, "no child process of the demo was ever seen"
-    left = {pid: describe(pid) for pid, start in seen if alive((pid, start))}
-    assert not left, left
-    strays = {
-        int(p): describe(int(p))
-        for p in os.listdir("/proc")
-        if p.isdigit()
-        and mentions(int(p), str(state))
-        and (ident := identity(int(p)))
-        and alive(ident)
-    }
-    assert not strays, strays
+    demo.assert_nothing_left()
+
+
+def test_sigterm_stops_a_running_demo_and_everything_it_started(tmp_path: Path) -> None:
+    """Without --for the demo runs until Ctrl-C or SIGTERM; then it stops what it started."""
+    demo = DemoRun(tmp_path, "--print-every", "2")
+
+    def delivering() -> bool:
+        if demo.proc.poll() is not None:
+            raise AssertionError(f"the demo exited early:\n{demo.output()[-4000:]}")
+        frame = last_frame(demo.output())
+        return "demo ·" in frame and " · delivered 0" not in frame
+
+    try:
+        wait_until(delivering, timeout=600, interval=1.0, what="the demo showing deliveries")
+    finally:
+        demo.proc.send_signal(signal.SIGTERM)
+        code = demo.wait(timeout=180)
+    text = demo.output()
+    assert code == 0, text[-4000:]
+    assert "\ndelivered " in text  # the verdict, said once more at the end
+    assert "stopped: traffic, operator" in text
+    demo.assert_nothing_left()

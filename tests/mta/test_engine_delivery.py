@@ -207,3 +207,38 @@ def test_reply_classes_extend_from_config(
         lambda: eng.metric("mailfleet_delivery_attempts_total", reply_class="content") == 1,
         what="the configured class on the attempt",
     )
+
+
+def test_provider_retry_block_overrides_the_global_retry(
+    mta_engine: Callable[..., EngineProc], mx: RecordingMX, sender_mx: RecordingMX
+) -> None:
+    """A DeliveryPolicy provider's `retry` (here a 3 s maxAge) is what its recipients get; the
+    other recipients keep the engine-wide retry (1 h maxAge)."""
+    mx.on_rcpt = lambda call: "451 4.7.1 greylisted, come back later"
+    cfg = _config(mx, sender_mx)
+    cfg["shaping"] = {
+        "providers": [
+            {
+                "name": "impatient",
+                "match": {"recipientDomains": ["short.example"]},
+                "retry": {"initial": "300ms", "max": "500ms", "maxAge": "3s", "jitter": 0},
+            }
+        ]
+    }
+    eng = mta_engine(cfg)
+    eng.send("app@example.test", ["quick@short.example", "patient@example.org"], message("two"))
+    dsn_raw = sender_mx.wait_for(1, timeout=30)[0]
+    assert dsn_raw.rcpt_tos == ["app@example.test"]
+    report = _dsns(sender_mx)[0].as_string()
+    assert "Final-Recipient: rfc822; quick@short.example" in report
+    assert "patient@example.org" not in report
+    # The global maxAge is an hour: the other recipient is still queued, not bounced (the
+    # DSN itself leaves the queue once delivered to the sender's MX).
+    eng.wait_until(lambda: eng.status()["queue"]["messages"] == 1, what="only the message left")
+    assert (
+        eng.metric("mailfleet_delivery_attempts_total", provider="impatient", result="bounced") == 1
+    )
+    assert (
+        eng.metric("mailfleet_delivery_attempts_total", provider="default", result="bounced") == 0
+    )
+    assert eng.metric("mailfleet_dsn_generated_total") == 1

@@ -38,7 +38,11 @@ def _config(mx: RecordingMX, **extra: Any) -> dict[str, Any]:
         "routing": {"routes": {"*": f"{mx.host}:{mx.port}"}},
         "retry": {"initial": "1h"},
         "delivery": {"sourceIPs": [{"address": "127.0.0.2"}]},
-        "suppression": {"feedbackAddresses": ["fbl@mta.test"]},
+        # The feedback loop's network (127.0.0.9 plays the provider; samples come from .1).
+        "suppression": {
+            "feedbackAddresses": ["fbl@mta.test"],
+            "feedbackSources": ["127.0.0.9/32", "127.0.0.1/32"],
+        },
         **extra,
     }
 
@@ -79,7 +83,7 @@ def test_hard_bounce_suppresses_and_the_next_message_is_refused(
     assert _refused(eng, "full@example.org")[0] == 250
 
 
-def test_arf_report_from_a_stranger_suppresses_and_counts_a_complaint(
+def test_arf_report_from_the_feedback_network_suppresses_and_counts_a_complaint(
     mta_engine: Callable[..., EngineProc], mx: RecordingMX
 ) -> None:
     eng = mta_engine(_config(mx))
@@ -162,12 +166,7 @@ def test_drop_mode_accepts_and_never_delivers(
 ) -> None:
     eng = mta_engine(_config(mx, suppression={"onSuppressed": "drop"}))
     eng.post("/v1/suppressions")  # wrong body: refused, nothing added
-    req = urllib.request.Request(
-        eng.url("/v1/suppressions"),
-        method="POST",
-        data=json.dumps({"recipient": "quiet@example.org"}).encode(),
-    )
-    urllib.request.urlopen(req, timeout=5).close()
+    assert eng.post("/v1/suppressions", {"recipient": "quiet@example.org"})["recipient"]
     eng.send("app@example.test", ["quiet@example.org", "loud@example.org"], message("drop"))
     got = mx.wait_for(1)
     eng.wait_queue_empty()
@@ -231,11 +230,6 @@ def test_suppression_refusal_reaches_a_real_client(
     mta_engine: Callable[..., EngineProc], mx: RecordingMX
 ) -> None:
     eng = mta_engine(_config(mx))
-    req = urllib.request.Request(
-        eng.url("/v1/suppressions"),
-        method="POST",
-        data=json.dumps({"recipient": "blocked@example.org", "reason": "manual"}).encode(),
-    )
-    urllib.request.urlopen(req, timeout=5).close()
+    assert eng.post("/v1/suppressions", {"recipient": "blocked@example.org", "reason": "manual"})
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         eng.send("app@example.test", ["blocked@example.org"], message("x"))

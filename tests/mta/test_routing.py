@@ -160,6 +160,14 @@ async def test_address_literal_domains_go_straight_to_the_address(router: Router
     assert (await router.resolve("[IPv6:::1]"))[0].address == "::1"
 
 
+async def test_static_routes_come_before_address_literals(dnsmasq: DnsServer) -> None:
+    # With a catch-all smarthost, a literal recipient must not open a direct connection.
+    cfg = routing_config(dnsmasq).model_copy(update={"routes": {"*": "127.0.0.9:2601"}})
+    assert await Router(cfg, mx_port=MX_PORT).resolve("[127.0.0.8]") == [
+        Destination("127.0.0.9", "127.0.0.9", 2601, 0)
+    ]
+
+
 async def test_answers_are_cached_for_their_ttl(tmp_path: Path) -> None:
     server = make_server(tmp_path, "ttl60", ttl=60)
     server.add_a("cached.test", "127.0.0.10")

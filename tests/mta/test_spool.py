@@ -73,3 +73,73 @@ async def test_closed_spool_refuses(tmp_path: Path) -> None:
     s = Spool(tmp_path)
     with pytest.raises(Exception, match="not running"):
         await s.accept("a@t", ["r@t"], b"x")
+
+
+OLD_SCHEMA = """
+CREATE TABLE messages (id TEXT PRIMARY KEY, mail_from TEXT NOT NULL, received_at REAL NOT NULL,
+    client TEXT NOT NULL DEFAULT '', data BLOB NOT NULL);
+CREATE TABLE recipients (message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    recipient TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0, last_reply TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (message_id, recipient));
+"""
+
+
+async def test_a_spool_from_before_lazy_bodies_is_upgraded(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "spool.db")
+    db.executescript(OLD_SCHEMA)
+    db.execute("INSERT INTO messages VALUES ('m1', 'a@t', 1.0, '', x'6869')")
+    db.execute("INSERT INTO recipients (message_id, recipient) VALUES ('m1', 'U@Example.ORG.')")
+    db.commit()
+    db.close()
+    s = Spool(tmp_path)
+    await s.start()
+    reader = s.reader()
+    (row,) = await reader.due(10.0, None, 10)
+    assert (row.message_id, row.domain, row.size) == ("m1", "example.org", 2)
+    assert await reader.message("m1") == ("a@t", b"hi")
+    counts = await reader.counts()
+    assert (counts.messages, counts.recipients_by_domain) == (1, {"example.org": 1})
+    await reader.close()
+    await s.close()
+
+
+async def test_due_pages_oldest_first_from_a_cursor(tmp_path: Path) -> None:
+    s = Spool(tmp_path)
+    await s.start()
+    ids = [(await s.accept("a@t", [f"r{i}@d{i % 2}.test"], b"x\r\n")).id for i in range(5)]
+    # The first one waits for a retry in an hour: not due, and after the others.
+    await s.update(ids[0], [RecipientUpdate("r0@d0.test", False, 1, 4e9, "451")])
+    reader = s.reader()
+    now = 3e9
+    first = await reader.due(now, None, 2)
+    assert [r.message_id for r in first] == ids[1:3]
+    rest = await reader.due(now, (first[-1].next_attempt, first[-1].message_id), 10)
+    assert [r.message_id for r in rest] == ids[3:]
+    assert [r.message_id for r in await reader.due(now, None, 10, domain="d0.test")] == [
+        ids[2],
+        ids[4],
+    ]
+    assert await reader.next_due(now) == 4e9
+    assert await s.retry_now("d0.test", now) == 1
+    # Due now, behind those that were due before it.
+    assert [r.message_id for r in await reader.due(now, None, 10)] == [*ids[1:], ids[0]]
+    await reader.close()
+    await s.close()
+
+
+async def test_housekeeping_gives_deleted_messages_space_back(tmp_path: Path) -> None:
+    s = Spool(tmp_path)
+    await s.start()
+    big = b"x" * 50_000
+    msgs = [await s.accept("a@t", ["r@t"], big) for _ in range(100)]
+    await s.maintain()
+    full = (tmp_path / "spool.db").stat().st_size
+    assert full > 100 * 50_000
+    for m in msgs:
+        await s.update(m.id, [RecipientUpdate("r@t", done=True)], last=True)
+    await s.maintain()
+    usage = await s.reader().disk()
+    assert usage.db_bytes < full // 10
+    assert usage.wal_bytes == 0  # checkpointed and truncated
+    await s.close()

@@ -122,8 +122,9 @@ def test_examples_apply_as_is_and_get_server_defaults(examples: Any) -> None:
     pool = get(examples, "sendingpool", "transactional")
     spec = pool["spec"]
     # Defaults come from the schema, not from the operator.
-    assert spec["autoscaling"]["enabled"] is True
+    assert spec["autoscaling"]["enabled"] is True  # as the example says
     assert spec["egress"] == {"mode": "bind"}
+    assert spec["routing"] == {"routes": {}, "mxPort": 25, "dns": {"nameservers": [], "port": 53}}
     assert spec["ips"][0]["standby"] is False
     assert spec["submission"]["maxRecipients"] == 100
     assert spec["health"]["quarantine"]["minAttempts"] == 200
@@ -191,8 +192,13 @@ STATUS = {
         }
     ],
     "replicas": 2,
+    "desiredReplicas": 3,
     "readyReplicas": 1,
     "selector": "app.kubernetes.io/instance=transactional",
+    "drainingPods": [],
+    "handoffLeft": 0,
+    "scaleReason": "queue 12000 messages is 6000 per pod over 2 pods, above the target of 5000",
+    "lastScaleTime": "2026-01-02T03:04:05Z",
     "queueDepth": 1234,
     "configHash": "0123456789abcdef",
     "updatedPods": 1,
@@ -227,11 +233,11 @@ def test_status_subresource_and_printer_columns(examples: Any) -> None:
     table = ok(examples, "get", "-n", NS, "mfpool", "transactional").splitlines()
     header, row = table[0].split(), table[1].split()
     assert header == [
-        "NAME", "READY", "REASON", "REPLICAS", "READY-PODS", "QUEUE", "CONFIG-CURRENT",
+        "NAME", "READY", "REASON", "REPLICAS", "DESIRED", "READY-PODS", "QUEUE", "CONFIG-CURRENT",
         "ACTIVE-IPS", "QUARANTINED", "AGE",
     ]  # fmt: skip
-    assert row[:9] == [
-        "transactional", "False", "DKIMSecretMissing", "2", "1", "1234", "1", "2", "0"
+    assert row[:10] == [
+        "transactional", "False", "DKIMSecretMissing", "2", "3", "1", "1234", "1", "2", "0"
     ]  # fmt: skip
     wide = ok(examples, "get", "-n", NS, "mfpool", "transactional", "-o", "wide")
     assert "Secret dkim-example-com not found" in wide

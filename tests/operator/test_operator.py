@@ -93,6 +93,19 @@ def start_with_examples(kube: Any, ns: str, run_operator: RunOperator) -> Operat
     return op
 
 
+def running_and_reported(kube: Any, ns: str) -> None:
+    """Until the node agent runs both pods and their engines reported to the operator."""
+    wait_for(
+        "both pods ready and reporting",
+        lambda: (
+            (s := kget(kube, ns, "sendingpool", "transactional")["status"]).get("readyReplicas")
+            == 2
+            and s.get("updatedPods") == 2
+        ),
+        120,
+    )
+
+
 def quiesce(op: OperatorProcess, seconds: float = 2.0, timeout: float = 30.0) -> None:
     """Until the operator has written nothing for `seconds`."""
     deadline = time.monotonic() + timeout
@@ -186,23 +199,37 @@ def test_examples_become_children_status_and_events(
         ("203.0.113.12", "gmail", 25),
     }
 
+    # The node agent runs the pods: the pool turns Ready once both engines are.
+    wait_for(
+        "the pool Ready with both pods",
+        lambda: (
+            (c := condition(kget(kube, ns, "sendingpool", "transactional"), "Ready"))
+            and c["reason"] == "PodsReady"
+        ),
+        120,
+    )
     status = kget(kube, ns, "sendingpool", "transactional")["status"]
     SendingPoolStatus.model_validate(status)
     assert status["observedGeneration"] == 1
-    assert (status["replicas"], status["readyReplicas"], status["activeIPs"]) == (2, 0, 2)
+    assert (status["replicas"], status["readyReplicas"], status["activeIPs"]) == (2, 2, 2)
     assert (
         status["selector"]
         == "app.kubernetes.io/instance=transactional,app.kubernetes.io/name=mailfleet-mta"
     )
     ready = condition(kget(kube, ns, "sendingpool", "transactional"), "Ready")
-    assert ready is not None and (ready["status"], ready["reason"]) == ("False", "PodsNotReady")
-    assert ready["message"].startswith("0/2 pods ready")
+    assert ready is not None and (ready["status"], ready["reason"]) == ("True", "PodsReady")
+    assert ready["message"].startswith("2/2 pods ready")
     assert [ip["state"] for ip in status["ips"]] == ["active", "standby", "warming"]
-    # What `kubectl get` shows.
+    # What `kubectl get` shows, once the engines have reported their queue and config.
+    wait_for(
+        "both pods on the rendered config",
+        lambda: kget(kube, ns, "sendingpool", "transactional")["status"].get("updatedPods") == 2,
+        30,
+    )
     table = kube.kubectl("get", "-n", ns, "mfpool").stdout.splitlines()
-    # Queue, Config-Current and Quarantined stay empty until some pod's engine reports.
-    row = [v for v in table[1].split() if v != "<none>"]
-    assert row[:6] == ["transactional", "False", "PodsNotReady", "2", "0", "2"]
+    row = table[1].split()
+    # NAME READY REASON REPLICAS DESIRED READY-PODS QUEUE CONFIG-CURRENT ACTIVE-IPS QUARANTINED
+    assert row[:10] == ["transactional", "True", "PodsReady", "2", "2", "2", "0", "2", "2", "0"]
     policy_row = kube.kubectl("get", "-n", ns, "mfpolicy").stdout.splitlines()[1].split()
     assert policy_row[:3] == ["big-providers", "3", "1"]
     warm_row = kube.kubectl("get", "-n", ns, "mfwarmup").stdout.splitlines()[1].split()
@@ -227,7 +254,8 @@ def test_steady_state_and_restart_write_nothing(
 ) -> None:
     kube, ns = mailfleet_crds, kube_namespace
     op = start_with_examples(kube, ns, run_operator)
-    quiesce(op)
+    running_and_reported(kube, ns)
+    quiesce(op, seconds=6.0, timeout=60.0)  # a poll (5 s) that found nothing new
     before, writes = versions(kube, ns), op.writes()
     assert len(before) == 9, before
     time.sleep(15)
@@ -249,6 +277,11 @@ def test_edits_propagate(
 ) -> None:
     kube, ns = mailfleet_crds, kube_namespace
     start_with_examples(kube, ns, run_operator)
+    # kubectl scale drives the pool when the built-in autoscaler is off.
+    off = {"spec": {"autoscaling": {"enabled": False}}}
+    kube.kubectl(
+        "patch", "-n", ns, "sendingpool", "transactional", "--type=merge", "-p", json.dumps(off)
+    )
     kube.kubectl("scale", "-n", ns, "sendingpool/transactional", "--replicas=3")
     wait_for(
         "3 replicas",
@@ -267,7 +300,7 @@ def test_edits_propagate(
     kube.kubectl(
         "patch", "-n", ns, "sendingpool", "transactional", "--type=merge", "-p", json.dumps(patch)
     )
-    wait_for("generation 3 observed", lambda: settled(kube, ns, "transactional", 3))
+    wait_for("generation 4 observed", lambda: settled(kube, ns, "transactional", 4))
     cfg = engine_config(kube, ns, "transactional")
     assert [(str(s.address), s.owner) for s in cfg.delivery.source_ips] == [
         ("203.0.113.10", "transactional-0"),
@@ -417,7 +450,7 @@ def test_missing_dkim_secret_then_recovery_without_leaking_secrets(
     assert [str(k.key_file) for k in cfg.dkim.keys] == [
         "/var/run/secrets/mailfleet/dkim/dkim-example-com/private.key"
     ]
-    quiesce(op)
+    quiesce(op, seconds=6.0, timeout=60.0)  # past a poll of the pods (which cannot start)
     rv = kget(kube, ns, "sendingpool", "transactional")["metadata"]["resourceVersion"]
     time.sleep(5)  # no crash loop, no retry storm: nothing is rewritten while the Secret is missing
     assert kget(kube, ns, "sendingpool", "transactional")["metadata"]["resourceVersion"] == rv

@@ -133,8 +133,8 @@ def test_printer_columns_say_whether_it_is_ok() -> None:
     wide = {c.name for c in pool.columns}
     normal = [c.name for c in pool.columns if c.priority == 0]
     assert normal == [
-        "Ready", "Reason", "Replicas", "Ready-Pods", "Queue", "Config-Current", "Active-IPs",
-        "Quarantined", "Age"
+        "Ready", "Reason", "Replicas", "Desired", "Ready-Pods", "Queue", "Config-Current",
+        "Active-IPs", "Quarantined", "Age"
     ]  # fmt: skip
     assert {"Min", "Max", "Message"} <= wide
     warmup = next(k for k in m.KINDS if k.kind == "IPWarmup")
@@ -322,7 +322,7 @@ MINIMAL_POOL = {"ips": [{"address": "192.0.2.1", "hostname": "mta1.example.com"}
 def test_minimal_pool_gets_the_documented_defaults() -> None:
     spec = m.SendingPoolSpec.model_validate(MINIMAL_POOL)
     assert (spec.replicas.min, spec.replicas.max, spec.replicas.desired) == (1, 1, 1)
-    assert spec.autoscaling.enabled and spec.autoscaling.target_queue_per_pod == 5000
+    assert not spec.autoscaling.enabled and spec.autoscaling.target_queue_per_pod == 5000
     assert spec.autoscaling.scale_down_stabilization == 600
     assert spec.egress.mode == "bind" and spec.egress.proxy is None
     assert spec.submission.port == 2525 and spec.submission.max_message_size == 25 * 1024**2

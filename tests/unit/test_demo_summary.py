@@ -244,6 +244,22 @@ def test_events_show_the_newest_eight_oldest_first() -> None:
     assert events[-1].split() == ["91s", "Normal", "Reason9", "SendingPool/local", "message", "9"]
 
 
+def test_endpoint_warnings_about_loopback_pod_ips_are_counted_not_shown() -> None:
+    noise = [
+        {**event(2, reason, "Error updating Endpoint Slices for Service default/local"),
+         "involvedObject": {"kind": "Service", "name": "local"}}
+        for reason in ("FailedToUpdateEndpointSlices", "FailedToUpdateEndpoint") * 3
+    ]  # fmt: skip
+    snap = fleet_snapshot(events=[event(30, "Started", "Started container mta"), *noise])
+    events = section(summary.render_summary(snap), "EVENTS")
+    assert [ln.split()[2] for ln in events[1:-1]] == ["Started"]
+    assert events[-1] == (
+        "  (6 endpoint warnings not shown: Services cannot list loopback pod IPs)"
+    )
+    only_noise = section(summary.render_summary(fleet_snapshot(events=noise)), "EVENTS")
+    assert only_noise[0] == "  (none yet)"
+
+
 def test_event_time_falls_back_through_the_fields_kubernetes_fills() -> None:
     series = {"series": {"lastObservedTime": ts(5)}, "lastTimestamp": ts(50)}
     new_style = {"eventTime": ts(7)}

@@ -195,3 +195,62 @@ def test_routing_egress_and_admin_token_reach_the_engine_config() -> None:
     default = render.render_pool(inputs()).config
     assert default is not None and default.delivery.egress.mode == "bind"
     assert default.routing.routes == {} and default.routing.mx_port == 25
+
+
+# --- scale-down: who drains, who takes the queue, when the StatefulSet may shrink ------------
+
+
+def pod_report(
+    name: str, ip: str, queued: int | None = 0, draining: bool = False, ready: bool = True
+) -> pods.PodReport:
+    status = None if queued is None else {"queue": {"messages": queued}, "draining": draining}
+    return pods.PodReport(pods.PodRef(name, ip, ready), status)
+
+
+def test_no_scale_down_no_drain() -> None:
+    reports = [pod_report("p-0", "127.10.0.2"), pod_report("p-1", "127.10.0.3")]
+    for live in (None, 1, 2):
+        plan = pods.drain_plan(reports, 2, live, 8025)
+        assert (plan.leaving, plan.drain, plan.drained) == ([], [], False)
+        assert plan.handoff == ["http://127.10.0.2:8025", "http://127.10.0.3:8025"]
+
+
+def test_the_highest_ordinals_drain_into_the_ready_pods_that_stay() -> None:
+    reports = [
+        pod_report("p-0", "127.10.0.2"),
+        pod_report("p-1", "127.10.0.3", ready=False),  # stays, but cannot take mail now
+        pod_report("p-2", "127.10.0.4", queued=40),
+        pod_report("p-10", "127.10.0.5", queued=2, draining=True),
+    ]
+    plan = pods.drain_plan(reports, 2, 11, 8025)
+    assert plan.leaving == ["p-10", "p-2"]
+    assert [r.pod.name for r in plan.drain] == ["p-2"]  # p-10 drains already
+    assert plan.handoff == ["http://127.10.0.2:8025"]
+    assert (plan.drained, plan.left) == (False, 42)
+
+
+@pytest.mark.parametrize(
+    ("leaving", "drained"),
+    [
+        ([pod_report("p-1", "127.10.0.3", queued=0, draining=True)], True),
+        ([pod_report("p-1", "127.10.0.3", queued=1, draining=True)], False),  # still holds mail
+        ([pod_report("p-1", "127.10.0.3", queued=0, draining=False)], False),  # still takes mail
+        ([pod_report("p-1", "127.10.0.3", queued=None)], False),  # silent: its spool may hold mail
+        ([], True),  # the leaving pod never ran (no address, no report)
+    ],
+)
+def test_the_statefulset_shrinks_only_when_every_leaving_pod_is_empty(
+    leaving: list[pods.PodReport], drained: bool
+) -> None:
+    plan = pods.drain_plan([pod_report("p-0", "127.10.0.2"), *leaving], 1, 2, 8025)
+    assert plan.drained is drained
+
+
+def test_a_called_off_scale_down_undrains_the_pods_that_stay() -> None:
+    reports = [
+        pod_report("p-0", "127.10.0.2"),
+        pod_report("p-1", "127.10.0.3", queued=5, draining=True),
+    ]
+    plan = pods.drain_plan(reports, 2, 2, 8025)
+    assert [r.pod.name for r in plan.undrain] == ["p-1"] and plan.leaving == []
+    assert pods.ordinal("pool-12") == 12 and pods.ordinal("pool") is None

@@ -254,3 +254,69 @@ async def test_a_deleted_pool_is_forgotten(event: str) -> None:
     await op.on_pool(idx, event, "ns1", "transactional", {"uid": "uid-transactional"})
     assert not op.known and not op.configs and not op.child_pools
     await op.close()
+
+
+class DrainingEngines(MemoryEngines):
+    """Engines that hand off their queue at once when told to drain (to the first peer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drains: list[tuple[str, list[str]]] = []
+        self.undrains: list[str] = []
+
+    async def drain(self, ip: str, token: str, handoff: list[str]) -> dict[str, Any] | None:
+        self.drains.append((ip, handoff))
+        me = self.status_of[ip]
+        if handoff:
+            peer = self.status_of[handoff[0].removeprefix("http://").rpartition(":")[0]]
+            peer["queue"]["messages"] += me["queue"]["messages"]
+            me["queue"]["messages"] = 0
+        me["draining"] = True
+        return copy.deepcopy(me)
+
+    async def undrain(self, ip: str, token: str) -> bool:
+        self.undrains.append(ip)
+        self.status_of[ip]["draining"] = False
+        return True
+
+
+async def test_a_scale_down_waits_for_the_leaving_pod_to_hand_off() -> None:
+    api = MemoryApi()
+    engines = DrainingEngines()
+    world = World(api)
+    doc = pool_body()
+    doc["spec"]["replicas"] = {"min": 1, "max": 3, "desired": 1}
+    doc["spec"]["autoscaling"] = {"enabled": False}
+    world.add_pool(doc)
+    op, events = make(api, engines)
+    world.tokens[("ns1", "transactional")] = ["t" * 64]
+    # Two pods run (the StatefulSet asks for 2); the pool now wants 1.
+    from mailfleet.operator import drift
+    from mailfleet.operator.reconciler import LiveStatefulSet
+
+    live = LiveStatefulSet(drift.LiveChild("StatefulSet", "transactional", None, 1, False), 2, 2, 2)
+    idx = world.indexes()
+    idx = Indexes(**{**idx.__dict__, "statefulsets": {("ns1", "transactional"): [live]}})
+    op.use(idx)
+    await op.reconcile_pool(idx, "ns1", "transactional")
+    sts = api.objects[("StatefulSet", "ns1", "transactional")]
+    assert sts["spec"]["replicas"] == 2  # not before the drain
+    world.pods[("ns1", "transactional")] = [
+        pods.PodRef("transactional-0", "127.10.0.2", True),
+        pods.PodRef("transactional-1", "127.10.0.3", True),
+    ]
+    desired = op.configs[("ns1", "transactional")][0]
+    engines.status_of["127.10.0.2"] = {"configHash": desired, "queue": {"messages": 1}}
+    engines.status_of["127.10.0.3"] = {"configHash": desired, "queue": {"messages": 9}}
+    await op.poll_pool(idx, "ns1", "transactional")
+    assert engines.drains == [("127.10.0.3", ["http://127.10.0.2:8025"])]
+    assert ("Normal", "Draining") in events
+    status = api.objects[("SendingPool", "ns1", "transactional")]["status"]
+    assert status["drainingPods"] == ["transactional-1"]
+    # The next look sees it empty: the StatefulSet may shrink now.
+    await op.poll_pool(idx, "ns1", "transactional")
+    assert ("Normal", "Drained") in events and op.drained_to[("ns1", "transactional")] == 1
+    await asyncio.gather(*list(op.tasks))
+    assert api.objects[("StatefulSet", "ns1", "transactional")]["spec"]["replicas"] == 1
+    assert engines.status_of["127.10.0.2"]["queue"]["messages"] == 10  # nothing lost
+    await op.close()

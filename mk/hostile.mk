@@ -1,0 +1,13 @@
+# Hostile input and faults (issue 10): longer fuzzing, and the engine's fault table.
+
+FUZZ_EXAMPLES ?= 5000
+
+.PHONY: fuzz
+fuzz: deps ## fuzz the SMTP path and parsers longer (FUZZ_EXAMPLES per target, default 5000)
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest tests/fuzz -q
+
+RELIABILITY_ARGS ?=
+
+.PHONY: reliability
+reliability: deps ## engine faults under traffic: one row per fault, accepted N delivered N lost N
+	$(PY) -m bench.reliability $(RELIABILITY_ARGS)

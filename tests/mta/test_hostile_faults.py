@@ -1,0 +1,125 @@
+"""Faults at the engine's edge (issue 10): the spool's disk full on a small filesystem. The
+client gets 452 4.3.1 (try later), what was accepted is kept and delivered, and the engine takes
+mail again once space returns."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fixtures.engine import EngineProc, message
+from fixtures.rawsmtp import RawSMTP
+from fixtures.smtppeers import RecordingMX
+
+from mailfleet.mta.queue import SHAPING_SAVE_INTERVAL
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(path: Path) -> Path:
+    """Write a file until the filesystem is full; returns it (delete it to make room)."""
+    filler = path / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as f:
+        for _ in range(100_000):  # bounded: far more than any test filesystem holds
+            try:
+                f.write(chunk)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                break
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 512)
+    return filler
+
+
+def _subjects(mx: RecordingMX) -> set[bytes]:
+    return {m.content.split(b"Subject: ")[1].split(b"\r\n")[0] for m in mx.messages()}
+
+
+def _send(eng: EngineProc, subject: str) -> str:
+    with RawSMTP("127.0.0.1", eng.smtp_port) as c:
+        assert c.cmd("EHLO client.test").startswith("250")
+        assert c.cmd("MAIL FROM:<app@example.test>").startswith("250")
+        rcpt = c.cmd("RCPT TO:<x@example.org>")
+        if not rcpt.startswith("250"):
+            return rcpt
+        assert c.cmd("DATA").startswith("354")
+        c.send(message(subject) + b".\r\n")
+        return c.reply()
+
+
+def test_disk_full_says_452_keeps_what_it_accepted_and_recovers(
+    mta_engine: Callable[..., EngineProc], small_fs: Path
+) -> None:
+    with RecordingMX("127.0.0.1") as mx:
+        mx.script_rcpt(*["451 4.3.0 not now"] * 3)  # keep the first messages queued a while
+        eng = mta_engine(
+            {
+                "spool": {"path": str(small_fs / "spool")},
+                "routing": {"routes": {"*": f"{mx.host}:{mx.port}"}},
+                "retry": {"initial": "1s", "max": "1s", "jitter": 0},
+            }
+        )
+        before = [_send(eng, f"before {i}") for i in range(3)]
+        assert all(r.startswith("250 ") for r in before), before
+        filler = fill(small_fs)
+        refused = [_send(eng, f"full {i}") for i in range(3)]
+        assert all(r.startswith("452 4.3.1 ") for r in refused), refused
+        filler.unlink()
+        after = _send(eng, "after")
+        assert after.startswith("250 "), after
+        got = mx.wait_for(4, timeout=60)
+        subjects = sorted({m.content.split(b"Subject: ")[1].split(b"\r\n")[0] for m in got})
+        assert subjects == [b"after", b"before 0", b"before 1", b"before 2"]
+        assert eng.proc is not None and eng.proc.running()
+
+
+def test_deferred_mail_survives_a_full_disk_while_shaping_changes(
+    mta_engine: Callable[..., EngineProc], small_fs: Path
+) -> None:
+    # A throttling reply changes the shaping state, which the engine saves to the spool every
+    # SHAPING_SAVE_INTERVAL; that save failing on a full disk once stopped every retry for good.
+    with RecordingMX("127.0.0.1") as mx:
+        mx.script_rcpt(*["421 4.7.0 try again later"] * 3)
+        eng = mta_engine(
+            {
+                "spool": {"path": str(small_fs / "spool")},
+                "routing": {"routes": {"*": f"{mx.host}:{mx.port}"}},
+                "retry": {"initial": "1s", "max": "1s", "jitter": 0},
+            }
+        )
+        assert all(_send(eng, f"queued {i}").startswith("250 ") for i in range(3))
+        eng.wait_until(
+            lambda: eng.metric("mailfleet_delivery_attempts_total", result="deferred") >= 1,
+            what="a throttled attempt",
+        )
+        filler = fill(small_fs)
+        # Long enough for at least one save of the shaping state while the disk is full.
+        time.sleep(SHAPING_SAVE_INTERVAL * 2)
+        filler.unlink()
+        # Delivered at least once each (a delivery the full disk kept from being recorded is
+        # repeated: at-least-once).
+        eng.wait_until(lambda: len(_subjects(mx)) == 3, timeout=60, what="all three delivered")
+        assert _subjects(mx) == {b"queued 0", b"queued 1", b"queued 2"}
