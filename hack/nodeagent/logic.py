@@ -224,6 +224,33 @@ def resource_field(container: Obj, ref: Mapping[str, Any]) -> str:
     return str(math.ceil(quantity(values[name]) / divisor))
 
 
+# --------------------------------------------------------------------------- cgroups
+
+CFS_PERIOD_US = 100_000
+
+
+def cgroup_settings(container: Obj) -> dict[str, dict[str, str]]:
+    """cgroup v1 files per controller for a container's resources, as the kubelet sets them
+    (pkg/kubelet/cm: cpu.shares from requests.cpu, CFS quota from limits.cpu, the memory limit).
+    """
+    res = container.get("resources") or {}
+    requests, limits = res.get("requests") or {}, res.get("limits") or {}
+    out: dict[str, dict[str, str]] = {}
+    cpu_request = requests.get("cpu", limits.get("cpu"))
+    cpu: dict[str, str] = {}
+    if cpu_request is not None:
+        cpu["cpu.shares"] = str(max(2, int(quantity(cpu_request) * 1024)))
+    if "cpu" in limits:
+        quota = max(1000, int(quantity(limits["cpu"]) * CFS_PERIOD_US))
+        cpu["cpu.cfs_period_us"] = str(CFS_PERIOD_US)
+        cpu["cpu.cfs_quota_us"] = str(quota)
+    if cpu:
+        out["cpu"] = cpu
+    if "memory" in limits:
+        out["memory"] = {"memory.limit_in_bytes": str(int(quantity(limits["memory"])))}
+    return out
+
+
 # --------------------------------------------------------------------------- restart decisions
 
 
@@ -279,10 +306,12 @@ def crashes_after_exit(previous_crashes: int, ran_for: float) -> int:
     return 1 if ran_for >= BACKOFF_RESET_AFTER else previous_crashes + 1
 
 
-def exit_reason(exit_code: int, *, start_error: bool = False, killed: bool = False) -> str:
+def exit_reason(exit_code: int, *, start_error: bool = False, oom_killed: bool = False) -> str:
     """terminated.reason as container runtimes report it."""
     if start_error:
         return "StartError"
+    if oom_killed:
+        return "OOMKilled"
     if exit_code == 0:
         return "Completed"
     return "Error"
@@ -628,10 +657,11 @@ SUPPORTED_VOLUMES = (
 )
 
 
-def not_honoured(pod: Obj) -> list[str]:
+def not_honoured(pod: Obj, *, limits_enforced: bool = False) -> list[str]:
     """Fields of the pod spec the agent cannot honour, as "path: why" lines (sorted, unique).
 
-    Images are a separate (Normal) event: every pod has one."""
+    Images are a separate (Normal) event: every pod has one. limits_enforced: the node has
+    writable cgroup v1 cpu and memory controllers, so cpu/memory limits are enforced."""
     spec = pod.get("spec", {})
     out: set[str] = set()
     psc = spec.get("securityContext") or {}
@@ -668,8 +698,10 @@ def not_honoured(pod: Obj) -> list[str]:
     for c in spec.get("containers", []) or []:
         where = f"container {c['name']}"
         res = c.get("resources") or {}
-        if res.get("limits"):
-            out.add(f"{where}: resources.limits (not enforced)")
+        limits = res.get("limits") or {}
+        unenforced = sorted(k for k in limits if not limits_enforced or k not in ("cpu", "memory"))
+        if unenforced:
+            out.add(f"{where}: resources.limits {', '.join(unenforced)} (not enforced)")
         if res.get("claims"):
             out.add(f"{where}: resources.claims")
         sc = c.get("securityContext") or {}

@@ -647,7 +647,7 @@ def test_what_cannot_be_honoured_is_a_warning_event(kube_cluster: KubeCluster, n
         "name": "c",
         "image": "busybox",
         "command": ["sh", "-c", script],
-        "resources": {"limits": {"memory": "64Mi"}},
+        "resources": {"limits": {"memory": "64Mi", "ephemeral-storage": "1Gi"}},
         "securityContext": {"readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
     }
@@ -667,9 +667,52 @@ def test_what_cannot_be_honoured_is_a_warning_event(kube_cluster: KubeCluster, n
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
     msg = warnings[0]["message"]
     for what in (
-        "container c: resources.limits",
+        "container c: resources.limits ephemeral-storage (not enforced)",
         "container c: securityContext.capabilities",
         "spec.securityContext.seccompProfile",
     ):
         assert what in msg
-    assert "readOnlyRootFilesystem" not in msg
+    assert "readOnlyRootFilesystem" not in msg and "memory" not in msg
+
+
+def test_memory_limit_is_enforced_and_cpu_limit_applied(kube_cluster: KubeCluster, ns: str) -> None:
+    kube = kube_cluster
+    hog = {
+        "name": "hog",
+        "image": "python",
+        "command": [
+            "python3",
+            "-c",
+            "x = bytearray(256 * 2**20); x[::4096] = b'1' * len(x[::4096])",
+        ],
+        "resources": {"limits": {"memory": "32Mi", "cpu": "500m"}},
+    }
+    apply(kube, ns, pod("hog", [hog], restartPolicy="Never"))
+
+    def terminated() -> dict[str, Any] | None:
+        cs = container_status(get(kube, ns, "pod", "hog"))
+        return cs.get("state", {}).get("terminated")  # type: ignore[no-any-return]
+
+    term = wait_for("the hog to end", terminated)
+    assert (term["reason"], term["exitCode"]) == ("OOMKilled", 137)
+    assert get(kube, ns, "pod", "hog")["status"]["phase"] == "Failed"
+
+    limited = {
+        "name": "c",
+        "image": "busybox",
+        "command": SLEEP,
+        "resources": {"limits": {"cpu": "250m"}},
+    }
+    apply(kube, ns, pod("limited", [limited]))
+    p = wait_for("pod limited Ready", lambda: ready(kube, ns, "limited"))
+    pid = container_status(p)["containerID"].rsplit("://", 1)[1]
+    # The container's process is in a cgroup with the CFS quota of 250m.
+    cpu_path = next(
+        line.split(":", 2)[2]
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        if "cpu" in line.split(":")[1].split(",")
+    )
+    cg = Path("/sys/fs/cgroup/cpu") / cpu_path.lstrip("/")
+    quota = int((cg / "cpu.cfs_quota_us").read_text())
+    period = int((cg / "cpu.cfs_period_us").read_text())
+    assert quota / period == 0.25

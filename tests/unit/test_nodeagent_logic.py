@@ -531,7 +531,7 @@ def test_what_cannot_be_honoured_is_named() -> None:
     assert logic.not_honoured(pod) == [
         "container mta: livenessProbe.grpc",
         "container mta: ports hostPort 25",
-        "container mta: resources.limits (not enforced)",
+        "container mta: resources.limits memory (not enforced)",
         "container mta: securityContext.allowPrivilegeEscalation=false (no_new_privs)",
         "container mta: securityContext.capabilities",
         "spec.securityContext.seccompProfile",
@@ -631,3 +631,30 @@ def test_init_containers_gate_the_phase_and_initialized() -> None:
     running = logic.pod_status({"spec": {}}, [view(RUNNING)], init=[done], **common)
     assert running["phase"] == "Running"
     assert "initContainerStatuses" not in logic.pod_status({"spec": {}}, [view(RUNNING)], **common)
+
+
+def test_limits_are_not_reported_where_cgroups_enforce_them() -> None:
+    c = {"name": "c", "resources": {"limits": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "1"}}}
+    pod = {"spec": {"containers": [c]}}
+    assert logic.not_honoured(pod) == [
+        "container c: resources.limits cpu, memory, nvidia.com/gpu (not enforced)"
+    ]
+    assert logic.not_honoured(pod, limits_enforced=True) == [
+        "container c: resources.limits nvidia.com/gpu (not enforced)"
+    ]
+
+
+def test_cgroup_settings_like_the_kubelet() -> None:
+    c = {"resources": {"requests": {"cpu": "250m"}, "limits": {"cpu": "1500m", "memory": "64Mi"}}}
+    assert logic.cgroup_settings(c) == {
+        "cpu": {"cpu.shares": "256", "cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "150000"},
+        "memory": {"memory.limit_in_bytes": str(64 * 2**20)},
+    }
+    # A limit without a request: the request defaults to the limit.
+    assert logic.cgroup_settings({"resources": {"limits": {"cpu": "1m"}}})["cpu"] == {
+        "cpu.shares": "2",
+        "cpu.cfs_period_us": "100000",
+        "cpu.cfs_quota_us": "1000",
+    }
+    assert logic.cgroup_settings({}) == {}
+    assert logic.exit_reason(137, oom_killed=True) == "OOMKilled"
