@@ -937,6 +937,8 @@ def _cmd_up(ns: argparse.Namespace) -> int:
     print(f"  export KUBECONFIG={cp.kubeconfig}")
     print(f"  kubectl:  {cp.kubectl_path}")
     print(f"  logs:     {cp.state_dir / 'log'}")
+    if cp.node:
+        print(f"  node:     {NODE_NAME} (pods' logs and volumes: {cp.node_state_dir})")
     return 0
 
 

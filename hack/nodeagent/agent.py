@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import select
 import shutil
 import signal
 import socket
@@ -101,6 +102,100 @@ def _grace(pod: Obj) -> float:
     return float(30 if g is None else g)
 
 
+class Cgroups:
+    """Per-container cgroups (v1 cpu and memory controllers) under one directory per agent:
+    resources are enforced, an OOM kill is recognised, and every process of a container is
+    found (and killed) when it stops. Disabled where the controllers are not writable."""
+
+    ROOT = Path("/sys/fs/cgroup")
+    CONTROLLERS = ("cpu", "memory")
+
+    def __init__(self, name: str) -> None:
+        self.base: dict[str, Path] = {}
+        try:
+            for ctl in self.CONTROLLERS:
+                d = self.ROOT / ctl / name
+                d.mkdir(exist_ok=True)
+                self.base[ctl] = d
+        except OSError as e:
+            log.warning("cgroups not available (%s): resources.limits are not enforced", e)
+            self.base = {}
+
+    @property
+    def enabled(self) -> bool:
+        return len(self.base) == len(self.CONTROLLERS)
+
+    def _dirs(self, uid: str, container: str) -> list[Path]:
+        return [b / uid / container for b in self.base.values()]
+
+    def create(self, uid: str, container: str, settings: dict[str, dict[str, str]]) -> list[str]:
+        """Fresh cgroups for one start of a container; returns the cgroup.procs files the
+        container's first process joins."""
+        if not self.enabled:
+            return []
+        self.remove(uid, container)
+        procs = []
+        for ctl, base in self.base.items():
+            d = base / uid / container
+            d.mkdir(parents=True, exist_ok=True)
+            for name, value in settings.get(ctl, {}).items():
+                (d / name).write_text(value)
+            procs.append(str(d / "cgroup.procs"))
+        return procs
+
+    def pids(self, uid: str, container: str) -> set[int]:
+        out: set[int] = set()
+        for d in self._dirs(uid, container):
+            with contextlib.suppress(OSError, ValueError):
+                out.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+        return out
+
+    def oom_killed(self, uid: str, container: str) -> bool:
+        if "memory" not in self.base:
+            return False
+        text = _read(str(self.base["memory"] / uid / container / "memory.oom_control"))
+        for line in text.splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1]) > 0
+        return False
+
+    def kill_all(self, uid: str, container: str) -> None:
+        """SIGKILL whatever still runs in the container (a runtime stops the whole cgroup)."""
+        for _ in range(20):
+            left = self.pids(uid, container)
+            if not left:
+                return
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+
+    def remove(self, uid: str, container: str | None = None) -> None:
+        for base in self.base.values():
+            targets = (
+                [base / uid / container] if container else [*(base / uid).glob("*"), base / uid]
+            )
+            for d in targets:
+                if d.is_dir():
+                    for _ in range(20):  # a killed process leaves its cgroup a moment later
+                        try:
+                            d.rmdir()
+                            break
+                        except FileNotFoundError:
+                            break
+                        except OSError:
+                            time.sleep(0.05)
+
+    def sweep(self, live: set[str]) -> None:
+        for base in self.base.values():
+            for d in base.glob("*"):
+                if d.is_dir() and d.name not in live:
+                    for c in d.glob("*"):
+                        if c.is_dir():
+                            self.kill_all(d.name, c.name)
+                    self.remove(d.name)
+
+
 class PodNetwork:
     """A /24 of 127.10.0.0/16 held (flock) for the agent's life, so agents of several local
     clusters on one machine never hand out the same pod address."""
@@ -153,6 +248,7 @@ class Container:
     config_error: str = ""
     user_warned: bool = False  # the runAsUser-not-honoured event was posted
     kill_reason: str = ""
+    init: bool = False  # an init container: runs to completion before the app containers
     log_start: int = 0  # offset in <container>.log where this instance's output begins
     prev_log: tuple[int, int] | None = None  # the previous instance's output (kubectl logs -p)
 
@@ -203,6 +299,11 @@ class PodWorker(threading.Thread):
         self.ip = ""
         self.start_time = ""
         self.containers = [Container(spec=c) for c in pod["spec"].get("containers", [])]
+        # Run in order, each to a successful exit, before the app containers start.
+        self.init_containers = [
+            Container(spec=c, init=True) for c in pod["spec"].get("initContainers", []) or []
+        ]
+        self.init_done = not self.init_containers
         self.volume_paths: dict[str, Path] = {}
         self.volumes_at = 0.0
         self.volume_error = ""
@@ -271,14 +372,38 @@ class PodWorker(threading.Thread):
             return  # finished before this agent started: nothing to run
         if not self.prepared:
             self.prepare(pod)
+        if all("terminated" in c.state for c in self.containers) or self.init_failed:
+            return  # the pod has finished (Succeeded/Failed): only its deletion is left
         now = time.monotonic()
         if now >= self.volumes_at:
             self.refresh_volumes(pod)
             self.volumes_at = now + self.agent.cfg.volume_refresh
         if not self.volume_error:
-            for c in self.containers:
-                self.sync_container(pod, c)
+            if not self.init_done:
+                self.sync_init(pod)
+            if self.init_done:
+                for c in self.containers:
+                    self.sync_container(pod, c)
         self.push_status(pod)
+
+    @property
+    def init_failed(self) -> bool:
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        return logic.init_progress(policy, [c.view() for c in self.init_containers]) == "failed"
+
+    def sync_init(self, pod: Obj) -> None:
+        """The first init container that has not succeeded runs (or waits out its back-off);
+        the app containers wait in PodInitializing."""
+        for c in self.containers:
+            if not c.ever_ran:
+                c.state = {"waiting": {"reason": "PodInitializing"}}
+        for ic in self.init_containers:
+            if ic.state.get("terminated", {}).get("exitCode") == 0:
+                continue
+            self.sync_container(pod, ic)
+            if ic.state.get("terminated", {}).get("exitCode") != 0:
+                return  # running, backing off, or failed for good
+        self.init_done = True
 
     # -- preparation ----------------------------------------------------------------------
     def prepare(self, pod: Obj) -> None:
@@ -293,7 +418,7 @@ class PodWorker(threading.Thread):
             f"image {imgs} is not pulled: the node agent runs the command with the node's "
             f"programs (PATH starts with {self.agent.cfg.path_prefix or '/usr/local/bin'})",
         )
-        missing = logic.not_honoured(pod)
+        missing = logic.not_honoured(pod, limits_enforced=self.agent.cgroups.enabled)
         if missing:
             self.event(
                 "Warning",
@@ -621,6 +746,13 @@ class PodWorker(threading.Thread):
         # the container's would keep it from making that namespace's root read-only.
         with (self.dir / f"{c.name}.log").open("ab") as logf, errfile.open("wb") as errf:
             spec["errfd"] = errf.fileno()
+            # The runner says when the container's namespace is set up, so that hooks and
+            # probes entering it (nsenter) never see the node's mounts instead.
+            ready_r, ready_w = os.pipe()
+            spec["readyfd"] = ready_w
+            spec["cgroupProcs"] = self.agent.cgroups.create(
+                self.uid, c.name, logic.cgroup_settings(c.spec)
+            )
             size = logf.seek(0, os.SEEK_END)
             c.prev_log = (c.log_start, size) if c.ever_ran else None
             c.log_start = size
@@ -641,12 +773,17 @@ class PodWorker(threading.Thread):
                 cwd="/",
                 start_new_session=True,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                pass_fds=(errf.fileno(),),
+                pass_fds=(errf.fileno(), ready_w),
             )
+            os.close(ready_w)
         assert proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.write(json.dumps(spec).encode())
         proc.stdin.close()
+        with os.fdopen(ready_r, "rb") as ready:
+            # One byte just before exec, or EOF when the runner failed (the exit is seen next).
+            if select.select([ready], [], [], 60)[0]:
+                ready.read(1)
         if c.ever_ran:
             c.restart_count += 1
         c.ever_ran = True
@@ -676,12 +813,17 @@ class PodWorker(threading.Thread):
     def on_exit(self, pod: Obj, c: Container, code: int) -> None:
         assert c.proc is not None
         _killpg(c.pid, signal.SIGKILL)  # the rest of the container's processes go with it
+        cg = self.agent.cgroups
+        oom = cg.oom_killed(self.uid, c.name)
+        cg.kill_all(self.uid, c.name)
+        cg.remove(self.uid, c.name)
         err = _read(str(self.run_dir / f"{c.name}.err"))
         start_error = code == 128 and bool(err)
         exit_code = code if code >= 0 else 128 - code
+        reason = logic.exit_reason(exit_code, start_error=start_error, oom_killed=oom)
         terminated: Obj = {
             "exitCode": exit_code,
-            "reason": c.kill_reason or logic.exit_reason(exit_code, start_error=start_error),
+            "reason": c.kill_reason or reason,
             "startedAt": c.started_wall,
             "finishedAt": now_rfc3339(),
             "containerID": f"nodeagent://{c.pid}",
@@ -695,9 +837,14 @@ class PodWorker(threading.Thread):
         c.ready = False
         c.started = False
         policy = pod["spec"].get("restartPolicy", "Always")
+        if c.init:
+            restart = logic.should_restart_init(policy, exit_code)
+            c.ready = exit_code == 0
+        else:
+            restart = logic.should_restart(policy, exit_code)
         if self.shutdown:
             c.state = {"terminated": terminated}  # the node stops; nothing restarts
-        elif logic.should_restart(policy, exit_code):
+        elif restart:
             c.last_state = {"terminated": terminated}
             c.crashes = logic.crashes_after_exit(c.crashes, ran_for)
             delay = logic.restart_delay(c.crashes, initial=self.agent.cfg.backoff_initial)
@@ -853,7 +1000,7 @@ class PodWorker(threading.Thread):
         self.on_exit(pod, c, code)
 
     def stop_all(self, grace: float, *, hooks: bool) -> None:
-        running = [c for c in self.containers if c.proc is not None]
+        running = [c for c in self.init_containers + self.containers if c.proc is not None]
         for c in self.containers:
             c.ready = False
         threads = [
@@ -873,8 +1020,9 @@ class PodWorker(threading.Thread):
         status, then the final delete (gracePeriodSeconds=0) that removes the pod object."""
         for c in self.containers:
             c.ready = False
-        self.push_status(pod)
-        self.event("Normal", "Killing", "Stopping the pod's containers", once=True)
+        if self.prepared:
+            self.push_status(pod)
+            self.event("Normal", "Killing", "Stopping the pod's containers", once=True)
         self.stop_all(_grace(pod), hooks=True)
         for c in self.containers:
             if "terminated" not in c.state:
@@ -892,7 +1040,8 @@ class PodWorker(threading.Thread):
                 )
         final = dict(pod)
         final["spec"] = {**pod["spec"], "restartPolicy": "Never"}
-        self.push_status(final)
+        if self.prepared:  # else: it finished before this agent ran; its status stands
+            self.push_status(final)
         with contextlib.suppress(ApiError):
             self.agent.api.request(
                 "DELETE",
@@ -910,6 +1059,7 @@ class PodWorker(threading.Thread):
 
     def cleanup(self) -> None:
         shutil.rmtree(self.dir / self.uid, ignore_errors=True)
+        self.agent.cgroups.remove(self.uid)
         self.agent.release_ip(self.uid)
 
     # -- reporting ------------------------------------------------------------------------
@@ -924,6 +1074,7 @@ class PodWorker(threading.Thread):
             host_ip="127.0.0.1",
             start_time=self.start_time or now_rfc3339(),
             now=now_rfc3339(),
+            init=[c.view() for c in self.init_containers],
         )
         if desired == self.last_pushed:
             return
@@ -966,6 +1117,7 @@ class Agent:
         self.state_file = cfg.state_dir / "agent.json"
         saved = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
         self.podnet = PodNetwork(saved.get("podNetwork"))
+        self.cgroups = Cgroups(f"mailfleet-nodeagent-{self.podnet.index}")
         self.ips: dict[str, str] = {
             uid: ip
             for uid, ip in saved.get("ips", {}).items()
@@ -1005,7 +1157,7 @@ class Agent:
             workers = [w for w in self.workers.values() if (w.ns, w.pod_name) == (ns, pod)]
         workers.sort(key=lambda w: (w.finished, bool(w.pod["metadata"].get("deletionTimestamp"))))
         for w in workers:
-            for c in w.containers:
+            for c in w.init_containers + w.containers:
                 if c.name == container:
                     return w, c
         return None
@@ -1314,6 +1466,7 @@ class Agent:
             for d in (self.cfg.state_dir / "pods").glob("*/*"):
                 if d.is_dir() and d.name not in live:
                     shutil.rmtree(d, ignore_errors=True)
+            self.cgroups.sweep(live)
             stale = set(self.ips) - live
             for uid in stale:
                 del self.ips[uid]

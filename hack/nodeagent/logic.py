@@ -224,6 +224,33 @@ def resource_field(container: Obj, ref: Mapping[str, Any]) -> str:
     return str(math.ceil(quantity(values[name]) / divisor))
 
 
+# --------------------------------------------------------------------------- cgroups
+
+CFS_PERIOD_US = 100_000
+
+
+def cgroup_settings(container: Obj) -> dict[str, dict[str, str]]:
+    """cgroup v1 files per controller for a container's resources, as the kubelet sets them
+    (pkg/kubelet/cm: cpu.shares from requests.cpu, CFS quota from limits.cpu, the memory limit).
+    """
+    res = container.get("resources") or {}
+    requests, limits = res.get("requests") or {}, res.get("limits") or {}
+    out: dict[str, dict[str, str]] = {}
+    cpu_request = requests.get("cpu", limits.get("cpu"))
+    cpu: dict[str, str] = {}
+    if cpu_request is not None:
+        cpu["cpu.shares"] = str(max(2, int(quantity(cpu_request) * 1024)))
+    if "cpu" in limits:
+        quota = max(1000, int(quantity(limits["cpu"]) * CFS_PERIOD_US))
+        cpu["cpu.cfs_period_us"] = str(CFS_PERIOD_US)
+        cpu["cpu.cfs_quota_us"] = str(quota)
+    if cpu:
+        out["cpu"] = cpu
+    if "memory" in limits:
+        out["memory"] = {"memory.limit_in_bytes": str(int(quantity(limits["memory"])))}
+    return out
+
+
 # --------------------------------------------------------------------------- restart decisions
 
 
@@ -256,15 +283,35 @@ def restart_delay(
     return float(min(maximum, initial * 2 ** (crashes - 2)))
 
 
+def should_restart_init(restart_policy: str, exit_code: int) -> bool:
+    """An init container runs until it succeeds: it is retried after a failure unless the
+    pod's restartPolicy is Never (then the pod fails)."""
+    return exit_code != 0 and restart_policy != "Never"
+
+
+def init_progress(restart_policy: str, init: Sequence[ContainerView]) -> str:
+    """Where the pod's init containers stand: "done" (all exited 0, in order), "failed" (one
+    failed and will not be retried), else "running"."""
+    for c in init:
+        term = c.state.get("terminated")
+        if term is None:
+            return "running"
+        if term.get("exitCode", 1) != 0:
+            return "failed" if not should_restart_init(restart_policy, 1) else "running"
+    return "done"
+
+
 def crashes_after_exit(previous_crashes: int, ran_for: float) -> int:
     """The consecutive-crash count after an exit: reset when the container had run long."""
     return 1 if ran_for >= BACKOFF_RESET_AFTER else previous_crashes + 1
 
 
-def exit_reason(exit_code: int, *, start_error: bool = False, killed: bool = False) -> str:
+def exit_reason(exit_code: int, *, start_error: bool = False, oom_killed: bool = False) -> str:
     """terminated.reason as container runtimes report it."""
     if start_error:
         return "StartError"
+    if oom_killed:
+        return "OOMKilled"
     if exit_code == 0:
         return "Completed"
     return "Error"
@@ -435,7 +482,12 @@ def _condition(
 
 
 def pod_conditions(
-    previous: Sequence[Obj], containers: Sequence[ContainerView], now: str, *, sandbox: bool
+    previous: Sequence[Obj],
+    containers: Sequence[ContainerView],
+    now: str,
+    *,
+    sandbox: bool,
+    init: Sequence[ContainerView] = (),
 ) -> list[Obj]:
     """PodReadyToStartContainers, Initialized, ContainersReady, Ready and PodScheduled (kept as
     the scheduler wrote it), with lastTransitionTime moved only when a status changes."""
@@ -443,9 +495,13 @@ def pod_conditions(
     all_ready = bool(containers) and all(c.ready for c in containers)
     not_ready = [c.name for c in containers if not c.ready]
     reason = "ContainersNotReady" if not_ready else ""
+    incomplete = [c.name for c in init if c.state.get("terminated", {}).get("exitCode", 1) != 0]
+    initialized = _condition("Initialized", not incomplete, prev, now, "ContainersNotInitialized")
+    if incomplete:
+        initialized["message"] = f"containers with incomplete status: [{' '.join(incomplete)}]"
     out = [
         _condition("PodReadyToStartContainers", sandbox, prev, now),
-        _condition("Initialized", True, prev, now),
+        initialized,
         _condition("Ready", all_ready, prev, now, reason),
         _condition("ContainersReady", all_ready, prev, now, reason),
     ]
@@ -466,13 +522,22 @@ def pod_status(
     host_ip: str,
     start_time: str,
     now: str,
+    init: Sequence[ContainerView] = (),
 ) -> Obj:
     """The status the agent reports through pods/status (merge patch)."""
     spec = pod.get("spec", {})
+    policy = spec.get("restartPolicy", "Always")
     previous = pod.get("status", {}).get("conditions", []) or []
-    return {
-        "phase": pod_phase(spec.get("restartPolicy", "Always"), containers),
-        "conditions": pod_conditions(previous, containers, now, sandbox=bool(pod_ip)),
+    progress = init_progress(policy, init)
+    if progress == "failed":
+        phase = "Failed"
+    elif progress == "running":
+        phase = "Pending"
+    else:
+        phase = pod_phase(policy, containers)
+    out: Obj = {
+        "phase": phase,
+        "conditions": pod_conditions(previous, containers, now, sandbox=bool(pod_ip), init=init),
         "hostIP": host_ip,
         "hostIPs": [{"ip": host_ip}],
         "podIP": pod_ip or None,
@@ -480,6 +545,9 @@ def pod_status(
         "startTime": start_time,
         "containerStatuses": [c.status() for c in containers],
     }
+    if init:
+        out["initContainerStatuses"] = [c.status() for c in init]
+    return out
 
 
 def status_changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
@@ -589,10 +657,11 @@ SUPPORTED_VOLUMES = (
 )
 
 
-def not_honoured(pod: Obj) -> list[str]:
+def not_honoured(pod: Obj, *, limits_enforced: bool = False) -> list[str]:
     """Fields of the pod spec the agent cannot honour, as "path: why" lines (sorted, unique).
 
-    Images are a separate (Normal) event: every pod has one."""
+    Images are a separate (Normal) event: every pod has one. limits_enforced: the node has
+    writable cgroup v1 cpu and memory controllers, so cpu/memory limits are enforced."""
     spec = pod.get("spec", {})
     out: set[str] = set()
     psc = spec.get("securityContext") or {}
@@ -606,8 +675,9 @@ def not_honoured(pod: Obj) -> list[str]:
         out.add("spec.hostUsers=false (no user namespace)")
     if spec.get("dnsConfig") or spec.get("hostAliases"):
         out.add("spec.dnsConfig/hostAliases (the node's /etc/resolv.conf and /etc/hosts apply)")
-    if spec.get("initContainers"):
-        out.add("spec.initContainers (not run)")
+    for ic in spec.get("initContainers", []) or []:
+        if ic.get("restartPolicy") == "Always":
+            out.add(f"initContainer {ic['name']}: restartPolicy=Always (sidecar; run as init)")
     if spec.get("readinessGates"):
         out.add("spec.readinessGates")
     if spec.get("resources"):
@@ -628,8 +698,10 @@ def not_honoured(pod: Obj) -> list[str]:
     for c in spec.get("containers", []) or []:
         where = f"container {c['name']}"
         res = c.get("resources") or {}
-        if res.get("limits"):
-            out.add(f"{where}: resources.limits (not enforced)")
+        limits = res.get("limits") or {}
+        unenforced = sorted(k for k in limits if not limits_enforced or k not in ("cpu", "memory"))
+        if unenforced:
+            out.add(f"{where}: resources.limits {', '.join(unenforced)} (not enforced)")
         if res.get("claims"):
             out.add(f"{where}: resources.claims")
         sc = c.get("securityContext") or {}

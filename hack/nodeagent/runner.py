@@ -91,6 +91,10 @@ def main() -> int:
     os.close(devnull)
     errfd: int | None = spec.get("errfd")
     try:
+        for procs in spec.get("cgroupProcs", []):
+            # Joined before anything else runs: the container's every process is accounted.
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
         mounts = spec.get("mounts", [])
         fds = [os.open(m["src"], os.O_PATH | os.O_CLOEXEC) for m in mounts]
         for m, fd in zip(mounts, fds, strict=True):
@@ -114,6 +118,9 @@ def main() -> int:
             raise RuntimeError("no command: the container has neither command nor args")
         if errfd is not None:
             os.set_inheritable(errfd, False)  # closed by a successful exec: no start error
+        if spec.get("readyfd") is not None:
+            os.write(spec["readyfd"], b"1")
+            os.close(spec["readyfd"])
         try:
             os.execvpe(argv[0], argv, spec["env"])
         except FileNotFoundError:

@@ -426,6 +426,81 @@ def test_the_repository_engine_is_on_the_path(kube_cluster: KubeCluster, ns: str
     assert any("mta" in line for line in log_lines(kube, ns, "help", "c"))
 
 
+def test_startup_probe_and_post_start_hook(kube_cluster: KubeCluster, ns: str) -> None:
+    kube = kube_cluster
+    # postStart writes a file the container waits for; the startup probe passes once the
+    # container has seen it, which takes a few probe periods.
+    script = (
+        "while [ ! -f /tmp/hooked ]; do sleep 0.1; done; echo HOOK `cat /tmp/hooked`; "
+        "sleep 2; touch /tmp/started; " + SLEEP[2]
+    )
+    c = {
+        "name": "c",
+        "image": "busybox",
+        "command": ["sh", "-c", script],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "lifecycle": {
+            "postStart": {"exec": {"command": ["sh", "-c", "echo $HOSTNAME > /tmp/hooked"]}}
+        },
+        "startupProbe": {
+            "exec": {"command": ["test", "-f", "/tmp/started"]},
+            "periodSeconds": 1,
+            "failureThreshold": 30,
+        },
+    }
+    apply(kube, ns, pod("slowstart", [c], volumes=[{"name": "tmp", "emptyDir": {}}]))
+    p = wait_for("pod slowstart Ready", lambda: ready(kube, ns, "slowstart"))
+    cs = container_status(p)
+    assert (cs["started"], cs["ready"], cs["restartCount"]) == (True, True, 0)
+    assert log_lines(kube, ns, "slowstart", "c") == ["HOOK slowstart"]
+    messages = [e["message"] for e in events(kube, ns, "slowstart") if e["reason"] == "Unhealthy"]
+    assert messages and all(m.startswith("Startup probe failed") for m in messages)
+
+
+def test_init_containers_run_in_order_before_the_app(kube_cluster: KubeCluster, ns: str) -> None:
+    kube = kube_cluster
+
+    def step(name: str, script: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "image": "busybox",
+            "command": ["sh", "-c", script],
+            "volumeMounts": [{"name": "work", "mountPath": "/work-dir"}],
+        }
+
+    app = step("app", "cat /work-dir/steps; " + SLEEP[2])
+    init = [step("one", "echo one >> /work-dir/steps"), step("two", "echo two >> /work-dir/steps")]
+    volumes = [{"name": "work", "emptyDir": {}}]
+    apply(kube, ns, pod("inits", [app], initContainers=init, volumes=volumes))
+    p = wait_for("pod inits Ready", lambda: ready(kube, ns, "inits"))
+    assert condition(p, "Initialized") == "True"
+    done = [
+        (s["name"], s["state"]["terminated"]["reason"])
+        for s in p["status"]["initContainerStatuses"]
+    ]
+    assert done == [("one", "Completed"), ("two", "Completed")]
+    wait_for("the app's output", lambda: log_lines(kube, ns, "inits", "app"))
+    assert log_lines(kube, ns, "inits", "app") == ["one", "two"]
+
+    failing = [step("bad", "exit 2")]
+    apply(
+        kube,
+        ns,
+        pod("badinit", [app], initContainers=failing, volumes=volumes, restartPolicy="Never"),
+    )
+
+    def phase() -> str | None:
+        got = get(kube, ns, "pod", "badinit")
+        return got["status"].get("phase") if got else None
+
+    wait_for("badinit Failed", lambda: phase() == "Failed")
+    p = get(kube, ns, "pod", "badinit")
+    assert condition(p, "Initialized") == "False"
+    assert p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 2
+    assert container_status(p)["state"]["waiting"]["reason"] == "PodInitializing"
+    assert not kube.pod_log(ns, "badinit", "app").exists()
+
+
 # --------------------------------------------------------------------------- deletion
 
 
@@ -572,7 +647,7 @@ def test_what_cannot_be_honoured_is_a_warning_event(kube_cluster: KubeCluster, n
         "name": "c",
         "image": "busybox",
         "command": ["sh", "-c", script],
-        "resources": {"limits": {"memory": "64Mi"}},
+        "resources": {"limits": {"memory": "64Mi", "ephemeral-storage": "1Gi"}},
         "securityContext": {"readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
     }
@@ -592,9 +667,52 @@ def test_what_cannot_be_honoured_is_a_warning_event(kube_cluster: KubeCluster, n
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
     msg = warnings[0]["message"]
     for what in (
-        "container c: resources.limits",
+        "container c: resources.limits ephemeral-storage (not enforced)",
         "container c: securityContext.capabilities",
         "spec.securityContext.seccompProfile",
     ):
         assert what in msg
-    assert "readOnlyRootFilesystem" not in msg
+    assert "readOnlyRootFilesystem" not in msg and "memory" not in msg
+
+
+def test_memory_limit_is_enforced_and_cpu_limit_applied(kube_cluster: KubeCluster, ns: str) -> None:
+    kube = kube_cluster
+    hog = {
+        "name": "hog",
+        "image": "python",
+        "command": [
+            "python3",
+            "-c",
+            "x = bytearray(256 * 2**20); x[::4096] = b'1' * len(x[::4096])",
+        ],
+        "resources": {"limits": {"memory": "32Mi", "cpu": "500m"}},
+    }
+    apply(kube, ns, pod("hog", [hog], restartPolicy="Never"))
+
+    def terminated() -> dict[str, Any] | None:
+        cs = container_status(get(kube, ns, "pod", "hog"))
+        return cs.get("state", {}).get("terminated")  # type: ignore[no-any-return]
+
+    term = wait_for("the hog to end", terminated)
+    assert (term["reason"], term["exitCode"]) == ("OOMKilled", 137)
+    assert get(kube, ns, "pod", "hog")["status"]["phase"] == "Failed"
+
+    limited = {
+        "name": "c",
+        "image": "busybox",
+        "command": SLEEP,
+        "resources": {"limits": {"cpu": "250m"}},
+    }
+    apply(kube, ns, pod("limited", [limited]))
+    p = wait_for("pod limited Ready", lambda: ready(kube, ns, "limited"))
+    pid = container_status(p)["containerID"].rsplit("://", 1)[1]
+    # The container's process is in a cgroup with the CFS quota of 250m.
+    cpu_path = next(
+        line.split(":", 2)[2]
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        if "cpu" in line.split(":")[1].split(",")
+    )
+    cg = Path("/sys/fs/cgroup/cpu") / cpu_path.lstrip("/")
+    quota = int((cg / "cpu.cfs_quota_us").read_text())
+    period = int((cg / "cpu.cfs_period_us").read_text())
+    assert quota / period == 0.25

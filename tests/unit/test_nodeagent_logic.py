@@ -531,10 +531,9 @@ def test_what_cannot_be_honoured_is_named() -> None:
     assert logic.not_honoured(pod) == [
         "container mta: livenessProbe.grpc",
         "container mta: ports hostPort 25",
-        "container mta: resources.limits (not enforced)",
+        "container mta: resources.limits memory (not enforced)",
         "container mta: securityContext.allowPrivilegeEscalation=false (no_new_privs)",
         "container mta: securityContext.capabilities",
-        "spec.initContainers (not run)",
         "spec.securityContext.seccompProfile",
         "volume n: nfs",
     ]
@@ -603,3 +602,59 @@ def test_reachable_by_needs_search_on_every_parent_and_rx_on_the_file() -> None:
     assert logic.reachable_by("/nausr/bin/grp", 10001, {10001}, stat)  # by group
     assert not logic.reachable_by("/nausr/bin/grp", 10002, {10002}, stat)
     assert not logic.reachable_by("/nausr/bin/missing", 10001, {10001}, stat)
+
+
+def test_init_containers_gate_the_phase_and_initialized() -> None:
+    done = view({"terminated": {"exitCode": 0}})
+    failed = view({"terminated": {"exitCode": 2}})
+    backoff = view(
+        {"waiting": {"reason": "CrashLoopBackOff"}}, last={"terminated": {"exitCode": 2}}
+    )
+    assert logic.init_progress("Always", [done, done]) == "done"
+    assert logic.init_progress("Always", [done, view(RUNNING)]) == "running"
+    assert logic.init_progress("OnFailure", [backoff]) == "running"
+    assert logic.init_progress("Never", [done, failed]) == "failed"
+    assert logic.should_restart_init("Always", 0) is False
+    assert logic.should_restart_init("Always", 1) is True
+    assert logic.should_restart_init("Never", 1) is False
+
+    app = [view({"waiting": {"reason": "PodInitializing"}})]
+    common = {"pod_ip": "127.10.0.2", "host_ip": "127.0.0.1", "start_time": "s", "now": "t"}
+    pending = logic.pod_status({"spec": {}}, app, init=[done, view(RUNNING)], **common)
+    assert pending["phase"] == "Pending"
+    init_cond = next(c for c in pending["conditions"] if c["type"] == "Initialized")
+    assert (init_cond["status"], init_cond["reason"]) == ("False", "ContainersNotInitialized")
+    assert init_cond["message"] == "containers with incomplete status: [c]"
+    assert [s["name"] for s in pending["initContainerStatuses"]] == ["c", "c"]
+    never = {"spec": {"restartPolicy": "Never"}}
+    assert logic.pod_status(never, app, init=[failed], **common)["phase"] == "Failed"
+    running = logic.pod_status({"spec": {}}, [view(RUNNING)], init=[done], **common)
+    assert running["phase"] == "Running"
+    assert "initContainerStatuses" not in logic.pod_status({"spec": {}}, [view(RUNNING)], **common)
+
+
+def test_limits_are_not_reported_where_cgroups_enforce_them() -> None:
+    c = {"name": "c", "resources": {"limits": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "1"}}}
+    pod = {"spec": {"containers": [c]}}
+    assert logic.not_honoured(pod) == [
+        "container c: resources.limits cpu, memory, nvidia.com/gpu (not enforced)"
+    ]
+    assert logic.not_honoured(pod, limits_enforced=True) == [
+        "container c: resources.limits nvidia.com/gpu (not enforced)"
+    ]
+
+
+def test_cgroup_settings_like_the_kubelet() -> None:
+    c = {"resources": {"requests": {"cpu": "250m"}, "limits": {"cpu": "1500m", "memory": "64Mi"}}}
+    assert logic.cgroup_settings(c) == {
+        "cpu": {"cpu.shares": "256", "cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "150000"},
+        "memory": {"memory.limit_in_bytes": str(64 * 2**20)},
+    }
+    # A limit without a request: the request defaults to the limit.
+    assert logic.cgroup_settings({"resources": {"limits": {"cpu": "1m"}}})["cpu"] == {
+        "cpu.shares": "2",
+        "cpu.cfs_period_us": "100000",
+        "cpu.cfs_quota_us": "1000",
+    }
+    assert logic.cgroup_settings({}) == {}
+    assert logic.exit_reason(137, oom_killed=True) == "OOMKilled"
