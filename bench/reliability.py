@@ -428,13 +428,9 @@ def disk_full(world: World, window: float) -> Row:
     )
     if mounted.returncode != 0:
         raise RuntimeError(f"disk-full needs a tmpfs mount: {mounted.stderr.decode().strip()}")
-<<<<<<< HEAD
-    eng = world.engine(spool={"path": str(mnt / "spool"), "diskReserve": 0})
-=======
     # A 1 MiB reserve (the default is 256 MiB, more than this filesystem): mail is refused at
     # MAIL before the spool's own writes meet a full disk.
     eng = world.engine(spool={"path": str(mnt / "spool"), "diskReserve": "1Mi"})
->>>>>>> hostile
     dup = world.mx.duplicates()
     filler = mnt / "filler"
     try:
