@@ -7,19 +7,20 @@ import time
 from typing import Any
 
 import pytest
-from fixtures.fleet import apply, message_ids, pool_manifest, pool_status, submit, wait_pods
+from fixtures.fleet import (
+    Gate,
+    apply,
+    fast_retry_policy,
+    message_ids,
+    pool_manifest,
+    pool_status,
+    submit,
+    wait_pods,
+)
 from fixtures.operator import OperatorProcess, kget, wait_for
-from fixtures.smtppeers import RecordingMX, SmtpCall
+from fixtures.smtppeers import RecordingMX
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
-
-
-class Gate:
-    def __init__(self) -> None:
-        self.open = False
-
-    def __call__(self, call: SmtpCall) -> str | None:
-        return None if self.open else "451 4.3.0 busy, try again later"
 
 
 def reasons(kube: Any, ns: str) -> list[str]:
@@ -34,12 +35,7 @@ def test_a_backlog_scales_up_and_a_quiet_queue_scales_down_after_the_window(
     mx.on_rcpt = gate
     apply(
         kube,
-        {
-            "apiVersion": "mailfleet.io/v1alpha1",
-            "kind": "DeliveryPolicy",
-            "metadata": {"name": "fast-retry", "namespace": ns},
-            "spec": {"default": {"retry": {"initial": "2s", "max": "5s", "maxAge": "1h"}}},
-        },
+        fast_retry_policy(ns),
     )
     apply(
         kube,
