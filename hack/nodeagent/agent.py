@@ -748,11 +748,17 @@ class PodWorker(threading.Thread):
             spec["errfd"] = errf.fileno()
             # The runner says when the container's namespace is set up, so that hooks and
             # probes entering it (nsenter) never see the node's mounts instead.
+            try:
+                spec["cgroupProcs"] = self.agent.cgroups.create(
+                    self.uid, c.name, logic.cgroup_settings(c.spec)
+                )
+            except (OSError, ValueError) as e:
+                self.event(
+                    "Warning", "NotHonoured", f"resources not applied: {e}", container=c.name
+                )
+                spec["cgroupProcs"] = []
             ready_r, ready_w = os.pipe()
             spec["readyfd"] = ready_w
-            spec["cgroupProcs"] = self.agent.cgroups.create(
-                self.uid, c.name, logic.cgroup_settings(c.spec)
-            )
             size = logf.seek(0, os.SEEK_END)
             c.prev_log = (c.log_start, size) if c.ever_ran else None
             c.log_start = size
