@@ -49,6 +49,7 @@ from bench.demo_summary import (
     SimCounts,
     Snapshot,
     Traffic,
+    clock,
     pod_phase,
     pod_ready,
     ready_pod_ips,
@@ -477,6 +478,9 @@ class Demo:
     pods: list[dict[str, Any]] = field(default_factory=list)
     routing: dict[str, Any] = field(default_factory=dict)
     ledger: Ledger = field(init=False)
+    incident_at: float | None = None
+    incident_done: bool = False
+    sending_ips: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.state_dir)
@@ -484,6 +488,7 @@ class Demo:
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
         fleet = read_examples()
+        self.sending_ips = [a for a, _ in fleet.ips]
         self.state_dir.mkdir(parents=True, exist_ok=True)
         leftovers = self.ledger.claim()
         if leftovers:
@@ -591,7 +596,7 @@ class Demo:
 
     def _apply(self) -> None:
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
-        self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        self.cp.wait_crds_established()
         secret = self.kubectl(
             "create", "secret", "generic", DKIM_SECRET, "-n", NAMESPACE,
             *(f"--from-file={k}={v}" for k, v in DKIM_FILES.items()),
@@ -684,6 +689,7 @@ class Demo:
         last_print = 0.0
         self.started_at = time.monotonic()  # --for counts from here: the fleet is applied
         while True:
+            self._incident()
             snap = self.snapshot()
             done = self.stop.is_set() or (
                 self.duration is not None and snap.elapsed >= self.duration
@@ -698,6 +704,20 @@ class Demo:
             if done:
                 return snap
             self.stop.wait(REFRESH)
+
+    def _incident(self) -> None:
+        """--incident: at that time the outlook-like provider puts the pool's first IP on its
+        block list (550 5.7.1 ... S3150), as Outlook does; the engines take that IP out of
+        rotation for outlook and send from the others."""
+        if self.incident_at is None or self.incident_done or self.sim is None:
+            return
+        if time.monotonic() - self.started_at < self.incident_at:
+            return
+        ip = self.sending_ips[0]
+        self.sim["outlook"].block(ip)
+        self.incident_done = True
+        elapsed = time.monotonic() - self.started_at
+        self.notes.append(f"incident at {clock(elapsed)}: outlook blocks {ip} (S3150)")
 
     # -- stop ----------------------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -757,6 +777,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=5.0, help="messages submitted per second")
     ap.add_argument("--state-dir", type=Path, default=ROOT / ".local" / "demo")
     ap.add_argument(
+        "--incident",
+        type=float,
+        metavar="SECONDS",
+        help="after this long, the outlook-like provider blocks the pool's first IP (S3150)",
+    )
+    ap.add_argument(
         "--print-every",
         type=float,
         default=10.0,
@@ -766,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)  # fmt: skip
     if args.rate <= 0 or args.rate > 200:
         ap.error("--rate must be in (0, 200]")
-    demo = Demo(args.state_dir.resolve(), args.rate, args.duration)
+    demo = Demo(args.state_dir.resolve(), args.rate, args.duration, incident_at=args.incident)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         demo.stop.set()
@@ -796,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        log("stopping what the demo started (Ctrl-C again abandons it; the next demo cleans up)")
         demo.shutdown()
         log(f"stopped: {', '.join(demo.stopped) or 'nothing was running'}")
     return code

@@ -244,7 +244,18 @@ def _pools(snap: Snapshot) -> list[str]:
     if not rows:
         return ["  (none yet)"]
     heads = ["NAME", "READY", "REASON", "PODS", "MIN-MAX", "QUEUE", "CONFIG", "UPDATED"]
-    return table(heads, rows)
+    lines = table(heads, rows)
+    for p in sorted(snap.pools, key=_name):
+        st = p.get("status", {})
+        if st.get("scaleReason"):
+            at = parse_time(st.get("lastScaleTime"))
+            when = f" ({age((snap.now - at).total_seconds())} ago)" if at else ""
+            lines.append(f"  {_name(p)} scaled: {st['scaleReason']}{when}")
+        if st.get("drainingPods"):
+            left = st.get("handoffLeft")
+            handoff = f", {left} message(s) to hand off" if left is not None else ""
+            lines.append(f"  {_name(p)} draining: {', '.join(st['drainingPods'])}{handoff}")
+    return lines
 
 
 def _pool_pod_status(snap: Snapshot) -> dict[str, JSON]:
@@ -285,21 +296,38 @@ def _pods(snap: Snapshot) -> list[str]:
     return table([*heads, "AGE"], rows)
 
 
+def _held_by_engines(snap: Snapshot) -> dict[str, str]:
+    """Per address: the providers an engine has quarantined or suspended it for, e.g.
+    "quarantined for outlook"."""
+    held: dict[str, dict[str, list[str]]] = {}
+    for (ip, provider), row in sorted(_shaping_rows(snap).items()):
+        for key, word in (("quarantinedUntil", "quarantined"), ("suspendedUntil", "suspended")):
+            if row.get(key):
+                held.setdefault(ip, {}).setdefault(word, []).append(provider)
+    return {
+        ip: "; ".join(f"{word} for {', '.join(ps)}" for word, ps in sorted(words.items()))
+        for ip, words in held.items()
+    }
+
+
 def _ips(snap: Snapshot) -> list[str]:
+    held = _held_by_engines(snap)
     rows = []
     for p in sorted(snap.pools, key=_name):
         for ip in p.get("status", {}).get("ips") or []:
+            address = str(ip.get("address", "?"))
             rows.append(
                 [
-                    ip.get("address", "?"),
+                    address,
                     ip.get("state", "?"),
                     ip.get("pod") or "-",
+                    held.get(address, "-"),
                     _truncate(str(ip.get("reason") or ""), 60),
                 ]
             )
     if not rows:
         return ["  (the operator has not reported any yet)"]
-    return table(["ADDRESS", "STATE", "POD", "REASON"], rows)
+    return table(["ADDRESS", "STATE", "POD", "ENGINES", "REASON"], rows)
 
 
 def _shaping_rows(snap: Snapshot) -> dict[tuple[str, str], JSON]:

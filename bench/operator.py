@@ -446,6 +446,8 @@ def measure(
         state / "kube",
         fsync=False,
         die_with_parent=True,
+        # The operator alone: a thousand pools' pods stay Pending, as without a kubelet.
+        node=False,
         extra_apiserver_args=[
             f"--audit-policy-file={state / 'audit-policy.yaml'}",
             f"--audit-log-path={audit_log}",
@@ -460,7 +462,7 @@ def measure(
         cp.start()
         progress(f"control plane up in {time.monotonic() - t:.1f} s ({cp.server})")
         cp.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        cp.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        cp.wait_crds_established()
         cp.kubectl("create", "namespace", namespace)
         cp.kubectl(
             "create",

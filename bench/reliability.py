@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import os
 import re
 import shutil
 import smtplib
@@ -112,6 +113,7 @@ class FaultyMX:
         self.port = port
         self.mode = "ok"
         self.seen: dict[int, int] = {}
+        self.ids: dict[int, str] = {}  # the engine's queue id of each message (its Received)
         self.lock = threading.Lock()
         self.loop = asyncio.new_event_loop()
         self.server: asyncio.Server | None = None
@@ -206,6 +208,8 @@ class FaultyMX:
                     with self.lock:
                         n = int(m.group(1))
                         self.seen[n] = self.seen.get(n, 0) + 1
+                        qid = re.search(rb" id (\w+);", bytes(data))
+                        self.ids[n] = qid.group(1).decode() if qid else "?"
                 say("250 2.0.0 queued")
             elif verb == b"QUIT":
                 say("221 bye")
@@ -237,10 +241,11 @@ class Traffic:
     """Submits numbered messages; counts the 250s (accepted) and refusals."""
 
     eng: EngineProc
-    seq: int  # numbers are unique across faults: the MX is shared
+    seq: int  # the last number used; unique across faults, as the MX is shared
     accepted: set[int] = field(default_factory=set)
     refused: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    base: int = 0
 
     def _message(self, n: int) -> bytes:
         return (
@@ -333,7 +338,7 @@ class World:
             },
             "retry": {"initial": "1s", "max": "2s", "jitter": 0},
             "delivery": {"connectTimeout": "2s", "commandTimeout": "3s"},
-            "logging": {"level": "warning"},
+            "logging": {"level": "info" if os.environ.get("RELIABILITY_DEBUG") else "warning"},
         }
         for k, v in extra.items():
             cfg[k] = {**cfg.get(k, {}), **v}
@@ -341,7 +346,9 @@ class World:
 
     def traffic(self, eng: EngineProc) -> Traffic:
         self.seq_base += 10_000_000
-        return Traffic(eng, self.seq_base)
+        traffic = Traffic(eng, self.seq_base)
+        traffic.base = self.seq_base
+        return traffic
 
     def close(self) -> None:
         self.dns.close()
@@ -362,9 +369,21 @@ def _drain(world: World, traffic: Traffic) -> float:
 def _row(name: str, world: World, traffic: Traffic, drain: float, dup_before: int) -> Row:
     got = world.mx.delivered()
     delivered = len(traffic.accepted & got)
+    if os.environ.get("RELIABILITY_DEBUG") and world.mx.duplicates() > dup_before:
+        proc = traffic.eng.proc
+        path = proc.stderr_path if proc is not None else None
+        log = path.read_text(errors="replace") if path is not None else ""
+        with world.mx.lock:
+            twice = sorted(
+                world.mx.ids[n] for n, c in world.mx.seen.items() if c > 1 and n > traffic.base
+            )
+        print(f"{name}: delivered twice by message id: {twice[:10]}", file=sys.stderr)
+        print(f"log lines: {len(log.splitlines())}", file=sys.stderr)
+        for i in twice[:2]:
+            print("\n".join(ln for ln in log.splitlines() if i in ln), file=sys.stderr)
     if delivered < len(traffic.accepted):
         # What an investigation needs: which messages, and what the engine says.
-        missing = sorted(n - traffic.seq for n in traffic.accepted - got)
+        missing = sorted(n - traffic.base for n in traffic.accepted - got)
         print(f"{name}: not delivered: {missing[:20]}", file=sys.stderr)
         with contextlib.suppress(Exception):
             print(f"{name}: queue {traffic.eng.status()['queue']}", file=sys.stderr)
@@ -409,7 +428,9 @@ def disk_full(world: World, window: float) -> Row:
     )
     if mounted.returncode != 0:
         raise RuntimeError(f"disk-full needs a tmpfs mount: {mounted.stderr.decode().strip()}")
-    eng = world.engine(spool={"path": str(mnt / "spool")})
+    # A 1 MiB reserve (the default is 256 MiB, more than this filesystem): mail is refused at
+    # MAIL before the spool's own writes meet a full disk.
+    eng = world.engine(spool={"path": str(mnt / "spool"), "diskReserve": "1Mi"})
     dup = world.mx.duplicates()
     filler = mnt / "filler"
     try:
@@ -428,7 +449,10 @@ def disk_full(world: World, window: float) -> Row:
         traffic.run_for(window)
         filler.unlink()
         world.mx.set_mode("ok")
-        traffic.send(20)
+        before = len(traffic.accepted)
+        traffic.run_for(window)  # the engine notices the room again and takes mail
+        if len(traffic.accepted) == before:
+            raise RuntimeError("disk-full: no mail accepted after the disk had room again")
         return _row("disk-full", world, traffic, _drain(world, traffic), dup)
     finally:
         world.mx.set_mode("ok")

@@ -882,6 +882,26 @@ class ControlPlane:
             raise KubectlError(proc.returncode, proc.args, proc.stdout, proc.stderr)
         return proc
 
+    def wait_crds_established(self, names: Sequence[str] = (), timeout: float = 60.0) -> None:
+        """Until the CRDs (default: all) are Established. Polled: `kubectl wait` fails outright
+        on a CRD whose status has no conditions yet, as it has a moment after its create."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.kubectl("get", "crd", *names, "-o", "json", check=False)
+            if out.returncode == 0:
+                items = json.loads(out.stdout).get("items", [])
+                if items and all(
+                    any(
+                        c.get("type") == "Established" and c.get("status") == "True"
+                        for c in (i.get("status") or {}).get("conditions") or []
+                    )
+                    for i in items
+                ):
+                    return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"CRDs not Established after {timeout:.0f}s: {out.stdout[-500:]}")
+            time.sleep(0.2)
+
 
 @contextlib.contextmanager
 def running_control_plane(

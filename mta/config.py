@@ -432,6 +432,9 @@ class WarmupCapConfig(Model):
     provider: str  # a provider name, or "*" for every provider
     day: int = Field(ge=0)
     daily_cap: int = Field(ge=0)
+    # When this warmup day began (epoch seconds), as the operator counts days: the count and
+    # the slots are the operator's day. None: days are the engine's, aligned to the epoch.
+    day_start: float | None = None
 
 
 ReplyClassName = Literal[

@@ -1,6 +1,10 @@
 """The queue runner: takes spooled messages to their destinations, records each outcome durably,
-schedules retries and writes DSNs. Decisions come from mailfleet.mta.retry; I/O from the router,
-the delivery client and the spool."""
+schedules retries and writes DSNs. Decisions come from mailfleet.mta.retry and plan_admission;
+I/O from the router, the delivery client and the spool.
+
+Only the active set (spool.activeLimit messages: ready, in flight, held by shaping) is in memory,
+as scheduling records without bodies; a deferred recipient goes back to the spool, and the loader
+pages what is due back in, oldest first, through the spool's due index."""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.providers import DEFAULT
 from mailfleet.mta.retry import next_attempt_at, outcome_for_reply
 from mailfleet.mta.routing import RouteError, Router
-from mailfleet.mta.shaping import CONNECTION_LIMIT, RuleHit, Shaper, Wait, day_index
+from mailfleet.mta.shaping import CONNECTION_LIMIT, RuleHit, Shaper, Wait
 from mailfleet.mta.spool import (
     DiskUsage,
     DueRow,
@@ -282,6 +286,10 @@ class QueueRunner:
         c.messages += 1
         for r in msg.recipients:
             c.add(c.by_domain, domain_of(r.recipient), 1)
+        if msg.id in self.active:
+            # The loader read it from the spool between its commit and this call: it is being
+            # worked on already; scheduling it again would deliver it twice.
+            return
         jobs: list[Job] = []
         left: set[str] = set()
         for j in jobs_for(msg, self._seq):
@@ -662,8 +670,8 @@ class QueueRunner:
             if body is None:
                 return False  # gone from the spool meanwhile
             if grant.warmup:
-                day = day_index(now, self.cfg.shaping.day_length)
                 for key in self.shaper.warmup_keys(grant.ip, provider):
+                    day = self.shaper.warmup_day(grant.ip, key, now)[0]
                     await self.spool.warmup_add(grant.ip, key, day)
             result = await self.client.deliver(
                 source_ip=grant.ip or None,
@@ -917,8 +925,9 @@ class QueueRunner:
             m.shaping_rate.labels(*labels).set(row["rate"] if row["rate"] is not None else -1)
             m.pair_suspended.labels(*labels).set(1 if row["suspendedUntil"] else 0)
             m.pair_quarantined.labels(*labels).set(1 if row["quarantinedUntil"] else 0)
+        now = time.time()
         for (ip, provider, day), sent in list(self.shaper.warmup_sent.items()):
-            if day == day_index(time.time(), self.cfg.shaping.day_length):
+            if day == self.shaper.warmup_day(ip, provider, now)[0]:
                 m.warmup_sent.labels(ip, provider).set(sent)
         for (ip, provider), cap in self.shaper.caps.items():
             m.warmup_cap.labels(ip, provider).set(cap)

@@ -218,6 +218,11 @@ class Shaper:
         self.caps: dict[tuple[str, str], int] = {
             (str(w.address), w.provider): w.daily_cap for w in cfg.shaping.warmup
         }
+        self.day_starts: dict[tuple[str, str], float] = {
+            (str(w.address), w.provider): w.day_start
+            for w in cfg.shaping.warmup
+            if w.day_start is not None
+        }
         self._rules: dict[str, list[CompiledRule]] = {}
         for pair in self.pairs.values():
             limits = self.settings(pair.provider).per_ip
@@ -254,32 +259,39 @@ class Shaper:
         the IP's whole daily cap ("*"), which every provider's sends count against together."""
         return [p for p in (provider, "*") if (ip, p) in self.caps]
 
+    def warmup_day(self, ip: str, key: str, now: float) -> tuple[int, float]:
+        """(the day a send is counted under, how far into that day `now` is) for one cap: the
+        operator's warmup day when it says when the day began, else the engine's own."""
+        sh = self.cfg.shaping
+        start = self.day_starts.get((ip, key))
+        if start is not None and start <= now:
+            return int(start), now - start
+        day = day_index(now, sh.day_length)
+        return day, now - day * sh.day_length
+
     def warmup_left(self, ip: str, provider: str, now: float) -> int | None:
         """Messages this pair may still send now under its warmup caps; None: not capped."""
         keys = self.warmup_keys(ip, provider)
         if not keys:
             return None
         sh = self.cfg.shaping
-        day = day_index(now, sh.day_length)
-        into = now - day * sh.day_length
-        return min(
-            max(
-                0,
-                warmup_allowance(self.caps[(ip, k)], into, sh.day_length, sh.warmup_slots)
-                - self.warmup_sent.get((ip, k, day), 0),
-            )
-            for k in keys
-        )
+        left = []
+        for k in keys:
+            day, into = self.warmup_day(ip, k, now)
+            allowed = warmup_allowance(self.caps[(ip, k)], into, sh.day_length, sh.warmup_slots)
+            left.append(max(0, allowed - self.warmup_sent.get((ip, k, day), 0)))
+        return min(left)
 
     def warmup_today(self, now: float) -> list[dict[str, Any]]:
         """Today's count and cap of every warmup cap this engine holds (provider "*": the IP's
         whole day), for the operator to show in the IPWarmup's status."""
-        day = day_index(now, self.cfg.shaping.day_length)
         return [
             {
                 "ip": ip,
                 "provider": provider,
-                "sent": self.warmup_sent.get((ip, provider, day), 0),
+                "sent": self.warmup_sent.get(
+                    (ip, provider, self.warmup_day(ip, provider, now)[0]), 0
+                ),
                 "cap": cap,
             }
             for (ip, provider), cap in sorted(self.caps.items())
@@ -317,7 +329,7 @@ class Shaper:
             if left is not None and left <= 0:
                 capped_share += weight
                 sh = self.cfg.shaping
-                into = now - day_index(now, sh.day_length) * sh.day_length
+                into = min(self.warmup_day(ip, k, now)[1] for k in self.warmup_keys(ip, provider))
                 waits.append((next_slot_in(into, sh.day_length, sh.warmup_slots), "warmup cap"))
                 continue
             if p.inflight >= settings.per_ip.max_connections:
@@ -375,8 +387,8 @@ class Shaper:
             self.pool_tokens[grant.provider] = (tokens - 1.0, at)
         self.pool_inflight[grant.provider] = self.pool_inflight.get(grant.provider, 0) + 1
         if grant.warmup:
-            day = day_index(now, self.cfg.shaping.day_length)
             for k in self.warmup_keys(grant.ip, grant.provider):
+                day = self.warmup_day(grant.ip, k, now)[0]
                 self.warmup_sent[(grant.ip, k, day)] = (
                     self.warmup_sent.get((grant.ip, k, day), 0) + 1
                 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import logging
 import os
 import queue
 import sqlite3
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("mailfleet.mta.spool")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -66,9 +69,11 @@ CREATE INDEX IF NOT EXISTS recipients_domain ON recipients (domain, next_attempt
 CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
 """
 
-# Pages freed per housekeeping pass (4 KiB each): 16 MiB back to the filesystem at a time, so
-# that a pass holds the writer (and so new mail's 250) for a moment only.
+# Pages freed per housekeeping pass (4 KiB each): 16 MiB back to the filesystem at a time (64 MiB
+# a minute at the default interval), in slices of 1 MiB between the writer's other commits, so
+# new mail's 250 never waits long and the checkpoint after it has little to copy.
 VACUUM_PAGES = 4096
+VACUUM_SLICE = 256
 # The WAL is truncated to this after a checkpoint (it is reused, not regrown, up to here).
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
@@ -370,10 +375,29 @@ class Spool:
         result: int = await self._submit(op, durable=False)
         return result
 
-    async def maintain(self) -> None:
-        """Housekeeping: hand freed pages back to the filesystem, checkpoint and truncate the
-        WAL. Runs on the writer thread between commits (never inside one)."""
-        await self._submit(_MAINTAIN, durable=False)
+    async def maintain(self, pages: int = VACUUM_PAGES) -> int:
+        """Housekeeping: hand up to `pages` freed pages back to the filesystem, a slice at a
+        time on the writer thread between its commits, then checkpoint the WAL into the database
+        (on a connection of its own, PASSIVE: it never blocks the writer, which truncates the WAL
+        to its size limit when it starts it over). Returns the free pages left."""
+        left = 0
+        for _ in range(max(pages // VACUUM_SLICE, 1)):
+            left = await self._submit(_MAINTAIN, durable=False)
+            if left == 0:
+                break
+            await asyncio.sleep(0.005)
+        # The file shrinks when the checkpoint copies the vacuum's last frames into it.
+        await asyncio.to_thread(self._checkpoint)
+        return left
+
+    def _checkpoint(self) -> None:
+        db = sqlite3.connect(self._db_file, isolation_level=None, timeout=0)
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as e:
+            log.warning("spool checkpoint failed", extra={"error": str(e)})
+        finally:
+            db.close()
 
     # -- shaping state: adaptive rates, suspensions and warmup counters survive restarts -------
 
@@ -467,20 +491,15 @@ def _MAINTAIN(db: sqlite3.Connection) -> None:  # a marker: never run inside a b
     raise AssertionError("housekeeping runs outside transactions")
 
 
-def _maintain(db: sqlite3.Connection) -> tuple[None, BaseException | None]:
+def _maintain(db: sqlite3.Connection) -> tuple[int, BaseException | None]:
+    """One slice of incremental vacuum, in a transaction of its own; the free pages left."""
     try:
         # executescript steps the statement to its end (execute() would free one page only).
-        db.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
-        # Never wait for the reader thread to move on (the writer would stall with it): when a
-        # reader holds an old snapshot this pass checkpoints what it can and truncates next time.
-        db.execute("PRAGMA busy_timeout=0")
-        try:
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        finally:
-            db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(f"PRAGMA incremental_vacuum({VACUUM_SLICE});")
+        (left,) = db.execute("PRAGMA freelist_count").fetchone()
     except sqlite3.Error as e:
-        return None, e
-    return None, None
+        return 0, e
+    return int(left), None
 
 
 def _commit(db: sqlite3.Connection, batch: list[_Item]) -> list[_Result] | None:

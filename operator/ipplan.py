@@ -133,17 +133,26 @@ def warmup_caps(
     caps: list[WarmupCapConfig] = []
     seen: set[str] = set()
     for w in active_warmups(pool, warmups, now):
-        day = warmup_day(w, pool, now)
+        clock = clock_of(w, pool, now)
+        day = clock.day
         cap = wu.cap_for_day(w.spec.schedule, day)
+        # The engines count the day from when it began, as the operator does (None until the
+        # warmup's status says when it started).
+        began = clock.last_advance or (w.status.start_time if w.status is not None else None)
+        start = began.timestamp() if began is not None else None
         for a in w.spec.addresses:
             addr = str(a)
             if addr not in pool_ips or addr in seen:
                 continue
             seen.add(addr)
-            caps.append(WarmupCapConfig(address=a, provider="*", day=day, daily_cap=cap))
+            caps.append(
+                WarmupCapConfig(address=a, provider="*", day=day, daily_cap=cap, day_start=start)
+            )
             for provider, share_cap in wu.provider_caps(cap, w.spec.per_provider).items():
                 caps.append(
-                    WarmupCapConfig(address=a, provider=provider, day=day, daily_cap=share_cap)
+                    WarmupCapConfig(
+                        address=a, provider=provider, day=day, daily_cap=share_cap, day_start=start
+                    )
                 )
     return caps
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
 class OperatorMetrics:
@@ -41,6 +44,70 @@ class OperatorMetrics:
             ["type", "reason"],
             registry=self.registry,
         )
+
+        self.pool_condition = Gauge(
+            "mailfleet_pool_condition",
+            "1 for each condition a SendingPool's status holds, by type, status and reason",
+            ["pool_namespace", "pool", "type", "status", "reason"],
+            registry=self.registry,
+        )
+        self.pool_ip_state = Gauge(
+            "mailfleet_pool_ip_state",
+            "1 for the state each pool IP is in (active, warming, standby, quarantined)",
+            ["pool_namespace", "pool", "address", "state"],
+            registry=self.registry,
+        )
+        self.pool_draining_pods = Gauge(
+            "mailfleet_pool_draining_pods",
+            "Pods of a pool handing off their queue before a scale-down removes them",
+            ["pool_namespace", "pool"],
+            registry=self.registry,
+        )
+        self.pool_handoff_left = Gauge(
+            "mailfleet_pool_handoff_left",
+            "Messages the draining pods of a pool still hold",
+            ["pool_namespace", "pool"],
+            registry=self.registry,
+        )
+        self.pool_replicas = Gauge(
+            "mailfleet_pool_replicas",
+            "Pods of a pool: desired (the target) and running (that exist)",
+            ["pool_namespace", "pool", "kind"],
+            registry=self.registry,
+        )
+        # The label sets last exported per pool, to drop the ones a new status no longer has.
+        self._series: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
+
+    def set_pool(self, namespace: str, pool: str, status: Mapping[str, Any]) -> None:
+        """The pool's status as gauges; series the status no longer holds are removed."""
+        key = (namespace, pool)
+        now: list[tuple[Gauge, tuple[str, ...]]] = []
+        for c in status.get("conditions") or []:
+            cond = (namespace, pool, str(c["type"]), str(c["status"]), str(c.get("reason", "")))
+            now.append((self.pool_condition, cond))
+        for ip in status.get("ips") or []:
+            now.append((self.pool_ip_state, (namespace, pool, str(ip["address"]), ip["state"])))
+        for g, series in now:
+            g.labels(*series).set(1)
+        if "drainingPods" in status:
+            draining: Sequence[str] = status.get("drainingPods") or []
+            self.pool_draining_pods.labels(namespace, pool).set(len(draining))
+            now.append((self.pool_draining_pods, (namespace, pool)))
+        if status.get("handoffLeft") is not None:
+            self.pool_handoff_left.labels(namespace, pool).set(status["handoffLeft"])
+            now.append((self.pool_handoff_left, (namespace, pool)))
+        for kind, field in (("desired", "desiredReplicas"), ("running", "replicas")):
+            if status.get(field) is not None:
+                self.pool_replicas.labels(namespace, pool, kind).set(status[field])
+                now.append((self.pool_replicas, (namespace, pool, kind)))
+        for g, old in self._series.get(key, []):
+            if (g, old) not in now:
+                g.remove(*old)
+        self._series[key] = now
+
+    def forget_pool(self, namespace: str, pool: str) -> None:
+        for g, old in self._series.pop((namespace, pool), []):
+            g.remove(*old)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """/metrics on a background thread (prometheus_client's own server)."""

@@ -374,6 +374,7 @@ class Operator:
 
     def forget_pool(self, namespace: str, name: str) -> None:
         key = (namespace, name)
+        self.metrics.forget_pool(namespace, name)
         for k in [k for k, pool in self.child_pools.items() if k[0] == namespace and pool == name]:
             self.known.pop(k, None)
             del self.child_pools[k]
@@ -567,6 +568,7 @@ class Operator:
                 for p in self.pod_status[key]["pods"]
                 if p.get("configHash") == rendered.config_hash
             )
+        self.metrics.set_pool(namespace, name, {**(old_status or {}), **new_status})
         if drift.status_changed(old_status, new_status):
             result = await self.api.patch_status(kube.SENDINGPOOLS, namespace, name, new_status)
             if result is None:
@@ -580,6 +582,10 @@ class Operator:
                 self.post_event(body, ev.type, ev.reason, ev.message)
         if warmups:
             await self.update_warmup_statuses(idx, namespace, name)
+            if any(w.status is None or w.status.start_time is None for w in warmups):
+                # A warmup just started: render again once its startTime is in the index, so
+                # the engines count its days from it.
+                self._reconcile_later(self.advances, key, 2.0)
         if rendered.config_hash is not None and self.engines is not None:
             self.spawn(self.guarded("SendingPool", self.poll_pool(idx, namespace, name)))
         return changed
@@ -651,6 +657,7 @@ class Operator:
             rerender = rerender or plan_ready
         old_status, _ = self._old_status(key, bodies[0])
         self.pod_status[key] = fields
+        self.metrics.set_pool(namespace, name, {**(old_status or {}), **fields})
         if drift.status_changed(old_status, fields):
             result = await self.api.patch_status(kube.SENDINGPOOLS, namespace, name, fields)
             if result is not None:

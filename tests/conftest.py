@@ -3,5 +3,11 @@
 import importlib.util
 
 # Fixture modules register here as they land; each module is a pytest plugin.
-_PLUGINS = ["fixtures.kube", "fixtures.peers", "fixtures.engine", "fixtures.operator"]
+_PLUGINS = [
+    "fixtures.kube",
+    "fixtures.peers",
+    "fixtures.engine",
+    "fixtures.operator",
+    "fixtures.fleet",
+]
 pytest_plugins = [p for p in _PLUGINS if importlib.util.find_spec(p) is not None]

@@ -149,16 +149,16 @@ def test_make_demo_runs_a_fleet_that_delivers_signed_mail(
 
     # What the user reads at the end: a fleet that ran and delivered.
     assert "demo OK: delivered" in text, text[-4000:]
+    # The pool's minimum of pods runs and is ready (the autoscaler may be adding one more).
     final = last_frame(text)
-    pods = pod_rows(final)
-    assert len(pods) >= 2, final
-    assert all(row[1] == "Running" and row[3] == "yes" for row in pods), final
+    running = [row for row in pod_rows(final) if row[1] == "Running" and row[3] == "yes"]
+    assert len(running) >= 2, final
     assert "stopped: traffic, operator" in text
 
     # The report agrees, and the mail came from the pool's sending IPs.
     report = json.loads((demo.state / "report.json").read_text())
     assert report["ok"] is True
-    assert {p["phase"] for p in report["pods"]} == {"Running"}
+    assert sum(p["phase"] == "Running" and p["ready"] for p in report["pods"]) >= 2
     pool = yaml.safe_load((REPO / "examples/local/sendingpool.yaml").read_text())
     sending = {ip["address"] for ip in pool["spec"]["ips"] if not ip.get("standby")}
     delivered = [d for d in report["delivered"] if d["delivered"] > 0]

@@ -6,17 +6,25 @@ pod, and a pool that sends through a SOCKS5 egress proxy."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import smtplib
-import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from fixtures.dkimverify import DkimVerifier
 from fixtures.dnsserver import DnsServer
+from fixtures.fleet import (
+    SUBMISSION_PORT,
+    apply,
+    message_ids,
+    policy_manifest,
+    pool_manifest,
+    pool_status,
+    running_pods,
+    submit,
+    wait_pods,
+)
 from fixtures.keys import RSA_KEY
 from fixtures.operator import OperatorProcess, kget, wait_for
 from fixtures.smtppeers import RecordingMX
@@ -24,134 +32,6 @@ from fixtures.smtppeers import RecordingMX
 from mailfleet.mta.dkimkeys import dns_txt_record
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
-
-SUBMISSION_PORT = 2525
-
-
-def apply(kube: Any, manifest: dict[str, Any]) -> None:
-    kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
-
-
-def pool_manifest(
-    ns: str, name: str, mx: RecordingMX, ips: list[str], **spec: Any
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "replicas": {"min": 1, "max": 3, "desired": 2},
-        "ips": [{"address": ip, "hostname": f"mta{i}.example.test"} for i, ip in enumerate(ips, 1)],
-        "submission": {"port": SUBMISSION_PORT, "trustedCIDRs": ["127.0.0.0/8"]},
-        "dkim": [
-            {
-                "domain": "example.test",
-                "selector": RSA_KEY.selector,
-                "secretRef": "dkim-example-test",
-                "secretKey": "rsa.pem",
-            }
-        ],
-        "routing": {"routes": {"*": f"{mx.host}:{mx.port}"}},
-        "storage": {"size": "1Gi"},
-        **spec,
-    }
-    return {
-        "apiVersion": "mailfleet.io/v1alpha1",
-        "kind": "SendingPool",
-        "metadata": {"name": name, "namespace": ns, "labels": {"tier": "e2e"}},
-        "spec": body,
-    }
-
-
-def policy_manifest(ns: str, rate: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "mailfleet.io/v1alpha1",
-        "kind": "DeliveryPolicy",
-        "metadata": {"name": "e2e", "namespace": ns, "labels": {"tier": "e2e"}},
-        "spec": {"default": {"perIP": {"maxMessageRate": rate}}},
-    }
-
-
-def running_pods(kube: Any, ns: str, pool: str) -> list[dict[str, Any]]:
-    pods = kget(kube, ns, "pods", "-l", f"app.kubernetes.io/instance={pool}")["items"]
-    return [
-        p
-        for p in pods
-        if p["status"].get("phase") == "Running"
-        and p["metadata"].get("deletionTimestamp") is None
-        and any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in p["status"].get("conditions", [])
-        )
-    ]
-
-
-def describe(kube: Any, ns: str, pool: str) -> str:
-    """What an SRE would look at when pods do not come up: pods, events, the engine's log."""
-    out = [kube.kubectl("get", "pods,sendingpools", "-n", ns, "-o", "wide", check=False).stdout]
-    out.append(kube.kubectl("get", "events", "-n", ns, check=False).stdout[-4000:])
-    for p in kget(kube, ns, "pods", "-l", f"app.kubernetes.io/instance={pool}")["items"]:
-        log = kube.pod_log(ns, p["metadata"]["name"], "mta")
-        if log.exists():
-            out.append(f"--- {p['metadata']['name']}:\n" + log.read_text(errors="replace")[-3000:])
-    return "\n".join(out)
-
-
-def wait_pods(kube: Any, ns: str, pool: str, n: int, timeout: float = 120) -> list[dict[str, Any]]:
-    try:
-        return wait_for(
-            f"{n} ready pods of {pool}",
-            lambda: (pods := running_pods(kube, ns, pool)) and len(pods) == n and pods,
-            timeout,
-            every=0.5,
-        )
-    except AssertionError as e:
-        raise AssertionError(f"{e}\n{describe(kube, ns, pool)}") from None
-
-
-def submit(ip: str, n: int, tag: str) -> list[str]:
-    """n messages to the pod at ip; returns their Message-IDs."""
-    ids = []
-    with smtplib.SMTP(ip, SUBMISSION_PORT, local_hostname="app.test", timeout=30) as s:
-        for i in range(n):
-            mid = f"<{tag}.{i}.{time.time_ns()}@example.test>"
-            body = (
-                f"From: App <app@example.test>\r\nTo: <user{i}@example.org>\r\n"
-                f"Subject: {tag} {i}\r\nMessage-ID: {mid}\r\n\r\nhello from the fleet\r\n"
-            )
-            s.sendmail("app@example.test", [f"user{i}@example.org"], body.encode())
-            ids.append(mid)
-    return ids
-
-
-def message_ids(mx: RecordingMX) -> set[str]:
-    out = set()
-    for m in mx.messages():
-        for line in m.content.split(b"\r\n"):
-            if line.lower().startswith(b"message-id:"):
-                out.add(line.split(b":", 1)[1].strip().decode())
-    return out
-
-
-def pool_status(kube: Any, ns: str, name: str) -> dict[str, Any]:
-    status: dict[str, Any] = kget(kube, ns, "sendingpool", name).get("status") or {}
-    return status
-
-
-@pytest.fixture
-def fleet(
-    kube_cluster: Any,
-    kube_namespace: str,
-    run_operator: Callable[..., OperatorProcess],
-    recording_mx: Callable[..., RecordingMX],
-) -> Iterator[tuple[Any, str, RecordingMX, OperatorProcess]]:
-    kube = kube_cluster
-    ns = kube_namespace
-    mx = recording_mx("127.0.0.1")
-    kube.kubectl(
-        "create", "secret", "generic", "dkim-example-test", "-n", ns,
-        f"--from-file=rsa.pem={RSA_KEY.key_file}",
-    )  # fmt: skip
-    op = run_operator(ns)
-    yield kube, ns, mx, op
-    # Pods stop with their namespace; leave the node quiet for the next test.
-    kube.kubectl("delete", "sendingpools", "--all", "-n", ns, "--wait=false", check=False)
 
 
 def test_a_pool_runs_delivers_signed_mail_scales_and_takes_policy_edits(

@@ -40,14 +40,7 @@ def ok(kube_cluster: Any, *args: str, input: str | None = None) -> str:
 def crds(kube_cluster: Any) -> Iterator[Any]:
     # Server-side apply: other test modules may apply the same CRDs to the shared cluster.
     ok(kube_cluster, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    for k in m.KINDS:
-        ok(
-            kube_cluster,
-            "wait",
-            "--for=condition=Established",
-            f"crd/{k.crd_name}",
-            "--timeout=60s",
-        )
+    kube_cluster.control_plane.wait_crds_established([k.crd_name for k in m.KINDS])
     ok(kube_cluster, "create", "namespace", NS)
     yield kube_cluster
     run(kube_cluster, "delete", "namespace", NS, "--wait=false")

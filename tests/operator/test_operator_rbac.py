@@ -171,7 +171,11 @@ def test_two_peered_operators_one_works(
     # The active one goes away: the other takes over.
     first.stop()
     wait_for("the other resumes", lambda: "Resuming operations" in second.log(), timeout=90)
-    kube.kubectl("scale", "-n", ns, "sendingpool/transactional", "--replicas=3")
+    # The built-in autoscaler off, three pods asked for: only a working operator applies it.
+    patch = {"spec": {"autoscaling": {"enabled": False}, "replicas": {"desired": 3}}}
+    kube.kubectl(
+        "patch", "-n", ns, "sendingpool", "transactional", "--type=merge", "-p", json.dumps(patch)
+    )
     wait_for(
         "the survivor reconciles",
         lambda: kget(kube, ns, "statefulset", "transactional")["spec"]["replicas"] == 3,

@@ -409,6 +409,7 @@ def test_alerts_cover_what_an_sre_needs(helm: str) -> None:
         "MailfleetDKIMSecretMissing",
         "MailfleetIPQuarantined",
         "MailfleetQueueDepthHigh",
+        "MailfleetDrainStuck",
     }
     for a in alerts.values():
         assert a["labels"]["severity"] in ("critical", "warning")
@@ -434,7 +435,7 @@ def test_promtool_accepts_the_rules(helm: str, promtool: str, tmp_path: Path) ->
         [promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 6 rules found" in proc.stdout
+    assert "SUCCESS: 7 rules found" in proc.stdout
 
 
 OPERATOR = {"job": f"{FULLNAME}-metrics", "namespace": NAMESPACE}
@@ -655,6 +656,38 @@ ALERT_TESTS: list[dict[str, Any]] = [
     },
 ]
 
+
+ALERT_TESTS.append(
+    {
+        "interval": "1m",
+        "input_series": [
+            {"series": series("mailfleet_pool_draining_pods", POOL), "values": "0x5 2x60"},
+            # Handing off for 20 minutes, then stuck at 400 messages.
+            {
+                "series": series("mailfleet_pool_handoff_left", POOL),
+                "values": "0x5 9000-400x20 400x40",
+            },
+            {"series": series("mailfleet_pool_draining_pods", POOL, pool="bulk"), "values": "0x65"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "20m", "alertname": "MailfleetDrainStuck", "exp_alerts": []},
+            {"eval_time": "40m", "alertname": "MailfleetDrainStuck", "exp_alerts": []},
+            {
+                "eval_time": "62m",
+                "alertname": "MailfleetDrainStuck",
+                "exp_alerts": [
+                    {
+                        "exp_labels": {
+                            "severity": "warning",
+                            "pool_namespace": "mail",
+                            "pool": "transactional",
+                        }
+                    }
+                ],
+            },
+        ],
+    }
+)
 
 # Alerts whose rendered annotations the promtool tests compare too (promtool compares all or
 # nothing per alert); the others have theirs removed for the test.

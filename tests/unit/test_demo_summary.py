@@ -209,13 +209,14 @@ def test_a_running_fleet_reads_at_a_glance() -> None:
     ]  # fmt: skip
 
     ips = section(text, "IP STATES")
-    assert [ln.split()[:3] for ln in ips[1:]] == [
-        ["127.0.2.1", "active", "local-0"],
-        ["127.0.2.2", "active", "local-1"],
-        ["127.0.2.3", "warming", "local-0"],
-        ["127.0.2.4", "standby", "-"],
+    assert ips[0].split() == ["ADDRESS", "STATE", "POD", "ENGINES", "REASON"]
+    # ENGINES: what the engines' shaping holds against the address, per provider.
+    assert [ln.split() for ln in ips[1:]] == [
+        ["127.0.2.1", "active", "local-0", "suspended", "for", "yahoo"],
+        ["127.0.2.2", "active", "local-1", "-"],
+        ["127.0.2.3", "warming", "local-0", "-", "IPWarmup/local-mta3"],
+        ["127.0.2.4", "standby", "-", "-"],
     ]
-    assert ips[3].endswith("IPWarmup/local-mta3")
 
     rates = {tuple(ln.split()[:2]): ln.split()[2:] for ln in section(text, "RATES")[1:]}
     assert rates[("127.0.2.1", "gmail")] == ["60/min", "12/min", "40", "3", "-", "throttled"]
@@ -234,6 +235,35 @@ def test_a_running_fleet_reads_at_a_glance() -> None:
     assert delivered[2].split() == ["outlook", "0", "55", "0", "55", "0"]
     assert delivered[3].split() == ["yahoo", "25", "0", "0", "25", "0"]
     assert delivered[4].startswith("  last refusal (gmail to 127.0.2.1): 421 4.7.28")
+
+
+def test_scaling_and_draining_are_explained_under_the_pool() -> None:
+    status = {
+        **POOL["status"],
+        "scaleReason": "3 pods: 130 queued, 40 per pod",
+        "lastScaleTime": ts(12),
+        "drainingPods": ["local-2"],
+        "handoffLeft": 17,
+    }
+    text = summary.render_summary(fleet_snapshot(pools=[{**POOL, "status": status}]))
+    assert section(text, "SENDING POOLS")[2:] == [
+        "  local scaled: 3 pods: 130 queued, 40 per pod (12s ago)",
+        "  local draining: local-2, 17 message(s) to hand off",
+    ]
+    assert len(section(summary.render_summary(fleet_snapshot()), "SENDING POOLS")) == 2
+
+
+def test_an_ip_held_for_several_providers_says_which() -> None:
+    now = NOW.timestamp()
+    rows = [
+        {"ip": "127.0.2.1", "provider": "outlook", "quarantinedUntil": now + 3600},
+        {"ip": "127.0.2.1", "provider": "gmail", "quarantinedUntil": now + 60},
+        {"ip": "127.0.2.1", "provider": "yahoo", "suspendedUntil": now + 60},
+    ]
+    text = summary.render_summary(fleet_snapshot(engines={"local-0": engine(1, 0, rows)}))
+    first = section(text, "IP STATES")[1]
+    assert first.split()[:3] == ["127.0.2.1", "active", "local-0"]
+    assert "quarantined for gmail, outlook; suspended for yahoo" in first
 
 
 def test_events_show_the_newest_eight_oldest_first() -> None:

@@ -320,3 +320,49 @@ async def test_a_scale_down_waits_for_the_leaving_pod_to_hand_off() -> None:
     assert api.objects[("StatefulSet", "ns1", "transactional")]["spec"]["replicas"] == 1
     assert engines.status_of["127.10.0.2"]["queue"]["messages"] == 10  # nothing lost
     await op.close()
+
+
+def test_pool_gauges_follow_the_status_and_drop_what_it_no_longer_says() -> None:
+    from mailfleet.operator.metrics import OperatorMetrics
+
+    m = OperatorMetrics()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return m.registry.get_sample_value(name, labels)
+
+    ready = {"type": "Ready", "status": "False", "reason": "PodsNotReady"}
+    m.set_pool(
+        "mail", "p", {"conditions": [ready], "ips": [{"address": "192.0.2.1", "state": "active"}]}
+    )
+    base = {"pool_namespace": "mail", "pool": "p"}
+    assert (
+        sample(
+            "mailfleet_pool_condition", **base, type="Ready", status="False", reason="PodsNotReady"
+        )
+        == 1
+    )
+    m.set_pool(
+        "mail",
+        "p",
+        {
+            "conditions": [{**ready, "status": "True", "reason": "PodsReady"}],
+            "ips": [{"address": "192.0.2.1", "state": "quarantined"}],
+            "drainingPods": ["p-1"],
+            "handoffLeft": 12,
+            "desiredReplicas": 1,
+            "replicas": 2,
+        },
+    )
+    assert (
+        sample(
+            "mailfleet_pool_condition", **base, type="Ready", status="False", reason="PodsNotReady"
+        )
+        is None
+    )
+    assert sample("mailfleet_pool_ip_state", **base, address="192.0.2.1", state="active") is None
+    assert sample("mailfleet_pool_ip_state", **base, address="192.0.2.1", state="quarantined") == 1
+    assert sample("mailfleet_pool_draining_pods", **base) == 1
+    assert sample("mailfleet_pool_handoff_left", **base) == 12
+    assert sample("mailfleet_pool_replicas", **base, kind="running") == 2
+    m.forget_pool("mail", "p")
+    assert sample("mailfleet_pool_replicas", **base, kind="running") is None
