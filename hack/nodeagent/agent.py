@@ -143,6 +143,9 @@ class Cgroups:
             procs.append(str(d / "cgroup.procs"))
         return procs
 
+    def procs_files(self, uid: str, container: str) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self._dirs(uid, container) if d.is_dir()]
+
     def pids(self, uid: str, container: str) -> set[int]:
         out: set[int] = set()
         for d in self._dirs(uid, container):
@@ -952,6 +955,8 @@ class PodWorker(threading.Thread):
         if not c.pid:
             return 1, "container is not running"
         spec = self._runner_spec(pod, c, list(argv), self._env(pod, c), mounts=False)
+        # In the container's cgroups too: limited with it, and stopped with it.
+        spec["cgroupProcs"] = self.agent.cgroups.procs_files(self.uid, c.name)
         proc = subprocess.Popen(
             ["nsenter", "-t", str(c.pid), "-m", "-u", "--", self.agent.cfg.python, str(RUNNER)],
             stdin=subprocess.PIPE,
