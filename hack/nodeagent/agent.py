@@ -189,6 +189,13 @@ class Cgroups:
                         except OSError:
                             time.sleep(0.05)
 
+    def close(self) -> None:
+        """The agent's own directories, once its pods are stopped."""
+        self.sweep(set())
+        for base in self.base.values():
+            with contextlib.suppress(OSError):
+                base.rmdir()
+
     def sweep(self, live: set[str]) -> None:
         for base in self.base.values():
             for d in base.glob("*"):
@@ -1545,9 +1552,10 @@ class Agent:
                 w.join(timeout=max(deadline - time.monotonic(), 0.1))
         # Whatever a stuck worker left behind.
         for w in workers:
-            for c in w.containers:
+            for c in w.init_containers + w.containers:
                 if c.proc is not None and c.proc.poll() is None:
                     _killpg(c.pid, signal.SIGKILL)
+        self.cgroups.close()
 
 
 def serve(cfg: Config, on_ready: Callable[[], None] | None = None) -> None:
