@@ -562,7 +562,7 @@ class Demo:
             [p.domain for p in self.sim.providers.values()],
             lambda: ready_pod_ips(self.pods),
             self.stop,
-            burst=(self.burst_at, self.rate * 8, 60.0) if self.burst_at is not None else None,
+            burst=(self.burst_at, self.rate * 4, 30.0) if self.burst_at is not None else None,
         )
         self.traffic.start()
         kubectl = f"{_short(self.cp.kubectl_path)} --kubeconfig {_short(self.cp.kubeconfig)}"
@@ -792,8 +792,9 @@ def main(argv: list[str] | None = None) -> int:
         "--burst",
         type=float,
         metavar="SECONDS",
-        help="after this long, 60 s at 8 x --rate: the autoscaler adds pods, then drains them "
-        "away again once the queue has been low for its stabilization window (2 min)",
+        help="after this long, 30 s at 4 x --rate: the autoscaler adds pods; once the backlog "
+        "is delivered and the queue has stayed low for its stabilization window (2 min), it "
+        "drains them away again (a whole cycle takes about 10 minutes)",
     )
     ap.add_argument("--state-dir", type=Path, default=ROOT / ".local" / "demo")
     ap.add_argument(
