@@ -319,8 +319,13 @@ class TrafficGenerator(threading.Thread):
     def rate_now(self) -> float:
         if self.burst is not None:
             after, rate, length = self.burst
-            if 0 <= time.monotonic() - self.started - after < length:
+            into = time.monotonic() - self.started - after
+            if 0 <= into < length:
                 return rate
+            if into >= length:
+                # The burst is over and the load falls below what the providers take: the
+                # backlog goes out and the autoscaler can give the pods back.
+                return self.rate / 3
         return self.rate
 
     def snapshot(self) -> Traffic:
@@ -792,9 +797,9 @@ def main(argv: list[str] | None = None) -> int:
         "--burst",
         type=float,
         metavar="SECONDS",
-        help="after this long, 30 s at 4 x --rate: the autoscaler adds pods; once the backlog "
-        "is delivered and the queue has stayed low for its stabilization window (2 min), it "
-        "drains them away again (a whole cycle takes about 10 minutes)",
+        help="after this long, 30 s at 4 x --rate, then a third of --rate: the autoscaler adds "
+        "pods; once the backlog is delivered and the queue has stayed low for its stabilization "
+        "window (2 min), it drains them away again (a whole cycle takes about 10 minutes)",
     )
     ap.add_argument("--state-dir", type=Path, default=ROOT / ".local" / "demo")
     ap.add_argument(
