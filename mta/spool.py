@@ -289,9 +289,11 @@ class Spool:
         `last`: the caller knows these were all the recipients left, and every one is done."""
 
         def op(db: sqlite3.Connection) -> bool:
+            # Gone only if this call removed it: a message two jobs finished (one loaded from
+            # the spool while the other was being added) is counted out once.
             if last and all(u.done for u in updates):
-                db.execute("DELETE FROM messages WHERE id = ?", (message_id,))  # cascades
-                return True
+                cur = db.execute("DELETE FROM messages WHERE id = ?", (message_id,))  # cascades
+                return cur.rowcount > 0
             for u in updates:
                 if u.done:
                     db.execute(
@@ -308,8 +310,8 @@ class Spool:
                 "SELECT 1 FROM recipients WHERE message_id = ? LIMIT 1", (message_id,)
             ).fetchone()
             if left is None:
-                db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
-                return True
+                cur = db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+                return cur.rowcount > 0
             return False
 
         # Not fsynced on its own: the next accept's commit syncs the WAL, this included. A crash

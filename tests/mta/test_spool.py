@@ -143,3 +143,21 @@ async def test_housekeeping_gives_deleted_messages_space_back(tmp_path: Path) ->
     assert usage.db_bytes < full // 10
     assert usage.free_pages_bytes == 0
     await s.close()
+
+
+async def test_a_message_finished_twice_is_gone_once(tmp_path: Path) -> None:
+    """Two jobs can finish one message (one loaded from the spool while the other was being
+    added): only the update that removed it says it is gone, so the queue's count is decreased
+    once (the soak saw it end at -1)."""
+    s = Spool(tmp_path)
+    await s.start()
+    m = await s.accept("a@example.test", ["x@example.org"], b"one\r\n")
+    n = await s.accept("a@example.test", ["y@example.org", "z@example.org"], b"two\r\n")
+    done = [RecipientUpdate("x@example.org", done=True)]
+    assert await s.update(m.id, done, last=True) is True
+    assert await s.update(m.id, done, last=True) is False
+    assert await s.update(m.id, done) is False
+    both = [RecipientUpdate("y@example.org", done=True), RecipientUpdate("z@example.org", True)]
+    assert await s.update(n.id, both) is True
+    assert await s.update(n.id, both) is False
+    await s.close()
