@@ -442,7 +442,7 @@ def pod_delete(world: ClusterWorld, window: float) -> Row:
         time.sleep(window)
         world.mx.set_mode("defer")
         time.sleep(window)
-        pods = {p["metadata"]["name"]: p for p in (world.status(ns, "del").get("pods") or [])}
+        pods = {p["name"]: p for p in (world.status(ns, "del").get("pods") or [])}
         held = int((pods.get("del-1") or {}).get("queued") or 0)
         world.kubectl("delete", "pod", "del-1", "-n", ns, "--grace-period=3", "--wait=true")
         world.wait_pods(ns, "del", 2)
