@@ -22,7 +22,8 @@ Verdict (exit 1 when one fails):
   than when the engine was idle before the load;
 - queue bounded: its peak over the last third of the load is within 1.5 times (plus one burst)
   the peak before, and it drains to 0 once the load stops;
-- lost 0: every accepted recipient (known users) received by its provider.
+- lost 0: every accepted recipient (known users) received by its provider;
+- the queue gauge (/v1/status queue.messages) never below 0.
 """
 
 from __future__ import annotations
@@ -314,6 +315,12 @@ def judge(
             f" {'drained to 0' if drained else 'NOT drained'} after the load",
         ),
         ("nothing lost", lost == 0, f"lost {lost}"),
+        (
+            "queue gauge consistent",
+            min((s.queue for s in samples), default=0) >= 0,
+            f"lowest /v1/status queue.messages {min((s.queue for s in samples), default=0)}"
+            " (never below 0)",
+        ),
     ]
     return Verdict(checks)
 
@@ -359,8 +366,9 @@ def plot(path: Path, samples: list[Sample]) -> None:
         ax.plot(t, ys, color=colour)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[3].plot(t, [s.p50_ms for s in samples], label="p50")
-    axes[3].plot(t, [s.p99_ms for s in samples], label="p99")
+    nan = float("nan")  # no submissions, so no latency, outside the load
+    axes[3].plot(t, [s.p50_ms if s.phase == "load" else nan for s in samples], label="p50")
+    axes[3].plot(t, [s.p99_ms if s.phase == "load" else nan for s in samples], label="p99")
     axes[3].set_ylabel("accept latency (ms)")
     axes[3].legend(loc="upper left")
     axes[3].grid(alpha=0.3)
@@ -437,7 +445,13 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(a.interval)
             s = sample(eng, isp, load, now(), "drain")
             samples.append(s)
-            if s.queue == 0 and load.accepted_rcpts <= delivered(isp):
+            print(
+                f"  {s.t:6.0f}s drain: queue {s.queue:5d} delivered {s.delivered:6d}"
+                f" of {len(load.accepted_rcpts)}",
+                flush=True,
+            )
+            # <= 0: the queue gauge must not go below zero, judged apart (queue gauge)
+            if s.queue <= 0 and load.accepted_rcpts <= delivered(isp):
                 drained = True
                 break
         time.sleep(2)  # connections to the providers closed, sessions gone
@@ -447,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         bounced = len(load.bounced_rcpts)
         burst = a.rate * 5 * 5
         verdict = judge(samples, idle_fds, final_fds, drained, lost, burst)
-        lat_all = [s.p99_ms for s in samples if s.phase == "load"]
+        loaded = [s for s in samples if s.phase == "load"]
+        received = sum(isp[n].count() for n, _ in PROVIDERS)
         header = [
             f"`python -m bench.soak --minutes {a.minutes:g} --rate {a.rate:g}"
             f" --interval {a.interval:g}`",
@@ -456,10 +471,11 @@ def main(argv: list[str] | None = None) -> int:
             f" {load.refused or 'none'}",
             f"providers: {', '.join(f'{n} {len(isp[n].accepted())}' for n, _ in PROVIDERS)}"
             f" received; throttling replies {throttled(isp)}",
-            f"accept latency: worst interval p99 {max(lat_all, default=0):.0f} ms,"
-            f" median interval p50 {statistics.median(s.p50_ms for s in samples[1:]):.0f} ms",
+            f"accept latency: worst interval p99 {max((s.p99_ms for s in loaded), default=0):.0f}"
+            f" ms, median interval p50"
+            f" {statistics.median(s.p50_ms for s in loaded) if loaded else 0:.0f} ms",
             f"delivered {len(got & load.accepted_rcpts)} of {len(load.accepted_rcpts)},"
-            f" lost {lost}",
+            f" lost {lost}, received twice {received - len(got)}",
         ]
         write_outputs(a.out, samples, verdict, header, load)
         print("\n".join(header), flush=True)
