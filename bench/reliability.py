@@ -1,6 +1,6 @@
 """`make reliability`: engine faults with traffic flowing; nothing accepted may be lost.
 
-    python -m bench.reliability [--only NAME ...] [--window 4] [--kills 20]
+    python -m bench.reliability [--cluster] [--only NAME ...] [--window 4] [--kills 20]
 
 One row per fault, `accepted N delivered N lost N` (lost must be 0), plus what the clients were
 refused and how many messages arrived twice (at-least-once, as with every MTA):
@@ -14,6 +14,9 @@ refused and how many messages arrived twice (at-least-once, as with every MTA):
 - disk-full: the spool's filesystem (a 4 MiB tmpfs) fills up: 452 4.3.1 to clients, then room
   returns;
 - kill-9: the engine is killed with SIGKILL `--kills` times under load and restarted on its spool.
+
+With `--cluster` (or named with --only), the cluster faults of bench/reliability_cluster.py on
+the local node: api-restart, operator-kill (SIGKILL in the middle of a drain), pod-delete.
 
 Each fault: a fresh engine; traffic before, during (`--window` seconds) and after the fault; the
 fault is cleared; then the engine must drain. `accepted` counts the 250 replies clients got,
@@ -512,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--cluster",
         action="store_true",
-        help="also the cluster faults (local control plane and node; about 6 more minutes)",
+        help="also the cluster faults (local control plane and node; about 3 more minutes)",
     )
     ap.add_argument("--window", type=float, default=4.0, help="seconds each fault holds")
     ap.add_argument("--kills", type=int, default=20, help="SIGKILLs for the kill-9 fault")
