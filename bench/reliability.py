@@ -1,6 +1,6 @@
 """`make reliability`: engine faults with traffic flowing; nothing accepted may be lost.
 
-    python -m bench.reliability [--only NAME ...] [--window 4] [--kills 20]
+    python -m bench.reliability [--cluster] [--only NAME ...] [--window 4] [--kills 20]
 
 One row per fault, `accepted N delivered N lost N` (lost must be 0), plus what the clients were
 refused and how many messages arrived twice (at-least-once, as with every MTA):
@@ -14,6 +14,9 @@ refused and how many messages arrived twice (at-least-once, as with every MTA):
 - disk-full: the spool's filesystem (a 4 MiB tmpfs) fills up: 452 4.3.1 to clients, then room
   returns;
 - kill-9: the engine is killed with SIGKILL `--kills` times under load and restarted on its spool.
+
+With `--cluster` (or named with --only), the cluster faults of bench/reliability_cluster.py on
+the local node: api-restart, operator-kill (SIGKILL in the middle of a drain), pod-delete.
 
 Each fault: a fresh engine; traffic before, during (`--window` seconds) and after the fault; the
 fault is cleared; then the engine must drain. `accepted` counts the 250 replies clients got,
@@ -107,7 +110,7 @@ class DnsProxy:
 class FaultyMX:
     """A minimal SMTP server in a thread. Modes: ok (records X-Seq of each message), refuse
     (not listening), tls-handshake (offers STARTTLS, then breaks the handshake), close-mid-data,
-    stall (never answers the end of DATA)."""
+    stall (never answers the end of DATA), defer (451 to every recipient)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -185,6 +188,8 @@ class FaultyMX:
                 writer.write(b"\x15\x03\x03\x00\x02\x02\x28")  # a TLS alert: handshake failure
                 await writer.drain()
                 return
+            elif verb == b"RCPT" and mode == "defer":
+                say("451 4.3.0 busy, try again later")
             elif verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
                 say("250 2.0.0 ok")
             elif verb == b"DATA":
@@ -298,13 +303,15 @@ class Row:
     refused: dict[str, int]
     duplicates: int
     drain_s: float
+    note: str = ""  # what the fault did (cluster faults: downtime, convergence)
 
     def __str__(self) -> str:
         refused = ", ".join(f"{k}: {v}" for k, v in sorted(self.refused.items())) or "none"
+        note = f"; {self.note}" if self.note else ""
         return (
             f"{self.name:<15} accepted {self.accepted:>4} delivered {self.delivered:>4} "
             f"lost {self.lost}   (clients refused: {refused}; duplicates {self.duplicates};"
-            f" drained in {self.drain_s:.1f}s)"
+            f" drained in {self.drain_s:.1f}s{note})"
         )
 
 
@@ -499,11 +506,21 @@ FAULTS = [
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.reliability_cluster import CLUSTER_FAULTS, run_cluster_faults
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--only", nargs="*", choices=FAULTS, help="run only these faults")
+    ap.add_argument(
+        "--only", nargs="*", choices=FAULTS + CLUSTER_FAULTS, help="run only these faults"
+    )
+    ap.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also the cluster faults (local control plane and node; about 3 more minutes)",
+    )
     ap.add_argument("--window", type=float, default=4.0, help="seconds each fault holds")
     ap.add_argument("--kills", type=int, default=20, help="SIGKILLs for the kill-9 fault")
     a = ap.parse_args(argv)
+    names = a.only or FAULTS + (CLUSTER_FAULTS if a.cluster else [])
     workdir = Path(tempfile.mkdtemp(prefix="mailfleet-reliability-"))
     world = World(workdir)
     rows: list[Row] = []
@@ -538,11 +555,18 @@ def main(argv: list[str] | None = None) -> int:
         "disk-full": lambda: disk_full(world, a.window),
         "kill-9": lambda: kill9(world, a.kills),
     }
+
+    def report(row: Row) -> None:
+        rows.append(row)
+        print(row, flush=True)
+
     try:
-        for name in a.only or FAULTS:
-            row = runs[name]()
-            rows.append(row)
-            print(row, flush=True)
+        for name in names:
+            if name in runs:
+                report(runs[name]())
+        cluster = [n for n in names if n in CLUSTER_FAULTS]
+        if cluster:
+            run_cluster_faults(cluster, mx, workdir / "cluster", a.window, report)
     finally:
         world.close()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -11,3 +11,7 @@ RELIABILITY_ARGS ?=
 .PHONY: reliability
 reliability: deps ## engine faults under traffic: one row per fault, accepted N delivered N lost N
 	$(PY) -m bench.reliability $(RELIABILITY_ARGS)
+
+.PHONY: reliability-cluster
+reliability-cluster: deps ## cluster faults (API server restart, operator kill mid-drain, pod delete) on the local node
+	$(PY) -m bench.reliability --only api-restart operator-kill pod-delete $(RELIABILITY_ARGS)
