@@ -616,9 +616,10 @@ def check(
     dns = _Lookups(facts)
     dkim, published = check_dkim(spec.domain, selectors, txt, dns)
     conds = [dkim]
-    for c in (lambda: check_spf(spec.domain, ips, dns), lambda: check_dmarc(spec, dns)):
-        with contextlib.suppress(_Need):
-            conds.append(c())
+    with contextlib.suppress(_Need):
+        conds.append(check_spf(spec.domain, ips, dns))
+    with contextlib.suppress(_Need):
+        conds.append(check_dmarc(spec, dns))
     conds.append(check_reverse_dns(ips, dns))
     if dns.needed:
         return Checked(conds, published, dns.needed)

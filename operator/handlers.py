@@ -17,6 +17,8 @@ import kopf
 
 from mailfleet.operator import kube, naming, pods
 from mailfleet.operator.crd_models import GROUP, VERSION
+from mailfleet.operator.domainmetrics import DomainMetrics
+from mailfleet.operator.domains import DomainController
 from mailfleet.operator.engine_admin import EngineAdmin
 from mailfleet.operator.metrics import OperatorMetrics
 from mailfleet.operator.reconciler import (
@@ -42,6 +44,7 @@ class Settings:
     peering_mandatory: bool = False
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     operator: Operator | None = None
+    domains: DomainController | None = None
     settings: kopf.OperatorSettings | None = None
 
 
@@ -108,6 +111,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         image=SETTINGS.image,
     )
     SETTINGS.operator = op
+    SETTINGS.domains = DomainController(
+        op.api, post_event, DomainMetrics(SETTINGS.metrics.registry)
+    )
     op.start()
 
 
@@ -117,6 +123,8 @@ async def cleanup(**_: Any) -> None:
     if op is None:
         return
     await op.close()
+    if SETTINGS.domains is not None:
+        await SETTINGS.domains.close()
     if isinstance(op.api, kube.KubeClient):
         await op.api.close()
     if isinstance(op.engines, EngineAdmin):
@@ -261,3 +269,11 @@ async def pod_event(
     if event["type"] == "DELETED" or ref.ready or ref.deleting:
         idx = _indexes(kwargs)
         await the_operator().on_pod(idx, namespace or "", str(pool))
+
+
+@kopf.on.event(GROUP, VERSION, "sendingdomains")
+async def domain_event(
+    event: kopf.RawEvent, namespace: str | None, name: str, meta: kopf.Meta, **_: Any
+) -> None:
+    assert SETTINGS.domains is not None, "the domain controller starts in configure()"
+    SETTINGS.domains.on_event(event["type"], namespace or "", name, meta)

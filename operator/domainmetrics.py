@@ -1,0 +1,46 @@
+"""Prometheus metrics of SendingDomains: their conditions and DKIM selectors, in the operator's
+registry (next to OperatorMetrics)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge
+
+
+class DomainMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.condition = Gauge(
+            "mailfleet_domain_condition",
+            "1 for each condition a SendingDomain's status holds (DKIMPublished, SPFValid, "
+            "DMARCAligned, ReverseDNS, Ready), by status and reason",
+            ["namespace", "name", "domain", "type", "status", "reason"],
+            registry=registry,
+        )
+        self.selector = Gauge(
+            "mailfleet_domain_dkim_selector",
+            "1 for each DKIM selector of a SendingDomain, by algorithm and state",
+            ["namespace", "name", "domain", "selector", "algorithm", "state"],
+            registry=registry,
+        )
+        self._series: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
+
+    def set_domain(self, namespace: str, name: str, domain: str, status: Mapping[str, Any]) -> None:
+        now: list[tuple[Gauge, tuple[str, ...]]] = []
+        for c in status.get("conditions") or []:
+            cond = (namespace, name, domain, str(c["type"]), str(c["status"]), str(c["reason"]))
+            now.append((self.condition, cond))
+        for s in status.get("selectors") or []:
+            sel = (namespace, name, domain, s["selector"], s["algorithm"], s["state"])
+            now.append((self.selector, sel))
+        for g, labels in now:
+            g.labels(*labels).set(1)
+        for g, old in self._series.get((namespace, name), []):
+            if (g, old) not in now:
+                g.remove(*old)
+        self._series[(namespace, name)] = now
+
+    def forget(self, namespace: str, name: str) -> None:
+        for g, old in self._series.pop((namespace, name), []):
+            g.remove(*old)
