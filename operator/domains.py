@@ -213,7 +213,7 @@ class DomainController:
             keys[new.selector] = pem
             txt[new.selector] = dkimrecords.txt_value(pem)
         wanted = {s.selector for s in plan.selectors}
-        if live_secret is None or set(keys) != wanted:
+        if live_secret is None or plan.generate or set(keys) != wanted:
             keep = {k: v for k, v in keys.items() if k in wanted}
             await self.api.apply(kube.SECRETS, secret_body(body, secret, keep))
         if plan.selectors != current:
