@@ -28,6 +28,7 @@ from mailfleet.operator.crd_models import (
     SelectorState,
     SendingDomain,
     SendingDomainSpec,
+    SendingPool,
 )
 from mailfleet.operator.dkimrecords import dkim_name, same_key, tags
 
@@ -666,3 +667,14 @@ def domain_dkim_keys(pool: str, domains: Sequence[SendingDomain]) -> list[DKIMKe
                     )
                 )
     return out
+
+
+def with_domain_keys(pool: SendingPool, keys: Sequence[DKIMKeyRef]) -> SendingPool:
+    """The pool as render sees it: its own spec.dkim, then the domains' keys it does not name
+    itself (same domain and selector)."""
+    own = {(k.domain, k.selector.lower()) for k in pool.spec.dkim}
+    extra = [k for k in keys if (k.domain, k.selector.lower()) not in own]
+    if not extra:
+        return pool
+    spec = pool.spec.model_copy(update={"dkim": [*pool.spec.dkim, *extra]})
+    return pool.model_copy(update={"spec": spec})

@@ -197,6 +197,11 @@ def pod_index(
     return {(namespace or "", str(pool)): pods.pod_ref(body)} if pool else {}
 
 
+@kopf.index(GROUP, VERSION, "sendingdomains")
+def domain_index(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {namespace or "": slim(body)}
+
+
 def _indexes(kwargs: Mapping[str, Any]) -> Indexes:
     return the_operator().use(
         Indexes(
@@ -207,6 +212,7 @@ def _indexes(kwargs: Mapping[str, Any]) -> Indexes:
             statefulsets=kwargs["statefulset_index"],
             admin_tokens=kwargs["admin_token_index"],
             pods=kwargs["pod_index"],
+            domains=kwargs["domain_index"],
         )
     )
 
@@ -273,7 +279,12 @@ async def pod_event(
 
 @kopf.on.event(GROUP, VERSION, "sendingdomains")
 async def domain_event(
-    event: kopf.RawEvent, namespace: str | None, name: str, meta: kopf.Meta, **_: Any
+    event: kopf.RawEvent, namespace: str | None, name: str, meta: kopf.Meta, **kwargs: Any
 ) -> None:
     assert SETTINGS.domains is not None, "the domain controller starts in configure()"
     SETTINGS.domains.on_event(event["type"], namespace or "", name, meta)
+    # The pools sign with the domain's active keys: re-render those of the namespace (a
+    # reconcile with nothing new writes nothing).
+    idx = _indexes(kwargs)
+    op = the_operator()
+    await op.reconcile_all(idx, op.pool_keys(idx, namespace or ""))

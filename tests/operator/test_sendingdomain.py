@@ -18,7 +18,7 @@ from fixtures.dkimverify import dkim_verify
 from fixtures.dnsserver import DnsServer
 from fixtures.operator import OperatorProcess, kget, wait_for
 
-from mailfleet.mta.config import DKIMConfig, DKIMKey
+from mailfleet.mta.config import DKIMConfig, DKIMKey, parse_config
 from mailfleet.mta.dkim import DKIMSigner
 from mailfleet.mta.dkimkeys import dns_txt_record, parse_private_key
 
@@ -114,6 +114,21 @@ def publish(dns: DnsServer, records: list[dict[str, str]], types: tuple[str, ...
             dns.add_ptr(ip, r["value"])
         else:
             dns.add_a(r["name"], r["value"])
+
+
+def pool_keys(kube: Any, ns: str) -> list[tuple[str, str, str]] | None:
+    """(domain, selector, key file) of the DKIM keys in the pool's rendered engine config."""
+    cm = kget(kube, ns, "configmap", "outbound-config")
+    if cm is None:
+        return None
+    config = parse_config(yaml.safe_load(cm["data"]["engine.yaml"]))
+    return [(k.domain, k.selector, str(k.key_file)) for k in config.dkim.keys]
+
+
+def mounted_secrets(kube: Any, ns: str) -> list[str]:
+    sts = kget(kube, ns, "statefulset", "outbound") or {}
+    volumes = sts.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", [])
+    return [v["secret"]["secretName"] for v in volumes if "secret" in v]
 
 
 def sign_and_verify(kube: Any, ns: str, dns: DnsServer, selector: str, tmp: Path) -> str:
@@ -251,6 +266,14 @@ def test_rotation_switches_only_once_published_and_keeps_the_old_key_for_the_gra
     wait_for("Ready", lambda: conds(kube, ns).get("Ready", ("",))[0] == "True", timeout=60)
     first = status(kube, ns)["selectors"][0]["selector"]
     assert sign_and_verify(kube, ns, dns_server, first, tmp_path) == "pass"
+    # The pool that sends for the domain signs with its active key, from the domain's Secret.
+    key_dir = "/var/run/secrets/mailfleet/dkim/example-com-dkim"
+    wait_for(
+        "the pool signing with the active key",
+        lambda: pool_keys(kube, ns) == [(DOMAIN, first, f"{key_dir}/{first}.pem")],
+        timeout=60,
+    )
+    assert "example-com-dkim" in mounted_secrets(kube, ns)
     metrics = op.metrics()
     assert any(
         k.startswith("mailfleet_domain_condition{") and 'type="Ready"' in k and 'status="True"' in k
@@ -265,6 +288,7 @@ def test_rotation_switches_only_once_published_and_keeps_the_old_key_for_the_gra
     sels = {s["state"]: s["selector"] for s in wait_for("a new selector", two, timeout=60)}
     assert sels["active"] == first and sels["pending"] != first
     second = sels["pending"]
+    assert pool_keys(kube, ns) == [(DOMAIN, first, f"{key_dir}/{first}.pem")]  # not yet
     assert status(kube, ns)["activeSelectors"] == first
     assert reasons(kube, ns)["DKIMPublished"] == "RotationPending"
     assert sign_and_verify(kube, ns, dns_server, first, tmp_path) == "pass"
@@ -276,6 +300,11 @@ def test_rotation_switches_only_once_published_and_keeps_the_old_key_for_the_gra
     if states.get(first) == "retiring":
         assert sign_and_verify(kube, ns, dns_server, first, tmp_path) == "pass"
     assert sign_and_verify(kube, ns, dns_server, second, tmp_path) == "pass"
+    wait_for(
+        "the pool signing with the new key",
+        lambda: pool_keys(kube, ns) == [(DOMAIN, second, f"{key_dir}/{second}.pem")],
+        timeout=60,
+    )
 
     # After the grace period the old selector leaves status and the Secret.
     wait_for(
