@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from mailfleet.operator.dmarcreport import Report
 
 
 class DomainMetrics:
@@ -24,7 +26,37 @@ class DomainMetrics:
             ["namespace", "name", "domain", "selector", "algorithm", "state"],
             registry=registry,
         )
+        self.dmarc_reports = Counter(
+            "mailfleet_dmarc_reports_total",
+            "DMARC aggregate reports counted, by reporter (org_name)",
+            ["namespace", "name", "domain", "reporter"],
+            registry=registry,
+        )
+        self.dmarc_messages = Counter(
+            "mailfleet_dmarc_messages_total",
+            "Messages DMARC aggregate reports describe, by reporter, source IP, whether the IP "
+            "is one of the domain's pools (ours=false: someone else sends as the domain), the "
+            "receiver's disposition and DMARC's DKIM and SPF verdicts",
+            ["namespace", "name", "domain", "reporter", "source_ip", "ours", "disposition",
+             "dkim", "spf"],
+            registry=registry,
+        )  # fmt: skip
         self._series: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
+
+    def count_report(self, namespace: str, name: str, report: Report, ours: frozenset[str]) -> None:
+        self.dmarc_reports.labels(namespace, name, report.domain, report.org_name).inc()
+        for r in report.rows:
+            self.dmarc_messages.labels(
+                namespace,
+                name,
+                report.domain,
+                report.org_name,
+                r.source_ip,
+                "true" if r.source_ip in ours else "false",
+                r.disposition,
+                r.dkim,
+                r.spf,
+            ).inc(r.count)
 
     def set_domain(self, namespace: str, name: str, domain: str, status: Mapping[str, Any]) -> None:
         now: list[tuple[Gauge, tuple[str, ...]]] = []

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import dns.asyncresolver
 from pydantic import ValidationError
 
-from mailfleet.operator import dkimrecords, dnscheck, domainplan, kube
+from mailfleet.operator import dkimrecords, dmarcreport, dnscheck, domainplan, kube
 from mailfleet.operator.conditions import merge_conditions, now_utc, timestamp
 from mailfleet.operator.crd_models import API_VERSION, SendingDomain, SendingPool
 from mailfleet.operator.domainmetrics import DomainMetrics
@@ -29,6 +29,7 @@ log = logging.getLogger("mailfleet.operator")
 
 SENDINGDOMAINS = kube.Resource("mailfleet.io", "v1alpha1", "sendingdomains", "SendingDomain")
 RETRY_SECONDS = 10.0
+MAX_REPORT_IDS = 10_000
 MIN_SLEEP = 1.0
 
 Key = tuple[str, str]
@@ -110,6 +111,10 @@ class DomainController:
         self.tasks: dict[Key, asyncio.Task[None]] = {}
         self.wake: dict[Key, asyncio.Event] = {}
         self.generations: dict[Key, int | None] = {}
+        # From the last reconcile, for DMARC reports: the domain's body (for events), its
+        # name, its pools' IPs; and the report ids counted (duplicates are not counted twice).
+        self.known: dict[Key, tuple[Mapping[str, Any], str, frozenset[str]]] = {}
+        self.report_ids: dict[Key, dict[str, None]] = {}
 
     def on_event(
         self, event_type: str | None, namespace: str, name: str, meta: Mapping[str, Any]
@@ -123,6 +128,8 @@ class DomainController:
                 task.cancel()
             self.wake.pop(key, None)
             self.generations.pop(key, None)
+            self.known.pop(key, None)
+            self.report_ids.pop(key, None)
             self.metrics.forget(namespace, name)
             return
         task = self.tasks.get(key)
@@ -245,6 +252,10 @@ class DomainController:
         self._condition_events(body, old.get("conditions") or [], status["conditions"])
         await self.api.patch_status(SENDINGDOMAINS, namespace, name, status)
         self.metrics.set_domain(namespace, name, spec.domain, status)
+        slim = {k: body[k] for k in ("apiVersion", "kind")} | {
+            "metadata": {k: body["metadata"].get(k) for k in ("name", "namespace", "uid")}
+        }
+        self.known[key] = (slim, spec.domain, frozenset(i.address for i in ips))
         delay = spec.check_interval
         if plan.next_step is not None:
             delay = min(delay, (plan.next_step - now).total_seconds())
@@ -269,3 +280,43 @@ class DomainController:
                 self.post_event(body, "Warning", c["reason"], f"{c['type']}: {c['message']}")
             elif c["status"] == "True" and was is not None and was.get("status") == "False":
                 self.post_event(body, "Normal", c["reason"], f"{c['type']}: {c['message']}")
+
+    def accept_report(self, namespace: str, name: str, data: bytes) -> tuple[int, str]:
+        """A DMARC aggregate report for SendingDomain namespace/name: counted in the metrics,
+        an event says what it found. (HTTP status, message)."""
+        key = (namespace, name)
+        known = self.known.get(key)
+        if known is None:
+            return 404, f"SendingDomain {namespace}/{name} not found (or not checked yet)"
+        body, domain, ours = known
+        try:
+            report = dmarcreport.parse(data)
+        except dmarcreport.ReportError as e:
+            return 400, f"not a DMARC aggregate report: {e}"
+        if report.domain != domain:
+            return 422, f"the report is about {report.domain}, not {domain}"
+        seen = self.report_ids.setdefault(key, {})
+        rid = f"{report.org_name}/{report.report_id}"
+        if report.report_id and rid in seen:
+            return 200, f"report {rid} was counted already"
+        seen[rid] = None
+        while len(seen) > MAX_REPORT_IDS:
+            del seen[next(iter(seen))]
+        self.metrics.count_report(namespace, name, report, ours)
+        failed = sum(r.count for r in report.rows if not r.passed)
+        foreign = sorted({r.source_ip for r in report.rows if r.source_ip not in ours})
+        summary = (
+            f"report {rid} ({report.begin:%Y-%m-%d %H:%M} to {report.end:%Y-%m-%d %H:%M} UTC): "
+            f"{report.messages} messages, {failed} failing DMARC"
+        )
+        self.post_event(body, "Normal", "DMARCReport", summary)
+        if foreign:
+            shown = ", ".join(foreign[:10]) + (" ..." if len(foreign) > 10 else "")
+            self.post_event(
+                body,
+                "Warning",
+                "DMARCForeignSources",
+                f"report {rid}: {len(foreign)} source IPs that are not the pools' sent as "
+                f"{domain}: {shown}",
+            )
+        return 200, summary
