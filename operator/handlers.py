@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from mailfleet.operator import kube, naming, pods
+from mailfleet.operator import dmarcserver, kube, naming, pods
 from mailfleet.operator.crd_models import GROUP, VERSION
 from mailfleet.operator.domainmetrics import DomainMetrics
 from mailfleet.operator.domains import DomainController
@@ -45,6 +45,9 @@ class Settings:
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     operator: Operator | None = None
     domains: DomainController | None = None
+    # (host, port, token) of the DMARC report upload endpoint; None: off.
+    dmarc: tuple[str, int, str] | None = None
+    dmarc_runner: Any = None
     settings: kopf.OperatorSettings | None = None
 
 
@@ -115,6 +118,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         op.api, post_event, DomainMetrics(SETTINGS.metrics.registry)
     )
     op.start()
+    if SETTINGS.dmarc is not None:
+        host, port, token = SETTINGS.dmarc
+        SETTINGS.dmarc_runner = await dmarcserver.start(SETTINGS.domains, host, port, token)
 
 
 @kopf.on.cleanup()
@@ -123,6 +129,8 @@ async def cleanup(**_: Any) -> None:
     if op is None:
         return
     await op.close()
+    if SETTINGS.dmarc_runner is not None:
+        await SETTINGS.dmarc_runner.cleanup()
     if SETTINGS.domains is not None:
         await SETTINGS.domains.close()
     if isinstance(op.api, kube.KubeClient):
