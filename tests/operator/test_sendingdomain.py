@@ -8,6 +8,11 @@ publish, before, during and after a rotation."""
 from __future__ import annotations
 
 import base64
+import gzip
+import io
+import urllib.error
+import urllib.request
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,7 @@ import pytest
 import yaml
 from fixtures.dkimverify import dkim_verify
 from fixtures.dnsserver import DnsServer
-from fixtures.operator import OperatorProcess, kget, wait_for
+from fixtures.operator import OperatorProcess, free_port, kget, wait_for
 
 from mailfleet.mta.config import DKIMConfig, DKIMKey, parse_config
 from mailfleet.mta.dkim import DKIMSigner
@@ -25,6 +30,7 @@ from mailfleet.mta.dkimkeys import dns_txt_record, parse_private_key
 pytestmark = pytest.mark.kube
 
 RunOperator = Callable[..., OperatorProcess]
+REPO = Path(__file__).resolve().parents[2]
 DOMAIN = "example.com"
 IPS = [("192.0.2.10", "mta1.example.com"), ("192.0.2.11", "mta2.example.com")]
 
@@ -320,3 +326,73 @@ def test_rotation_switches_only_once_published_and_keeps_the_old_key_for_the_gra
         assert reason in got, got
     removed = next(m for r, m in events(kube, ns) if r == "DKIMKeyRemoved")
     assert f"{first}._domainkey.{DOMAIN}" in removed
+
+
+def post(url: str, data: bytes, token: str | None) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=data, method="POST")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as rsp:
+            return rsp.status, rsp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_dmarc_reports_become_metrics_and_events(
+    mailfleet_crds: Any,
+    kube_namespace: str,
+    run_operator: RunOperator,
+    dns_server: DnsServer,
+    tmp_path: Path,
+) -> None:
+    kube, ns = mailfleet_crds, kube_namespace
+    token_file = tmp_path / "dmarc-token"
+    token_file.write_text("s3cret-upload-token\n")
+    port = free_port()
+    apply(kube, ns, pool_doc())
+    op = run_operator(
+        ns, args=["--dmarc-listen", f"127.0.0.1:{port}", "--dmarc-token-file", str(token_file)]
+    )
+    apply(kube, ns, domain_doc(dns_server))
+    wait_for("the first check", lambda: "Ready" in conds(kube, ns), timeout=60)
+    url = f"http://127.0.0.1:{port}/dmarc/{ns}/example-com"
+    xml = (REPO / "tests/data/dmarc/google.com!example.com!1764460800!1764547199.xml").read_bytes()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("google.com!example.com!1764460800!1764547199.xml", xml)
+    report = buf.getvalue()
+
+    assert post(url, report, None)[0] == 401
+    assert post(url, report, "wrong")[0] == 401
+    assert post(url, b"<feedback>", "s3cret-upload-token")[0] == 400
+    other = gzip.compress(xml.replace(b"<domain>example.com</domain>", b"<domain>x.test</domain>"))
+    code, text = post(url, other, "s3cret-upload-token")
+    assert code == 422 and "x.test" in text
+    assert post(f"http://127.0.0.1:{port}/dmarc/{ns}/nope", report, "s3cret-upload-token")[0] == 404
+    code, text = post(url, report, "s3cret-upload-token")
+    assert code == 200 and "1203 messages, 3 failing DMARC" in text, text
+    assert post(url, report, "s3cret-upload-token") == (
+        200,
+        "report google.com/10485761234567890123 was counted already\n",
+    )
+
+    metrics = op.metrics()
+    rows = {k: v for k, v in metrics.items() if k.startswith("mailfleet_dmarc_messages_total{")}
+
+    def value(ip: str) -> tuple[str, float]:
+        k = next(k for k in rows if f'source_ip="{ip}"' in k)
+        return ('ours="true"' in k), rows[k]
+
+    assert value("192.0.2.10") == (True, 1180.0)
+    assert value("192.0.2.11") == (True, 20.0)
+    assert value("203.0.113.66") == (False, 3.0)
+    assert any(
+        'reporter="google.com"' in k and v == 1.0
+        for k, v in metrics.items()
+        if k.startswith("mailfleet_dmarc_reports_total{")
+    )
+    got = dict(events(kube, ns))
+    assert "1203 messages" in got["DMARCReport"]
+    assert "203.0.113.66" in got["DMARCForeignSources"]
+    assert "192.0.2.10" not in got["DMARCForeignSources"]
