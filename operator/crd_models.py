@@ -856,7 +856,6 @@ class SendingDomainStatus(CRDModel):
     """What DNS must hold for every condition to be True."""
     zone: str | None = Field(default=None, max_length=65536)
     """The records as zone-file lines, ready to paste."""
-    last_check_time: datetime | None = None
 
 
 # --- whole objects -----------------------------------------------------------------------------
@@ -1038,7 +1037,6 @@ KINDS: tuple[Kind, ...] = (
             _AGE,
             PrinterColumn("Pools", ".spec.pools", priority=1),
             PrinterColumn("Message", _ready("message"), priority=1),
-            PrinterColumn("Last-Check", ".status.lastCheckTime", "date", priority=1),
         ),
     ),
 )

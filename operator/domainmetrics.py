@@ -26,6 +26,12 @@ class DomainMetrics:
             ["namespace", "name", "domain", "selector", "algorithm", "state"],
             registry=registry,
         )
+        self.last_check = Gauge(
+            "mailfleet_domain_last_check_timestamp_seconds",
+            "When the operator last checked a SendingDomain's DNS (Unix time)",
+            ["namespace", "name", "domain"],
+            registry=registry,
+        )
         self.dmarc_reports = Counter(
             "mailfleet_dmarc_reports_total",
             "DMARC aggregate reports counted, by reporter (org_name)",
@@ -42,6 +48,7 @@ class DomainMetrics:
             registry=registry,
         )  # fmt: skip
         self._series: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
+        self._domains: dict[tuple[str, str], str] = {}
 
     def count_report(self, namespace: str, name: str, report: Report, ours: frozenset[str]) -> None:
         self.dmarc_reports.labels(namespace, name, report.domain, report.org_name).inc()
@@ -76,3 +83,13 @@ class DomainMetrics:
     def forget(self, namespace: str, name: str) -> None:
         for g, old in self._series.pop((namespace, name), []):
             g.remove(*old)
+        domain = self._domains.pop((namespace, name), None)
+        if domain is not None:
+            self.last_check.remove(namespace, name, domain)
+
+    def checked(self, namespace: str, name: str, domain: str, when: float) -> None:
+        old = self._domains.get((namespace, name))
+        if old is not None and old != domain:
+            self.last_check.remove(namespace, name, old)
+        self._domains[(namespace, name)] = domain
+        self.last_check.labels(namespace, name, domain).set(when)

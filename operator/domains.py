@@ -252,11 +252,12 @@ class DomainController:
             "activeSelectors": ",".join(s.selector for s in plan.selectors if s.state == "active"),
             "records": recs,
             "zone": domainplan.zone(recs),
-            "lastCheckTime": timestamp(now),
         }
         self._condition_events(body, old.get("conditions") or [], status["conditions"])
-        await self.api.patch_status(SENDINGDOMAINS, namespace, name, status)
+        if status != {k: old.get(k) for k in status}:  # nothing new: no write
+            await self.api.patch_status(SENDINGDOMAINS, namespace, name, status)
         self.metrics.set_domain(namespace, name, spec.domain, status)
+        self.metrics.checked(namespace, name, spec.domain, now.timestamp())
         slim = {k: body[k] for k in ("apiVersion", "kind")} | {
             "metadata": {k: body["metadata"].get(k) for k in ("name", "namespace", "uid")}
         }

@@ -159,7 +159,7 @@ def test_new_domain_tells_what_to_publish_and_goes_green(
 ) -> None:
     kube, ns = mailfleet_crds, kube_namespace
     apply(kube, ns, pool_doc())
-    run_operator(ns)
+    op = run_operator(ns)
     apply(kube, ns, domain_doc(dns_server))
 
     # Nothing published: every check fails and says why, naming the record or the IP.
@@ -250,6 +250,17 @@ def test_new_domain_tells_what_to_publish_and_goes_green(
     )
     table = kube.kubectl("get", "mfdomain", "-n", ns).stdout
     assert "example.com" in table and "True" in table, table
+
+    # Checks go on (every second here); with nothing new they write nothing.
+    version = kget(kube, ns, "sendingdomain", "example-com")["metadata"]["resourceVersion"]
+
+    def last_check() -> float:
+        m = op.metrics()
+        return next(v for k, v in m.items() if k.startswith("mailfleet_domain_last_check"))
+
+    before = last_check()
+    wait_for("two more checks", lambda: last_check() >= before + 2, timeout=60)
+    assert kget(kube, ns, "sendingdomain", "example-com")["metadata"]["resourceVersion"] == version
 
 
 def test_rotation_switches_only_once_published_and_keeps_the_old_key_for_the_grace_period(
