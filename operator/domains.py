@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import contextvars
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -116,9 +115,6 @@ class DomainController:
         # name, its pools' IPs; and the report ids counted (duplicates are not counted twice).
         self.known: dict[Key, tuple[Mapping[str, Any], str, frozenset[str]]] = {}
         self.report_ids: dict[Key, dict[str, None]] = {}
-        # The context of the watch handlers, where posting events works (Kopf keeps its event
-        # queue in a context variable); report uploads come in on the HTTP server's tasks.
-        self.event_context: contextvars.Context | None = None
 
     def on_event(
         self, event_type: str | None, namespace: str, name: str, meta: Mapping[str, Any]
@@ -126,7 +122,6 @@ class DomainController:
         """A watch event: start the domain's loop, wake it on a spec change, stop it on
         deletion. Status writes (the loop's own) change no generation and wake nothing."""
         key = (namespace, name)
-        self.event_context = contextvars.copy_context()
         if event_type == "DELETED":
             task = self.tasks.pop(key, None)
             if task is not None:
@@ -316,12 +311,6 @@ class DomainController:
             f"{report.messages} messages, {failed} failing DMARC"
         )
         post = self.post_event
-        if self.event_context is not None:
-            ctx = self.event_context
-
-            def post(*args: Any) -> None:
-                ctx.run(self.post_event, *args)
-
         post(body, "Normal", "DMARCReport", summary)
         if foreign:
             shown = ", ".join(foreign[:10]) + (" ..." if len(foreign) > 10 else "")
