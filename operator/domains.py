@@ -206,12 +206,14 @@ class DomainController:
                 log.warning("SendingDomain %s/%s: key %s in %s is unreadable", *key, sel, secret)
         ips: list[domainplan.PoolIP] = []
         missing: list[str] = []
+        pools: dict[str, Mapping[str, Any]] = {}
         for pool in spec.pools:
             pool_body = await self.api.get(kube.SENDINGPOOLS, namespace, pool)
             if pool_body is None:
                 missing.append(pool)
             else:
                 ips += _pool_ips(pool, pool_body)
+                pools[pool] = pool_body
         current = _selectors(domain)
         checked = await self._check(domain, current, txt, ips, missing)
         plan = domainplan.plan_keys(spec, current, frozenset(txt), checked.published, now)
@@ -248,7 +250,7 @@ class DomainController:
             "records": recs,
             "zone": domainplan.zone(recs),
         }
-        self._condition_events(body, old.get("conditions") or [], status["conditions"])
+        self._condition_events(body, old.get("conditions") or [], status["conditions"], pools)
         if status != {k: old.get(k) for k in status}:  # nothing new: no write
             await self.api.patch_status(SENDINGDOMAINS, namespace, name, status)
         self.metrics.set_domain(namespace, name, spec.domain, status)
@@ -267,9 +269,10 @@ class DomainController:
         body: Mapping[str, Any],
         old: Sequence[Mapping[str, Any]],
         new: Sequence[Mapping[str, Any]],
+        pools: Mapping[str, Mapping[str, Any]],
     ) -> None:
         """A Warning when a check starts failing (or fails differently), Normal when it passes
-        again."""
+        again. An SPF or reverse DNS failure that names a pool's IP is posted on that pool too."""
         before = {c.get("type"): c for c in old}
         for c in new:
             was = before.get(c["type"])
@@ -279,6 +282,17 @@ class DomainController:
                 was is None or (was.get("status"), was.get("reason")) != ("False", c["reason"])
             ):
                 self.post_event(body, "Warning", c["reason"], f"{c['type']}: {c['message']}")
+                if c["type"] not in ("SPFValid", "ReverseDNS"):
+                    continue
+                for pool, pool_body in pools.items():
+                    if f"(pool {pool})" in c["message"]:
+                        self.post_event(
+                            pool_body,
+                            "Warning",
+                            c["reason"],
+                            f"SendingDomain {body['metadata']['name']} ({c['type']}): "
+                            f"{c['message']}",
+                        )
             elif c["status"] == "True" and was is not None and was.get("status") == "False":
                 self.post_event(body, "Normal", c["reason"], f"{c['type']}: {c['message']}")
 

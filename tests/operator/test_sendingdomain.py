@@ -220,6 +220,20 @@ def test_new_domain_tells_what_to_publish_and_goes_green(
     assert "p=none; expected p=quarantine" in c["DMARCAligned"][2]
     assert "mta1.example.com A is 192.0.2.99, not 192.0.2.10" in c["ReverseDNS"][2]
     assert "PTR of 192.0.2.11 (pool outbound) is host-11.isp.example" in c["ReverseDNS"][2]
+
+    # The pool whose IPs fail is warned too.
+    def pool_warnings() -> dict[str, str] | None:
+        out = kube.kubectl(
+            "get", "events", "-n", ns, "--field-selector",
+            "involvedObject.kind=SendingPool,involvedObject.name=outbound,type=Warning",
+            "-o", "json",
+        ).stdout  # fmt: skip
+        got = {e["reason"]: e["message"] for e in yaml.safe_load(out)["items"]}
+        return got if {"IPNotAuthorized", "NoPTR"} <= set(got) else None
+
+    warned = wait_for("the pool's warnings", pool_warnings, timeout=30)
+    assert "192.0.2.11 (pool outbound)" in warned["IPNotAuthorized"]
+    assert warned["NoPTR"].startswith("SendingDomain example-com (ReverseDNS): ")
     # A wrong DKIM key under a pending selector's name is a mismatch, not "waiting".
     rsa_sel = sels["rsa-sha256"]["selector"]
     dns_server.add_txt(f"{rsa_sel}._domainkey.{DOMAIN}", "v=DKIM1; k=rsa; p=AAAAB3NzaC1yc2E")
