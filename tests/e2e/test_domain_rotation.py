@@ -90,6 +90,10 @@ def test_pool_signs_with_the_domain_keys_across_a_rotation(
         every=1.0,
     )
 
+    # (Adding the domain's Secret to the pool restarted its pod once; a rotation does not.)
+    (pod,) = running_pods(kube, ns, "dom")
+    uid = pod["metadata"]["uid"]
+
     # Rotation: the new key is published while mail flows; signing moves to it.
     def second_pending() -> str | None:
         pump()
@@ -115,3 +119,6 @@ def test_pool_signs_with_the_domain_keys_across_a_rotation(
     assert seen and all(r == "pass" for _, r in seen), seen
     assert {s for s, _ in seen} == {first, second}
     assert all(re.fullmatch(r"mf\d{14}r", s) for s, _ in seen)
+    (pod,) = running_pods(kube, ns, "dom")
+    assert pod["metadata"]["uid"] == uid, "the pod was replaced during the rotation"
+    assert not any(c.get("restartCount") for c in pod["status"]["containerStatuses"])
