@@ -421,3 +421,11 @@ def test_dmarc_reports_become_metrics_and_events(
     assert "1203 messages" in got["DMARCReport"]
     assert "203.0.113.66" in got["DMARCForeignSources"]
     assert "192.0.2.10" not in got["DMARCForeignSources"]
+
+
+def test_kubectl_explain_documents_the_kind(mailfleet_crds: Any) -> None:
+    out = mailfleet_crds.kubectl("explain", "sendingdomain.spec.dkim").stdout
+    assert "rotateEvery" in out and "gracePeriod" in out and "algorithms" in out
+    assert "How long a key signs before a new selector replaces it." in " ".join(out.split())
+    status = mailfleet_crds.kubectl("explain", "mfdomain.status.selectors.state").stdout
+    assert "pending: generated, waiting for its record in DNS" in " ".join(status.split())
