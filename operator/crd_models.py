@@ -844,6 +844,16 @@ class DNSRecord(CRDModel):
     value: str = Field(max_length=4096)
 
 
+class TransportSecurity(CRDModel):
+    """The domain's MTA-STS and TLS-RPT records as found (noted, not judged: they concern mail
+    sent to the domain)."""
+
+    mta_sts: str | None = Field(default=None, max_length=1024)
+    """The _mta-sts TXT record, or why there is none."""
+    tls_rpt: str | None = Field(default=None, max_length=1024)
+    """The _smtp._tls TXT record, or why there is none."""
+
+
 class SendingDomainStatus(CRDModel):
     observed_generation: int | None = None
     conditions: Conditions = []
@@ -856,6 +866,7 @@ class SendingDomainStatus(CRDModel):
     """What DNS must hold for every condition to be True."""
     zone: str | None = Field(default=None, max_length=65536)
     """The records as zone-file lines, ready to paste."""
+    transport_security: TransportSecurity | None = None
 
 
 # --- whole objects -----------------------------------------------------------------------------

@@ -267,6 +267,30 @@ class Checked:
     conditions: list[Cond]
     published: dict[str, bool]  # selector -> DNS serves its key
     needed: set[Query] = field(default_factory=set)
+    # status.transportSecurity: the MTA-STS and TLS-RPT records found (noted, not judged).
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def transport_notes(domain: str, dns: _Lookups) -> dict[str, str]:
+    """The domain's MTA-STS (_mta-sts) and TLS-RPT (_smtp._tls) TXT records, or what is
+    missing: receivers use them for mail *to* the domain; noted for whoever runs it."""
+    out: dict[str, str] = {}
+    for key, name, version in (
+        ("mtaSts", f"_mta-sts.{domain}", "v=stsv1"),
+        ("tlsRpt", f"_smtp._tls.{domain}", "v=tlsrptv1"),
+    ):
+        try:
+            a = dns.get(name, "TXT")
+        except _Need:
+            continue
+        found = [r for r in a.records if r.lower().replace(" ", "").startswith(version)]
+        if found:
+            out[key] = found[0]
+        elif a.failed:
+            out[key] = f"lookup of {name} failed: {a.error}"
+        else:
+            out[key] = f"none ({name} has no {version.replace('v=', '').upper()} record)"
+    return out
 
 
 def _q(name: str, rtype: RRType) -> Query:
@@ -622,10 +646,11 @@ def check(
     with contextlib.suppress(_Need):
         conds.append(check_dmarc(spec, dns))
     conds.append(check_reverse_dns(ips, dns))
+    notes = transport_notes(spec.domain, dns)
     if dns.needed:
         return Checked(conds, published, dns.needed)
     conds.append(ready(conds, selectors, missing_pools))
-    return Checked(conds, published)
+    return Checked(conds, published, notes=notes)
 
 
 def ready(

@@ -249,6 +249,7 @@ class DomainController:
             "activeSelectors": ",".join(s.selector for s in plan.selectors if s.state == "active"),
             "records": recs,
             "zone": domainplan.zone(recs),
+            "transportSecurity": checked.notes,
         }
         self._condition_events(body, old.get("conditions") or [], status["conditions"], pools)
         if status != {k: old.get(k) for k in status}:  # nothing new: no write

@@ -205,6 +205,7 @@ def test_new_domain_tells_what_to_publish_and_goes_green(
     dns_server.add_ptr("192.0.2.10", "mta1.example.com")
     dns_server.add_a("mta1.example.com", "192.0.2.99")
     dns_server.add_ptr("192.0.2.11", "host-11.isp.example")
+    dns_server.add_txt(f"_mta-sts.{DOMAIN}", "v=STSv1; id=20261130")
     wait_for(
         "the wrong records reported",
         lambda: (
@@ -256,6 +257,10 @@ def test_new_domain_tells_what_to_publish_and_goes_green(
     }
     st = status(kube, ns)
     assert {s["state"] for s in st["selectors"]} == {"active"}
+    assert st["transportSecurity"] == {
+        "mtaSts": "v=STSv1; id=20261130",
+        "tlsRpt": f"none (_smtp._tls.{DOMAIN} has no TLSRPTV1 record)",
+    }
     assert set(st["activeSelectors"].split(",")) == set(keys)
     got = [r for r, _ in events(kube, ns)]
     assert got.count("DKIMKeyGenerated") == 2 and got.count("DKIMKeyActivated") == 2

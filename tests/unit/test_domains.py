@@ -162,6 +162,8 @@ TXT = "v=DKIM1; k=rsa; p=KEY"
 
 def good() -> dict[p.Query, p.Answer]:
     return {
+        ("_mta-sts.example.com", "TXT"): p.Answer(error="NXDOMAIN"),
+        ("_smtp._tls.example.com", "TXT"): p.Answer(error="NXDOMAIN"),
         ("a._domainkey.example.com", "TXT"): p.Answer((TXT,)),
         ("example.com", "TXT"): p.Answer(
             ("v=spf1 ip4:192.0.2.0/24 -all", "google-site-verification=x")
@@ -193,6 +195,17 @@ def test_all_good_is_ready() -> None:
         "DMARCAligned": ("True", "Aligned"),
         "ReverseDNS": ("True", "ForwardConfirmed"),
         "Ready": ("True", "Ready"),
+    }
+
+
+def test_mta_sts_and_tls_rpt_are_noted() -> None:
+    facts = good()
+    facts[("_mta-sts.example.com", "TXT")] = p.Answer(("v=STSv1; id=20261130",))
+    facts[("_smtp._tls.example.com", "TXT")] = p.Answer(error="NXDOMAIN")
+    out = p.check(spec(), [sel("a", "active")], {"a": TXT}, IPS, [], facts)
+    assert out.notes == {
+        "mtaSts": "v=STSv1; id=20261130",
+        "tlsRpt": "none (_smtp._tls.example.com has no TLSRPTV1 record)",
     }
 
 
