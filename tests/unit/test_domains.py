@@ -437,3 +437,27 @@ def test_pools_sign_with_the_active_keys_of_their_domains() -> None:
         ("b.example", "ed", "b-dkim", "ed.pem", "ed25519-sha256"),
     ]
     assert p.domain_dkim_keys("nobody", ds) == []
+
+
+def test_with_domain_keys_adds_what_the_pool_does_not_name_itself() -> None:
+    from mailfleet.operator.crd_models import DKIMKeyRef, SendingPool
+
+    pool = SendingPool.model_validate(
+        {
+            "metadata": {"name": "out"},
+            "spec": {
+                "ips": [{"address": "192.0.2.10", "hostname": "mta1.example.com"}],
+                "dkim": [{"domain": "b.example", "selector": "new", "secretRef": "mine"}],
+            },
+        }
+    )
+    keys = [
+        DKIMKeyRef(domain="b.example", selector="NEW", secret_ref="b-dkim", secret_key="new.pem"),
+        DKIMKeyRef(domain="b.example", selector="ed", secret_ref="b-dkim", secret_key="ed.pem"),
+    ]
+    out = p.with_domain_keys(pool, keys)
+    assert [(k.selector, k.secret_ref) for k in out.spec.dkim] == [
+        ("new", "mine"),
+        ("ed", "b-dkim"),
+    ]
+    assert p.with_domain_keys(pool, []) is pool
