@@ -319,8 +319,13 @@ class TrafficGenerator(threading.Thread):
     def rate_now(self) -> float:
         if self.burst is not None:
             after, rate, length = self.burst
-            if 0 <= time.monotonic() - self.started - after < length:
+            into = time.monotonic() - self.started - after
+            if 0 <= into < length:
                 return rate
+            if into >= length:
+                # The burst is over and the load falls below what the providers take: the
+                # backlog goes out and the autoscaler can give the pods back.
+                return self.rate / 3
         return self.rate
 
     def snapshot(self) -> Traffic:
@@ -562,7 +567,7 @@ class Demo:
             [p.domain for p in self.sim.providers.values()],
             lambda: ready_pod_ips(self.pods),
             self.stop,
-            burst=(self.burst_at, self.rate * 8, 60.0) if self.burst_at is not None else None,
+            burst=(self.burst_at, self.rate * 4, 30.0) if self.burst_at is not None else None,
         )
         self.traffic.start()
         kubectl = f"{_short(self.cp.kubectl_path)} --kubeconfig {_short(self.cp.kubeconfig)}"
@@ -792,8 +797,9 @@ def main(argv: list[str] | None = None) -> int:
         "--burst",
         type=float,
         metavar="SECONDS",
-        help="after this long, 60 s at 8 x --rate: the autoscaler adds pods, then drains them "
-        "away again once the queue has been low for its stabilization window (2 min)",
+        help="after this long, 30 s at 4 x --rate, then a third of --rate: the autoscaler adds "
+        "pods; once the backlog is delivered and the queue has stayed low for its stabilization "
+        "window (2 min), it drains them away again (a whole cycle takes about 10 minutes)",
     )
     ap.add_argument("--state-dir", type=Path, default=ROOT / ".local" / "demo")
     ap.add_argument(
