@@ -760,6 +760,115 @@ class IPWarmupStatus(CRDModel):
     last_advance_time: datetime | None = None
 
 
+# --- SendingDomain -----------------------------------------------------------------------------
+
+EMAIL_PATTERN = rf"^[A-Za-z0-9.!#$%&'*+/=?^_`{{|}}~-]{{1,64}}@({_LABEL}\.)*{_LABEL}$"
+
+
+class DomainDKIM(CRDModel):
+    """The DKIM keys the operator generates, publishes (in status) and rotates for the domain."""
+
+    algorithms: list[DKIMAlgorithm] = Field(default=["rsa-sha256"], min_length=1, max_length=2)
+    """One key per algorithm (RSA 2048 bits, Ed25519); both give dual signatures."""
+    rotate_every: Duration = 90 * 86400.0
+    """How long a key signs before a new selector replaces it."""
+    grace_period: Duration = 7 * 86400.0
+    """How long a replaced key stays published (retiring) for mail still in flight, before its
+    selector is removed from status and its key from the Secret."""
+
+    cel_rules = (
+        Rule(
+            "self.algorithms.all(a, self.algorithms.exists_one(b, b == a))",
+            "dkim.algorithms must not list an algorithm twice",
+            lambda d: _unique(d.algorithms),
+            field_path=".algorithms",
+        ),
+    )
+
+
+class DomainDMARC(CRDModel):
+    """What the domain's DMARC record (_dmarc.<domain>) must say."""
+
+    expected_policy: Literal["none", "quarantine", "reject"] = "reject"
+    """The p= tag the record must carry (Gmail and Yahoo want at least none for bulk mail)."""
+    report_address: str | None = Field(default=None, max_length=320, pattern=EMAIL_PATTERN)
+    """Where aggregate reports go: the record's rua= must list mailto:<this>."""
+
+
+class SendingDomainSpec(CRDModel):
+    """A domain mail is sent for: its DKIM keys (generated and rotated by the operator) and the
+    DNS records (SPF, DKIM, DMARC, reverse DNS of the pools' IPs) checked continuously."""
+
+    domain: Hostname
+    """The domain in the From: header and the d= of the DKIM signatures."""
+    pools: list[ObjectName] = Field(default=[], max_length=64)
+    """SendingPools (same namespace) that send for the domain: they sign with its active keys,
+    and SPF and reverse DNS are checked for each of their IPs."""
+    dkim: DomainDKIM = DomainDKIM()
+    dmarc: DomainDMARC = DomainDMARC()
+    dns: DNS = DNS()
+    """The resolvers the checks ask; none: the operator's own (/etc/resolv.conf)."""
+    check_interval: Duration = 300.0
+    """How often DNS is checked again (and a rotation step taken)."""
+
+    cel_rules = (
+        Rule(
+            "self.pools.all(p, self.pools.exists_one(q, q == p))",
+            "pools must not list a pool twice",
+            lambda s: _unique(s.pools),
+            field_path=".pools",
+        ),
+    )
+
+
+SelectorState = Literal["pending", "active", "retiring"]
+
+
+class DomainSelector(CRDModel):
+    """A DKIM key of the domain, stored under `<selector>.pem` in the Secret status.secretName."""
+
+    selector: str = Field(max_length=63, pattern=DKIM_SELECTOR_PATTERN)
+    algorithm: DKIMAlgorithm
+    state: SelectorState
+    """pending: generated, waiting for its record in DNS (not signing); active: signing;
+    retiring: replaced, kept published for dkim.gracePeriod."""
+    since: datetime
+    """When the key entered this state."""
+
+
+class DNSRecord(CRDModel):
+    """A record to publish, as the checks expect it."""
+
+    name: str = Field(max_length=253)
+    type: Literal["TXT", "A", "AAAA", "PTR"]
+    value: str = Field(max_length=4096)
+
+
+class TransportSecurity(CRDModel):
+    """The domain's MTA-STS and TLS-RPT records as found (noted, not judged: they concern mail
+    sent to the domain)."""
+
+    mta_sts: str | None = Field(default=None, max_length=1024)
+    """The _mta-sts TXT record, or why there is none."""
+    tls_rpt: str | None = Field(default=None, max_length=1024)
+    """The _smtp._tls TXT record, or why there is none."""
+
+
+class SendingDomainStatus(CRDModel):
+    observed_generation: int | None = None
+    conditions: Conditions = []
+    secret_name: str | None = Field(default=None, max_length=253)
+    """The Secret (owned by the operator) holding the private keys."""
+    selectors: list[DomainSelector] = Field(default=[], max_length=16)
+    active_selectors: str | None = Field(default=None, max_length=1024)
+    """The signing selectors, comma-separated (for `kubectl get`)."""
+    records: list[DNSRecord] = Field(default=[], max_length=600)
+    """What DNS must hold for every condition to be True."""
+    zone: str | None = Field(default=None, max_length=65536)
+    """The records as zone-file lines, ready to paste."""
+    transport_security: TransportSecurity | None = None
+
+
 # --- whole objects -----------------------------------------------------------------------------
 
 
@@ -781,6 +890,12 @@ class DeliveryPolicy(KubeObject):
     kind: Literal["DeliveryPolicy"] = "DeliveryPolicy"
     spec: DeliveryPolicySpec
     status: DeliveryPolicyStatus | None = None
+
+
+class SendingDomain(KubeObject):
+    kind: Literal["SendingDomain"] = "SendingDomain"
+    spec: SendingDomainSpec
+    status: SendingDomainStatus | None = None
 
 
 class IPWarmup(KubeObject):
@@ -913,6 +1028,26 @@ KINDS: tuple[Kind, ...] = (
             _AGE,
             PrinterColumn("Reason", _ready("reason"), priority=1),
             PrinterColumn("Addresses", ".spec.addresses", priority=1),
+        ),
+    ),
+    Kind(
+        model=SendingDomain,
+        spec=SendingDomainSpec,
+        status=SendingDomainStatus,
+        plural="sendingdomains",
+        short_names=("mfdomain",),
+        columns=(
+            PrinterColumn("Domain", ".spec.domain"),
+            PrinterColumn("Ready", _ready("status")),
+            PrinterColumn("Reason", _ready("reason")),
+            PrinterColumn("Signing", ".status.activeSelectors", description="Active selectors"),
+            PrinterColumn("DKIM", '.status.conditions[?(@.type=="DKIMPublished")].status'),
+            PrinterColumn("SPF", '.status.conditions[?(@.type=="SPFValid")].status'),
+            PrinterColumn("DMARC", '.status.conditions[?(@.type=="DMARCAligned")].status'),
+            PrinterColumn("rDNS", '.status.conditions[?(@.type=="ReverseDNS")].status'),
+            _AGE,
+            PrinterColumn("Pools", ".spec.pools", priority=1),
+            PrinterColumn("Message", _ready("message"), priority=1),
         ),
     ),
 )

@@ -15,9 +15,11 @@ from typing import Any
 
 import kopf
 
-from mailfleet.operator import kube, naming, pods
+from mailfleet.operator import dmarcserver, kube, naming, pods
 from mailfleet.operator.conditions import now_utc
 from mailfleet.operator.crd_models import GROUP, VERSION
+from mailfleet.operator.domainmetrics import DomainMetrics
+from mailfleet.operator.domains import DomainController
 from mailfleet.operator.engine_admin import EngineAdmin
 from mailfleet.operator.events import event_object
 from mailfleet.operator.metrics import OperatorMetrics
@@ -44,6 +46,10 @@ class Settings:
     peering_mandatory: bool = False
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     operator: Operator | None = None
+    domains: DomainController | None = None
+    # (host, port, token) of the DMARC report upload endpoint; None: off.
+    dmarc: tuple[str, int, str] | None = None
+    dmarc_runner: Any = None
     settings: kopf.OperatorSettings | None = None
     instance: str = ""
 
@@ -123,7 +129,13 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         image=SETTINGS.image,
     )
     SETTINGS.operator = op
+    SETTINGS.domains = DomainController(
+        op.api, post_event, DomainMetrics(SETTINGS.metrics.registry)
+    )
     op.start()
+    if SETTINGS.dmarc is not None:
+        host, port, token = SETTINGS.dmarc
+        SETTINGS.dmarc_runner = await dmarcserver.start(SETTINGS.domains, host, port, token)
 
 
 @kopf.on.cleanup()
@@ -132,6 +144,10 @@ async def cleanup(**_: Any) -> None:
     if op is None:
         return
     await op.close()
+    if SETTINGS.dmarc_runner is not None:
+        await SETTINGS.dmarc_runner.cleanup()
+    if SETTINGS.domains is not None:
+        await SETTINGS.domains.close()
     if isinstance(op.api, kube.KubeClient):
         await op.api.close()
     if isinstance(op.engines, EngineAdmin):
@@ -204,6 +220,11 @@ def pod_index(
     return {(namespace or "", str(pool)): pods.pod_ref(body)} if pool else {}
 
 
+@kopf.index(GROUP, VERSION, "sendingdomains")
+def domain_index(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {namespace or "": slim(body)}
+
+
 def _indexes(kwargs: Mapping[str, Any]) -> Indexes:
     return the_operator().use(
         Indexes(
@@ -214,6 +235,7 @@ def _indexes(kwargs: Mapping[str, Any]) -> Indexes:
             statefulsets=kwargs["statefulset_index"],
             admin_tokens=kwargs["admin_token_index"],
             pods=kwargs["pod_index"],
+            domains=kwargs["domain_index"],
         )
     )
 
@@ -276,3 +298,16 @@ async def pod_event(
     if event["type"] == "DELETED" or ref.ready or ref.deleting:
         idx = _indexes(kwargs)
         await the_operator().on_pod(idx, namespace or "", str(pool))
+
+
+@kopf.on.event(GROUP, VERSION, "sendingdomains")
+async def domain_event(
+    event: kopf.RawEvent, namespace: str | None, name: str, meta: kopf.Meta, **kwargs: Any
+) -> None:
+    assert SETTINGS.domains is not None, "the domain controller starts in configure()"
+    SETTINGS.domains.on_event(event["type"], namespace or "", name, meta)
+    # The pools sign with the domain's active keys: re-render those of the namespace (a
+    # reconcile with nothing new writes nothing).
+    idx = _indexes(kwargs)
+    op = the_operator()
+    await op.reconcile_all(idx, op.pool_keys(idx, namespace or ""))

@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve /metrics on this port")
     p.add_argument("--metrics-addr", default="0.0.0.0", metavar="ADDR", help=argparse.SUPPRESS)
     p.add_argument("--engine-image", metavar="IMG", help="the default engine image of pools")
+    p.add_argument(
+        "--dmarc-listen",
+        metavar="HOST:PORT",
+        help="serve POST /dmarc/<namespace>/<sendingdomain> for DMARC aggregate reports "
+        "(needs --dmarc-token-file)",
+    )
+    p.add_argument(
+        "--dmarc-token-file",
+        metavar="PATH",
+        help="a file holding the bearer token report uploads must carry",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="log more (never Secret data)")
     return p
 
@@ -82,6 +93,26 @@ def main(argv: list[str]) -> int:
 
     if args.engine_image:
         handlers.SETTINGS.image = args.engine_image
+    if (args.dmarc_listen is None) != (args.dmarc_token_file is None):
+        print(
+            "mailfleet operator: --dmarc-listen and --dmarc-token-file go together", file=sys.stderr
+        )
+        return 2
+    if args.dmarc_listen is not None:
+        host, _, port = args.dmarc_listen.rpartition(":")
+        try:
+            with open(args.dmarc_token_file) as f:
+                token = f.read().strip()
+        except OSError as e:
+            print(f"mailfleet operator: --dmarc-token-file: {e}", file=sys.stderr)
+            return 2
+        if not port.isdigit() or not token:
+            print(
+                "mailfleet operator: --dmarc-listen wants HOST:PORT and a non-empty token",
+                file=sys.stderr,
+            )
+            return 2
+        handlers.SETTINGS.dmarc = (host.strip("[]") or "0.0.0.0", int(port), token)
     if args.metrics_port is not None:
         handlers.SETTINGS.metrics.serve(args.metrics_port, args.metrics_addr)
     namespaces: list[str] = args.namespace

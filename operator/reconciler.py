@@ -24,7 +24,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from mailfleet.operator import (
     autoscale,
+    domainplan,
     drift,
     kube,
     naming,
@@ -46,6 +47,7 @@ from mailfleet.operator.crd_models import (
     DeliveryPolicy,
     IPWarmup,
     KubeObject,
+    SendingDomain,
     SendingPool,
     SendingPoolStatus,
     parse_object,
@@ -171,6 +173,8 @@ class Indexes:
     statefulsets: Mapping[PoolKey, Collection[LiveStatefulSet]]
     admin_tokens: Mapping[PoolKey, Collection[str]]
     pods: Mapping[PoolKey, Collection[pods.PodRef]]
+    # SendingDomains by namespace: their active DKIM keys are added to the pools they list.
+    domains: Mapping[str, Collection[dict[str, Any]]] = field(default_factory=dict)
 
 
 class Operator:
@@ -452,6 +456,11 @@ class Operator:
             if isinstance(p := self.parse(b), DeliveryPolicy)
         ]
         warmups = [w for b in _bodies(idx.warmups, key) if isinstance(w := self.parse(b), IPWarmup)]
+        domains = [
+            d
+            for b in _bodies(idx.domains, namespace)
+            if isinstance(d := self.parse(b), SendingDomain)
+        ]
         sts_list = list(idx.statefulsets.get(key, []))
         sts = sts_list[0] if sts_list else None
         now = self.clock()
@@ -467,6 +476,7 @@ class Operator:
                 autoscaled=self.autoscaled.get(key),
                 live_replicas=sts.spec_replicas if sts is not None else None,
                 drained_to=self.drained_to.get(key),
+                domain_keys=domainplan.domain_dkim_keys(name, domains),
             )
         )
         self.sts_seen[key] = (sts.replicas, sts.ready) if sts is not None else (0, 0)

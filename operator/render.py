@@ -29,10 +29,12 @@ from mailfleet.operator.children import (
 from mailfleet.operator.conditions import Cond, merge_conditions, plural, timestamp
 from mailfleet.operator.crd_models import (
     DeliveryPolicy,
+    DKIMKeyRef,
     IPWarmup,
     SendingPool,
     SendingPoolSpec,
 )
+from mailfleet.operator.domainplan import with_domain_keys
 from mailfleet.operator.engine_config import config_yaml, render_engine_config
 from mailfleet.operator.ipplan import (
     active_warmups,
@@ -61,6 +63,8 @@ class PoolInputs:
     live_replicas: int | None = None
     # Pods from this ordinal up have handed off their queue and may go (None: none have).
     drained_to: int | None = None
+    # The active DKIM keys of the SendingDomains that list the pool (domainplan.domain_dkim_keys).
+    domain_keys: Sequence[DKIMKeyRef] = ()
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ def run_replicas(target: int, live: int | None, drained_to: int | None) -> int:
 
 
 def render_pool(inp: PoolInputs) -> RenderedPool:
-    pool = inp.pool
+    pool = with_domain_keys(inp.pool, inp.domain_keys)
     name = pool_name(pool)
     generation = pool.metadata.get("generation")
     old_status = pool.status.model_dump(mode="json", by_alias=True) if pool.status else {}

@@ -49,7 +49,7 @@ def crds(kube_cluster: Any) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def examples(crds: Any) -> Any:
     out = ok(crds, "apply", "-n", NS, "-f", str(REPO / "examples"))
-    assert out.count("created") == 3, out
+    assert out.count("created") == 4, out
     return crds
 
 
@@ -110,6 +110,7 @@ def test_examples_apply_as_is_and_get_server_defaults(examples: Any) -> None:
     assert sorted(listed.split()) == [
         "deliverypolicy.mailfleet.io/big-providers",
         "ipwarmup.mailfleet.io/transactional-mta3",
+        "sendingdomain.mailfleet.io/example-com",
         "sendingpool.mailfleet.io/transactional",
     ]
     pool = get(examples, "sendingpool", "transactional")
@@ -138,8 +139,8 @@ def test_examples_apply_as_is_and_get_server_defaults(examples: Any) -> None:
 
 
 def test_short_names_and_category_work(examples: Any) -> None:
-    out = ok(examples, "get", "-n", NS, "mfpool,mfpolicy,mfwarmup", "-o", "name")
-    assert len(out.split()) == 3
+    out = ok(examples, "get", "-n", NS, "mfpool,mfpolicy,mfwarmup,mfdomain", "-o", "name")
+    assert len(out.split()) == 4
 
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)

@@ -62,8 +62,11 @@ def test_the_role_is_least_privilege(mailfleet_crds: Any, operator_kubeconfig: P
         kube, "patch", "sendingpools.mailfleet.io/status"
     )
     assert can(kube, "watch", "secrets") and can(kube, "create", "events")
+    # get and patch secrets: the SendingDomains' DKIM key Secrets, which the operator writes and
+    # reads back (list/watch already grant what get does); never deleted, never by name.
+    assert can(kube, "get", "secrets") and can(kube, "patch", "secrets")
     for verb, what in [
-        ("get", "secrets"),  # existence comes from the watch; contents are never fetched
+        ("delete", "secrets"),
         ("delete", "statefulsets.apps"),  # children go by garbage collection
         ("delete", "configmaps"),
         ("patch", "sendingpools.mailfleet.io"),  # specs belong to users
