@@ -256,6 +256,48 @@ def render_pdb(pool: SendingPool) -> dict[str, Any]:
     )
 
 
+# Who may reach a pool's admin port: the operator (config pushes, drains), Prometheus (metrics)
+# and the pool's own pods (handoff while draining). The submission port stays open: who may
+# relay is the engine's decision (trusted networks, AUTH).
+ADMIN_CLIENTS = ("mailfleet-operator", "prometheus")
+
+
+def render_network_policy(pool: SendingPool) -> dict[str, Any]:
+    name = pool_name(pool)
+    return stamp(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta(pool, f"{name}-admin"),
+            "spec": {
+                "podSelector": {"matchLabels": selector_labels(name)},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {"ports": [{"port": pool.spec.submission.port, "protocol": "TCP"}]},
+                    {
+                        "ports": [{"port": ADMIN_PORT, "protocol": "TCP"}],
+                        "from": [
+                            {"podSelector": {"matchLabels": selector_labels(name)}},
+                            {
+                                "namespaceSelector": {},
+                                "podSelector": {
+                                    "matchExpressions": [
+                                        {
+                                            "key": "app.kubernetes.io/name",
+                                            "operator": "In",
+                                            "values": list(ADMIN_CLIENTS),
+                                        }
+                                    ]
+                                },
+                            },
+                        ],
+                    },
+                ],
+            },
+        }
+    )
+
+
 def render_service_account(pool: SendingPool) -> dict[str, Any]:
     return stamp(
         {

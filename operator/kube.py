@@ -44,6 +44,7 @@ SERVICES = Resource("", "v1", "services", "Service")
 CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
 SERVICEACCOUNTS = Resource("", "v1", "serviceaccounts", "ServiceAccount")
 PDBS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
+NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 SENDINGPOOLS = Resource("mailfleet.io", "v1alpha1", "sendingpools", "SendingPool")
 DELIVERYPOLICIES = Resource("mailfleet.io", "v1alpha1", "deliverypolicies", "DeliveryPolicy")
 IPWARMUPS = Resource("mailfleet.io", "v1alpha1", "ipwarmups", "IPWarmup")
@@ -58,6 +59,7 @@ BY_KIND = {
         CONFIGMAPS,
         SERVICEACCOUNTS,
         PDBS,
+        NETWORKPOLICIES,
         SENDINGPOOLS,
         DELIVERYPOLICIES,
         IPWARMUPS,

@@ -21,6 +21,7 @@ from mailfleet.mta.config import (
 from mailfleet.operator.children import (
     render_configmap,
     render_headless_service,
+    render_network_policy,
     render_pdb,
     render_service_account,
     render_statefulset,
@@ -260,6 +261,7 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
         render_headless_service(pool),
         render_submission_service(pool),
         render_pdb(pool),
+        render_network_policy(pool),
         render_statefulset(pool, replicas, inp.image),
     ]
     return RenderedPool(

@@ -24,7 +24,14 @@ pytestmark = pytest.mark.kube
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-CHILDREN = ("statefulset", "service", "configmap", "poddisruptionbudget", "serviceaccount")
+CHILDREN = (
+    "statefulset",
+    "service",
+    "configmap",
+    "poddisruptionbudget",
+    "serviceaccount",
+    "networkpolicy",
+)
 RunOperator = Callable[..., OperatorProcess]
 
 
@@ -139,6 +146,7 @@ def test_examples_become_children_status_and_events(
         ("service", "transactional-headless"),
         ("configmap", "transactional-config"),
         ("poddisruptionbudget", "transactional"),
+        ("networkpolicy", "transactional-admin"),
         ("serviceaccount", "transactional-mta"),
         ("secret", "transactional-admin"),
     ]:
@@ -257,7 +265,7 @@ def test_steady_state_and_restart_write_nothing(
     running_and_reported(kube, ns)
     quiesce(op, seconds=6.0, timeout=60.0)  # a poll (5 s) that found nothing new
     before, writes = versions(kube, ns), op.writes()
-    assert len(before) == 9, before
+    assert len(before) == 10, before
     time.sleep(15)
     assert versions(kube, ns) == before
     assert op.writes() == writes

@@ -155,8 +155,8 @@ async def test_a_new_pool_is_written_once_and_then_left_alone() -> None:
     await op.reconcile_pool(world.indexes(), "ns1", "transactional")
     kinds = sorted(k for verb, k, _ in api.writes if verb != "status")
     assert kinds == [
-        "ConfigMap", "PodDisruptionBudget", "Secret", "Service", "Service", "ServiceAccount",
-        "StatefulSet",
+        "ConfigMap", "NetworkPolicy", "PodDisruptionBudget", "Secret", "Service", "Service",
+        "ServiceAccount", "StatefulSet",
     ]  # fmt: skip
     assert ("Normal", "Created") in events
     token = api.objects[("Secret", "ns1", naming.admin_secret_name("transactional"))]

@@ -296,6 +296,7 @@ def test_every_child_is_owned_by_the_pool_and_labelled() -> None:
     kinds = sorted((c["kind"], c["metadata"]["name"]) for c in out.children)
     assert kinds == [
         ("ConfigMap", "transactional-config"),
+        ("NetworkPolicy", "transactional-admin"),
         ("PodDisruptionBudget", "transactional"),
         ("Service", "transactional"),
         ("Service", "transactional-headless"),
@@ -648,3 +649,19 @@ def test_live_child_keeps_hash_marker_and_whether_others_manage_it() -> None:
         {"manager": "kubectl", "operation": "Update", "subresource": "scale"}
     )
     assert drift.live_child("StatefulSet", meta).foreign
+
+
+def test_network_policy_keeps_the_admin_port_to_the_operator_prometheus_and_peers() -> None:
+    out = render.render_pool(inputs())
+    np = child(out, "NetworkPolicy", "transactional-admin")
+    spec = np["spec"]
+    assert spec["podSelector"] == {"matchLabels": naming.selector_labels("transactional")}
+    assert spec["policyTypes"] == ["Ingress"]
+    submission, admin = spec["ingress"]
+    assert submission == {"ports": [{"port": 2525, "protocol": "TCP"}]}  # the engine decides
+    assert admin["ports"] == [{"port": naming.ADMIN_PORT, "protocol": "TCP"}]
+    peers, clients = admin["from"]
+    assert peers == {"podSelector": {"matchLabels": naming.selector_labels("transactional")}}
+    (expr,) = clients["podSelector"]["matchExpressions"]
+    assert expr["values"] == ["mailfleet-operator", "prometheus"]
+    assert clients["namespaceSelector"] == {}
