@@ -402,7 +402,7 @@ class SubmissionSMTP(SMTP):
         self.command_size_limits.clear()
         self.hostname = hostname
         self.tls_context = tls_context
-        self.require_starttls = False
+        self.require_starttls = tls_context and False  # falsy, as aiosmtpd computes it
         self._timeout_duration = timeout
         self._timeout_handle = None
         self._tls_handshake_okay = True
