@@ -132,7 +132,9 @@ class LatencyProbe:
         self.message = (
             b"From: <probe@example.test>\r\nTo: <rcpt@example.org>\r\nSubject: probe\r\n\r\n" + body
         )
-        self.samples: list[float] = []
+        self.samples: list[float] = []  # end of DATA to 250
+        # per session: connect to banner, EHLO, MAIL, RCPT, DATA to 354, end of DATA to 250, QUIT
+        self.steps: list[list[float]] = []
         self.errors = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="latency-probe", daemon=True)
@@ -150,44 +152,71 @@ class LatencyProbe:
         return len(self.samples)
 
     def _run(self) -> None:
+        while not self._stop.wait(PROBE_INTERVAL):
+            try:
+                self._session()
+            except OSError:
+                self.errors += 1
+
+    def _session(self) -> None:
+        """A session per message, as smtp-source opens them; each step timed."""
+        steps: list[float] = []
+        t = time.perf_counter()
+
+        def lap() -> None:
+            nonlocal t
+            now = time.perf_counter()
+            steps.append(now - t)
+            t = now
+
         with socket.create_connection(self.addr, timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             f = sock.makefile("rb")
 
             def reply() -> bytes:
                 while True:
                     line = f.readline()
                     if line[3:4] != b"-":
+                        lap()
                         return line
 
             def cmd(text: bytes) -> bytes:
                 sock.sendall(text + b"\r\n")
                 return reply()
 
-            reply()
-            cmd(b"EHLO probe.test")
-            while not self._stop.wait(PROBE_INTERVAL):
-                if not (
-                    cmd(b"MAIL FROM:<probe@example.test>").startswith(b"250")
-                    and cmd(b"RCPT TO:<rcpt@example.org>").startswith(b"250")
-                    and cmd(b"DATA").startswith(b"354")
-                ):
-                    self.errors += 1
-                    cmd(b"RSET")
-                    continue
+            reply()  # connect to banner
+            ok = (
+                cmd(b"EHLO probe.test").startswith(b"250")
+                and cmd(b"MAIL FROM:<probe@example.test>").startswith(b"250")
+                and cmd(b"RCPT TO:<rcpt@example.org>").startswith(b"250")
+                and cmd(b"DATA").startswith(b"354")
+            )
+            if ok:
                 sock.sendall(self.message)
-                start = time.perf_counter()
+                t = time.perf_counter()
                 sock.sendall(b".\r\n")
                 ok = reply().startswith(b"250")
-                if ok:
-                    self.samples.append(time.perf_counter() - start)
-                else:
-                    self.errors += 1
             cmd(b"QUIT")
+        if not ok:
+            self.errors += 1
+            return
+        self.samples.append(steps[5])
+        self.steps.append(steps)
 
     def percentiles(self) -> tuple[float, float]:
         """p50 and p99 in milliseconds."""
         s = sorted(self.samples) or [float("nan")]
         return 1000 * s[len(s) // 2], 1000 * s[min(len(s) - 1, int(len(s) * 0.99))]
+
+    def step_medians(self) -> str:
+        """Median milliseconds of each step of a session (where a client's time goes)."""
+        names = ("connect", "ehlo", "mail", "rcpt", "data", "dot", "quit")
+        if not self.steps:
+            return ""
+        cols = [sorted(col) for col in zip(*self.steps, strict=True)]
+        return " ".join(
+            f"{n} {1000 * c[len(c) // 2]:.1f}" for n, c in zip(names, cols, strict=True)
+        )
 
 
 def rss_mb(pid: int) -> float:
@@ -227,6 +256,7 @@ def _load(
         "p50_ms": p50,
         "p99_ms": p99,
         "probe_errors": probe.errors,
+        "steps": probe.step_medians(),  # type: ignore[dict-item]
     }
 
 
@@ -337,6 +367,8 @@ def lines(
         f" {ours['batch']:.1f} operations per commit, {ours['commit_ms']:.2f} ms per commit;"
         f" {ours['signed']:.0f} DKIM signatures; accepted {ours['accept_per_s']:.0f} msg/s"
         f" (postfix {theirs['accept_per_s']:.0f})",
+        f"relay {kb} KB session steps, median ms: mailfleet {ours.get('steps', '')};"
+        f" postfix {theirs.get('steps', '')}",
     ]
 
 
