@@ -17,6 +17,7 @@ stacks: `flamegraph.pl` or speedscope read them).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import socket
@@ -227,12 +228,45 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used by these processes, the children they reaped and
+    their live children (Postfix's smtpd, cleanup, qmgr, smtp, ... under its master)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, int]] = {}  # pid -> (ppid, ticks)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        # after the command: state ppid ... utime(12) stime(13) cutime(14) cstime(15)
+        stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+    total, todo, seen = 0, list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        total += stats[pid][1]
+        todo.extend(c for c, (ppid, _) in stats.items() if ppid == pid)
+    return total / tick
+
+
 def _load(
-    address: str, messages: int, size: int, sessions: int, sink: SmtpSink
+    address: str,
+    messages: int,
+    size: int,
+    sessions: int,
+    sink: SmtpSink,
+    server_pids: list[int],
 ) -> dict[str, float]:
     """smtp-source's load (a session per message) with the latency probe beside it; returns
-    msg/s end to end (until the sink has every message), accepted msg/s, p50/p99 ms."""
+    msg/s end to end (until the sink has every message), accepted msg/s, p50/p99 ms, and the
+    server's CPU milliseconds per message."""
     base = sink.count
+    cpu = tree_cpu(server_pids)
     start = time.perf_counter()
     with LatencyProbe(address, size) as probe:
         smtp_source(
@@ -248,8 +282,10 @@ def _load(
     total = messages + probe.sent
     sink.wait_for(base + total, timeout=600)
     elapsed = time.perf_counter() - start
+    cpu = tree_cpu(server_pids) - cpu
     p50, p99 = probe.percentiles()
     return {
+        "cpu_ms": 1000 * cpu / total,
         "msg_per_s": total / elapsed,
         "accept_per_s": total / submitted,
         "seconds": elapsed,
@@ -298,7 +334,7 @@ def measure(
                 for i, p in enumerate(procs)
             ]
             time.sleep(1)
-        r = _load(address, messages, size, sessions, sink)
+        r = _load(address, messages, size, sessions, sink, [p.pid for p in procs])
         for spy in spies:
             spy.send_signal(signal.SIGINT)
         for spy in spies:
@@ -335,7 +371,8 @@ def measure_postfix(messages: int, size: int, sessions: int) -> dict[str, float]
         PostfixRelay(sink.address, "127.0.0.1", concurrency=20) as relay,
     ):
         _warm_up(relay.address, sink, sessions, size)
-        return _load(relay.address, messages, size, sessions, sink)
+        assert relay.master_pid is not None
+        return _load(relay.address, messages, size, sessions, sink, [relay.master_pid])
 
 
 def compare(
@@ -366,7 +403,8 @@ def lines(
         f" largest {ours['rss_max_mb']:.0f} MB); spool {ours['commits']:.0f} commits,"
         f" {ours['batch']:.1f} operations per commit, {ours['commit_ms']:.2f} ms per commit;"
         f" {ours['signed']:.0f} DKIM signatures; accepted {ours['accept_per_s']:.0f} msg/s"
-        f" (postfix {theirs['accept_per_s']:.0f})",
+        f" (postfix {theirs['accept_per_s']:.0f}); cpu per message: mailfleet"
+        f" {ours['cpu_ms']:.2f} ms, postfix {theirs['cpu_ms']:.2f} ms",
         f"relay {kb} KB session steps, median ms: mailfleet {ours.get('steps', '')};"
         f" postfix {theirs.get('steps', '')}",
     ]

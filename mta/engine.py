@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
+import queue
 import signal
 import ssl
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,9 +185,10 @@ class Engine:
         self._reload_lock = asyncio.Lock()
         self.started_at = time.time()
         self._background: set[asyncio.Task[None]] = set()
-        self._signing = concurrent.futures.ThreadPoolExecutor(
-            SIGNING_THREADS, thread_name_prefix="dkim"
-        )
+        # Messages to sign, for the signing threads (started at the first message). A plain
+        # queue: ThreadPoolExecutor.submit's future and bookkeeping showed in the loop's profile.
+        self._to_sign: queue.SimpleQueue[_SignJob | None] = queue.SimpleQueue()
+        self._signers: list[threading.Thread] = []
 
     # -- mail in -------------------------------------------------------------------------------
 
@@ -232,10 +234,20 @@ class Engine:
         # Signed off the event loop (OpenSSL releases the GIL), then stored by the spool's
         # writer: 250 only once it is fsynced.
         fut: asyncio.Future[QueuedMessage] = asyncio.get_running_loop().create_future()
-        self._signing.submit(
-            self._sign_and_store, self.signer, fut, queue_id, mail_from, recipients, data, client
-        )
+        if not self._signers:
+            self._start_signers()
+        self._to_sign.put((self.signer, fut, queue_id, mail_from, recipients, data, client))
         self.queue.add(await fut)
+
+    def _start_signers(self) -> None:
+        for i in range(SIGNING_THREADS):
+            t = threading.Thread(target=self._signer, name=f"dkim-{i}", daemon=True)
+            t.start()
+            self._signers.append(t)
+
+    def _signer(self) -> None:
+        while (job := self._to_sign.get()) is not None:
+            self._sign_and_store(*job)
 
     async def inject(self, mail_from: str, recipients: list[str], data: bytes) -> str:
         qid = new_message_id()
@@ -350,7 +362,8 @@ class Engine:
         await self.spool.close()
         await self.suppressions.close()
         await self.admin.stop()
-        self._signing.shutdown(wait=False)
+        for _ in self._signers:
+            self._to_sign.put(None)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -533,6 +546,10 @@ class Engine:
             "warmup": self.queue.shaper.warmup_today(time.time()),
             "connections": stats() if callable(stats) else {},
         }
+
+
+# What a signing thread is given: signer, future, queue id, sender, recipients, data, client.
+_SignJob = tuple[DKIMSigner, "asyncio.Future[QueuedMessage]", str, str, list[str], bytes, str]
 
 
 def _fail(fut: asyncio.Future[Any], e: BaseException) -> None:
