@@ -295,8 +295,13 @@ class TrafficGenerator(threading.Thread):
         domains: list[str],
         targets: Callable[[], dict[str, str]],
         stop: threading.Event,
+        burst: tuple[float, float, float] | None = None,
     ) -> None:
         super().__init__(name="traffic", daemon=True)
+        # (seconds after the start, messages per second, seconds long): a burst the autoscaler
+        # answers with more pods, and then, once the queue is low for its window, with fewer.
+        self.burst = burst
+        self.started = time.monotonic()
         self.rate, self.port, self.domains, self.targets, self.stop = (
             rate,
             port,
@@ -311,10 +316,22 @@ class TrafficGenerator(threading.Thread):
         self.per_pod: dict[str, int] = {}
         self._conns: dict[str, smtplib.SMTP] = {}
 
+    def rate_now(self) -> float:
+        if self.burst is not None:
+            after, rate, length = self.burst
+            into = time.monotonic() - self.started - after
+            if 0 <= into < length:
+                return rate
+            if into >= length:
+                # The burst is over and the load falls below what the providers take: the
+                # backlog goes out and the autoscaler can give the pods back.
+                return self.rate / 3
+        return self.rate
+
     def snapshot(self) -> Traffic:
         with self.lock:
             return Traffic(
-                rate=self.rate,
+                rate=self.rate_now(),
                 submitted=self.submitted,
                 failed=self.failed,
                 last_error=self.last_error,
@@ -347,7 +364,6 @@ class TrafficGenerator(threading.Thread):
 
     def run(self) -> None:
         n = 0
-        interval = 1.0 / self.rate
         due = time.monotonic()
         try:
             while not self.stop.is_set():
@@ -362,7 +378,7 @@ class TrafficGenerator(threading.Thread):
                 pod = names[n % len(names)]
                 n += 1
                 self._send(pod, targets[pod], n)
-                due = max(due + interval, time.monotonic() - 1.0)
+                due = max(due + 1.0 / self.rate_now(), time.monotonic() - 1.0)
                 self.stop.wait(max(0.0, due - time.monotonic()))
         finally:
             for ip in list(self._conns):
@@ -480,6 +496,7 @@ class Demo:
     ledger: Ledger = field(init=False)
     incident_at: float | None = None
     incident_done: bool = False
+    burst_at: float | None = None
     sending_ips: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -550,6 +567,7 @@ class Demo:
             [p.domain for p in self.sim.providers.values()],
             lambda: ready_pod_ips(self.pods),
             self.stop,
+            burst=(self.burst_at, self.rate * 4, 30.0) if self.burst_at is not None else None,
         )
         self.traffic.start()
         kubectl = f"{_short(self.cp.kubectl_path)} --kubeconfig {_short(self.cp.kubeconfig)}"
@@ -775,6 +793,14 @@ def main(argv: list[str] | None = None) -> int:
         help="end after this long; exit 0 only if mail was delivered",
     )
     ap.add_argument("--rate", type=float, default=5.0, help="messages submitted per second")
+    ap.add_argument(
+        "--burst",
+        type=float,
+        metavar="SECONDS",
+        help="after this long, 30 s at 4 x --rate, then a third of --rate: the autoscaler adds "
+        "pods; once the backlog is delivered and the queue has stayed low for its stabilization "
+        "window (2 min), it drains them away again (a whole cycle takes about 10 minutes)",
+    )
     ap.add_argument("--state-dir", type=Path, default=ROOT / ".local" / "demo")
     ap.add_argument(
         "--incident",
@@ -792,7 +818,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)  # fmt: skip
     if args.rate <= 0 or args.rate > 200:
         ap.error("--rate must be in (0, 200]")
-    demo = Demo(args.state_dir.resolve(), args.rate, args.duration, incident_at=args.incident)
+    demo = Demo(
+        args.state_dir.resolve(),
+        args.rate,
+        args.duration,
+        incident_at=args.incident,
+        burst_at=args.burst,
+    )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         demo.stop.set()

@@ -16,8 +16,10 @@ from typing import Any
 import kopf
 
 from mailfleet.operator import kube, naming, pods
+from mailfleet.operator.conditions import now_utc
 from mailfleet.operator.crd_models import GROUP, VERSION
 from mailfleet.operator.engine_admin import EngineAdmin
+from mailfleet.operator.events import event_object
 from mailfleet.operator.metrics import OperatorMetrics
 from mailfleet.operator.reconciler import (
     Indexes,
@@ -43,6 +45,7 @@ class Settings:
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     operator: Operator | None = None
     settings: kopf.OperatorSettings | None = None
+    instance: str = ""
 
 
 SETTINGS = Settings()
@@ -60,8 +63,15 @@ def login_fn(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
 
 
 def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """Posted in the background through the operator's own client: events come from watch
+    handlers and from the pods' poll loop alike (Kopf's own poster only serves its handlers)."""
     SETTINGS.metrics.events.labels(type_, reason).inc()
-    kopf.event(dict(body), type=type_, reason=reason, message=message)  # type: ignore[arg-type]
+    op = SETTINGS.operator
+    if op is not None:
+        obj = event_object(
+            body, type_, reason, message, now_utc(), naming.MANAGER, SETTINGS.instance
+        )
+        op.spawn(op.guarded("Event", _create_event(op, obj)))
     level = logging.WARNING if type_ == "Warning" else logging.INFO
     meta = body.get("metadata", {})
     log.log(
@@ -75,11 +85,16 @@ def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -
     )
 
 
+async def _create_event(op: Operator, obj: dict[str, Any]) -> None:
+    await op.api.create(kube.EVENTS, obj)
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     SETTINGS.settings = settings
     settings.posting.reporting_component = naming.MANAGER
     settings.posting.reporting_instance = os.environ.get("POD_NAME") or os.uname().nodename
+    SETTINGS.instance = settings.posting.reporting_instance
     # Watches end server-side after 5 minutes and are re-established; a silent connection is
     # dropped after 10.
     settings.watching.server_timeout = 300

@@ -48,6 +48,7 @@ SENDINGPOOLS = Resource("mailfleet.io", "v1alpha1", "sendingpools", "SendingPool
 DELIVERYPOLICIES = Resource("mailfleet.io", "v1alpha1", "deliverypolicies", "DeliveryPolicy")
 IPWARMUPS = Resource("mailfleet.io", "v1alpha1", "ipwarmups", "IPWarmup")
 SECRETS = Resource("", "v1", "secrets", "Secret")
+EVENTS = Resource("", "v1", "events", "Event")
 
 BY_KIND = {
     r.kind: r

@@ -17,11 +17,12 @@ reason NotHonoured, once per pod):
 - No images: the container's command runs with the node's programs, PATH starting with the
   repository's .venv/bin (an ImageNotPulled event says so). A container without ``command``
   runs its ``args``.
-- Isolation is a mount and a UTS namespace per container, nothing more: no network, PID, IPC or
-  user namespace, no cgroups (resources.limits are not enforced), no capabilities, seccomp or
-  no_new_privs. Each pod has its own loopback address (127.10.N.M) as podIP, but every process
-  can reach every address, and the node's files outside the mounted volumes are visible
-  (read-only with readOnlyRootFilesystem).
+- Isolation is a mount and a UTS namespace per container plus cgroup v1 cpu/memory limits
+  (cpu.shares from requests, CFS quota and memory limit from limits, OOMKilled reported) where
+  /sys/fs/cgroup is writable; no network, PID, IPC or user namespace, no capabilities, seccomp
+  or no_new_privs. Each pod has its own loopback address (127.10.N.M) as podIP, but every
+  process can reach every address, and the node's files outside the mounted volumes are
+  visible (read-only with readOnlyRootFilesystem).
 - runAsUser/runAsGroup/fsGroup are honoured, except where that user cannot reach the program
   (a Python under /root): then it runs as the agent's user, with an event.
 - Volumes: configMap, secret, downwardAPI, projected (with service account tokens), emptyDir

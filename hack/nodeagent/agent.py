@@ -143,6 +143,9 @@ class Cgroups:
             procs.append(str(d / "cgroup.procs"))
         return procs
 
+    def procs_files(self, uid: str, container: str) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self._dirs(uid, container) if d.is_dir()]
+
     def pids(self, uid: str, container: str) -> set[int]:
         out: set[int] = set()
         for d in self._dirs(uid, container):
@@ -185,6 +188,13 @@ class Cgroups:
                             break
                         except OSError:
                             time.sleep(0.05)
+
+    def close(self) -> None:
+        """The agent's own directories, once its pods are stopped."""
+        self.sweep(set())
+        for base in self.base.values():
+            with contextlib.suppress(OSError):
+                base.rmdir()
 
     def sweep(self, live: set[str]) -> None:
         for base in self.base.values():
@@ -748,11 +758,17 @@ class PodWorker(threading.Thread):
             spec["errfd"] = errf.fileno()
             # The runner says when the container's namespace is set up, so that hooks and
             # probes entering it (nsenter) never see the node's mounts instead.
+            try:
+                spec["cgroupProcs"] = self.agent.cgroups.create(
+                    self.uid, c.name, logic.cgroup_settings(c.spec)
+                )
+            except (OSError, ValueError) as e:
+                self.event(
+                    "Warning", "NotHonoured", f"resources not applied: {e}", container=c.name
+                )
+                spec["cgroupProcs"] = []
             ready_r, ready_w = os.pipe()
             spec["readyfd"] = ready_w
-            spec["cgroupProcs"] = self.agent.cgroups.create(
-                self.uid, c.name, logic.cgroup_settings(c.spec)
-            )
             size = logf.seek(0, os.SEEK_END)
             c.prev_log = (c.log_start, size) if c.ever_ran else None
             c.log_start = size
@@ -946,6 +962,8 @@ class PodWorker(threading.Thread):
         if not c.pid:
             return 1, "container is not running"
         spec = self._runner_spec(pod, c, list(argv), self._env(pod, c), mounts=False)
+        # In the container's cgroups too: limited with it, and stopped with it.
+        spec["cgroupProcs"] = self.agent.cgroups.procs_files(self.uid, c.name)
         proc = subprocess.Popen(
             ["nsenter", "-t", str(c.pid), "-m", "-u", "--", self.agent.cfg.python, str(RUNNER)],
             stdin=subprocess.PIPE,
@@ -1534,9 +1552,10 @@ class Agent:
                 w.join(timeout=max(deadline - time.monotonic(), 0.1))
         # Whatever a stuck worker left behind.
         for w in workers:
-            for c in w.containers:
+            for c in w.init_containers + w.containers:
                 if c.proc is not None and c.proc.poll() is None:
                     _killpg(c.pid, signal.SIGKILL)
+        self.cgroups.close()
 
 
 def serve(cfg: Config, on_ready: Callable[[], None] | None = None) -> None:

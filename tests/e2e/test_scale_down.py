@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 from fixtures.fleet import (
+    Gate,
     apply,
+    fast_retry_policy,
     message_ids,
     pool_manifest,
     pool_status,
@@ -26,19 +28,9 @@ from fixtures.fleet import (
     wait_pods,
 )
 from fixtures.operator import OperatorProcess, kget, wait_for
-from fixtures.smtppeers import RecordingMX, SmtpCall
+from fixtures.smtppeers import RecordingMX
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
-
-
-class Gate:
-    """The MX defers every recipient until opened: mail stays queued in the pods."""
-
-    def __init__(self) -> None:
-        self.open = False
-
-    def __call__(self, call: SmtpCall) -> str | None:
-        return None if self.open else "451 4.3.0 busy, try again later"
 
 
 def queued(kube: Any, ns: str, pool: str) -> int:
@@ -67,12 +59,7 @@ def deferring_pool(
     # Retries every few seconds: once the gate opens the queue drains in a test's time.
     apply(
         kube,
-        {
-            "apiVersion": "mailfleet.io/v1alpha1",
-            "kind": "DeliveryPolicy",
-            "metadata": {"name": "fast-retry", "namespace": ns},
-            "spec": {"default": {"retry": {"initial": "2s", "max": "5s", "maxAge": "1h"}}},
-        },
+        fast_retry_policy(ns),
     )
     return wait_pods(kube, ns, name, pods)
 

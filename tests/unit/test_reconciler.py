@@ -366,3 +366,25 @@ def test_pool_gauges_follow_the_status_and_drop_what_it_no_longer_says() -> None
     assert sample("mailfleet_pool_replicas", **base, kind="running") == 2
     m.forget_pool("mail", "p")
     assert sample("mailfleet_pool_replicas", **base, kind="running") is None
+
+
+def test_events_name_the_object_and_the_operator() -> None:
+    from mailfleet.operator.events import event_object
+
+    body = {
+        "apiVersion": "mailfleet.io/v1alpha1",
+        "kind": "SendingPool",
+        "metadata": {"name": "p", "namespace": "mail", "uid": "u-1"},
+    }
+    ev = event_object(body, "Normal", "ScaledUp", "x" * 5000, NOW, "mailfleet-operator", "op-0")
+    assert ev["metadata"] == {"generateName": "p.", "namespace": "mail"}
+    assert ev["involvedObject"] == {
+        "apiVersion": "mailfleet.io/v1alpha1",
+        "kind": "SendingPool",
+        "name": "p",
+        "namespace": "mail",
+        "uid": "u-1",
+    }
+    assert (ev["type"], ev["reason"], len(ev["message"])) == ("Normal", "ScaledUp", 1024)
+    assert ev["reportingComponent"] == "mailfleet-operator" and ev["reportingInstance"] == "op-0"
+    assert ev["firstTimestamp"] == ev["lastTimestamp"] == "2026-03-04T05:06:07Z"
