@@ -1,17 +1,30 @@
-"""mailfleet as a relay: smtp-source -> engine (DKIM RSA-2048 on, spool fsynced) -> smtp-sink.
+"""mailfleet as a relay: smtp-source -> engine (DKIM RSA-2048 on, spool fsynced) -> smtp-sink,
+then the same load through a private Postfix to the same kind of sink, in the same run.
 
     python -m bench.relay [--messages 20000] [--size 5120] [--sessions 20] [--workers 2]
+                          [--no-postfix] [--profile DIR]
 
 Several engine processes may share the submission port (SO_REUSEPORT), each with its own spool,
 which is how one pod uses every core it is given.
+
+Accept latency is measured by a probe beside smtp-source: one more session that sends a message
+of the same size every PROBE_INTERVAL while the load runs, and times each from the end of its
+DATA (the final ".") to the server's 250. Its messages count in the throughput like the others.
+`--profile DIR` records each engine with py-spy (if installed) into DIR/engineN.txt (collapsed
+stacks: `flamegraph.pl` or speedscope read them).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -19,12 +32,16 @@ from pathlib import Path
 
 import yaml
 
+from tests.fixtures.postfixrelay import PostfixRelay
 from tests.fixtures.procs import Proc, free_port
 from tests.fixtures.smtppeers import SmtpSink, smtp_source
 
 ROOT = Path(__file__).resolve().parent.parent
 MAILFLEET = str(Path(sys.executable).parent / "mailfleet")
 RSA_KEY = ROOT / "examples/mta/dkim/example.test.s2026a.rsa.pem"
+PY_SPY = Path(sys.executable).parent / "py-spy"
+WARMUP = 100  # messages through each relay before the clock starts (as bench.postfix does)
+PROBE_INTERVAL = 0.02
 
 
 def engine_config(
@@ -105,10 +122,194 @@ def start_engines(
     return smtp_port, admin_ports
 
 
-def measure(messages: int, size: int, sessions: int, workers: int) -> dict[str, float]:
-    """End-to-end messages/second: from the first connection to the last message at the sink."""
+class LatencyProbe:
+    """One SMTP session beside the load: a message every PROBE_INTERVAL, each timed from the
+    end of its DATA to the 250 (seconds in `samples`)."""
+
+    def __init__(self, address: str, size: int) -> None:
+        host, _, port = address.rpartition(":")
+        self.addr = (host, int(port))
+        body = b"".join(b"X" * 76 + b"\r\n" for _ in range(max(size // 78, 1)))
+        self.message = (
+            b"From: <probe@example.test>\r\nTo: <rcpt@example.org>\r\nSubject: probe\r\n\r\n" + body
+        )
+        self.samples: list[float] = []  # end of DATA to 250
+        # per session: connect to banner, EHLO, MAIL, RCPT, DATA to 354, end of DATA to 250, QUIT
+        self.steps: list[list[float]] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="latency-probe", daemon=True)
+
+    def __enter__(self) -> LatencyProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    @property
+    def sent(self) -> int:
+        return len(self.samples)
+
+    def _run(self) -> None:
+        while not self._stop.wait(PROBE_INTERVAL):
+            try:
+                self._session()
+            except OSError:
+                self.errors += 1
+
+    def _session(self) -> None:
+        """A session per message, as smtp-source opens them; each step timed."""
+        steps: list[float] = []
+        t = time.perf_counter()
+
+        def lap() -> None:
+            nonlocal t
+            now = time.perf_counter()
+            steps.append(now - t)
+            t = now
+
+        with socket.create_connection(self.addr, timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            f = sock.makefile("rb")
+
+            def reply() -> bytes:
+                while True:
+                    line = f.readline()
+                    if line[3:4] != b"-":
+                        lap()
+                        return line
+
+            def cmd(text: bytes) -> bytes:
+                sock.sendall(text + b"\r\n")
+                return reply()
+
+            reply()  # connect to banner
+            ok = (
+                cmd(b"EHLO probe.test").startswith(b"250")
+                and cmd(b"MAIL FROM:<probe@example.test>").startswith(b"250")
+                and cmd(b"RCPT TO:<rcpt@example.org>").startswith(b"250")
+                and cmd(b"DATA").startswith(b"354")
+            )
+            if ok:
+                sock.sendall(self.message)
+                t = time.perf_counter()
+                sock.sendall(b".\r\n")
+                ok = reply().startswith(b"250")
+            cmd(b"QUIT")
+        if not ok:
+            self.errors += 1
+            return
+        self.samples.append(steps[5])
+        self.steps.append(steps)
+
+    def percentiles(self) -> tuple[float, float]:
+        """p50 and p99 in milliseconds."""
+        s = sorted(self.samples) or [float("nan")]
+        return 1000 * s[len(s) // 2], 1000 * s[min(len(s) - 1, int(len(s) * 0.99))]
+
+    def step_medians(self) -> str:
+        """Median milliseconds of each step of a session (where a client's time goes)."""
+        names = ("connect", "ehlo", "mail", "rcpt", "data", "dot", "quit")
+        if not self.steps:
+            return ""
+        cols = [sorted(col) for col in zip(*self.steps, strict=True)]
+        return " ".join(
+            f"{n} {1000 * c[len(c) // 2]:.1f}" for n, c in zip(names, cols, strict=True)
+        )
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used by these processes, the children they reaped and
+    their live children (Postfix's smtpd, cleanup, qmgr, smtp, ... under its master)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, int]] = {}  # pid -> (ppid, ticks)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        # after the command: state ppid ... utime(12) stime(13) cutime(14) cstime(15)
+        stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+    total, todo, seen = 0, list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        total += stats[pid][1]
+        todo.extend(c for c, (ppid, _) in stats.items() if ppid == pid)
+    return total / tick
+
+
+def _load(
+    address: str,
+    messages: int,
+    size: int,
+    sessions: int,
+    sink: SmtpSink,
+    server_pids: list[int],
+) -> dict[str, float]:
+    """smtp-source's load (a session per message) with the latency probe beside it; returns
+    msg/s end to end (until the sink has every message), accepted msg/s, p50/p99 ms, and the
+    server's CPU milliseconds per message."""
+    base = sink.count
+    cpu = tree_cpu(server_pids)
+    start = time.perf_counter()
+    with LatencyProbe(address, size) as probe:
+        smtp_source(
+            address,
+            count=messages,
+            sessions=sessions,
+            size=size,
+            from_="bench@example.test",
+            to="rcpt@example.org",
+            reuse_connections=False,
+        )
+    submitted = time.perf_counter() - start
+    total = messages + probe.sent
+    sink.wait_for(base + total, timeout=600)
+    elapsed = time.perf_counter() - start
+    cpu = tree_cpu(server_pids) - cpu
+    p50, p99 = probe.percentiles()
+    return {
+        "cpu_ms": 1000 * cpu / total,
+        "msg_per_s": total / elapsed,
+        "accept_per_s": total / submitted,
+        "seconds": elapsed,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "probe_errors": probe.errors,
+        "steps": probe.step_medians(),  # type: ignore[dict-item]
+    }
+
+
+def _warm_up(address: str, sink: SmtpSink, sessions: int, size: int) -> None:
+    base = sink.count
+    smtp_source(address, count=WARMUP, sessions=sessions, size=size, from_="bench@example.test")
+    sink.wait_for(base + WARMUP, timeout=120)
+
+
+def measure(
+    messages: int, size: int, sessions: int, workers: int, profile: Path | None = None
+) -> dict[str, float]:
+    """The engine: msg/s end to end (from the first connection to the last message at the
+    sink), accepted msg/s, accept latency, spool commits, RSS at the end."""
     workdir = Path(tempfile.mkdtemp(prefix="mailfleet-bench-"))
     procs: list[Proc] = []
+    spies: list[subprocess.Popen[bytes]] = []
     sink = SmtpSink("127.0.0.1", workdir=workdir / "sink").start()
     try:
         smtp_port, admin_ports = start_engines(
@@ -117,38 +318,96 @@ def measure(messages: int, size: int, sessions: int, workers: int) -> dict[str, 
             lambda wdir, smtp, admin: engine_config(wdir, smtp, admin, sink.address, workers > 1),
             procs,
         )
-        start = time.perf_counter()
-        smtp_source(
-            f"127.0.0.1:{smtp_port}",
-            count=messages,
-            sessions=sessions,
-            size=size,
-            from_="bench@example.test",
-            to="rcpt@example.org",
-            # As in the Postfix run: smtp-source opens a session per message.
-            reuse_connections=False,
-        )
-        submitted = time.perf_counter() - start
-        sink.wait_for(messages, timeout=600)
-        elapsed = time.perf_counter() - start
+        address = f"127.0.0.1:{smtp_port}"
+        _warm_up(address, sink, sessions, size)
+        if profile is not None and PY_SPY.exists():
+            profile.mkdir(parents=True, exist_ok=True)
+            spies = [
+                subprocess.Popen(
+                    [
+                        *(str(PY_SPY), "record", "--threads", "--nonblocking", "-r", "100"),
+                        *("-f", "raw", "-o", str(profile / f"engine{i}.txt"), "--pid", str(p.pid)),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for i, p in enumerate(procs)
+            ]
+            time.sleep(1)
+        r = _load(address, messages, size, sessions, sink, [p.pid for p in procs])
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            spy.wait(60)
         signed = sum(_metric(p, "mailfleet_dkim_signatures_total") for p in admin_ports)
         commits = sum(_metric(p, "mailfleet_spool_commit_seconds_count") for p in admin_ports)
         commit_s = sum(_metric(p, "mailfleet_spool_commit_seconds_sum") for p in admin_ports)
         ops = sum(_metric(p, "mailfleet_spool_commit_batch_size_sum") for p in admin_ports)
+        rss = [rss_mb(p.pid) for p in procs]
         return {
+            **r,
             "commits": commits,
             "commit_ms": 1000 * commit_s / max(commits, 1),
             "batch": ops / max(commits, 1),
-            "msg_per_s": messages / elapsed,
-            "accept_per_s": messages / submitted,
-            "seconds": elapsed,
             "signed": signed,
+            "rss_mb": sum(rss),
+            "rss_max_mb": max(rss),
         }
     finally:
+        for spy in spies:
+            if spy.poll() is None:
+                spy.kill()
+                spy.wait()
         for p in procs:
             p.stop(timeout=20)
         sink.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure_postfix(messages: int, size: int, sessions: int) -> dict[str, float]:
+    """The same load (warm-up, smtp-source, probe) through a private Postfix (no DKIM)."""
+    with (
+        SmtpSink("127.0.0.1") as sink,
+        PostfixRelay(sink.address, "127.0.0.1", concurrency=20) as relay,
+    ):
+        _warm_up(relay.address, sink, sessions, size)
+        assert relay.master_pid is not None
+        return _load(relay.address, messages, size, sessions, sink, [relay.master_pid])
+
+
+def compare(
+    messages: int, size: int, sessions: int, workers: int, profile: Path | None = None
+) -> tuple[dict[str, float], dict[str, float]]:
+    ours = measure(messages, size, sessions, workers, profile)
+    return ours, measure_postfix(messages, size, sessions)
+
+
+def lines(
+    ours: dict[str, float],
+    theirs: dict[str, float],
+    messages: int,
+    size: int,
+    sessions: int,
+    workers: int,
+) -> list[str]:
+    kb = size // 1024
+    return [
+        f"relay: mailfleet {ours['msg_per_s']:.0f} msg/s, postfix {theirs['msg_per_s']:.0f} msg/s,"
+        f" ratio {ours['msg_per_s'] / theirs['msg_per_s']:.2f}  ({messages} messages of {kb} KB"
+        f" over {sessions} sessions, DKIM RSA-2048 on, spool fsynced, {workers} engine"
+        " processes)",
+        f"relay {kb} KB accept latency (end of DATA to 250): mailfleet p50"
+        f" {ours['p50_ms']:.1f} ms p99 {ours['p99_ms']:.1f} ms, postfix p50"
+        f" {theirs['p50_ms']:.1f} ms p99 {theirs['p99_ms']:.1f} ms",
+        f"relay {kb} KB engine: rss {ours['rss_mb']:.0f} MB at the end ({workers} processes,"
+        f" largest {ours['rss_max_mb']:.0f} MB); spool {ours['commits']:.0f} commits,"
+        f" {ours['batch']:.1f} operations per commit, {ours['commit_ms']:.2f} ms per commit;"
+        f" {ours['signed']:.0f} DKIM signatures; accepted {ours['accept_per_s']:.0f} msg/s"
+        f" (postfix {theirs['accept_per_s']:.0f}); cpu per message: mailfleet"
+        f" {ours['cpu_ms']:.2f} ms, postfix {theirs['cpu_ms']:.2f} ms",
+        f"relay {kb} KB session steps, median ms: mailfleet {ours.get('steps', '')};"
+        f" postfix {theirs.get('steps', '')}",
+    ]
 
 
 def main() -> None:
@@ -157,17 +416,16 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--no-postfix", action="store_true", help="the engine only")
+    ap.add_argument("--profile", type=Path, help="py-spy each engine into this directory")
     a = ap.parse_args()
-    r = measure(a.messages, a.size, a.sessions, a.workers)
-    print(
-        f"relay: mailfleet {r['msg_per_s']:.0f} msg/s end to end "
-        f"({r['accept_per_s']:.0f} msg/s accepted, {a.workers} engine processes, "
-        f"{r['signed']:.0f} DKIM signatures)"
-    )
-    print(
-        f"spool: {r['commits']:.0f} commits, {r['batch']:.1f} operations per commit, "
-        f"{r['commit_ms']:.2f} ms per commit"
-    )
+    ours = measure(a.messages, a.size, a.sessions, a.workers, a.profile)
+    if a.no_postfix:
+        theirs = {k: float("nan") for k in ours}
+    else:
+        theirs = measure_postfix(a.messages, a.size, a.sessions)
+    for line in lines(ours, theirs, a.messages, a.size, a.sessions, a.workers):
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

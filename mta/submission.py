@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 from email.utils import formatdate, make_msgid
 from typing import Any, Literal, cast
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    Session,
+    _AuthMechAttr,
+    syntax,
+)
 
 from mailfleet.mta.addresses import (
     AddressError,
@@ -361,8 +370,62 @@ class SubmissionSMTP(SMTP):
     MAIL and RCPT, EHLO validation, session limits and the session gauge, a command timeout
     shorter than the DATA timeout with a minimum data rate, and AUTH checked off the loop."""
 
-    def __init__(self, handler: SubmissionHandler, owner: SubmissionServer, **kw: Any) -> None:
-        super().__init__(handler, **kw)
+    def __init__(
+        self,
+        handler: SubmissionHandler,
+        owner: SubmissionServer,
+        *,
+        hostname: str,
+        ident: str,
+        data_size_limit: int,
+        tls_context: ssl.SSLContext | None,
+        timeout: float,
+        hooks: dict[str, Callable[..., Any]],
+    ) -> None:
+        # aiosmtpd's SMTP.__init__ reflects on the instance and the handler for every connection
+        # (inspect.getmembers, dir, inspect.signature: about a tenth of the loop's time at one
+        # session per message). Here the same attributes are set from lookups made once per
+        # class (_LEAN_NAMES) and once per server (`hooks`); tests/unit/test_lean_smtp.py
+        # checks them against a stock SMTP's.
+        self.__ident__ = ident
+        self.loop = asyncio.get_running_loop()
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected,
+            loop=self.loop,
+        )
+        self.event_handler = handler
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = True
+        self._decode_data = False
+        self.command_size_limits.clear()
+        self.hostname = hostname
+        self.tls_context = tls_context
+        self.require_starttls = tls_context and False  # falsy, as aiosmtpd computes it
+        self._timeout_duration = timeout
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        self._auth_require_tls = True
+        self._proxy_timeout = None
+        self._authenticator = handler.authenticate
+        self._auth_callback = None
+        self._auth_required = False
+        smtp_names, auth_names = _lean_names(type(self))
+        self._auth_methods = {
+            mech: _AuthMechAttr(getattr(self, name), True) for mech, name in auth_names
+        }
+        self._handle_hooks = hooks
+        self._ehlo_hook_ver = "new"
+        self._smtp_methods = {cmd: getattr(self, name) for cmd, name in smtp_names}
+        self._enforce_call_limit = False
+
         self.owner = owner
         self._parsed: ParsedPath | None = None
         self._counted_ip: str | None = None
@@ -441,18 +504,88 @@ class SubmissionSMTP(SMTP):
                 self._timeout_handle.cancel()
             self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
+        # aiosmtpd's own DATA reads the message a line at a time (a coroutine call and a few
+        # list operations per line: ~1,400 for 100 KB). This one reads it in chunks up to each
+        # ".<CRLF>" and checks what aiosmtpd checks on the whole: a line over 1001 octets with
+        # its CRLF is 500, more than data_size_limit octets is 552 (both said after the end of
+        # the data, as aiosmtpd does), dot-stuffing undone (RFC 5321 §4.5.2).
         self._in_data = True
         self._data_start = self.loop.time()
         self._data_bytes = 0
         self._deadline = 0.0
         self._extend_deadline()
         try:
-            await super().smtp_DATA(arg)
+            if await self.check_helo_needed():
+                return
+            if await self.check_auth_needed("DATA"):
+                return
+            assert self.envelope is not None
+            if not self.envelope.rcpt_tos:
+                await self.push("503 Error: need RCPT command")
+                return
+            if arg:
+                await self.push("501 Syntax: DATA")
+                return
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            content, refusal = await self._read_data()
+            if refusal is not None:
+                await self.push(refusal)
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
+                return
+            self.envelope.content = content
+            self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push("250 OK" if status is MISSING else status)
         finally:
             self._in_data = False
             if self.transport is not None:
                 self._reset_timeout()
+
+    async def _read_data(self) -> tuple[bytes, str | None]:
+        """The message up to <CRLF>.<CRLF> (or "." on the first line): (content, None), or
+        (b"", the reply) when it was too long or had a line too long."""
+        reader = self._reader
+        limit = self.data_size_limit
+        parts: list[bytes] = []
+        size = 0
+        tail = b"\r\n"  # the data starts at the start of a line
+        refusal: str | None = None
+        # The reader's limit is the command line length; in DATA a chunk runs to the next
+        # ".<CRLF>", wherever it is. (StreamReader also pauses the socket above twice this.)
+        reader._limit = DATA_CHUNK  # type: ignore[attr-defined]
+        try:
+            while True:
+                try:
+                    chunk = await reader.readuntil(b".\r\n")
+                except asyncio.LimitOverrunError as e:
+                    chunk = await reader.readexactly(e.consumed)
+                except asyncio.CancelledError:
+                    self._writer.close()
+                    raise
+                tail = (tail + chunk[-5:])[-5:]
+                size += len(chunk)
+                if refusal is None:
+                    parts.append(chunk)
+                    if limit and size - (3 if tail == b"\r\n.\r\n" else 0) > limit:
+                        refusal = _data_refusal(b"".join(parts))
+                        parts.clear()
+                if tail == b"\r\n.\r\n":
+                    break
+        finally:
+            reader._limit = self.line_length_limit  # type: ignore[attr-defined]
+        if refusal is not None:
+            return b"", refusal
+        data = b"".join(parts)[:-3] if len(parts) != 1 else parts[0][:-3]
+        if len(data) > MAX_LINE - 2 and _longest_line(data) > MAX_LINE - 2:
+            return b"", LINE_TOO_LONG
+        if data.startswith(b"."):
+            data = data[1:]
+        if b"\r\n." in data:
+            data = data.replace(b"\r\n.", b"\r\n")
+        return data, None
 
     # -- EHLO/HELO -----------------------------------------------------------------------------
 
@@ -548,6 +681,52 @@ class SubmissionSMTP(SMTP):
 
 SessionCounter = SubmissionSMTP  # the former name
 
+# Longest line in DATA, CRLF included (RFC 5321 §4.5.3.1.6, aiosmtpd's line_length_limit).
+MAX_LINE = SMTP.line_length_limit
+LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
+TOO_MUCH_DATA = "552 Error: Too much mail data"
+# DATA is read in chunks of at most this (each ends at a ".<CRLF>" or here).
+DATA_CHUNK = 256 * 1024
+
+_LEAN: dict[type, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]] = {}
+
+
+def _lean_names(
+    cls: type,
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """(command, smtp_ method name) and (mechanism, auth_ method name) of an SMTP class, found
+    once: what aiosmtpd's SMTP.__init__ looks up by reflection for every connection."""
+    names = _LEAN.get(cls)
+    if names is None:
+        smtp = tuple((m[5:], m) for m in dir(cls) if m.startswith("smtp_"))
+        auth = tuple(
+            (
+                getattr(getattr(cls, m), "__auth_mechanism_name__", None)
+                or m.replace("auth_", "").replace("__", "-"),
+                m,
+            )
+            for m in dir(cls)
+            if m.startswith("auth_")
+        )
+        names = _LEAN[cls] = (smtp, auth)
+    return names
+
+
+def handler_hooks(handler: object) -> dict[str, Callable[..., Any]]:
+    """The handler's handle_* hooks by command, as aiosmtpd's SMTP.__init__ finds them."""
+    return {m[7:]: getattr(handler, m) for m in dir(handler) if m.startswith("handle_")}
+
+
+def _longest_line(data: bytes) -> int:
+    """The longest line of `data` (ending in CRLF), without its CRLF."""
+    return max(map(len, data.split(b"\r\n")))
+
+
+def _data_refusal(seen: bytes) -> str:
+    """Over the size limit: 500 when a line already seen was too long (aiosmtpd says the first
+    of the two it meets), else 552."""
+    return LINE_TOO_LONG if _longest_line(seen) > MAX_LINE - 2 else TOO_MUCH_DATA
+
 
 def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -565,23 +744,23 @@ class SubmissionServer:
         self.tls: ssl.SSLContext | None = None
         self.cfg: SubmissionConfig | None = None
         self.sessions = SessionLimiter(1000, 50)
+        self._hooks: dict[str, Callable[..., Any]] = {}
+        self._hooks_of: SubmissionHandler | None = None
 
     def _factory(self) -> SMTP:
         cfg = self.cfg
         assert cfg is not None
+        if self._hooks_of is not self.handler:
+            self._hooks, self._hooks_of = handler_hooks(self.handler), self.handler
         return SubmissionSMTP(
             self.handler,
             self,
             hostname=self.handler.policy.hostname,
             ident="mailfleet ESMTP",
             data_size_limit=cfg.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
             tls_context=self.tls,
-            require_starttls=False,
-            auth_require_tls=True,
-            authenticator=self.handler.authenticate,
             timeout=cfg.command_timeout,
+            hooks=self._hooks,
         )
 
     def prepare(self, cfg: SubmissionConfig) -> ssl.SSLContext | None:
