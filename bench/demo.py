@@ -325,7 +325,7 @@ class TrafficGenerator(threading.Thread):
             if into >= length:
                 # The burst is over and the load falls below what the providers take: the
                 # backlog goes out and the autoscaler can give the pods back.
-                return self.rate / 3
+                return self.rate / 10
         return self.rate
 
     def snapshot(self) -> Traffic:
@@ -797,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
         "--burst",
         type=float,
         metavar="SECONDS",
-        help="after this long, 30 s at 4 x --rate, then a third of --rate: the autoscaler adds "
+        help="after this long, 30 s at 4 x --rate, then a tenth of --rate: the autoscaler adds "
         "pods; once the backlog is delivered and the queue has stayed low for its stabilization "
         "window (2 min), it drains them away again (a whole cycle takes about 10 minutes)",
     )
