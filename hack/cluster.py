@@ -596,6 +596,7 @@ class ControlPlane:
             f"--kubelet-version={self._version()}",
             # The pods' `mailfleet` and `python3` are the repository's (no image is pulled).
             f"--path-prefix={REPO_ROOT / '.venv' / 'bin'}",
+            f"--keep-visible={REPO_ROOT}",
         ]
 
     def _version(self) -> str:

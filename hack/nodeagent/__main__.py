@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import sys
 from pathlib import Path
@@ -26,6 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serving-cert", default="", help="serve `kubectl logs` with this cert")
     ap.add_argument("--serving-key", default="")
     ap.add_argument("--path-prefix", default="", help="put first on every container's PATH")
+    ap.add_argument(
+        "--keep-visible",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory of the node's programs no volume may hide in a container (repeatable)",
+    )
     ap.add_argument("--max-pods", type=int, default=110)
     ap.add_argument("--backoff-initial", type=float, default=10.0)
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -47,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         apiserver_port=port,
         kubelet_version=ns.kubelet_version,
         path_prefix=ns.path_prefix,
+        keep_visible=tuple(os.path.realpath(d) for d in ns.keep_visible),
         max_pods=ns.max_pods,
         backoff_initial=ns.backoff_initial,
         serving_cert=ns.serving_cert,

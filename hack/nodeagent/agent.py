@@ -50,6 +50,9 @@ class Config:
     apiserver_port: int
     kubelet_version: str = "v0.0.0"
     path_prefix: str = ""
+    # Directories of the node's programs that stay visible in every container, whatever volume
+    # is mounted over them.
+    keep_visible: tuple[str, ...] = ()
     python: str = sys.executable
     backoff_initial: float = logic.BACKOFF_INITIAL
     max_pods: int = 110
@@ -717,6 +720,7 @@ class PodWorker(threading.Thread):
             "gid": gid if gid is not None else uid,
             "groups": groups,
             "mounts": self._mounts(c) if mounts else [],
+            "keep": list(self.agent.cfg.keep_visible) if mounts else [],
             # Only when starting: an exec (probe, hook) enters the namespace already made so.
             "readOnlyRoot": mounts and bool(sc.get("readOnlyRootFilesystem")),
             "hostname": (pod["spec"].get("hostname") or self.pod_name) if mounts else None,

@@ -97,8 +97,26 @@ def main() -> int:
                 f.write(str(os.getpid()))
         mounts = spec.get("mounts", [])
         fds = [os.open(m["src"], os.O_PATH | os.O_CLOEXEC) for m in mounts]
+        # The node's programs (the repository and its venv) stand in for the image: a volume
+        # mounted over where they live (an emptyDir on /tmp, with the checkout under /tmp) must
+        # not hide them.
+        keep = [
+            (k, os.open(k, os.O_PATH | os.O_CLOEXEC), os.stat(k))
+            for k in spec.get("keep", [])
+            if os.path.isdir(k)
+        ]
         for m, fd in zip(mounts, fds, strict=True):
             _bind(m, fd)
+            os.close(fd)
+        for path, fd, before in keep:
+            try:
+                now = os.stat(path)
+                hidden = (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino)
+            except OSError:
+                hidden = True
+            if hidden:
+                os.makedirs(path, exist_ok=True)
+                _mount(f"/proc/self/fd/{fd}", path, MS_BIND | MS_REC)
             os.close(fd)
         if spec.get("readOnlyRoot"):
             _read_only_root({os.path.normpath(m["dst"]) for m in mounts})
