@@ -21,9 +21,24 @@ def admin_url(cfg: EngineConfig) -> str:
     return f"http://{literal}:{port}"
 
 
-def admin_token(cfg: EngineConfig) -> str | None:
+def read_admin_token(cfg: EngineConfig) -> bytes | None:
+    """The admin bearer token from admin.tokenFile (None without one); ValueError names the
+    field when it cannot be read or is too short to be a secret."""
     path = cfg.admin.token_file
-    return path.read_text().strip() if path is not None else None
+    if path is None:
+        return None
+    try:
+        token = path.read_bytes().strip()
+    except OSError as e:
+        raise ValueError(f"admin.tokenFile {path}: cannot read it: {e.strerror}") from None
+    if len(token) < 16:
+        raise ValueError(f"admin.tokenFile {path}: the token must be at least 16 characters")
+    return token
+
+
+def admin_token(cfg: EngineConfig) -> str | None:
+    token = read_admin_token(cfg)
+    return token.decode() if token is not None else None
 
 
 def post_drain(url: str, token: str | None, timeout: float = 10.0) -> dict[str, Any]:

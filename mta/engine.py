@@ -20,6 +20,7 @@ import dns.resolver
 
 from mailfleet import __version__
 from mailfleet.mta.admin import AdminServer
+from mailfleet.mta.adminclient import read_admin_token
 from mailfleet.mta.arf import ARFError, dkim_verified_domains, from_feedback_domain, parse_arf
 from mailfleet.mta.auth import CredentialsError, UserDB
 from mailfleet.mta.config import (
@@ -126,19 +127,6 @@ def check_config(path: Path, listen_host: str | None = None) -> EngineConfig:
 def token_key(cfg: EngineConfig) -> bytes | None:
     path = cfg.headers.token_key_file
     return load_token_key(path) if path is not None else None
-
-
-def read_admin_token(cfg: EngineConfig) -> bytes | None:
-    path = cfg.admin.token_file
-    if path is None:
-        return None
-    try:
-        token = path.read_bytes().strip()
-    except OSError as e:
-        raise ValueError(f"admin.tokenFile {path}: cannot read it: {e.strerror}") from None
-    if len(token) < 16:
-        raise ValueError(f"admin.tokenFile {path}: the token must be at least 16 characters")
-    return token
 
 
 class Engine:

@@ -73,31 +73,15 @@ def render_statefulset(pool: SendingPool, replicas: int, image: str) -> dict[str
         {"name": "spool", "mountPath": SPOOL_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    for i, secret in enumerate(dkim_secrets(spec)):
-        volumes.append(
-            {"name": f"dkim-{i}", "secret": {"secretName": secret, "defaultMode": 0o440}}
-        )
-        mounts.append({"name": f"dkim-{i}", "mountPath": dkim_mount(secret), "readOnly": True})
+    secrets = [(f"dkim-{i}", s, dkim_mount(s)) for i, s in enumerate(dkim_secrets(spec))]
     if spec.submission.auth_secret_ref:
-        volumes.append(
-            {
-                "name": "auth",
-                "secret": {"secretName": spec.submission.auth_secret_ref, "defaultMode": 0o440},
-            }
-        )
-        mounts.append({"name": "auth", "mountPath": f"{SECRETS_DIR}/auth", "readOnly": True})
+        secrets.append(("auth", spec.submission.auth_secret_ref, f"{SECRETS_DIR}/auth"))
     if spec.submission.tls_secret_ref:
-        volumes.append(
-            {
-                "name": "tls",
-                "secret": {"secretName": spec.submission.tls_secret_ref, "defaultMode": 0o440},
-            }
-        )
-        mounts.append({"name": "tls", "mountPath": f"{SECRETS_DIR}/tls", "readOnly": True})
-    volumes.append(
-        {"name": "admin", "secret": {"secretName": admin_secret_name(name), "defaultMode": 0o440}}
-    )
-    mounts.append({"name": "admin", "mountPath": ADMIN_TOKEN_DIR, "readOnly": True})
+        secrets.append(("tls", spec.submission.tls_secret_ref, f"{SECRETS_DIR}/tls"))
+    secrets.append(("admin", admin_secret_name(name), ADMIN_TOKEN_DIR))
+    for volume, secret, path in secrets:
+        volumes.append({"name": volume, "secret": {"secretName": secret, "defaultMode": 0o440}})
+        mounts.append({"name": volume, "mountPath": path, "readOnly": True})
     container: dict[str, Any] = {
         "name": "mta",
         "image": spec.image or image,

@@ -79,6 +79,13 @@ def warmup_rows(reports: Sequence[PodReport]) -> list[Mapping[str, Any]]:
     return [row for r in reports for row in (r.status or {}).get("warmup", []) or []]
 
 
+def updated_pods(pods: Sequence[Mapping[str, Any]], desired_hash: str | None) -> int:
+    """Pods (as in status.pods) whose engine runs the config with `desired_hash`."""
+    if desired_hash is None:
+        return 0
+    return sum(1 for p in pods if p.get("configHash") == desired_hash)
+
+
 def pods_status(reports: Sequence[PodReport], desired_hash: str | None) -> dict[str, Any]:
     """The pool status fields the pods' own reports give."""
     pods = []
@@ -97,13 +104,7 @@ def pods_status(reports: Sequence[PodReport], desired_hash: str | None) -> dict[
     depths = [q for r in reports if (q := queued(r.status)) is not None]
     out: dict[str, Any] = {
         "pods": pods,
-        "updatedPods": sum(
-            1
-            for r in reports
-            if desired_hash is not None
-            and r.status is not None
-            and r.status.get("configHash") == desired_hash
-        ),
+        "updatedPods": updated_pods(pods, desired_hash),
         "quarantinedIPs": len(quarantined_ips(reports)),
     }
     if depths:

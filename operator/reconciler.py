@@ -573,10 +573,8 @@ class Operator:
         if rendered.config_hash is not None and key in self.pod_status:
             # The pods' own report, recounted against the config rendered now.
             new_status = {**new_status, **self.pod_status[key]}
-            new_status["updatedPods"] = sum(
-                1
-                for p in self.pod_status[key]["pods"]
-                if p.get("configHash") == rendered.config_hash
+            new_status["updatedPods"] = pods.updated_pods(
+                self.pod_status[key]["pods"], rendered.config_hash
             )
         self.metrics.set_pool(namespace, name, {**(old_status or {}), **new_status})
         if drift.status_changed(old_status, new_status):

@@ -58,7 +58,7 @@ def _drain(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.listen_address)
         token = admin_token(cfg)
-    except (ConfigError, OSError) as e:
+    except (ConfigError, ValueError) as e:
         print(f"mailfleet mta drain: {e}", file=sys.stderr)
         return 2
     empty, state = drain_until_empty(admin_url(cfg), token, args.wait)
