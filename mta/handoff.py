@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from mailfleet.mta.addresses import AddressError, Kind, parse_path
 from mailfleet.mta.queue import QueueRunner
 from mailfleet.mta.spool import QueuedMessage, QueuedRecipient, Spool, SpoolReader
 
@@ -60,6 +61,14 @@ def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where:
     return value
 
 
+def _address(value: str, kind: Kind, where: str) -> str:
+    """An address as strict as at MAIL and RCPT: a peer cannot slip in what a client could not."""
+    try:
+        return parse_path(f"<{value}>", kind, smtputf8=True).address
+    except AddressError as e:
+        raise HandoffError(f"{where}: {str(e).split(': ', 1)[-1]}") from None
+
+
 def decode(body: Any) -> list[QueuedMessage]:
     """The messages of a handoff request: {"messages": [encode(msg), ...]}."""
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
@@ -86,7 +95,7 @@ def decode(body: Any) -> list[QueuedMessage]:
                 raise HandoffError(f"{rw}: expected an object")
             recipients.append(
                 QueuedRecipient(
-                    _field(r, "recipient", str, rw),
+                    _address(_field(r, "recipient", str, rw), "recipient", f"{rw}.recipient"),
                     int(_field(r, "attempts", int, rw)),
                     float(_field(r, "nextAttempt", (int, float), rw)),
                     str(r.get("lastReply") or ""),
@@ -95,7 +104,9 @@ def decode(body: Any) -> list[QueuedMessage]:
         out.append(
             QueuedMessage(
                 id=mid,
-                mail_from=_field(m, "mailFrom", str, where),
+                mail_from=_address(
+                    _field(m, "mailFrom", str, where), "sender", f"{where}.mailFrom"
+                ),
                 received_at=float(_field(m, "receivedAt", (int, float), where)),
                 data=data,
                 recipients=recipients,

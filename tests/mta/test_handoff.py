@@ -160,6 +160,7 @@ def test_wire_format_round_trip_and_batches() -> None:
     )
     assert decode({"messages": [encode(msg)]}) == [msg]
     wire = encode(msg)
+    rcpt = wire["recipients"][0]
     assert base64.b64decode(wire["data"]) == msg.data
     for body, where in [
         ({}, 'expected JSON {"messages": [...]}'),
@@ -168,6 +169,15 @@ def test_wire_format_round_trip_and_batches() -> None:
         (
             {"messages": [{**wire, "recipients": [{"recipient": "a@b.c"}]}]},
             "messages[0].recipients[0].attempts: missing or of the wrong type",
+        ),
+        (
+            {"messages": [{**wire, "recipients": [{**rcpt, "recipient": "a@b.org@evil.org"}]}]},
+            "messages[0].recipients[0].recipient: malformed domain (empty label, a second '@',"
+            " or a character not allowed)",
+        ),
+        (
+            {"messages": [{**wire, "mailFrom": "x\x00@example.test"}]},
+            "messages[0].mailFrom: control characters are not allowed",
         ),
     ]:
         with pytest.raises(HandoffError, match=f"^{__import__('re').escape(where)}$"):
