@@ -75,8 +75,21 @@ class OperatorMetrics:
             ["pool_namespace", "pool", "kind"],
             registry=self.registry,
         )
+        self.warmup_phase = Gauge(
+            "mailfleet_warmup_phase",
+            "1 for the phase an IPWarmup is in (Pending, Warming, Holding, Complete, Paused)",
+            ["warmup_namespace", "warmup", "pool", "phase"],
+            registry=self.registry,
+        )
+        self.warmup_day = Gauge(
+            "mailfleet_warmup_day",
+            "The day of its schedule an IPWarmup is on, and today's cap (messages per IP)",
+            ["warmup_namespace", "warmup", "pool", "kind"],
+            registry=self.registry,
+        )
         # The label sets last exported per pool, to drop the ones a new status no longer has.
         self._series: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
+        self._warmups: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
 
     def set_pool(self, namespace: str, pool: str, status: Mapping[str, Any]) -> None:
         """The pool's status as gauges; series the status no longer holds are removed."""
@@ -104,6 +117,26 @@ class OperatorMetrics:
             if (g, old) not in now:
                 g.remove(*old)
         self._series[key] = now
+
+    def set_warmup(self, namespace: str, warmup: str, pool: str, status: Mapping[str, Any]) -> None:
+        """A warmup's phase, day and cap as gauges (the alert on a warmup held for a day)."""
+        key = (namespace, warmup)
+        now: list[tuple[Gauge, tuple[str, ...]]] = []
+        if status.get("phase"):
+            now.append((self.warmup_phase, (namespace, warmup, pool, str(status["phase"]))))
+            self.warmup_phase.labels(*now[-1][1]).set(1)
+        for kind, field in (("day", "day"), ("cap", "todayCap")):
+            if status.get(field) is not None:
+                now.append((self.warmup_day, (namespace, warmup, pool, kind)))
+                self.warmup_day.labels(*now[-1][1]).set(status[field])
+        for g, old in self._warmups.get(key, []):
+            if (g, old) not in now:
+                g.remove(*old)
+        self._warmups[key] = now
+
+    def forget_warmup(self, namespace: str, warmup: str) -> None:
+        for g, old in self._warmups.pop((namespace, warmup), []):
+            g.remove(*old)
 
     def forget_pool(self, namespace: str, pool: str) -> None:
         for g, old in self._series.pop((namespace, pool), []):

@@ -866,7 +866,10 @@ class Operator:
             warmup = self.parse(body)
             if not isinstance(warmup, IPWarmup):
                 return None
-            return statuses.warmup_status(warmup, pools[0] if pools else None, now)
+            status = statuses.warmup_status(warmup, pools[0] if pools else None, now)
+            name = str(warmup.metadata.get("name", ""))
+            self.metrics.set_warmup(namespace, name, pool, status)
+            return status
 
         for b in _bodies(idx.warmups, (namespace, pool)):
             await self._write_status_if_changed(kube.IPWARMUPS, b, compute)
@@ -960,6 +963,7 @@ class Operator:
         before = self.warmup_pools.get((namespace, name))
         if event_type == "DELETED":
             self.warmup_pools.pop((namespace, name), None)
+            self.metrics.forget_warmup(namespace, name)
         else:
             self.warmup_pools[(namespace, name)] = pool
         names = {p for p in (pool, before) if p}
