@@ -198,7 +198,9 @@ CASES: list[tuple[str, list[str], dict[str, Any]]] = [
                     attempts("delivered", [1000] * (DAY_10M + 18), provider="gmail", source_ip=ip)
                     for ip in ("192.0.2.1", "192.0.2.2", "192.0.2.3")
                 ),
-                attempts("delivered", [5] * (DAY_10M + 18), provider="gmail", source_ip="192.0.2.4"),
+                attempts(
+                    "delivered", [5] * (DAY_10M + 18), provider="gmail", source_ip="192.0.2.4"
+                ),
                 # ARF reports reach whichever pod the feedback address routes to.
                 *(
                     {
@@ -460,7 +462,9 @@ def test_every_delivery_alert_has_a_test_severity_and_a_runbook(helm: str) -> No
         assert f"### {name}" in docs, f"docs/operations.md has no runbook for {name}"
 
 
-@pytest.mark.parametrize(("sets", "case"), [(s, c) for _, s, c in CASES], ids=[i for i, _, _ in CASES])
+@pytest.mark.parametrize(
+    ("sets", "case"), [(s, c) for _, s, c in CASES], ids=[i for i, _, _ in CASES]
+)
 def test_alert_fires_on_its_situation_and_not_on_a_healthy_pool(
     helm: str, promtool: str, tmp_path: Path, sets: list[str], case: dict[str, Any]
 ) -> None:
@@ -470,9 +474,7 @@ def test_alert_fires_on_its_situation_and_not_on_a_healthy_pool(
             r.pop("annotations", None)  # promtool compares all annotations or none
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
     (tmp_path / "tests.yaml").write_text(
-        yaml.safe_dump(
-            {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [case]}
-        )
+        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [case]})
     )
     proc = subprocess.run(
         [promtool, "test", "rules", "tests.yaml"],
