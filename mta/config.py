@@ -332,10 +332,18 @@ class DeliveryConfig(Model):
 
 
 class RetryConfig(Model):
+    """When a deferred recipient is tried again: from initial, doubling up to max (with
+    jitter), until the message is maxAge old and bounces."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
     initial: Duration = 300.0
+    """The delay before the first retry, e.g. 5m; each next one doubles it."""
     max: Duration = 3600.0
+    """The longest delay between two attempts."""
     max_age: Duration = 3 * 86400.0
+    """A message still undelivered this long after it was accepted bounces."""
     jitter: float = Field(default=0.2, ge=0, le=1)
+    """Share of each delay added or taken at random, so retries do not come in waves."""
 
     @model_validator(mode="after")
     def _order(self) -> RetryConfig:
