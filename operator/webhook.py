@@ -106,18 +106,24 @@ async def ensure_certificate(
             if await api.create(kube.SECRETS, manifest) is None:
                 continue  # another replica made it first: use theirs
             return new, None
+        # A JSON patch guarded by the resourceVersion: renewed once even when the replicas race
+        # (and no `update` verb needed beside the operator's create/patch on Secrets).
+        data = secret_manifest(opts.tls_secret, opts.namespace, new, None)["data"]
         version = str(secret["metadata"]["resourceVersion"])
-        manifest = secret_manifest(opts.tls_secret, opts.namespace, new, version)
         try:
             await api.request(
-                "PUT",
+                "PATCH",
                 kube.SECRETS.path(opts.namespace, opts.tls_secret),
-                body=manifest,
+                body=[
+                    {"op": "test", "path": "/metadata/resourceVersion", "value": version},
+                    {"op": "replace", "path": "/data", "value": data},
+                ],
+                content_type="application/json-patch+json",
                 kind="Secret",
-                verb="update",
+                verb="patch",
             )
         except kube.ApiError as e:
-            if e.status == 409:
+            if e.status in (409, 422):
                 continue  # another replica renewed it: read theirs
             raise
         return new, old

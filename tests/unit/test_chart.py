@@ -218,7 +218,8 @@ def test_chart_rbac_template_is_generated_from_deploy_rbac() -> None:
 
 def test_rendered_rbac_grants_exactly_deploy_rbac(helm: str) -> None:
     source = rbac_source()
-    objs = render(helm)
+    # The webhook's own ClusterRole (one VWC, by name) is test_webhook_chart.py's.
+    objs = render(helm, "webhook.enabled=false")
     src_roles = {
         (d["kind"], d["metadata"]["name"]): d
         for d in source
@@ -279,8 +280,12 @@ def test_defaults_render_the_operator_with_peering_and_no_prometheus_objects(hel
         "kopfpeerings.kopf.dev",
     }
     for o in objs:
-        if o["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding") and (
-            o["kind"] != "ClusterKopfPeering"
+        if o["kind"] not in (
+            "CustomResourceDefinition",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ClusterKopfPeering",
+            "ValidatingWebhookConfiguration",
         ):
             assert o["metadata"]["namespace"] == NAMESPACE, o["kind"]
 
@@ -302,9 +307,12 @@ def test_defaults_render_the_operator_with_peering_and_no_prometheus_objects(hel
 
 
 def test_probes_and_ports_match_the_operator_arguments(helm: str) -> None:
-    c = operator_container(render(helm, "liveness.port=8181", "metrics.port=9191"))
+    c = operator_container(
+        render(helm, "liveness.port=8181", "metrics.port=9191", "webhook.port=9444")
+    )
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"liveness": 8181, "metrics": 9191}
+    assert ports == {"liveness": 8181, "metrics": 9191, "webhook": 9444}
+    assert "--webhook-listen=0.0.0.0:9444" in c["args"]
     assert "--liveness=http://0.0.0.0:8181/healthz" in c["args"]
     assert "--metrics-port=9191" in c["args"]
     for probe in (c["livenessProbe"], c["readinessProbe"]):
@@ -382,7 +390,7 @@ def test_engine_image_and_extra_args(helm: str) -> None:
 
 def test_service_monitor_scrapes_the_metrics_service(helm: str) -> None:
     objs = render(helm, *ALL_MONITORING)
-    svc = one(objs, "Service")
+    svc = one(objs, "Service", f"{FULLNAME}-metrics")
     sm = one(objs, "ServiceMonitor")
     labels = svc["metadata"]["labels"]
     assert sm["spec"]["selector"]["matchLabels"].items() <= labels.items()
