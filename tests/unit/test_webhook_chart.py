@@ -145,3 +145,14 @@ def test_bad_webhook_arguments_are_named(argv: list[str], problem: str) -> None:
     ns = operator_main.build_parser().parse_args(argv)
     got = operator_main.webhook_options(ns)
     assert got is not None and problem in got
+
+
+def test_in_a_pod_the_api_server_is_where_the_kubelet_says() -> None:
+    from mailfleet.operator.handlers import in_cluster_server
+
+    default = "https://kubernetes.default.svc"
+    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    assert in_cluster_server(env, default) == "https://10.96.0.1:443"
+    env6 = {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"}
+    assert in_cluster_server(env6, default) == "https://[fd00::1]:443"
+    assert in_cluster_server({}, default) == default
