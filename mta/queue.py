@@ -690,7 +690,7 @@ class QueueRunner:
         hits: dict[str, RuleHit] = {}
         seen = time.time()
         for reply in result.replies:
-            hit = self.shaper.observe(grant.ip, provider, reply.reply, seen)
+            hit = self.shaper.observe(grant.ip, provider, reply.reply, seen, grant.at)
             if hit is not None:
                 hits[reply.recipient] = hit
                 self.metrics.rule_hits.labels(grant.ip, provider, hit.action).inc()
