@@ -147,7 +147,8 @@ class Pair:
         else:
             c = on_signal(Control(self.rate, self.ceiling, self.probes), adaptive)
         self.rate, self.ceiling, self.probes = c.rate, c.ceiling, c.probes
-        self.tokens = min(self.tokens, burst(self.rate))
+        # The provider just said "too fast": what the bucket saved up is not spent in a burst.
+        self.tokens = min(self.tokens, 0.0)
         self.last_event = self.last_decrease = now
         return True
 
