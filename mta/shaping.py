@@ -35,8 +35,10 @@ OBSERVE_WINDOW = 60.0
 REASON_LENGTH = 400
 
 
-def _rule(match: str, action: ReplyAction, duration: float | None = None) -> ReplyRuleConfig:
-    return ReplyRuleConfig(match=match, action=action, duration=duration)
+def _rule(
+    match: str, action: ReplyAction, duration: float | None = None, threshold: int = 1
+) -> ReplyRuleConfig:
+    return ReplyRuleConfig(match=match, action=action, duration=duration, threshold=threshold)
 
 
 # What the big providers answer when a sender goes too fast or has lost their trust (sources in
@@ -59,6 +61,11 @@ DEFAULT_RULES: tuple[ReplyRuleConfig, ...] = (
     _rule(r"\[TSS04\]", "throttle"),  # Yahoo: unexpected volume: slow down, retry
     _rule(r"\[TSS05\]", "suspend", 3600.0),  # Yahoo: complaints: pacing does not help
     _rule(r"\[TSS09\]|\[TS03\]", "quarantine"),  # Yahoo: retrying will NOT succeed
+    _rule(r"\bRL00000\d\b", "throttle"),  # Comcast: too many sessions or messages
+    _rule(r"\bBL0000\d\d\b", "quarantine"),  # Comcast: the IP is on a block list
+    # Spamhaus ZEN lists IPs (SBL, XBL, PBL): everyone using it refuses the IP. Three receivers
+    # (or three replies) within the window, so one stale mirror does not idle the IP for a day.
+    _rule(r"\bzen\.spamhaus\.org\b", "quarantine", threshold=3),
 )
 
 

@@ -19,13 +19,13 @@ from mailfleet.mta.config import AdaptiveConfig
 Limit = Callable[[int], float]
 
 
-def adaptive(decrease: float = 0.5, increase: float = 1 / 6, floor: float = 1 / 6) -> AdaptiveConfig:
+def adaptive(
+    decrease: float = 0.5, increase: float = 1 / 6, floor: float = 1 / 6
+) -> AdaptiveConfig:
     return AdaptiveConfig(decrease=decrease, increase=increase, floor=floor)
 
 
-def run(
-    limit: Limit, start: float, intervals: int, a: AdaptiveConfig
-) -> tuple[list[float], int]:
+def run(limit: Limit, start: float, intervals: int, a: AdaptiveConfig) -> tuple[list[float], int]:
     """The rate of every interval and how many signals the provider gave."""
     c = Control(start)
     rates, signals = [], 0

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mailfleet.mta.config import AdaptiveConfig, EngineConfig, parse_config
+from mailfleet.mta.config import EngineConfig, parse_config
 from mailfleet.mta.providers import ProviderTable
 from mailfleet.mta.shaping import (
     Grant,
@@ -113,7 +113,7 @@ def test_a_burst_of_throttling_replies_from_one_backlog_is_one_decrease() -> Non
 
 def test_a_yahoo_volume_deferral_slows_the_pair_and_never_idles_it() -> None:
     s = Shaper(config())
-    reply = "421 4.7.0 [TSS04] Messages from 127.0.0.2 temporarily deferred due to unexpected volume"
+    reply = "421 4.7.0 [TSS04] Messages from 127.0.0.2 temporarily deferred: unexpected volume"
     hit = s.observe("127.0.0.2", "gmail", reply, T0)
     assert hit is not None and hit.action == "throttle"
     p = s.pairs[("127.0.0.2", "gmail")]
