@@ -124,3 +124,38 @@ def test_rate_converges_under_a_hidden_limit_without_a_block_and_recovers(
     assert all(e.reply[:1] == "2" for e in gmail.events(IP)[lifted:])
     assert {a.recipient for a in gmail.accepted(IP)} == set(first) | set(second)
     assert best > LIMIT  # faster than the old limit allowed
+
+
+def test_a_static_sender_that_keeps_pushing_is_blocked_and_the_engine_quarantines_the_ip(
+    mta_engine: Engine, isp: IspSimulator, dns: DnsServer
+) -> None:
+    """The counter-example: adaptive shaping off, the same optimistic limit. The provider
+    throttles past its hidden limit, then blocks the IP that kept pushing (550-5.7.1); the
+    shipped rule takes the IP out for that provider."""
+    provider = isp["gmail"]
+    provider.hide_limit(LIMIT, block_after=20, block_window=30.0, block_for=600.0)
+    cfg = isp.engine_config(
+        dns,
+        [IP],
+        {
+            "gmail": {
+                "perIP": {"maxMessageRate": OPTIMISTIC, "maxConnections": 3},
+                "adaptive": {"enabled": False},
+            }
+        },
+    )
+    eng = mta_engine(cfg)
+    send_many(eng, [isp.rcpt("gmail", f"s{i}") for i in range(150)])
+    provider.wait(lambda: bool(provider.blocks(IP)), timeout=60, what="a block")
+    eng.wait_until(lambda: bool(pair(eng).get("quarantinedUntil")), 30, "the quarantine")
+    block = provider.blocks(IP)[0]
+    row = pair(eng)
+    refused = provider.refusals(IP, "4.7.28")
+    after = [e for e in provider.events(IP, "MAIL") if e.at > block.at]
+    print(
+        f"\nstatic {OPTIMISTIC} against {LIMIT}/s: {len(refused)} throttled, blocked after "
+        f"{provider.count(IP)} accepted; {len(after)} MAIL after the block; {row['reason'][:60]}"
+    )
+    assert len(refused) >= 20  # it kept pushing
+    assert "5.7.1" in row["reason"] and row["quarantinedUntil"] > block.at
+    assert len(after) <= 3  # what was in flight on the 3 connections, then nothing
