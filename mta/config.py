@@ -366,7 +366,7 @@ class PerIPLimitsConfig(Model):
 
 class AdaptiveConfig(Model):
     """The pair's rate controller (mta/aimd.py): a counted throttling signal steps down (to 85 %
-    near the remembered ceiling, else × `decrease`); each clean `recoveryInterval` grows it (at
+    near the remembered ceiling, else times `decrease`); each clean `recoveryInterval` grows it (at
     least `increase` below the ceiling), up to the policy maximum, never below `floor`."""
 
     enabled: bool = True

@@ -923,6 +923,8 @@ class QueueRunner:
         for row in self.shaper.snapshot(time.time()):
             labels = (row["ip"], row["provider"])
             m.shaping_rate.labels(*labels).set(row["rate"] if row["rate"] is not None else -1)
+            ceiling = row["ceiling"]
+            m.shaping_ceiling.labels(*labels).set(ceiling if ceiling is not None else -1)
             m.pair_suspended.labels(*labels).set(1 if row["suspendedUntil"] else 0)
             m.pair_quarantined.labels(*labels).set(1 if row["quarantinedUntil"] else 0)
         now = time.time()

@@ -110,6 +110,8 @@ def test_rate_converges_under_a_hidden_limit_without_a_block_and_recovers(
     assert len(late_refused) <= 0.15 * len(late)
     assert 0.5 * LIMIT <= row["rate"] <= 1.5 * LIMIT
     assert 0.8 * LIMIT <= row["ceiling"] <= 2.0 * LIMIT
+    found = eng.metric("mailfleet_shaping_ceiling", source_ip=IP, provider="gmail")
+    assert 0.8 * LIMIT <= found <= 2.0 * LIMIT  # what an operator graphs
 
     # The provider stops throttling: the rate climbs back past the old limit.
     gmail.throttle(False)
