@@ -140,17 +140,27 @@ def write_files(directory: Path, bundle: webhookcerts.CertBundle) -> None:
         tmp.replace(directory / name)
 
 
-async def keep_ca_bundle(api: kube.KubeClient, configuration: str, cas: Iterable[str]) -> None:
-    """Every webhook of the configuration trusts `cas` (the new CA and, during a renewal, the
-    old one, so requests in flight to a replica still on the old certificate pass)."""
-    ca_bundle = base64.b64encode("".join(cas).encode()).decode()
+async def keep_ca_bundle(api: kube.KubeClient, configuration: str, ca: str) -> None:
+    """Every webhook of the configuration trusts `ca` (and the still valid CAs it trusted
+    before: webhookcerts.trusted_cas)."""
     status, vwc = await api.request("GET", f"{WEBHOOK_CONFIGURATIONS}/{configuration}")
     if status == 404:
         log.warning("ValidatingWebhookConfiguration %s not found: caBundle not set", configuration)
         return
+    hooks = vwc.get("webhooks") or []
+    before = (
+        base64.b64decode((hooks[0].get("clientConfig") or {}).get("caBundle") or "")
+        if hooks
+        else b""
+    )
+    try:
+        cas = webhookcerts.trusted_cas(ca, before.decode(errors="replace"), now_utc())
+    except ValueError:
+        cas = ca  # a caBundle that does not parse is replaced
+    ca_bundle = base64.b64encode(cas.encode()).decode()
     ops = [
         {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": ca_bundle}
-        for i, w in enumerate(vwc.get("webhooks") or [])
+        for i, w in enumerate(hooks)
         if (w.get("clientConfig") or {}).get("caBundle") != ca_bundle
     ]
     if ops:
@@ -168,10 +178,9 @@ async def keep_ca_bundle(api: kube.KubeClient, configuration: str, cas: Iterable
 
 
 async def refresh_certificate(api: kube.KubeClient, opts: WebhookOptions) -> None:
-    current, replaced = await ensure_certificate(api, opts)
+    current, _ = await ensure_certificate(api, opts)
     if opts.configuration:
-        cas = [current.ca] + ([replaced.ca] if replaced is not None else [])
-        await keep_ca_bundle(api, opts.configuration, cas)
+        await keep_ca_bundle(api, opts.configuration, current.ca)
     on_disk = opts.work_dir / "tls.crt"
     if not on_disk.exists() or on_disk.read_text() != current.cert:
         write_files(opts.work_dir, current)

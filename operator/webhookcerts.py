@@ -131,3 +131,15 @@ def renewal_reason(bundle: CertBundle | None, names: Sequence[str], now: datetim
     if missing:
         return f"it does not name {', '.join(missing)}"
     return None
+
+
+def trusted_cas(current_ca: str, bundle: str, now: datetime) -> str:
+    """The caBundle to publish: the current CA first, then the CAs the bundle held that are still
+    valid, so that a replica still serving a certificate of the previous CA (it reads a renewed
+    Secret at its next check) keeps being trusted until that CA expires."""
+    out = [current_ca.strip() + "\n"]
+    for cert in x509.load_pem_x509_certificates(bundle.encode()) if bundle.strip() else []:
+        pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        if pem.strip() != current_ca.strip() and cert.not_valid_after_utc > now and pem not in out:
+            out.append(pem)
+    return "".join(out)

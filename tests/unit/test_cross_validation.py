@@ -165,3 +165,14 @@ def test_a_missing_or_foreign_certificate_is_replaced() -> None:
     assert webhookcerts.renewal_reason(mixed, ["a.svc"], NOW) is not None
     with pytest.raises(ValueError, match="at least one name"):
         webhookcerts.issue([], NOW)
+
+
+def test_the_ca_bundle_keeps_previous_cas_until_they_expire() -> None:
+    old = webhookcerts.issue(["a.svc"], NOW - timedelta(days=340))
+    new = webhookcerts.issue(["a.svc"], NOW)
+    expired = webhookcerts.issue(["a.svc"], NOW - timedelta(days=400))
+    bundle = webhookcerts.trusted_cas(new.ca, old.ca + expired.ca + new.ca, NOW)
+    assert bundle.startswith(new.ca.strip())
+    assert old.ca.strip() in bundle and expired.ca.strip() not in bundle
+    assert bundle.count("BEGIN CERTIFICATE") == 2
+    assert webhookcerts.trusted_cas(new.ca, "", NOW).strip() == new.ca.strip()
