@@ -1,5 +1,5 @@
 """The validating admission webhook: Kopf's webhook server (TLS) and its handlers, which run the
-cross-object checks of mailfleet.operator.admission on the operator's own indexes.
+cross-object checks of mailfleet.operator.admission on objects read from the API server.
 
 Imported (and so registered with Kopf) only when `mailfleet operator --webhook-listen` is given.
 The ValidatingWebhookConfiguration is the chart's (templates/webhook.yaml); the operator never
@@ -203,15 +203,15 @@ _CLIENTS: list[kube.KubeClient] = []
 async def serve_webhooks(settings: kopf.OperatorSettings, **_: Any) -> None:
     opts = OPTIONS
     assert opts is not None, "mailfleet.operator.main sets webhook.OPTIONS before importing"
+
+    async def login() -> kopf.ConnectionInfo | None:
+        return login_fn(settings)
+
+    api = kube.KubeClient(login, SETTINGS.metrics)
+    _CLIENTS.append(api)
     if opts.cert_dir is not None:
         files = opts.cert_dir
     else:
-
-        async def login() -> kopf.ConnectionInfo | None:
-            return login_fn(settings)
-
-        api = kube.KubeClient(login, SETTINGS.metrics)
-        _CLIENTS.append(api)
         await refresh_certificate(api, opts)
         _TASKS.append(asyncio.create_task(_renewals(api, opts)))
         files = opts.work_dir
@@ -235,6 +235,42 @@ async def stop_webhooks(**_: Any) -> None:
 
 
 # --- handlers ------------------------------------------------------------------------------
+#
+# The handlers read the objects they compare with from the API server, not from the operator's
+# watch-fed indexes: with peering, the standby replica does not watch (its indexes are stale),
+# yet the webhook Service sends it half of the admission requests.
+
+POOLS_EVERYWHERE = "/apis/mailfleet.io/v1alpha1/sendingpools"
+
+
+def _api() -> kube.KubeClient:
+    assert _CLIENTS, "serve_webhooks() makes the client at startup"
+    return _CLIENTS[0]
+
+
+async def _items(path: str) -> list[dict[str, Any]]:
+    _, payload = await _api().request("GET", path)
+    items = payload.get("items") if isinstance(payload, dict) else None
+    return list(items or [])
+
+
+async def _pools(namespace: str, everywhere: bool = False) -> list[dict[str, Any]]:
+    if everywhere:
+        try:
+            return await _items(POOLS_EVERYWHERE)
+        except kube.ApiError as e:
+            if e.status != 403:
+                raise
+            # A namespaced installation may not list other namespaces: its own then.
+    return await _items(kube.SENDINGPOOLS.path(namespace))
+
+
+async def _existing_secrets(namespace: str, names: Iterable[str]) -> list[str]:
+    out = []
+    for name in sorted(set(names)):
+        if await _api().get(kube.SECRETS, namespace, name) is not None:
+            out.append(name)
+    return out
 
 
 def _verdict(v: admission.Verdict, warnings: list[str]) -> None:
@@ -243,65 +279,64 @@ def _verdict(v: admission.Verdict, warnings: list[str]) -> None:
         raise kopf.AdmissionError("; ".join(v.errors), code=422)
 
 
-def _in(index: Mapping[Any, Iterable[Any]], key: Any) -> list[Any]:
-    return list(index.get(key, []))
-
-
 def _namespace(body: Mapping[str, Any], namespace: str | None) -> str:
     return str(body.get("metadata", {}).get("namespace") or namespace or "")
 
 
-def _pools_of(index: Mapping[Any, Iterable[Any]], namespace: str) -> list[Any]:
-    return [b for (ns, _), store in index.items() if ns == namespace for b in store]
+def _secret_refs(body: Mapping[str, Any]) -> list[str]:
+    spec = body.get("spec") or {}
+    refs = [str(k.get("secretRef")) for k in spec.get("dkim") or [] if k.get("secretRef")]
+    sub = spec.get("submission") or {}
+    return refs + [str(sub[f]) for f in ("authSecretRef", "tlsSecretRef") if sub.get(f)]
 
 
 @kopf.on.validate(GROUP, VERSION, "sendingpools", id="sendingpool", operations=["CREATE", "UPDATE"])
-def validate_pool(
+async def validate_pool(
     body: kopf.Body, namespace: str | None, warnings: list[str], **kwargs: Any
 ) -> None:
     ns = _namespace(body, namespace)
-    pools = [b for store in kwargs["pool_index"].values() for b in store]
-    policies, secrets = _in(kwargs["policy_index"], ns), _in(kwargs["secret_index"], ns)
     old = kwargs.get("old")
+    pools = await _pools(ns, everywhere=True)
+    policies = await _items(kube.DELIVERYPOLICIES.path(ns))
+    refs = _secret_refs(body) + (_secret_refs(old) if old else [])
+    secrets = await _existing_secrets(ns, refs)
     verdict = admission.check_pool(body, pools, policies, secrets)
     before = admission.check_pool(old, pools, policies, secrets) if old else None
     _verdict(admission.on_update(verdict, before), warnings)
 
 
 @kopf.on.validate(GROUP, VERSION, "ipwarmups", id="ipwarmup", operations=["CREATE", "UPDATE"])
-def validate_warmup(
+async def validate_warmup(
     body: kopf.Body, namespace: str | None, warnings: list[str], **kwargs: Any
 ) -> None:
     ns = _namespace(body, namespace)
 
-    def pool(b: Mapping[str, Any]) -> Any:
+    async def pool(b: Mapping[str, Any]) -> Any:
         ref = str((b.get("spec") or {}).get("poolRef", ""))
-        found = _in(kwargs["pool_index"], (ns, ref))
-        return found[0] if found else None
+        return await _api().get(kube.SENDINGPOOLS, ns, ref) if ref else None
 
     old = kwargs.get("old")
-    verdict = admission.check_warmup(body, pool(body))
-    before = admission.check_warmup(old, pool(old)) if old else None
+    verdict = admission.check_warmup(body, await pool(body))
+    before = admission.check_warmup(old, await pool(old)) if old else None
     _verdict(admission.on_update(verdict, before), warnings)
 
 
 @kopf.on.validate(
     GROUP, VERSION, "deliverypolicies", id="deliverypolicy", operations=["CREATE", "UPDATE"]
 )
-def validate_policy(
-    body: kopf.Body, namespace: str | None, warnings: list[str], **kwargs: Any
+async def validate_policy(
+    body: kopf.Body, namespace: str | None, warnings: list[str], **_: Any
 ) -> None:
     ns = _namespace(body, namespace)
-    _verdict(admission.check_policy(body, _pools_of(kwargs["pool_index"], ns)), warnings)
+    _verdict(admission.check_policy(body, await _pools(ns)), warnings)
 
 
 @kopf.on.validate(
     GROUP, VERSION, "sendingdomains", id="sendingdomain", operations=["CREATE", "UPDATE"]
 )
-def validate_domain(
-    body: kopf.Body, namespace: str | None, warnings: list[str], **kwargs: Any
+async def validate_domain(
+    body: kopf.Body, namespace: str | None, warnings: list[str], **_: Any
 ) -> None:
     ns = _namespace(body, namespace)
-    pools = _pools_of(kwargs["pool_index"], ns)
-    names = [str(b.get("metadata", {}).get("name")) for b in pools]
+    names = [str(b.get("metadata", {}).get("name")) for b in await _pools(ns)]
     _verdict(admission.check_domain(body, names), warnings)
