@@ -2,9 +2,9 @@
 what the admission webhook (mailfleet.operator.webhook) refuses or warns about.
 
 Pure: each check takes the object under admission and the objects it relates to (as the
-operator's indexes hold them) and returns a Verdict; messages name the field at fault.
+API server returns them) and returns a Verdict; messages name the field at fault.
 
-- An address claimed by two SendingPools (any namespace the operator serves): refused, since
+- An address claimed by two SendingPools (in any namespace): refused, since
   both pools would send from it, each pacing and warming it as if it were alone.
 - An IPWarmup address that is not in its pool: refused (nothing would warm it). A pool that does
   not exist yet is a warning: GitOps tools apply in any order.
