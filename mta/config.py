@@ -306,6 +306,27 @@ class EgressConfig(Model):
         return self
 
 
+class SenderRestrictionConfig(Model):
+    """Source IPs that must not send mail of one sender domain (the operator sets these from a
+    SendingDomain with onFailingIP: StopSending, for IPs failing its SPF or reverse DNS).
+
+    Applies to mail whose envelope sender (MAIL FROM) is `domain` or one of its subdomains
+    without an entry of its own. Such mail is sent from the other source IPs; when none is left
+    it waits in the queue (deferred, never dropped) until the restriction lifts."""
+
+    domain: str = Field(min_length=1, max_length=253)
+    excluded_ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(
+        min_length=1, alias="excludedIPs"
+    )
+    # Why, for logs and status (e.g. "SPF of example.com does not authorise 192.0.2.7").
+    reason: str = Field(default="", max_length=1024)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        return v.lower().rstrip(".")
+
+
 class DeliveryConfig(Model):
     # Empty: the kernel picks the source address.
     source_ips: list[SourceIP] = Field(default_factory=list, alias="sourceIPs")
@@ -319,6 +340,16 @@ class DeliveryConfig(Model):
     connect_timeout: Duration = 30.0
     command_timeout: Duration = 300.0
     idle_timeout: Duration = 10.0
+    sender_restrictions: list[SenderRestrictionConfig] = Field(default_factory=list)
+
+    @field_validator("sender_restrictions")
+    @classmethod
+    def _one_per_domain(cls, v: list[SenderRestrictionConfig]) -> list[SenderRestrictionConfig]:
+        domains = [r.domain for r in v]
+        dupes = sorted({d for d in domains if domains.count(d) > 1})
+        if dupes:
+            raise ValueError(f"one entry per sender domain; repeated: {', '.join(dupes)}")
+        return v
 
     @field_validator("source_ips")
     @classmethod

@@ -54,6 +54,15 @@ def _selectors(domain: SendingDomain) -> list[domainplan.Selector]:
     ]
 
 
+def _stopped(domain: SendingDomain) -> list[domainplan.Stopped]:
+    if domain.status is None:
+        return []
+    return [
+        domainplan.Stopped(str(s.address), s.pool, s.reason, s.message, s.since)
+        for s in domain.status.stopped_ips
+    ]
+
+
 def _pool_ips(name: str, body: Mapping[str, Any]) -> list[domainplan.PoolIP]:
     pool = SendingPool.model_validate(body)
     return [
@@ -227,8 +236,13 @@ class DomainController:
             await self.api.apply(kube.SECRETS, secret_body(body, secret, keep))
         if plan.selectors != current:
             checked = await self._check(domain, plan.selectors, txt, ips, missing)
-        for ev in plan.events:
+        stopped, stop_events = domainplan.plan_stops(spec, ips, checked, _stopped(domain), now)
+        for ev in [*plan.events, *stop_events]:
             self.post_event(body, ev.type, ev.reason, ev.message)
+            if ev.pool is not None and ev.pool in pools:
+                self.post_event(
+                    pools[ev.pool], ev.type, ev.reason, f"SendingDomain {name}: {ev.message}"
+                )
         old = body.get("status") or {}
         recs = domainplan.records(spec, plan.selectors, txt, ips)
         status: dict[str, Any] = {
@@ -250,6 +264,16 @@ class DomainController:
             "records": recs,
             "zone": domainplan.zone(recs),
             "transportSecurity": checked.notes,
+            "stoppedIPs": [
+                {
+                    "address": s.address,
+                    "pool": s.pool,
+                    "reason": s.reason,
+                    "message": s.message,
+                    "since": timestamp(s.since),
+                }
+                for s in stopped
+            ],
         }
         self._condition_events(body, old.get("conditions") or [], status["conditions"], pools)
         if status != {k: old.get(k) for k in status}:  # nothing new: no write

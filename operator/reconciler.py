@@ -477,6 +477,7 @@ class Operator:
                 live_replicas=sts.spec_replicas if sts is not None else None,
                 drained_to=self.drained_to.get(key),
                 domain_keys=domainplan.domain_dkim_keys(name, domains),
+                sender_restrictions=domainplan.sender_restrictions(name, domains),
             )
         )
         self.sts_seen[key] = (sts.replicas, sts.ready) if sts is not None else (0, 0)
