@@ -816,6 +816,25 @@ class DomainDKIM(CRDModel):
     )
 
 
+class ReportSenders(CRDModel):
+    """Who may mail DMARC aggregate reports to the pools: a report counts when the client is in
+    one of `networks`, or when it carries a valid DKIM signature of one of `dkimDomains` (or a
+    subdomain): Google signs its reports with d=google.com, Yahoo with d=yahoo.com."""
+
+    networks: list[CIDR] = Field(default=[], max_length=64)
+    dkim_domains: list[Hostname] = Field(default=[], max_length=64, alias="dkimDomains")
+
+    cel_rules = (
+        Rule(
+            "size(self.networks) + size(self.dkimDomains) > 0",
+            "dmarc.acceptReportsFrom: name networks or dkimDomains (reports from anyone could "
+            "be forged)",
+            lambda r: bool(r.networks or r.dkim_domains),
+            reason="FieldValueRequired",
+        ),
+    )
+
+
 class DomainDMARC(CRDModel):
     """What the domain's DMARC record (_dmarc.<domain>) must say."""
 
@@ -823,6 +842,21 @@ class DomainDMARC(CRDModel):
     """The p= tag the record must carry (Gmail and Yahoo want at least none for bulk mail)."""
     report_address: str | None = Field(default=None, max_length=320, pattern=EMAIL_PATTERN)
     """Where aggregate reports go: the record's rua= must list mailto:<this>."""
+    accept_reports_from: ReportSenders | None = None
+    """Take the aggregate reports mailed to reportAddress in at the pools' submission port
+    (route the address's MX there): from these senders only, each report is forwarded to the
+    operator, which counts it in its metrics (mailfleet_dmarc_*). Needs the operator's
+    --dmarc-listen and --dmarc-url. Unset: reports reach the operator by HTTP upload only."""
+
+    cel_rules = (
+        Rule(
+            "!has(self.acceptReportsFrom) || has(self.reportAddress)",
+            "dmarc.reportAddress is required with dmarc.acceptReportsFrom",
+            lambda d: d.accept_reports_from is None or d.report_address is not None,
+            field_path=".reportAddress",
+            reason="FieldValueRequired",
+        ),
+    )
 
 
 class SendingDomainSpec(CRDModel):

@@ -827,6 +827,35 @@ def sender_restrictions(pool: str, domains: Sequence[SendingDomain]) -> list[dic
     ]
 
 
+def dmarc_report_addresses(
+    pool: str, domains: Sequence[SendingDomain], base_url: str | None
+) -> list[dict[str, Any]]:
+    """The pool's dmarcReports.addresses: the report address of each SendingDomain listing it
+    with dmarc.acceptReportsFrom, forwarded to <base_url>/dmarc/<namespace>/<name>. None
+    without the operator's --dmarc-url (nowhere to forward)."""
+    if not base_url:
+        return []
+    out: dict[str, dict[str, Any]] = {}
+    for d in sorted(domains, key=lambda d: str(d.metadata.get("name"))):
+        dmarc = d.spec.dmarc
+        if pool not in d.spec.pools or dmarc.accept_reports_from is None:
+            continue
+        if dmarc.report_address is None:
+            continue
+        senders = dmarc.accept_reports_from
+        out.setdefault(
+            dmarc.report_address.lower(),
+            {
+                "address": dmarc.report_address.lower(),
+                "forwardURL": f"{base_url.rstrip('/')}/dmarc/"
+                f"{d.metadata.get('namespace')}/{d.metadata.get('name')}",
+                "sources": [str(n) for n in senders.networks],
+                "signedBy": list(senders.dkim_domains),
+            },
+        )
+    return list(out.values())
+
+
 def with_domain_keys(pool: SendingPool, keys: Sequence[DKIMKeyRef]) -> SendingPool:
     """The pool as render sees it: its own spec.dkim, then the domains' keys it does not name
     itself (same domain and selector)."""

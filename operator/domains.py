@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hmac
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 import dns.asyncresolver
 from pydantic import ValidationError
 
-from mailfleet.operator import dkimrecords, dmarcreport, dnscheck, domainplan, kube
+from mailfleet.operator import dkimrecords, dmarcreport, dnscheck, domainplan, kube, naming
 from mailfleet.operator.conditions import merge_conditions, now_utc, timestamp
 from mailfleet.operator.crd_models import API_VERSION, SendingDomain, SendingPool
 from mailfleet.operator.domainmetrics import DomainMetrics
@@ -124,6 +125,7 @@ class DomainController:
         # name, its pools' IPs; and the report ids counted (duplicates are not counted twice).
         self.known: dict[Key, tuple[Mapping[str, Any], str, frozenset[str]]] = {}
         self.report_ids: dict[Key, dict[str, None]] = {}
+        self.pools_of: dict[Key, tuple[str, ...]] = {}
 
     def on_event(
         self, event_type: str | None, namespace: str, name: str, meta: Mapping[str, Any]
@@ -139,6 +141,7 @@ class DomainController:
             self.generations.pop(key, None)
             self.known.pop(key, None)
             self.report_ids.pop(key, None)
+            self.pools_of.pop(key, None)
             self.metrics.forget(namespace, name)
             return
         task = self.tasks.get(key)
@@ -284,6 +287,7 @@ class DomainController:
             "metadata": {k: body["metadata"].get(k) for k in ("name", "namespace", "uid")}
         }
         self.known[key] = (slim, spec.domain, frozenset(i.address for i in ips))
+        self.pools_of[key] = tuple(spec.pools)
         delay = spec.check_interval
         if plan.next_step is not None:
             delay = min(delay, (plan.next_step - now).total_seconds())
@@ -320,6 +324,19 @@ class DomainController:
                         )
             elif c["status"] == "True" and was is not None and was.get("status") == "False":
                 self.post_event(body, "Normal", c["reason"], f"{c['type']}: {c['message']}")
+
+    async def pool_token_ok(self, namespace: str, name: str, token: str) -> bool:
+        """Whether `token` is the admin token of a pool the domain lists: engines forward the
+        reports mailed to them with it (it counts for the domains they send for, no other)."""
+        for pool in self.pools_of.get((namespace, name), ()):
+            secret = await self.api.get(kube.SECRETS, namespace, naming.admin_secret_name(pool))
+            raw = ((secret or {}).get("data") or {}).get(naming.ADMIN_TOKEN_KEY)
+            if not raw:
+                continue
+            known = base64.b64decode(raw).strip()
+            if known and hmac.compare_digest(known, token.encode()):
+                return True
+        return False
 
     def accept_report(self, namespace: str, name: str, data: bytes) -> tuple[int, str]:
         """A DMARC aggregate report for SendingDomain namespace/name: counted in the metrics,

@@ -34,6 +34,7 @@ def render_engine_config(
     overflow: Literal["spill", "defer"],
     day_length: float = 86400.0,
     sender_restrictions: Sequence[Mapping[str, Any]] = (),
+    dmarc_addresses: Sequence[Mapping[str, Any]] = (),
 ) -> EngineConfig:
     spec = pool.spec
     sub = spec.submission
@@ -98,6 +99,12 @@ def render_engine_config(
         },
         "logging": {"level": "info", "format": "json"},
     }
+    if dmarc_addresses:
+        # Forwarded to the operator with the pool's admin token, which it knows.
+        data["dmarcReports"] = {
+            "addresses": list(dmarc_addresses),
+            "tokenFile": f"{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}",
+        }
     return EngineConfig.model_validate(data)
 
 

@@ -50,6 +50,8 @@ class Settings:
     # (host, port, token) of the DMARC report upload endpoint; None: off.
     dmarc: tuple[str, int, str] | None = None
     dmarc_runner: Any = None
+    # The URL engines reach that endpoint at (--dmarc-url): they forward reports mailed to them.
+    dmarc_url: str | None = None
     settings: kopf.OperatorSettings | None = None
     instance: str = ""
 
@@ -129,6 +131,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         image=SETTINGS.image,
     )
     SETTINGS.operator = op
+    op.dmarc_url = SETTINGS.dmarc_url if SETTINGS.dmarc is not None else None
     SETTINGS.domains = DomainController(
         op.api, post_event, DomainMetrics(SETTINGS.metrics.registry)
     )

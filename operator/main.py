@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import secrets
 import sys
 
@@ -65,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="a file holding the bearer token report uploads must carry",
     )
+    p.add_argument(
+        "--dmarc-url",
+        metavar="URL",
+        help="the URL pods reach --dmarc-listen at, e.g. http://mailfleet-operator.mailfleet:8090"
+        ": pools then take the reports mailed to a SendingDomain's dmarc.reportAddress "
+        "(dmarc.acceptReportsFrom) and forward them there",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="log more (never Secret data)")
     return p
 
@@ -113,6 +121,14 @@ def main(argv: list[str]) -> int:
             )
             return 2
         handlers.SETTINGS.dmarc = (host.strip("[]") or "0.0.0.0", int(port), token)
+    if args.dmarc_url is not None:
+        if args.dmarc_listen is None or not re.fullmatch(r"https?://[^\s/]+/?", args.dmarc_url):
+            print(
+                "mailfleet operator: --dmarc-url wants http(s)://host:port and --dmarc-listen",
+                file=sys.stderr,
+            )
+            return 2
+        handlers.SETTINGS.dmarc_url = args.dmarc_url.rstrip("/")
     if args.metrics_port is not None:
         handlers.SETTINGS.metrics.serve(args.metrics_port, args.metrics_addr)
     namespaces: list[str] = args.namespace

@@ -68,6 +68,8 @@ class PoolInputs:
     domain_keys: Sequence[DKIMKeyRef] = ()
     # IPs that must not send a domain's mail (domainplan.sender_restrictions).
     sender_restrictions: Sequence[Mapping[str, Any]] = ()
+    # DMARC report addresses the pool takes mail for (domainplan.dmarc_report_addresses).
+    dmarc_addresses: Sequence[Mapping[str, Any]] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
             overflow,
             warmup_day_length(pool, inp.warmups, inp.now),
             inp.sender_restrictions,
+            inp.dmarc_addresses,
         )
         config_text = config_yaml(config)
         conds.append(
