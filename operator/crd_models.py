@@ -799,7 +799,10 @@ class DomainDKIM(CRDModel):
     """The DKIM keys the operator generates, publishes (in status) and rotates for the domain."""
 
     algorithms: list[DKIMAlgorithm] = Field(default=["rsa-sha256"], min_length=1, max_length=2)
-    """One key per algorithm (RSA 2048 bits, Ed25519); both give dual signatures."""
+    """One key per algorithm (RSA, Ed25519); both give dual signatures."""
+    rsa_key_size: Literal[2048, 3072, 4096] = Field(default=2048, alias="rsaKeySize")
+    """Bits of the RSA keys generated from now on (a key signing already keeps its size until
+    its rotation). Above 2048 the TXT record is split into several strings (status.zone)."""
     rotate_every: DomainDuration = 90 * 86400.0
     """How long a key signs before a new selector replaces it (at least checkInterval)."""
     grace_period: DomainDuration = 7 * 86400.0
@@ -871,7 +874,8 @@ class SendingDomainSpec(CRDModel):
     dkim: DomainDKIM = DomainDKIM()
     dmarc: DomainDMARC = DomainDMARC()
     dns: DNS = DNS()
-    """The resolvers the checks ask; none: the operator's own (/etc/resolv.conf)."""
+    """The resolvers the checks ask; none: the operator's --dns-nameservers, else its own
+    (/etc/resolv.conf)."""
     check_interval: DomainDuration = 300.0
     """How often DNS is checked again (and a rotation step taken); at least 1s."""
     on_failing_ip: Literal["Warn", "StopSending"] = Field(default="Warn", alias="onFailingIP")

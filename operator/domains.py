@@ -112,12 +112,15 @@ class DomainController:
         *,
         clock: Callable[[], datetime] = now_utc,
         resolver_for: ResolverFactory = dnscheck.resolver,
+        default_dns: tuple[Sequence[str], int] = ((), 53),
     ) -> None:
         self.api = api
         self.post_event = post_event
         self.metrics = metrics
         self.clock = clock
         self.resolver_for = resolver_for
+        # The operator's --dns-nameservers/--dns-port, for domains whose spec.dns names none.
+        self.default_dns = default_dns
         self.tasks: dict[Key, asyncio.Task[None]] = {}
         self.wake: dict[Key, asyncio.Event] = {}
         self.generations: dict[Key, int | None] = {}
@@ -184,7 +187,10 @@ class DomainController:
         missing: Sequence[str],
     ) -> domainplan.Checked:
         spec = domain.spec
-        res = self.resolver_for([str(a) for a in spec.dns.nameservers], spec.dns.port)
+        servers, port = [str(a) for a in spec.dns.nameservers], spec.dns.port
+        if not servers:
+            servers, port = list(self.default_dns[0]), self.default_dns[1]
+        res = self.resolver_for(servers, port)
         return await dnscheck.gather(
             res, lambda facts: domainplan.check(spec, selectors, txt, ips, missing, facts)
         )
@@ -230,7 +236,9 @@ class DomainController:
         checked = await self._check(domain, current, txt, ips, missing)
         plan = domainplan.plan_keys(spec, current, frozenset(txt), checked.published, now)
         for new in plan.generate:
-            pem = await asyncio.to_thread(dkimrecords.generate_pem, new.algorithm)
+            pem = await asyncio.to_thread(
+                dkimrecords.generate_pem, new.algorithm, spec.dkim.rsa_key_size
+            )
             keys[new.selector] = pem
             txt[new.selector] = dkimrecords.txt_value(pem)
         wanted = {s.selector for s in plan.selectors}

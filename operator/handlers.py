@@ -52,6 +52,8 @@ class Settings:
     dmarc_runner: Any = None
     # The URL engines reach that endpoint at (--dmarc-url): they forward reports mailed to them.
     dmarc_url: str | None = None
+    # --dns-nameservers/--dns-port: for SendingDomains whose spec.dns names none.
+    dns: tuple[tuple[str, ...], int] = ((), 53)
     settings: kopf.OperatorSettings | None = None
     instance: str = ""
 
@@ -133,7 +135,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     SETTINGS.operator = op
     op.dmarc_url = SETTINGS.dmarc_url if SETTINGS.dmarc is not None else None
     SETTINGS.domains = DomainController(
-        op.api, post_event, DomainMetrics(SETTINGS.metrics.registry)
+        op.api, post_event, DomainMetrics(SETTINGS.metrics.registry), default_dns=SETTINGS.dns
     )
     op.start()
     if SETTINGS.dmarc is not None:

@@ -86,6 +86,7 @@ def test_reports_mailed_to_the_pool_are_counted_by_the_operator(
     mx = recording_mx("127.0.0.1")
     key = parse_private_key(RSA_KEY.key_file.read_bytes(), "rsa-sha256")
     dns_server.add_txt(f"{RSA_KEY.selector}._domainkey.reporter.test", dns_txt_record(key))
+    dns_server.add_txt("_dmarc.example.com", f"v=DMARC1; p=quarantine; rua=mailto:{ADDRESS}")
     token = tmp_path / "dmarc-token"
     token.write_text("upload-token-for-mailboxes\n")
     port = free_port()
@@ -95,6 +96,9 @@ def test_reports_mailed_to_the_pool_are_counted_by_the_operator(
             "--dmarc-listen", f"127.0.0.1:{port}",
             "--dmarc-token-file", str(token),
             "--dmarc-url", f"http://127.0.0.1:{port}",
+            # The domain names no resolvers: the operator-wide ones are asked.
+            "--dns-nameservers", dns_server.host,
+            "--dns-port", str(dns_server.port),
         ],
     )  # fmt: skip
     apply(
@@ -130,7 +134,6 @@ def test_reports_mailed_to_the_pool_are_counted_by_the_operator(
                         "dkimDomains": ["reporter.test"],
                     },
                 },
-                "dns": {"nameservers": [dns_server.host], "port": dns_server.port},
                 "checkInterval": "1s",
             },
         },
@@ -146,13 +149,14 @@ def test_reports_mailed_to_the_pool_are_counted_by_the_operator(
         return [a["address"] for a in addresses] == [ADDRESS] and running == config_digest(text)
 
     wait_for("the engine takes reports", engine_takes_reports, timeout=90, every=1.0)
-    wait_for(
-        "the domain checked",
-        lambda: (kget(kube, ns, "sendingdomain", "example-com").get("status") or {}).get(
-            "conditions"
-        ),
-        timeout=60,
-    )
+
+    def dmarc_condition() -> tuple[str, str] | None:
+        status = kget(kube, ns, "sendingdomain", "example-com").get("status") or {}
+        c = {c["type"]: c for c in status.get("conditions", [])}.get("DMARCAligned")
+        return (c["status"], c["reason"]) if c else None
+
+    # Only the dnsmasq of --dns-nameservers serves this record.
+    wait_for("the domain checked", lambda: dmarc_condition() == ("True", "Aligned"), timeout=60)
     xml = SAMPLE.read_bytes().replace(b"192.0.2.10", OURS.encode())
 
     code, text = mail(ip, report_mail(xml, sign=False))

@@ -625,3 +625,20 @@ def test_sender_restrictions_per_pool_merge_domains_of_the_same_name() -> None:
     assert p.sender_restrictions("nobody", ds) == []
     # What the engine takes as is.
     EngineConfig.model_validate({"delivery": {"senderRestrictions": out}})
+
+
+def test_rsa_key_size_is_the_spec_s() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    assert spec().dkim.rsa_key_size == 2048
+    bits = spec(dkim={"rsaKeySize": 3072}).dkim.rsa_key_size
+    pem = dkimrecords.generate_pem("rsa-sha256", bits)
+    key = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 3072
+    txt = dkimrecords.txt_value(pem)
+    assert txt.startswith("v=DKIM1; k=rsa; p=") and len(txt) > 255  # split in status.zone
+    recs = p.records(spec(), [sel("a", "active")], {"a": txt}, IPS)
+    assert '" "' in p.zone(recs[:1])
+    with pytest.raises(ValueError, match="rsaKeySize"):
+        spec(dkim={"rsaKeySize": 1024})
