@@ -988,6 +988,7 @@ class QueueRunner:
             "jobsWaitingForConnection": sum(len(d) for d in self._parked.values()),
             # Every source IP is excluded for their sender domain (delivery.senderRestrictions).
             "jobsHeldBySenderRestriction": len(self._sender_held),
+            "senderRestrictions": self.senders.describe(),
             "nextRetry": min(nxt) if nxt else None,
             "domains": len(c.by_domain),
             "byDomain": {

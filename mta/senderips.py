@@ -7,6 +7,7 @@ IPs whose SPF or reverse DNS fails for it; the queue asks `excluded` before shap
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from mailfleet.mta.config import SenderRestrictionConfig
 
@@ -34,6 +35,13 @@ class SenderRestrictions:
         return isinstance(other, SenderRestrictions) and other.by_domain == self.by_domain
 
     __hash__ = None  # type: ignore[assignment]
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """For /v1/status: per sender domain, the excluded IPs and why."""
+        return {
+            d: {"excludedIPs": sorted(ips), "reason": self.reasons[d]}
+            for d, ips in sorted(self.by_domain.items())
+        }
 
     def entry(self, domain: str) -> str | None:
         """The entry that governs `domain`: its own, else its nearest parent's."""

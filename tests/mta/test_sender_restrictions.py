@@ -58,13 +58,27 @@ def test_excluded_ips_never_send_the_domain_mail(
 def test_with_every_ip_excluded_mail_waits_across_a_restart_until_a_reload_lifts_it(
     mta_engine: Callable[..., EngineProc], mx: RecordingMX
 ) -> None:
-    eng = mta_engine(config(mx, [{"domain": "stop.test", "excludedIPs": IPS}]))
+    eng = mta_engine(
+        config(
+            mx,
+            [
+                {
+                    "domain": "stop.test",
+                    "excludedIPs": IPS,
+                    "reason": "SPF of stop.test authorises neither",
+                }
+            ],
+        )
+    )
     eng.send("app@stop.test", ["held@example.org"], message("held", frm="app@stop.test"))
     eng.send("app@other.test", ["free@example.org"], message("free", frm="app@other.test"))
     mx.wait_for(1, timeout=30)
     eng.wait_until(lambda: eng.status()["queue"]["jobsHeldBySenderRestriction"] == 1)
     assert [m.rcpt_tos for m in mx.messages()] == [["free@example.org"]]
     assert eng.metric("mailfleet_shaping_waits_total", reason="sender domain restricted") >= 1
+    assert eng.status()["queue"]["senderRestrictions"] == {
+        "stop.test": {"excludedIPs": IPS, "reason": "SPF of stop.test authorises neither"}
+    }
 
     eng.stop()
     eng.start()  # recovered from the spool: the sender is read from the message again
