@@ -900,7 +900,9 @@ class ReportSenders(CRDModel):
     subdomain): Google signs its reports with d=google.com, Yahoo with d=yahoo.com."""
 
     networks: list[CIDR] = Field(default=[], max_length=64)
+    """Client networks whose reports count, e.g. 203.0.113.0/24."""
     dkim_domains: list[Hostname] = Field(default=[], max_length=64, alias="dkimDomains")
+    """Domains whose valid DKIM signature on a report makes it count, e.g. google.com."""
 
     cel_rules = (
         Rule(
@@ -1032,10 +1034,13 @@ class StoppedIP(CRDModel):
     """A pool IP that sends none of the domain's mail (onFailingIP: StopSending)."""
 
     address: IPAddress
+    """The pool IP."""
     pool: ObjectName
+    """The SendingPool it belongs to."""
     reason: str = Field(max_length=1024)
     """The failing check's reason: IPNotAuthorized, NoPTR, PTRMismatch or ForwardMismatch."""
     message: str = Field(default="", max_length=4096)
+    """What the check found, for a human."""
     since: datetime
     """When the IP stopped sending the domain's mail."""
 
