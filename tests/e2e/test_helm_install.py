@@ -176,10 +176,11 @@ def test_every_rendered_object_passes_a_server_side_dry_run(
     docs = [d for d in yaml.safe_load_all(out) if d]
     kinds = {d["kind"] for d in docs}
     assert {"ValidatingWebhookConfiguration", "ConfigMap", "Deployment"} <= kinds
-    # The peering CRDs are installed with the objects that use them: apply those for real.
+    # The peering CRDs are installed with the objects that use them: apply those for real (a
+    # release installed before may hold them: same content).
     crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
-    kube.kubectl("apply", "--server-side", "-f", "-", input=json.dumps({"apiVersion": "v1",
-                 "kind": "List", "items": crds}))  # fmt: skip
+    crd_list = json.dumps({"apiVersion": "v1", "kind": "List", "items": crds})
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=crd_list)
     rest = [d for d in docs if d["kind"] != "CustomResourceDefinition"]
     proc = kube.kubectl(
         "apply", "--server-side", "--dry-run=server", "-f", "-",
