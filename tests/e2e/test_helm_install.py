@@ -70,6 +70,11 @@ def test_helm_install_upgrade_and_uninstall_on_the_local_node(
         "--set", f"liveness.port={free_port()}", "--set", f"metrics.port={free_port()}",
         "--set", "webhook.enabled=false",
     ]  # fmt: skip
+    # Kopf's peering CRDs may be there already (another Kopf operator, or a test that applied
+    # deploy/kopf-peering.yaml): the chart then must not own them (peering.installCRDs).
+    peering_crd = kube.kubectl("get", "crd", "clusterkopfpeerings.kopf.dev", check=False)
+    if peering_crd.returncode == 0:
+        values += ["--set", "peering.installCRDs=false"]
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     try:
         run_helm("install", RELEASE, str(CHART), "--create-namespace", "--wait",
