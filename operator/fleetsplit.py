@@ -108,16 +108,20 @@ def moves(
     owners: Mapping[str, str | None],
     sending: Mapping[str, Collection[str]],
     pending: Mapping[str, str],
+    before: Mapping[str, Collection[str]] | None = None,
 ) -> tuple[dict[str, str], list[tuple[str, str, str | None]]]:
     """(pending after this look, moves ready to hand over as (ip, from pod, to pod)).
 
     `pending` maps an IP to the pod it moves away from. An IP becomes pending when a pod that
-    is not its owner sends from it; it is ready once no pod but its owner sends from it."""
+    is not its owner sends from it now or did at the last look (`before`: a pod that went away
+    between two looks was never seen as a non-owner); it is ready once no pod but its owner
+    sends from it."""
     now = dict(pending)
-    for ip, pods in sending.items():
-        for pod in sorted(pods):
-            if ip in owners and pod != owners[ip]:
-                now[ip] = pod
+    for seen in (before or {}, sending):
+        for ip, pods in seen.items():
+            for pod in sorted(pods):
+                if ip in owners and pod != owners[ip]:
+                    now[ip] = pod
     ready = [
         (ip, frm, owners.get(ip))
         for ip, frm in sorted(now.items())

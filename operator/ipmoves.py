@@ -75,7 +75,7 @@ class IPMoves:
                     ],
                 )
         held_before = fleetsplit.held_ips(m.owners, m.senders, m.pending)
-        pending, ready = fleetsplit.moves(m.owners, sending, m.pending)
+        pending, ready = fleetsplit.moves(m.owners, sending, m.pending, m.senders)
         ips_of = {r.pod.name: r.pod.ip for r in reports if r.status is not None}
         for ip, frm, to in ready:
             if to is None:

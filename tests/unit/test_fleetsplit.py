@@ -81,6 +81,8 @@ def test_a_move_is_ready_only_once_the_old_owner_stopped() -> None:
     assert ready == []
     pending, ready = fleetsplit.moves(owners, {}, pending)
     assert ready == [("1", "p0", "p2")]
+    # The old owner went away between two looks: the move is still handed over.
+    assert fleetsplit.moves(owners, {}, {}, {"1": {"p0"}}) == ({"1": "p0"}, [("1", "p0", "p2")])
     # Nothing moves while the owner is the only sender.
     assert fleetsplit.moves(owners, {"1": {"p2"}}, {}) == ({}, [])
 
