@@ -175,7 +175,8 @@ class FleetLimiter:
             if lease is not None and lease.tokens >= 1.0 and lease.expires > now:
                 return 0.0
             self._wanted[provider] = rate
-            return LEASE_INTERVAL
+            # Not sooner than the pool makes a token: every waiting job wakes at this pace.
+            return max(LEASE_INTERVAL, 1.0 / rate) if rate > 0 else RETRY_INTERVAL
         share = rate if self.mode == "local" else self._split_rate(rate)
         if share <= 0:
             return RETRY_INTERVAL
