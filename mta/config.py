@@ -543,6 +543,13 @@ class FleetConfig(Model):
     namespace: str = "default"
     shares: list[PodShareConfig] = Field(default_factory=list)
 
+    @field_validator("redis_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("fleet.redisURL must look like redis://host:port/db")
+        return v
+
 
 class HeadersConfig(Model):
     """Headers added at submission, before DKIM signing (so the signature covers them)."""
