@@ -128,3 +128,34 @@ def test_a_pod_without_a_share_sends_nothing_under_a_pool_limit() -> None:
     # No fleet config at all: the engine applies the limits alone.
     alone = FleetLimiter(FleetConfig(), None)
     assert alone.mode == "local" and alone.connection_limit("gmail", 5) == 5
+
+
+def test_render_holds_a_moving_ip_and_gives_each_pod_its_share() -> None:
+    from fixtures.objects import inputs, pool
+
+    from mailfleet.operator import render
+
+    steady = render.render_pool(inputs(autoscaled=2, live_replicas=2))
+    assert steady.config is not None
+    owners = {str(s.address): s.owner for s in steady.config.delivery.source_ips}
+    assert not any(s.hold for s in steady.config.delivery.source_ips)
+    shares = steady.config.fleet.shares
+    assert {s.pod for s in shares} == {o for o in owners.values() if o}
+    assert sum(s.connections["gmail"] for s in shares) == 20  # the example's pool limit
+    # The pod that sent from an address before is not its owner now: held.
+    moving, owner = next((a, o) for a, o in owners.items() if o is not None)
+    other = "transactional-9"
+    out = render.render_pool(
+        inputs(autoscaled=2, live_replicas=2, senders={moving: frozenset({other})})
+    )
+    assert out.config is not None
+    held = [s for s in out.config.delivery.source_ips if s.hold]
+    assert [str(s.address) for s in held] == [moving] and held[0].owner == owner
+    ip = next(i for i in out.status["ips"] if i["address"] == moving)
+    assert "held" in ip["reason"]
+    # With Redis the engines share the limits: the config says where.
+    redis = pool(fleetLimits={"redisURL": "redis://10.0.0.9:6379/0"})
+    shared = render.render_pool(inputs(redis))
+    assert shared.config is not None
+    assert shared.config.fleet.redis_url == "redis://10.0.0.9:6379/0"
+    assert shared.config.fleet.namespace == "ns1/transactional"
