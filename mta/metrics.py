@@ -135,6 +135,13 @@ class EngineMetrics:
             pair,
             registry=r,
         )
+        self.shaping_ceiling = Gauge(
+            "mailfleet_shaping_ceiling",
+            "The rate (msgs/s) at which the provider last throttled a (source IP, provider): what "
+            "the shaping found it accepts; -1: never throttled",
+            pair,
+            registry=r,
+        )
         self.pair_suspended = Gauge(
             "mailfleet_shaping_suspended",
             "1 while a (source IP, provider) is suspended",
@@ -164,6 +171,13 @@ class EngineMetrics:
         )
         self.warmup_cap = Gauge(
             "mailfleet_warmup_cap", "Today's warmup cap per (source IP, provider)", pair, registry=r
+        )
+        self.dmarc_reports = Counter(
+            "mailfleet_dmarc_reports_mailed",
+            "DMARC aggregate reports mailed to a report address, by the SMTP reply class given "
+            "(2xx: forwarded to the operator and counted, 4xx: deferred, 5xx: refused)",
+            ["result"],
+            registry=r,
         )
         self.complaints = Counter(
             "mailfleet_complaints",

@@ -72,6 +72,10 @@ class PoolInputs:
     drained_to: int | None = None
     # The active DKIM keys of the SendingDomains that list the pool (domainplan.domain_dkim_keys).
     domain_keys: Sequence[DKIMKeyRef] = ()
+    # IPs that must not send a domain's mail (domainplan.sender_restrictions).
+    sender_restrictions: Sequence[Mapping[str, Any]] = ()
+    # DMARC report addresses the pool takes mail for (domainplan.dmarc_report_addresses).
+    dmarc_addresses: Sequence[Mapping[str, Any]] = ()
     # IP -> pods whose engine last said it sends from it, and IPs whose state waits to be handed
     # to their new owner (fleetsplit): those are held.
     senders: Mapping[str, frozenset[str]] = field(default_factory=dict)
@@ -156,8 +160,10 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
             caps,
             overflow,
             warmup_day_length(pool, inp.warmups, inp.now),
-            shares,
-            held,
+            inp.sender_restrictions,
+            inp.dmarc_addresses,
+            shares=shares,
+            held=held,
         )
         config_text = config_yaml(config)
         conds.append(
