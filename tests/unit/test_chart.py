@@ -9,6 +9,7 @@ helm is the pinned build of hack/helm.sh (built once from the Go module proxy, c
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import shutil
 import subprocess
@@ -732,8 +733,9 @@ def test_alerts_fire_on_their_situations(helm: str, promtool: str, tmp_path: Pat
         [],
         ["watch.allNamespaces=false", "watch.namespaces={a,b}", "verbose=true"],
         ["peering.enabled=false"],
+        ["dmarcReports.enabled=true"],
     ],
-    ids=["defaults", "namespaced", "standalone"],
+    ids=["defaults", "namespaced", "standalone", "dmarc"],
 )
 def test_operator_accepts_the_rendered_arguments(helm: str, sets: list[str]) -> None:
     main = pytest.importorskip("mailfleet.operator.main", reason="the operator is not there yet")
@@ -743,3 +745,31 @@ def test_operator_accepts_the_rendered_arguments(helm: str, sets: list[str]) -> 
     assert ns.metrics_port == 9090
     assert main.liveness_url(ns.liveness) == "http://0.0.0.0:8080/healthz"
     assert ns.standalone == ("peering.enabled=false" in sets)
+
+
+def test_dmarc_reports_endpoint_is_off_by_default(helm: str) -> None:
+    objs = render(helm)
+    assert not [a for a in operator_container(objs)["args"] if a.startswith("--dmarc")]
+    assert not [o for o in objs if "dmarc" in o["metadata"]["name"]]
+
+
+def test_dmarc_reports_endpoint_is_served_behind_a_token_and_reachable_by_the_pools(
+    helm: str,
+) -> None:
+    objs = render(helm, "dmarcReports.enabled=true", "dmarcReports.port=8123")
+    container = operator_container(objs)
+    args = container["args"]
+    assert "--dmarc-listen=0.0.0.0:8123" in args
+    (url,) = [a.split("=", 1)[1] for a in args if a.startswith("--dmarc-url=")]
+    service = one(objs, "Service", f"{RELEASE}-mailfleet-dmarc")
+    assert (
+        url == f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:8123"
+    )
+    assert service["spec"]["ports"][0]["targetPort"] == "dmarc"
+    assert {"name": "dmarc", "containerPort": 8123, "protocol": "TCP"} in container["ports"]
+    # The token file the operator reads is the generated Secret, mounted read-only.
+    (token_arg,) = [a for a in args if a.startswith("--dmarc-token-file=")]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "dmarc-token")
+    assert token_arg.split("=", 1)[1] == mount["mountPath"] + "/token" and mount["readOnly"]
+    secret = one(objs, "Secret", f"{RELEASE}-mailfleet-dmarc-token")
+    assert len(base64.b64decode(secret["data"]["token"])) >= 32

@@ -53,6 +53,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- printf "%s-webhook" (include "mailfleet.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{- define "mailfleet.dmarcServiceName" -}}
+{{- printf "%s-dmarc" (include "mailfleet.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/* Arguments of `mailfleet operator`. */}}
 {{- define "mailfleet.operatorArgs" -}}
 - operator
@@ -84,6 +88,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 - --webhook-configuration={{ include "mailfleet.fullname" . }}
 - --webhook-work-dir=/tmp/webhook
 {{- end }}
+{{- end }}
+{{- if .Values.dmarcReports.enabled }}
+- --dmarc-listen=0.0.0.0:{{ .Values.dmarcReports.port }}
+- --dmarc-token-file=/var/run/mailfleet/dmarc/token
+- --dmarc-url=http://{{ include "mailfleet.dmarcServiceName" . }}.{{ .Release.Namespace }}.svc:{{ .Values.dmarcReports.port }}
 {{- end }}
 {{- if .Values.verbose }}
 - --verbose
