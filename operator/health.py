@@ -1,0 +1,180 @@
+"""Delivery health per (source IP, provider) from the engines' counters: pure functions.
+
+The operator scrapes each ready pod's /metrics every `spec.health.interval`. Counters only grow
+while a pod lives, so what happened between two scrapes is their difference; a counter lower
+than before means the pod restarted (a new process counts from zero), and then the new value is
+all that happened since. The differences, stamped with the scrape time, are kept for
+`spec.health.window` and summed into the figures quarantine and warmup gates judge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+
+from prometheus_client.parser import text_string_to_metric_families
+
+ATTEMPTS_METRIC = "mailfleet_delivery_attempts"
+COMPLAINTS_METRIC = "mailfleet_complaints"
+# The engine's delivery outcomes (mta/queue.py) and the Outcomes field each one counts in.
+RESULT_FIELDS = {"delivered": "delivered", "deferred": "deferred", "bounced": "bounced"}
+ALL = "*"
+
+PairKey = tuple[str, str]  # (source IP, provider)
+
+
+@dataclass(frozen=True)
+class Counts:
+    attempts: int = 0
+    delivered: int = 0
+    deferred: int = 0
+    bounced: int = 0
+    complaints: int = 0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Counts:
+        return cls(**{f.name: int(str(data.get(f.name) or 0)) for f in fields(cls)})
+
+    def bounce_rate(self) -> float | None:
+        return self.bounced / self.attempts if self.attempts else None
+
+    def deferral_rate(self) -> float | None:
+        return self.deferred / self.attempts if self.attempts else None
+
+    def complaint_rate(self) -> float | None:
+        # Complaints come from delivered mail only (a feedback loop reports what it received).
+        return self.complaints / self.delivered if self.delivered else None
+
+
+def parse_engine_metrics(text: str) -> dict[PairKey, Counts]:
+    """Cumulative counts per (source IP, provider) from an engine's /metrics text; attempts
+    without a source IP (no address configured) count under "". Unknown lines are ignored."""
+    raw: dict[PairKey, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in (ATTEMPTS_METRIC, COMPLAINTS_METRIC):
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            key = (sample.labels.get("source_ip", ""), sample.labels.get("provider", "default"))
+            row = raw.setdefault(key, {})
+            if family.name == COMPLAINTS_METRIC:
+                row["complaints"] = row.get("complaints", 0.0) + sample.value
+                continue
+            row["attempts"] = row.get("attempts", 0.0) + sample.value
+            name = RESULT_FIELDS.get(sample.labels.get("result", ""))
+            if name is not None:
+                row[name] = row.get(name, 0.0) + sample.value
+    return {k: Counts(**{n: int(v) for n, v in row.items()}) for k, row in sorted(raw.items())}
+
+
+def counter_delta(prev: Counts | None, cur: Counts) -> Counts:
+    """What happened between two scrapes of one series. A first scrape is the baseline
+    (nothing is known about when its counts happened); any counter going down is a restart."""
+    if prev is None:
+        return Counts()
+    if any(getattr(cur, f.name) < getattr(prev, f.name) for f in fields(cur)):
+        return cur
+    return Counts(*(getattr(cur, f.name) - getattr(prev, f.name) for f in fields(cur)))
+
+
+def scrape_delta(
+    prev: Mapping[PairKey, Counts] | None, cur: Mapping[PairKey, Counts]
+) -> dict[PairKey, Counts]:
+    """The non-zero differences of one pod between two scrapes. A pod seen for the first time
+    is a baseline; once seen, a series that appears later started from zero in between."""
+    if prev is None:
+        return {}
+    out: dict[PairKey, Counts] = {}
+    for key, counts in cur.items():
+        d = counter_delta(prev.get(key, Counts()), counts)
+        if d:
+            out[key] = d
+    return out
+
+
+@dataclass(frozen=True)
+class Entry:
+    at: datetime
+    key: PairKey
+    counts: Counts
+
+
+def add_to_window(
+    entries: Sequence[Entry],
+    at: datetime,
+    delta: Mapping[PairKey, Counts],
+    window: float,
+) -> tuple[Entry, ...]:
+    """The window's entries with `delta` (stamped `at`) added and those older than `window`
+    dropped."""
+    start = at - timedelta(seconds=window)
+    kept = [e for e in entries if e.at > start]
+    kept += [Entry(at, k, c) for k, c in sorted(delta.items())]
+    return tuple(kept)
+
+
+def window_totals(entries: Iterable[Entry], now: datetime, window: float) -> dict[PairKey, Counts]:
+    """Sums per (IP, provider) of the entries within `window` before `now`."""
+    start = now - timedelta(seconds=window)
+    out: dict[PairKey, Counts] = {}
+    for e in entries:
+        if e.at > start:
+            out[e.key] = out.get(e.key, Counts()) + e.counts
+    return out
+
+
+def by_ip(totals: Mapping[PairKey, Counts]) -> dict[str, Counts]:
+    """Every provider of an IP together."""
+    out: dict[str, Counts] = {}
+    for (ip, _), counts in totals.items():
+        out[ip] = out.get(ip, Counts()) + counts
+    return out
+
+
+def for_addresses(
+    delta: Mapping[PairKey, Counts], addresses: Iterable[str]
+) -> dict[str, Counts]:
+    """Per provider, and in all under "*", the counts of some addresses (a warmup's)."""
+    wanted = set(addresses)
+    out: dict[str, Counts] = {}
+    for (ip, provider), counts in delta.items():
+        if ip not in wanted:
+            continue
+        out[provider] = out.get(provider, Counts()) + counts
+        out[ALL] = out.get(ALL, Counts()) + counts
+    return out
+
+
+def accumulate(
+    before: Mapping[str, Counts], delta: Mapping[str, Counts]
+) -> dict[str, Counts]:
+    out = dict(before)
+    for k, c in delta.items():
+        out[k] = out.get(k, Counts()) + c
+    return dict(sorted(out.items()))
+
+
+def ip_summary(address: str, counts: Counts, listed_on: Sequence[str]) -> dict[str, object]:
+    """One entry of the pool's status.health."""
+    out: dict[str, object] = {"address": address, **counts.as_dict()}
+    for name, rate in (
+        ("bounceRate", counts.bounce_rate()),
+        ("deferralRate", counts.deferral_rate()),
+        ("complaintRate", counts.complaint_rate()),
+    ):
+        if rate is not None:
+            out[name] = round(rate, 4)
+    if listed_on:
+        out["listedOn"] = list(listed_on)
+    return out
