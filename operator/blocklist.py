@@ -4,9 +4,9 @@ A DNSBL answers the A query `<reversed address>.<zone>` (IPv4 octets, IPv6 nibbl
 section 2.1/2.4) with a 127.0.0.x code when it lists the address, and its TXT record with the
 reason. Spamhaus answers 127.255.255.x for query errors (a public resolver, over quota, a typo
 in the zone): those are errors, never listings, and so is any code outside 127.0.0.0/8 (RFC 5782
-section 2.3: a zone answering with a real address is broken or hijacked). Answers are cached for
-their TTL (within [MIN_CACHE, MAX_CACHE]; NXDOMAIN for MIN_CACHE) and lookups spaced by MIN_SPACING, so a thousand pools checking
-the same zones every interval do not hammer it.
+section 2.3: a zone answering with a real address is broken or hijacked). Answers are cached
+for their TTL (within [MIN_CACHE, MAX_CACHE]; NXDOMAIN for MIN_CACHE) and lookups are spaced
+by MIN_SPACING, so a thousand pools checking the same zones every interval do not hammer it.
 """
 
 from __future__ import annotations
@@ -137,9 +137,10 @@ class BlocklistChecker:
         await self._space()
         try:
             txt = await res.resolve(name, "TXT")
-            reason = " ".join(
-                b"".join(r.strings).decode("utf-8", "replace") for r in txt
-            ).strip() or None
+            reason = (
+                " ".join(b"".join(r.strings).decode("utf-8", "replace") for r in txt).strip()
+                or None
+            )
         except (dns.exception.DNSException, OSError):
             pass
         return interpret(zone, codes, reason), ttl

@@ -142,9 +142,7 @@ def by_ip(totals: Mapping[PairKey, Counts]) -> dict[str, Counts]:
     return out
 
 
-def for_addresses(
-    delta: Mapping[PairKey, Counts], addresses: Iterable[str]
-) -> dict[str, Counts]:
+def for_addresses(delta: Mapping[PairKey, Counts], addresses: Iterable[str]) -> dict[str, Counts]:
     """Per provider, and in all under "*", the counts of some addresses (a warmup's)."""
     wanted = set(addresses)
     out: dict[str, Counts] = {}
@@ -156,9 +154,7 @@ def for_addresses(
     return out
 
 
-def accumulate(
-    before: Mapping[str, Counts], delta: Mapping[str, Counts]
-) -> dict[str, Counts]:
+def accumulate(before: Mapping[str, Counts], delta: Mapping[str, Counts]) -> dict[str, Counts]:
     out = dict(before)
     for k, c in delta.items():
         out[k] = out.get(k, Counts()) + c

@@ -17,8 +17,8 @@ from mailfleet.operator.crd_models import (
     SendingPool,
 )
 from mailfleet.operator.health import Counts
-from mailfleet.operator.quarantine import IPVerdict
 from mailfleet.operator.naming import pod_name, pool_name
+from mailfleet.operator.quarantine import IPVerdict
 
 IPStateName = Literal["active", "warming", "standby", "quarantined"]
 

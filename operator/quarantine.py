@@ -117,7 +117,8 @@ def decide(
         if before is not None and before.state == "quarantined":
             if why is None and now - before.since >= cooldown:
                 continue
-            out[addr] = IPVerdict("quarantined", why or before.reason, before.since)
+            # The reason it went out stays the reason it is out.
+            out[addr] = IPVerdict("quarantined", before.reason, before.since)
         elif why is not None:
             bad[addr] = why
     for addr, why in bad.items():
@@ -133,7 +134,7 @@ def decide(
     sending = [
         a
         for a in order
-        if a not in out and a not in standby or (a in out and out[a].state == "promoted")
+        if (a not in out and a not in standby) or (a in out and out[a].state == "promoted")
     ]
     no_healthy: str | None = None
     if not sending:
@@ -171,10 +172,10 @@ def verdict_events(
                 Notice("Normal", "StandbyPromoted", f"standby {addr} promoted: {v.reason}")
             )
     for addr, before in prior.items():
-        v = now.ips.get(addr)
-        if v is not None and v.state == before.state:
+        after = now.ips.get(addr)
+        if after is not None and after.state == before.state:
             continue
-        if before.state == "quarantined" and v is None:
+        if before.state == "quarantined" and after is None:
             events.append(
                 Notice(
                     "Normal",
@@ -183,7 +184,7 @@ def verdict_events(
                     f"since {before.since.isoformat()}",
                 )
             )
-        elif before.state == "promoted" and v is None:
+        elif before.state == "promoted" and after is None:
             events.append(
                 Notice("Normal", "StandbyReleased", f"{addr} back to standby: not needed")
             )

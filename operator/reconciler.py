@@ -32,15 +32,18 @@ from pydantic import ValidationError
 
 from mailfleet.operator import (
     autoscale,
+    conditions,
     domainplan,
     drift,
     kube,
     naming,
     pods,
     policy_merge,
+    quarantine,
     render,
     statuses,
 )
+from mailfleet.operator.blocklist import BlocklistChecker
 from mailfleet.operator.conditions import now_utc, timestamp
 from mailfleet.operator.crd_models import (
     GROUP,
@@ -52,6 +55,7 @@ from mailfleet.operator.crd_models import (
     SendingPoolStatus,
     parse_object,
 )
+from mailfleet.operator.healthcheck import HealthChecker
 from mailfleet.operator.metrics import OperatorMetrics
 
 log = logging.getLogger("mailfleet.operator")
@@ -65,6 +69,8 @@ RESYNC_SECONDS = 600.0
 # How often running pods are asked how they are.
 POD_POLL_SECONDS = 5.0
 POD_POLL_CONCURRENCY = 32
+# How often pools are looked at for a due health check (each has its own spec.health.interval).
+HEALTH_TICK_SECONDS = 1.0
 POLICY_STATUS_QUIET = 1.0
 POLICY_STATUS_MAX_DELAY = 5.0
 
@@ -83,6 +89,7 @@ class KubeApi(Protocol):
 
 class EngineApi(Protocol):
     async def status(self, ip: str) -> dict[str, Any] | None: ...
+    async def metrics(self, ip: str) -> str | None: ...
     async def reload(self, ip: str, token: str, config_text: str) -> tuple[bool, str]: ...
     async def drain(self, ip: str, token: str, handoff: list[str]) -> dict[str, Any] | None: ...
     async def undrain(self, ip: str, token: str) -> bool: ...
@@ -192,6 +199,7 @@ class Operator:
         poll_seconds: float = POD_POLL_SECONDS,
         concurrency: int = RECONCILE_CONCURRENCY,
         clock: Callable[[], datetime] = now_utc,
+        blocklists: BlocklistChecker | None = None,
     ) -> None:
         self.api = api
         self.engines = engines
@@ -240,6 +248,12 @@ class Operator:
         # Pods from this ordinal up have handed off their queue: the StatefulSet may shrink.
         self.drained_to: dict[PoolKey, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        # IP health: pods' counters, blocklists, quarantine verdicts (healthcheck.py).
+        self.health = (
+            HealthChecker(engines, blocklists or BlocklistChecker(), self.metrics)
+            if engines is not None
+            else None
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -247,6 +261,7 @@ class Operator:
         self.spawn(self._resync_loop())
         if self.engines is not None:
             self.spawn(self._poll_loop())
+            self.spawn(self._health_loop())
 
     async def close(self) -> None:
         for handle in [*self.retries.values(), *self.advances.values()]:
@@ -390,6 +405,8 @@ class Operator:
         self.scale_history.pop(key, None)
         self.scale_note.pop(key, None)
         self.drained_to.pop(key, None)
+        if self.health is not None:
+            self.health.forget(key)
         self.selected.pop(key, None)
         self.locks.pop(key, None)
         self.failures.pop(key, None)
@@ -477,6 +494,7 @@ class Operator:
                 live_replicas=sts.spec_replicas if sts is not None else None,
                 drained_to=self.drained_to.get(key),
                 domain_keys=domainplan.domain_dkim_keys(name, domains),
+                verdicts=self.health.verdicts.get(key) if self.health is not None else None,
             )
         )
         self.sts_seen[key] = (sts.replicas, sts.ready) if sts is not None else (0, 0)
@@ -570,6 +588,8 @@ class Operator:
         note = self.scale_note.get(key)
         if note is not None:
             new_status = {**new_status, "scaleReason": note[0], "lastScaleTime": timestamp(note[1])}
+        if self.health is not None and key in self.health.fields:
+            new_status = {**new_status, **self.health.fields[key]}
         if rendered.config_hash is not None and key in self.pod_status:
             # The pods' own report, recounted against the config rendered now.
             new_status = {**new_status, **self.pod_status[key]}
@@ -597,6 +617,81 @@ class Operator:
         if rendered.config_hash is not None and self.engines is not None:
             self.spawn(self.guarded("SendingPool", self.poll_pool(idx, namespace, name)))
         return changed
+
+    # -- IP health -----------------------------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        """Each pool's health check when its spec.health.interval has passed."""
+        while True:
+            await asyncio.sleep(HEALTH_TICK_SECONDS)
+            idx = self.indexes
+            if idx is None or self.health is None:
+                continue
+            now = self.clock()
+            due = []
+            for key in sorted(idx.pools):
+                bodies = _bodies(idx.pools, key)
+                pool = self.parse(bodies[0]) if bodies else None
+                if isinstance(pool, SendingPool) and self.health.due(key, pool, now):
+                    due.append(key)
+            for i in range(0, len(due), POD_POLL_CONCURRENCY):
+                await asyncio.gather(
+                    *(
+                        self.guarded("SendingPool", self.check_health(idx, k))
+                        for k in due[i : i + POD_POLL_CONCURRENCY]
+                    )
+                )
+
+    async def check_health(self, idx: Indexes, key: PoolKey) -> None:
+        """One health check: verdicts that changed re-render the pool (the engines stop
+        sending from a quarantined IP with the next config), figures go into the pool's and
+        its warmups' status, decisions into events."""
+        if self.health is None:
+            return
+        bodies = _bodies(idx.pools, key)
+        pool = self.parse(bodies[0]) if bodies else None
+        if not isinstance(pool, SendingPool):
+            return
+        old_status, _ = self._old_status(key, bodies[0])
+        ready = conditions.condition(old_status, "IPsHealthy")
+        result = await self.health.check(
+            key,
+            pool,
+            list(idx.pods.get(key, [])),
+            self.clock(),
+            prior_no_healthy=ready is not None and ready.get("reason") == quarantine.NO_HEALTHY,
+        )
+        for n in result.notices:
+            self.post_event(bodies[0], n.type, n.reason, n.message)
+        if result.changed:
+            await self.reconcile_pool(idx, *key)
+        elif drift.status_changed(old_status, result.status):
+            written = await self.api.patch_status(kube.SENDINGPOOLS, *key, result.status)
+            if written is not None:
+                self.written[key] = (
+                    _int(written.get("metadata", {}).get("resourceVersion")),
+                    dict(written.get("status") or {}),
+                )
+        if result.delta:
+            await self._count_warmup_days(idx, key, result.delta)
+
+    async def _count_warmup_days(
+        self, idx: Indexes, key: PoolKey, delta: Mapping[tuple[str, str], Any]
+    ) -> None:
+        """Adds what the warmups' addresses did since the last check to their status.today,
+        which the gates judge when the day ends."""
+        for b in _bodies(idx.warmups, key):
+            warmup = self.parse(b)
+            if not isinstance(warmup, IPWarmup):
+                continue
+            today = statuses.warmup_today(warmup, delta)
+            if today is None:
+                continue
+            result = await self.api.patch_status(
+                kube.IPWARMUPS, key[0], b["metadata"]["name"], {"today": today}
+            )
+            if result is not None:
+                self._note_own_write("IPWarmup", result)
 
     # -- pods ----------------------------------------------------------------------------------
 
@@ -827,23 +922,26 @@ class Operator:
         res: kube.Resource,
         body: Mapping[str, Any],
         compute: Callable[[Mapping[str, Any]], dict[str, Any] | None],
-    ) -> None:
+    ) -> tuple[Mapping[str, Any], dict[str, Any]] | None:
         """Patch the status `compute` gives for the object when it differs from the live one;
         when the index has an older version, compute again from the live object
-        (lastTransitionTime and startTime come from the status they replace)."""
+        (lastTransitionTime and startTime come from the status they replace). Returns the
+        live object and the status written, when one was."""
         new_status = compute(body)
         if new_status is None or not drift.status_changed(body.get("status"), new_status):
-            return
+            return None
         meta = body["metadata"]
         live = await self.api.get(res, meta["namespace"], meta["name"])
         if live is None:
-            return
+            return None
         new_status = compute(live)
         if new_status is None or not drift.status_changed(live.get("status"), new_status):
-            return
+            return None
         result = await self.api.patch_status(res, meta["namespace"], meta["name"], new_status)
-        if result is not None:
-            self._note_own_write(res.kind, result)
+        if result is None:
+            return None
+        self._note_own_write(res.kind, result)
+        return live, new_status
 
     async def update_policy_statuses(self, idx: Indexes, namespace: str) -> None:
         pools = self.pools_in(idx, namespace)
@@ -869,7 +967,11 @@ class Operator:
             return statuses.warmup_status(warmup, pools[0] if pools else None, now)
 
         for b in _bodies(idx.warmups, (namespace, pool)):
-            await self._write_status_if_changed(kube.IPWARMUPS, b, compute)
+            written = await self._write_status_if_changed(kube.IPWARMUPS, b, compute)
+            if written is not None:
+                live, new_status = written
+                for ev in statuses.warmup_events(live.get("status"), new_status):
+                    self.post_event(live, ev.type, ev.reason, ev.message)
 
     async def reconcile_all(self, idx: Indexes, keys: Iterable[PoolKey]) -> None:
         await asyncio.gather(

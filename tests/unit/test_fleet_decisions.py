@@ -82,6 +82,7 @@ def test_the_pool_renders_todays_cap_and_the_status_says_when_the_day_moved() ->
     done = warmup(
         status={**started, "day": 3, "lastAdvanceTime": "2026-03-04T03:00:00Z"},
         schedule={"days": [50, 100, 250], "dayLength": "1h"},
+        gates={"minUsage": 0},
     )
     assert ipplan.warmup_phase(done, pool(), later) == "Complete"
     assert ipplan.warmup_caps(pool(), [done], later) == []
