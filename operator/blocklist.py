@@ -90,22 +90,31 @@ class BlocklistChecker:
     ) -> None:
         self.resolver_for = resolver_for
         self.clock = clock
-        self.cache: dict[tuple[str, str, tuple[str, ...], int], tuple[float, Listing]] = {}
+        # (expires, fetched, answer) per (address, zone, resolvers)
+        self.cache: dict[tuple[str, str, tuple[str, ...], int], tuple[float, float, Listing]] = {}
         self.lock = asyncio.Lock()
         self.last_query = 0.0
         self.queries = 0  # sent to a resolver, for metrics and tests
 
     async def check(
-        self, address: str, zone: str, nameservers: Sequence[str] = (), port: int = 53
+        self,
+        address: str,
+        zone: str,
+        nameservers: Sequence[str] = (),
+        port: int = 53,
+        max_age: float = MAX_CACHE,
     ) -> Listing:
+        """The zone's answer for the address, from the cache while it is younger than its TTL
+        and `max_age` (the pool's check interval: a listing is seen at the next check)."""
         key = (address, zone, tuple(nameservers), port)
         hit = self.cache.get(key)
         now = self.clock()
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        if hit is not None and now < hit[0] and now - hit[1] < max_age:
+            return hit[2]
         res = self.resolver_for(nameservers, port)
         listing, ttl = await self._lookup(res, address, zone)
-        self.cache[key] = (self.clock() + ttl, listing)
+        at = self.clock()
+        self.cache[key] = (at + ttl, at, listing)
         return listing
 
     async def _space(self) -> None:

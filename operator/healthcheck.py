@@ -99,7 +99,10 @@ class HealthChecker:
         for ip in spec.ips:
             answers = await asyncio.gather(
                 *(
-                    self.blocklists.check(str(ip.address), zone, nameservers, dns.port)
+                    # Half an interval: the next check asks again, and sees a new listing.
+                    self.blocklists.check(
+                        str(ip.address), zone, nameservers, dns.port, spec.health.interval / 2
+                    )
                     for zone in spec.health.blocklists
                 )
             )
