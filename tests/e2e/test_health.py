@@ -1,0 +1,175 @@
+"""Deliverability automation on the local fleet: a pool IP listed on a blocklist (dnsmasq
+serving the zone) is quarantined and its standby promoted, after which no mail leaves from it;
+an IPWarmup moves day by day on a short day and holds a day whose mail bounced. Every decision
+is in `kubectl get events` and in the objects' status."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures.dnsserver import DnsServer
+from fixtures.fleet import apply, pool_manifest, pool_status, submit, wait_pods
+from fixtures.operator import OperatorProcess, kget, wait_for
+from fixtures.smtppeers import RecordingMX
+
+pytestmark = [pytest.mark.kube, pytest.mark.slow]
+
+ZONE = "bl.e2e.test"
+
+
+@pytest.fixture
+def dnsbl(tmp_path: Path) -> Iterator[DnsServer]:
+    # TTL 0: a listing added during the test is what the next check sees.
+    with DnsServer(workdir=tmp_path / "dnsbl", ttl=0) as server:
+        server.add_txt("e2e.test", "a record so that dnsmasq serves something")
+        server.start()
+        yield server
+
+
+def events(kube: Any, ns: str, kind: str, name: str) -> list[dict[str, Any]]:
+    items = kget(kube, ns, "events")["items"]
+    return [
+        e
+        for e in items
+        if e["involvedObject"].get("kind") == kind and e["involvedObject"].get("name") == name
+    ]
+
+
+def reasons(kube: Any, ns: str, kind: str, name: str) -> list[str]:
+    return [e["reason"] for e in events(kube, ns, kind, name)]
+
+
+def test_a_listed_ip_is_quarantined_and_its_standby_sends_instead(
+    fleet: tuple[Any, str, RecordingMX, OperatorProcess], dnsbl: DnsServer
+) -> None:
+    kube, ns, mx, _ = fleet
+    active, standby = "127.0.7.1", "127.0.7.2"
+    manifest = pool_manifest(
+        ns,
+        "bl",
+        mx,
+        [active, standby],
+        replicas={"min": 1, "max": 1, "desired": 1},
+        health={"interval": "2s", "blocklists": [ZONE]},
+    )
+    manifest["spec"]["ips"][1]["standby"] = True
+    manifest["spec"]["routing"]["dns"] = {"nameservers": [dnsbl.host], "port": dnsbl.port}
+    apply(kube, manifest)
+    pod_ip = wait_pods(kube, ns, "bl", 1)[0]["status"]["podIP"]
+
+    submit(pod_ip, 2, "before")
+    assert {m.peer_ip for m in mx.wait_for(2, timeout=60)} == {active}
+    healthy = wait_for(
+        "a first health check",
+        lambda: (s := pool_status(kube, ns, "bl")).get("health") and s,
+        60,
+    )
+    assert [h["address"] for h in healthy["health"]] == [active, standby]
+    cond = {c["type"]: c for c in healthy["conditions"]}["IPsHealthy"]
+    assert (cond["status"], cond["reason"]) == ("True", "Healthy")
+
+    dnsbl.add_dnsbl_listing(ZONE, active, "127.0.0.2", reason="listed for the e2e test")
+    status = wait_for(
+        "the listed IP quarantined and the standby promoted, on the pod's config",
+        lambda: (
+            (s := pool_status(kube, ns, "bl"))
+            and {i["address"]: i["state"] for i in s.get("ips", [])}
+            == {active: "quarantined", standby: "active"}
+            and s.get("updatedPods") == 1
+            and s
+        ),
+        90,
+    )
+    ips = {i["address"]: i for i in status["ips"]}
+    assert ips[active]["reason"].startswith(f"Listed:{ZONE} (127.0.0.2)")
+    assert "listed for the e2e test" in ips[active]["reason"]
+    assert ips[standby]["pod"] == "bl-0"
+    cond = {c["type"]: c for c in status["conditions"]}["IPsHealthy"]
+    assert (cond["status"], cond["reason"]) == ("False", "Quarantined")
+    listed = {h["address"]: h.get("listedOn", []) for h in status["health"]}
+    assert listed[active] and listed[standby] == []
+    seen = wait_for(
+        "IPQuarantined and StandbyPromoted events",
+        lambda: (
+            {"IPQuarantined", "StandbyPromoted"} <= set(r := reasons(kube, ns, "SendingPool", "bl"))
+            and r
+        ),
+        30,
+    )
+    assert "IPQuarantined" in seen
+
+    # After the decision reached the pod, mail leaves from the standby only.
+    before = len(mx.messages())
+    submit(pod_ip, 3, "after")
+    got = mx.wait_for(before + 3, timeout=60)[before:]
+    assert {m.peer_ip for m in got} == {standby}
+
+
+def test_a_warmup_advances_day_by_day_and_holds_a_day_that_bounced(
+    fleet: tuple[Any, str, RecordingMX, OperatorProcess],
+) -> None:
+    kube, ns, mx, _ = fleet
+    ip = "127.0.8.1"
+    apply(
+        kube,
+        pool_manifest(
+            ns,
+            "wu",
+            mx,
+            [ip],
+            replicas={"min": 1, "max": 1, "desired": 1},
+            health={"interval": "2s"},
+        ),
+    )
+    pod_ip = wait_pods(kube, ns, "wu", 1)[0]["status"]["podIP"]
+    apply(
+        kube,
+        {
+            "apiVersion": "mailfleet.io/v1alpha1",
+            "kind": "IPWarmup",
+            "metadata": {"name": "wu", "namespace": ns},
+            "spec": {
+                "poolRef": "wu",
+                "addresses": [ip],
+                "schedule": {"days": [3, 4, 5, 6], "dayLength": "30s"},
+                "gates": {"minAttempts": 2, "maxBounceRate": 0.2, "minUsage": 0.5},
+            },
+        },
+    )
+
+    def warmup() -> dict[str, Any]:
+        status: dict[str, Any] = (kget(kube, ns, "ipwarmup", "wu") or {}).get("status") or {}
+        return status
+
+    wait_for("the warmup started", lambda: warmup().get("startTime"), 30)
+    # Day 1: the whole cap delivered, under every gate.
+    submit(pod_ip, 3, "day1")
+    mx.wait_for(3, timeout=60)
+    counted = wait_for(
+        "day 1's deliveries counted in status.today",
+        lambda: (
+            (w := warmup()).get("today", {}).get("providers", {}).get("*", {}).get("delivered") == 3
+            and w
+        ),
+        30,
+    )
+    assert counted["day"] == 1
+    day2 = wait_for("day 2", lambda: (w := warmup()).get("day") == 2 and w, 60)
+    assert day2["todayCap"] == 4 and day2["phase"] == "Warming"
+    assert "advanced after day 1" in day2["lastVerdict"]
+
+    # Day 2: every recipient refused for good: bounces over the gate, the day is repeated.
+    mx.on_rcpt = lambda call: "550 5.1.1 no such user here"
+    submit(pod_ip, 4, "day2")
+    held = wait_for(
+        "day 2 held",
+        lambda: (w := warmup()).get("phase") == "Holding" and w,
+        90,
+    )
+    assert held["day"] == 2
+    assert "bounce rate" in held["lastVerdict"]
+    got = set(reasons(kube, ns, "IPWarmup", "wu"))
+    assert {"WarmupAdvanced", "WarmupHeld"} <= got, got
