@@ -429,6 +429,14 @@ class QuarantineThresholds(CRDModel):
     """No verdict on fewer delivery attempts than this in the window."""
 
 
+class PrometheusSource(CRDModel):
+    """A Prometheus that scrapes the pool's engines (their admin port's /metrics)."""
+
+    url: str = Field(max_length=2048, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    """Its base URL, e.g. http://prometheus.monitoring:9090; the operator runs instant queries
+    on /api/v1/query."""
+
+
 class Health(CRDModel):
     """IP health the operator watches: every `interval` it reads each ready pod's /metrics,
     sums delivery outcomes per (IP, provider) over `window`, checks each pool IP on the
@@ -444,7 +452,12 @@ class Health(CRDModel):
     """DNSBL zones checked for every pool IP, e.g. zen.spamhaus.org, through the pool's
     routing.dns resolvers (the operator's own when none)."""
     cooldown: Duration = 3600.0
-    """How long a quarantined IP stays out after it is delisted and healthy again."""
+    """The least time a quarantined IP stays out; it comes back after that once it is
+    delisted and under the thresholds."""
+    prometheus: PrometheusSource | None = None
+    """Take the window's figures from this Prometheus (PromQL increase() over the window, which
+    outlives operator restarts) instead of the operator's own scrapes of the pods; when it does
+    not answer, the operator's scrapes are used."""
     when_no_healthy_ip: Literal["keepSending", "stop"] = Field(
         default="keepSending", alias="whenNoHealthyIP"
     )

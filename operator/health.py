@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -174,3 +175,61 @@ def ip_summary(address: str, counts: Counts, listed_on: Sequence[str]) -> dict[s
     if listed_on:
         out["listedOn"] = list(listed_on)
     return out
+
+
+# --- from Prometheus -----------------------------------------------------------------------
+
+
+def _ip_matcher(addresses: Iterable[str]) -> str:
+    # RE2 inside a PromQL string: a literal dot is `\\.` in the query text.
+    return "|".join(a.replace(".", "\\\\.") for a in sorted(addresses))
+
+
+def promql_queries(addresses: Iterable[str], window: float) -> tuple[str, str]:
+    """Instant queries for the window's outcomes and complaints of the pool's addresses, by
+    (source IP, provider[, result]); increase() takes counter resets (pod restarts) in its
+    stride."""
+    ips = _ip_matcher(addresses)
+    rng = f"{max(int(window), 1)}s"
+    attempts = (
+        f"sum by (source_ip, provider, result) (increase({ATTEMPTS_METRIC}_total"
+        f'{{source_ip=~"{ips}"}}[{rng}]))'
+    )
+    complaints = (
+        f"sum by (source_ip, provider) (increase({COMPLAINTS_METRIC}_total"
+        f'{{source_ip=~"{ips}"}}[{rng}]))'
+    )
+    return attempts, complaints
+
+
+def _value(sample: Mapping[str, Any]) -> float:
+    value = sample.get("value") or [0, "0"]
+    try:
+        v = float(value[1])
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    return v if v == v and v >= 0 else 0.0  # NaN from an empty range counts nothing
+
+
+def from_promql(
+    attempts: Sequence[Mapping[str, Any]], complaints: Sequence[Mapping[str, Any]]
+) -> dict[PairKey, Counts]:
+    """Counts per (IP, provider) from the two queries' vector results (increase() gives
+    extrapolated floats: rounded)."""
+    raw: dict[PairKey, dict[str, float]] = {}
+    for sample in attempts:
+        labels = sample.get("metric") or {}
+        key = (str(labels.get("source_ip", "")), str(labels.get("provider", "default")))
+        row = raw.setdefault(key, {})
+        v = _value(sample)
+        row["attempts"] = row.get("attempts", 0.0) + v
+        name = RESULT_FIELDS.get(str(labels.get("result", "")))
+        if name is not None:
+            row[name] = row.get(name, 0.0) + v
+    for sample in complaints:
+        labels = sample.get("metric") or {}
+        key = (str(labels.get("source_ip", "")), str(labels.get("provider", "default")))
+        row = raw.setdefault(key, {})
+        row["complaints"] = row.get("complaints", 0.0) + _value(sample)
+    out = {k: Counts(**{n: round(v) for n, v in row.items()}) for k, row in sorted(raw.items())}
+    return {k: c for k, c in out.items() if c}

@@ -19,6 +19,7 @@ from mailfleet.operator.blocklist import BlocklistChecker, Listing
 from mailfleet.operator.crd_models import SendingPool
 from mailfleet.operator.metrics import OperatorMetrics
 from mailfleet.operator.pods import PodRef, pollable
+from mailfleet.operator.promql import PrometheusApi
 
 log = logging.getLogger("mailfleet.operator")
 
@@ -44,8 +45,10 @@ class HealthChecker:
         engines: MetricsSource,
         blocklists: BlocklistChecker,
         metrics: OperatorMetrics,
+        prometheus: PrometheusApi | None = None,
     ) -> None:
         self.engines = engines
+        self.prometheus = prometheus or PrometheusApi()
         self.blocklists = blocklists
         self.metrics = metrics
         self.last_scrape: dict[tuple[PoolKey, str], dict[health.PairKey, health.Counts]] = {}
@@ -91,6 +94,20 @@ class HealthChecker:
             del self.last_scrape[old]
         return delta
 
+    async def _from_prometheus(
+        self, pool: SendingPool, url: str
+    ) -> dict[health.PairKey, health.Counts] | None:
+        """The window's figures as Prometheus has them; None when it does not answer."""
+        q_attempts, q_complaints = health.promql_queries(
+            [str(ip.address) for ip in pool.spec.ips], pool.spec.health.window
+        )
+        attempts, complaints = await asyncio.gather(
+            self.prometheus.query(url, q_attempts), self.prometheus.query(url, q_complaints)
+        )
+        if attempts is None or complaints is None:
+            return None
+        return health.from_promql(attempts, complaints)
+
     async def _listings(self, pool: SendingPool) -> dict[str, list[Listing]]:
         spec = pool.spec
         dns = spec.routing.dns
@@ -126,6 +143,8 @@ class HealthChecker:
         entries = health.add_to_window(self.windows.get(key, ()), now, delta, spec.window)
         self.windows[key] = entries
         totals = health.window_totals(entries, now, spec.window)
+        if spec.prometheus is not None:
+            totals = await self._from_prometheus(pool, spec.prometheus.url) or totals
         per_ip = health.by_ip(totals)
         listings = await self._listings(pool)
         listed = {

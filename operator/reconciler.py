@@ -268,6 +268,8 @@ class Operator:
             handle.cancel()
         for task in list(self.tasks):
             task.cancel()
+        if self.health is not None:
+            await self.health.prometheus.close()
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
