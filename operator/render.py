@@ -245,7 +245,14 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
         ready = Cond("Ready", "True", "PodsReady", f"{ready_pods}/{replicas} pods ready")
     conds.insert(0, ready)
 
-    conds.append(ips_healthy(verdicts))
+    before = next(
+        (c for c in old_status.get("conditions", []) if c.get("type") == "IPsHealthy"), None
+    )
+    if inp.verdicts is None and before is not None:
+        # No check since the operator started: what the last one said stands.
+        conds.append(Cond("IPsHealthy", before["status"], before["reason"], before["message"]))
+    else:
+        conds.append(ips_healthy(verdicts))
     old_ips = {ip["address"]: ip for ip in old_status.get("ips", [])}
     ips = []
     for p in plans:
