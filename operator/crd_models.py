@@ -541,6 +541,16 @@ class IPStatus(CRDModel):
     """The pod that sends from this address."""
 
 
+class EngineQuarantine(CRDModel):
+    address: IPAddress
+    provider: str = Field(max_length=253)
+    pod: str = Field(max_length=253)
+    until: int
+    """Unix time the engine's quarantine of the pair ends."""
+    reason: str | None = Field(default=None, max_length=1024)
+    """The reply that set it off."""
+
+
 class IPHealth(CRDModel):
     address: IPAddress
     attempts: int = Field(default=0, ge=0)
@@ -596,6 +606,8 @@ class SendingPoolStatus(CRDModel):
     quarantined_ips: int | None = Field(default=None, alias="quarantinedIPs")
     """Pool IPs some engine has quarantined for at least one provider (reply rules)."""
     ips: list[IPStatus] = Field(default=[], max_length=256)
+    engine_quarantines: list[EngineQuarantine] = Field(default=[], max_length=1024)
+    """(IP, provider) pairs the engines quarantined themselves from a reply rule."""
     health: list[IPHealth] = Field(default=[], max_length=256)
     """Each IP's delivery outcomes over spec.health.window, as the last check summed them."""
 

@@ -761,6 +761,16 @@ class Operator:
         ):
             rerender = rerender or plan_ready
         old_status, _ = self._old_status(key, bodies[0])
+        for q in pods.new_engine_quarantines(
+            (old_status or {}).get("engineQuarantines"), fields["engineQuarantines"]
+        ):
+            self.post_event(
+                bodies[0],
+                "Warning",
+                "EngineQuarantined",
+                f"{q['address']} quarantined for {q['provider']} by pod {q['pod']}: "
+                f"{q.get('reason') or 'a reply rule'}",
+            )
         self.pod_status[key] = fields
         self.metrics.set_pool(namespace, name, {**(old_status or {}), **fields})
         if drift.status_changed(old_status, fields):

@@ -184,3 +184,26 @@ def test_error_codes_never_count_as_listed(codes: list[str]) -> None:
 def test_no_answer_is_not_listed() -> None:
     got = blocklist.interpret("zen.spamhaus.org", [])
     assert not got.listed and got.error is None
+
+
+# --- quarantines the engines decide ----------------------------------------------------------
+
+
+def test_engine_quarantines_in_status_and_what_is_new() -> None:
+    from mailfleet.operator import pods
+
+    def report(name: str, rows: list[dict[str, Any]]) -> pods.PodReport:
+        return pods.PodReport(pods.PodRef(name, "127.10.0.2", True), {"shaping": rows})
+
+    rows = [
+        {"ip": A, "provider": "outlook", "quarantinedUntil": 2000.5, "reason": "550 5.7.1 S3150"},
+        {"ip": A, "provider": "gmail", "quarantinedUntil": None, "reason": ""},
+    ]
+    later = [{"ip": A, "provider": "outlook", "quarantinedUntil": 2100.0}]
+    got = pods.engine_quarantines([report("p-0", rows), report("p-1", later)])
+    assert got == [{"address": A, "provider": "outlook", "pod": "p-1", "until": 2100}]
+    status = pods.pods_status([report("p-0", rows)], None)
+    assert status["engineQuarantines"][0]["reason"] == "550 5.7.1 S3150"
+    assert status["quarantinedIPs"] == 1
+    assert pods.new_engine_quarantines(None, got) == got
+    assert pods.new_engine_quarantines(status["engineQuarantines"], got) == []
