@@ -5,15 +5,21 @@ is in `kubectl get events` and in the objects' status."""
 
 from __future__ import annotations
 
+import json
+import smtplib
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fixtures.dnsserver import DnsServer
-from fixtures.fleet import apply, pool_manifest, pool_status, submit, wait_pods
+from fixtures.fleet import SUBMISSION_PORT, apply, pool_manifest, pool_status, submit, wait_pods
+from fixtures.isp import IspSimulator
 from fixtures.operator import OperatorProcess, kget, wait_for
 from fixtures.smtppeers import RecordingMX
+
+from mailfleet.operator.naming import ADMIN_PORT
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 
@@ -173,3 +179,86 @@ def test_a_warmup_advances_day_by_day_and_holds_a_day_that_bounced(
     assert "bounce rate" in held["lastVerdict"]
     got = set(reasons(kube, ns, "IPWarmup", "wu"))
     assert {"WarmupAdvanced", "WarmupHeld"} <= got, got
+
+
+def pair_rate(pod_ip: str, ip: str, provider: str) -> float | None:
+    """The engine's current rate for (ip, provider), from its open /v1/status."""
+    with urllib.request.urlopen(f"http://{pod_ip}:{ADMIN_PORT}/v1/status", timeout=5) as rsp:
+        status = json.load(rsp)
+    for row in status.get("shaping", []):
+        if row["ip"] == ip and row["provider"] == provider:
+            rate = row.get("rate")
+            return float(rate) if rate is not None else None
+    return None
+
+
+def test_a_throttling_provider_slows_the_pods_and_they_recover_when_it_stops(
+    fleet: tuple[Any, str, RecordingMX, OperatorProcess], tmp_path: Path
+) -> None:
+    kube, ns, mx, _ = fleet
+    ip = "127.0.9.1"
+    with IspSimulator(["gmail"]) as isp, DnsServer(workdir=tmp_path / "isp-dns") as dns:
+        isp.add_to_dns(dns)
+        dns.start()
+        gmail = isp["gmail"]
+        gmail.set_limit(5, window=60)  # then 421-4.7.28 for the rest of the minute
+        apply(
+            kube,
+            {
+                "apiVersion": "mailfleet.io/v1alpha1",
+                "kind": "DeliveryPolicy",
+                "metadata": {"name": "gmail", "namespace": ns},
+                "spec": {
+                    "providers": [
+                        {
+                            "name": "gmail",
+                            "match": {"mxSuffixes": ["gmail-sim.test"]},
+                            "perIP": {"maxMessageRate": "10/s", "maxConnections": 2},
+                            "adaptive": {
+                                "decrease": 0.5,
+                                "increase": "3/s",
+                                "recoveryInterval": "1s",
+                                "floor": "1/s",
+                            },
+                            "rules": [{"match": r"4\.7\.28", "action": "throttle"}],
+                            "retry": {"initial": "1s", "max": "2s", "maxAge": "1h"},
+                        }
+                    ]
+                },
+            },
+        )
+        manifest = pool_manifest(
+            ns, "thr", mx, [ip], replicas={"min": 1, "max": 1, "desired": 1},
+            health={"interval": "2s"},
+        )  # fmt: skip
+        manifest["spec"]["routing"] = {
+            "mxPort": isp.port,
+            "dns": {"nameservers": [dns.host], "port": dns.port},
+        }
+        apply(kube, manifest)
+        pod_ip = wait_pods(kube, ns, "thr", 1)[0]["status"]["podIP"]
+        rcpts = [isp.rcpt("gmail", f"u{i}") for i in range(40)]
+        with smtplib.SMTP(pod_ip, SUBMISSION_PORT, local_hostname="app.test", timeout=30) as s:
+            for i, r in enumerate(rcpts):
+                body = f"From: <app@example.test>\r\nTo: <{r}>\r\nSubject: t{i}\r\n\r\nhi\r\n"
+                s.sendmail("app@example.test", [r], body.encode())
+
+        # Throttled: the pod's rate for gmail at its floor, deferrals in the pool's figures.
+        wait_for("the 421s", lambda: len(gmail.refusals(ip, "4.7.28")) >= 3, 90)
+        wait_for("the rate at the floor", lambda: pair_rate(pod_ip, ip, "gmail") == 1.0, 60)
+        deferred = wait_for(
+            "deferrals in status.health",
+            lambda: next(
+                (h for h in pool_status(kube, ns, "thr").get("health", []) if h["deferred"]),
+                None,
+            ),
+            60,
+        )
+        assert deferred["address"] == ip and deferred["deferralRate"] > 0
+
+        # The provider stops throttling: the rate climbs back to the policy's 10/s and every
+        # message arrives.
+        gmail.throttle(False)
+        wait_for("every message accepted", lambda: gmail.count(ip) >= len(rcpts), 120, every=1)
+        assert {a.recipient for a in gmail.accepted(ip)} >= set(rcpts)
+        wait_for("the rate back at 10/s", lambda: (pair_rate(pod_ip, ip, "gmail") or 0) >= 9, 60)
