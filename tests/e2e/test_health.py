@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import smtplib
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,6 +79,7 @@ def test_a_listed_ip_is_quarantined_and_its_standby_sends_instead(
     assert (cond["status"], cond["reason"]) == ("True", "Healthy")
 
     dnsbl.add_dnsbl_listing(ZONE, active, "127.0.0.2", reason="listed for the e2e test")
+    listed_at = time.monotonic()
     status = wait_for(
         "the listed IP quarantined and the standby promoted, on the pod's config",
         lambda: (
@@ -88,6 +90,10 @@ def test_a_listed_ip_is_quarantined_and_its_standby_sends_instead(
             and s
         ),
         90,
+    )
+    print(
+        f"\nlisting -> quarantine on the pod's config: {time.monotonic() - listed_at:.1f}s "
+        f"(check interval 2s)"
     )
     ips = {i["address"]: i for i in status["ips"]}
     assert ips[active]["reason"].startswith(f"Listed:{ZONE} (127.0.0.2)")
