@@ -105,3 +105,23 @@ def test_for_addresses_and_accumulate() -> None:
     got = health.for_addresses(delta, ["a", "b"])
     assert got == {"gmail": Counts(7, 7), "*": Counts(7, 7)}
     assert health.accumulate(got, {"gmail": Counts(1, 0, 1)})["gmail"] == Counts(8, 7, 1)
+
+
+def test_parse_agrees_with_prometheus_clients_parser_on_odd_label_values() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = EngineMetrics()
+    m.attempts.labels("2001:db8::1", "gmail", 'we"ird\\dom}ain', "bounced", "other").inc(3)
+    m.attempts.labels("2001:db8::1", "gmail", "x", "delivered", "ok").inc(2)
+    m.attempts.labels("", "default", "y", "deferred", "connection").inc(1)
+    text = generate_latest(m.registry).decode()
+    theirs: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "mailfleet_delivery_attempts_total":
+                key = (s.labels["source_ip"], s.labels["provider"])
+                theirs[key] = theirs.get(key, 0.0) + s.value
+    ours = health.parse_engine_metrics(text)
+    assert {k: float(c.attempts) for k, c in ours.items()} == theirs
+    assert ours[("2001:db8::1", "gmail")] == Counts(5, 2, 0, 3)
+    assert ours[("", "default")] == Counts(1, 0, 1)
