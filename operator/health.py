@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -124,32 +124,39 @@ def scrape_delta(
 @dataclass(frozen=True)
 class Entry:
     at: datetime
-    key: PairKey
-    counts: Counts
+    delta: Mapping[PairKey, Counts]  # one check's differences
 
 
-def add_to_window(
-    entries: Sequence[Entry],
-    at: datetime,
-    delta: Mapping[PairKey, Counts],
-    window: float,
-) -> tuple[Entry, ...]:
-    """The window's entries with `delta` (stamped `at`) added and those older than `window`
-    dropped."""
+@dataclass(frozen=True)
+class Window:
+    """The checks within the window, oldest first, and their running sums per (IP, provider)."""
+
+    entries: tuple[Entry, ...] = ()
+    totals: Mapping[PairKey, Counts] = field(default_factory=dict)
+
+
+def _sub(a: Counts, b: Counts) -> Counts:
+    return Counts(*(getattr(a, f.name) - getattr(b, f.name) for f in fields(a)))
+
+
+def slide(win: Window, at: datetime, delta: Mapping[PairKey, Counts], window: float) -> Window:
+    """The window at `at` with one check's `delta` added and the checks older than `window`
+    taken out of the sums: the work is the size of what comes and goes, not of the window."""
     start = at - timedelta(seconds=window)
-    kept = [e for e in entries if e.at > start]
-    kept += [Entry(at, k, c) for k, c in sorted(delta.items())]
-    return tuple(kept)
-
-
-def window_totals(entries: Iterable[Entry], now: datetime, window: float) -> dict[PairKey, Counts]:
-    """Sums per (IP, provider) of the entries within `window` before `now`."""
-    start = now - timedelta(seconds=window)
-    out: dict[PairKey, Counts] = {}
-    for e in entries:
-        if e.at > start:
-            out[e.key] = out.get(e.key, Counts()) + e.counts
-    return out
+    totals = dict(win.totals)
+    kept = list(win.entries)
+    while kept and kept[0].at <= start:
+        for k, c in kept.pop(0).delta.items():
+            left = _sub(totals[k], c)
+            if left:
+                totals[k] = left
+            else:
+                del totals[k]
+    for k, c in delta.items():
+        totals[k] = totals.get(k, Counts()) + c
+    if delta:
+        kept.append(Entry(at, dict(delta)))
+    return Window(tuple(kept), totals)
 
 
 def by_ip(totals: Mapping[PairKey, Counts]) -> dict[str, Counts]:

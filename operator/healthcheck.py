@@ -52,7 +52,7 @@ class HealthChecker:
         self.blocklists = blocklists
         self.metrics = metrics
         self.last_scrape: dict[tuple[PoolKey, str], dict[health.PairKey, health.Counts]] = {}
-        self.windows: dict[PoolKey, tuple[health.Entry, ...]] = {}
+        self.windows: dict[PoolKey, health.Window] = {}
         self.verdicts: dict[PoolKey, quarantine.Verdicts] = {}
         self.last_check: dict[PoolKey, datetime] = {}
         # The pool status fields of the last check (status.health), merged into each render.
@@ -140,9 +140,9 @@ class HealthChecker:
         self.last_check[key] = now
         spec = pool.spec.health
         delta = await self._scrape(key, pods)
-        entries = health.add_to_window(self.windows.get(key, ()), now, delta, spec.window)
-        self.windows[key] = entries
-        totals = health.window_totals(entries, now, spec.window)
+        win = health.slide(self.windows.get(key, health.Window()), now, delta, spec.window)
+        self.windows[key] = win
+        totals = dict(win.totals)
         if spec.prometheus is not None:
             totals = await self._from_prometheus(pool, spec.prometheus.url) or totals
         per_ip = health.by_ip(totals)

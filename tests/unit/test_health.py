@@ -75,16 +75,18 @@ def test_counter_reset_on_pod_restart(prev: Counts | None, cur: Counts, want: Co
 
 def test_window_keeps_what_is_recent_and_sums_it() -> None:
     key = ("a", "gmail")
-    entries: tuple[health.Entry, ...] = ()
+    win = health.Window()
     for minute in range(10):
         at = T0 + timedelta(minutes=minute)
-        entries = health.add_to_window(entries, at, {key: Counts(10, 9, 0, 1)}, window=300)
-    now = T0 + timedelta(minutes=9)
+        win = health.slide(win, at, {key: Counts(10, 9, 0, 1)}, window=300)
     # Minutes 5..9 are within five minutes of minute 9; older ones were dropped.
-    assert len(entries) == 5
-    assert health.window_totals(entries, now, 300) == {key: Counts(50, 45, 0, 5)}
-    later = now + timedelta(minutes=3)
-    assert health.window_totals(entries, later, 300) == {key: Counts(20, 18, 0, 2)}
+    assert len(win.entries) == 5
+    assert win.totals == {key: Counts(50, 45, 0, 5)}
+    # Three quiet minutes later only minutes 8 and 9 are left; a pair that drops to zero goes.
+    later = health.slide(win, T0 + timedelta(minutes=12), {}, window=300)
+    assert later.totals == {key: Counts(20, 18, 0, 2)}
+    gone = health.slide(later, T0 + timedelta(minutes=20), {("b", "x"): Counts(1, 1)}, 300)
+    assert gone.totals == {("b", "x"): Counts(1, 1)} and len(gone.entries) == 1
 
 
 def test_rates_and_per_ip_summary() -> None:
