@@ -147,10 +147,16 @@ def decide(
         why = out[first].reason if first in out else "unknown"
         if health.when_no_healthy_ip == "keepSending":
             before = prior.get(first)
-            since = before.since if before is not None and before.state == "kept" else now
-            reason = f"{NO_HEALTHY}: sends although {why}"[:1024]
-            out[first] = IPVerdict("kept", reason, since)
-            no_healthy = f"every IP is quarantined or unhealthy; {first} keeps sending ({why})"
+            if before is not None and before.state == "kept":
+                # Unchanged while it lasts: no status write at every check.
+                out[first] = before
+            else:
+                reason = f"{NO_HEALTHY}: sends although {why}"[:1024]
+                out[first] = IPVerdict("kept", reason, now)
+            no_healthy = (
+                f"every IP is quarantined or unhealthy; {first} keeps sending "
+                f"({out[first].reason.removeprefix(NO_HEALTHY + ': sends although ')})"
+            )
         else:
             no_healthy = "every IP is quarantined and whenNoHealthyIP is stop: mail waits queued"
     return Verdicts(out, no_healthy, now)

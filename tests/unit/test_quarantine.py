@@ -207,3 +207,13 @@ def test_engine_quarantines_in_status_and_what_is_new() -> None:
     assert status["quarantinedIPs"] == 1
     assert pods.new_engine_quarantines(None, got) == got
     assert pods.new_engine_quarantines(status["engineQuarantines"], got) == []
+
+
+def test_no_healthy_ip_verdict_is_stable_while_it_lasts() -> None:
+    p = pool(
+        ips=[{"address": A, "hostname": "a.example.com"}],
+        health={"quarantine": {"minAttempts": 10}},
+    )
+    first = decide(p, {}, {A: Counts(100, 50, 0, 50)}, {}, T0)
+    again = decide(p, first.ips, {A: Counts(120, 50, 0, 70)}, {}, T0 + timedelta(minutes=1))
+    assert again == quarantine.Verdicts(first.ips, first.no_healthy_ip, again.checked_at)
