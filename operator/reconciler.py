@@ -71,6 +71,7 @@ POD_POLL_SECONDS = 5.0
 POD_POLL_CONCURRENCY = 32
 # How often pools are looked at for a due health check (each has its own spec.health.interval).
 HEALTH_TICK_SECONDS = 1.0
+HEALTH_STATUS_MAX_PERIOD = 300.0
 POLICY_STATUS_QUIET = 1.0
 POLICY_STATUS_MAX_DELAY = 5.0
 
@@ -248,6 +249,8 @@ class Operator:
         # Pods from this ordinal up have handed off their queue: the StatefulSet may shrink.
         self.drained_to: dict[PoolKey, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        # When each pool's status last took the health figures (monotonic).
+        self.health_written: dict[PoolKey, float] = {}
         # IP health: pods' counters, blocklists, quarantine verdicts (healthcheck.py).
         self.health = (
             HealthChecker(engines, blocklists or BlocklistChecker(), self.metrics)
@@ -409,6 +412,7 @@ class Operator:
         self.drained_to.pop(key, None)
         if self.health is not None:
             self.health.forget(key)
+        self.health_written.pop(key, None)
         self.selected.pop(key, None)
         self.locks.pop(key, None)
         self.failures.pop(key, None)
@@ -667,7 +671,9 @@ class Operator:
             self.post_event(bodies[0], n.type, n.reason, n.message)
         if result.changed:
             await self.reconcile_pool(idx, *key)
-        elif drift.status_changed(old_status, result.status):
+        elif drift.status_changed(old_status, result.status) and self._health_write_due(
+            key, pool, old_status, result.status
+        ):
             written = await self.api.patch_status(kube.SENDINGPOOLS, *key, result.status)
             if written is not None:
                 self.written[key] = (
@@ -676,6 +682,32 @@ class Operator:
                 )
         if result.delta:
             await self._count_warmup_days(idx, key, result.delta)
+
+    def _health_write_due(
+        self,
+        key: PoolKey,
+        pool: SendingPool,
+        old_status: Mapping[str, Any] | None,
+        fields: Mapping[str, Any],
+    ) -> bool:
+        """Figures move with every message: the status takes them at most every ten intervals
+        (at most 5 min; the operator's metrics have them at every check), a change of listing at
+        once."""
+
+        def listed(items: Any) -> list[Any]:
+            return [(h.get("address"), h.get("listedOn")) for h in items or []]
+
+        now = time.monotonic()
+        last = self.health_written.get(key)
+        period = min(10 * pool.spec.health.interval, HEALTH_STATUS_MAX_PERIOD)
+        if (
+            last is None
+            or now - last >= period
+            or listed((old_status or {}).get("health")) != listed(fields.get("health"))
+        ):
+            self.health_written[key] = now
+            return True
+        return False
 
     async def _count_warmup_days(
         self, idx: Indexes, key: PoolKey, delta: Mapping[tuple[str, str], Any]
