@@ -69,6 +69,10 @@ class PoolInputs:
     domain_keys: Sequence[DKIMKeyRef] = ()
     # The health check's last verdicts (None: no check has run since the operator started).
     verdicts: Verdicts | None = None
+    # IPs that must not send a domain's mail (domainplan.sender_restrictions).
+    sender_restrictions: Sequence[Mapping[str, Any]] = ()
+    # DMARC report addresses the pool takes mail for (domainplan.dmarc_report_addresses).
+    dmarc_addresses: Sequence[Mapping[str, Any]] = ()
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,14 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
     config: EngineConfig | None
     try:
         config = render_engine_config(
-            pool, merged, plans, caps, overflow, warmup_day_length(pool, inp.warmups, inp.now)
+            pool,
+            merged,
+            plans,
+            caps,
+            overflow,
+            warmup_day_length(pool, inp.warmups, inp.now),
+            inp.sender_restrictions,
+            inp.dmarc_addresses,
         )
         config_text = config_yaml(config)
         conds.append(
