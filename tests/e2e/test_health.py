@@ -1,6 +1,7 @@
 """Deliverability automation on the local fleet: a pool IP listed on a blocklist (dnsmasq
-serving the zone) is quarantined and its standby promoted, after which no mail leaves from it;
-an IPWarmup moves day by day on a short day and holds a day whose mail bounced. Every decision
+serving the zone) is quarantined and its standby promoted, after which no mail leaves from it,
+and it sends again once delisted and cooled down; a throttling provider slows a pod to its floor
+and it recovers when the throttling stops; an IPWarmup moves day by day on a short day and holds a day whose mail bounced. Every decision
 is in `kubectl get events` and in the objects' status."""
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def test_a_listed_ip_is_quarantined_and_its_standby_sends_instead(
         mx,
         [active, standby],
         replicas={"min": 1, "max": 1, "desired": 1},
-        health={"interval": "2s", "blocklists": [ZONE]},
+        health={"interval": "2s", "blocklists": [ZONE], "cooldown": "10s"},
     )
     manifest["spec"]["ips"][1]["standby"] = True
     manifest["spec"]["routing"]["dns"] = {"nameservers": [dnsbl.host], "port": dnsbl.port}
@@ -118,6 +119,22 @@ def test_a_listed_ip_is_quarantined_and_its_standby_sends_instead(
     submit(pod_ip, 3, "after")
     got = mx.wait_for(before + 3, timeout=60)[before:]
     assert {m.peer_ip for m in got} == {standby}
+
+    # Delisted and past the cooldown: the IP sends again and the standby stands by.
+    dnsbl.remove(f"{'.'.join(reversed(active.split('.')))}.{ZONE}")
+    wait_for(
+        "the IP back in rotation",
+        lambda: (
+            {i["address"]: i["state"] for i in pool_status(kube, ns, "bl").get("ips", [])}
+            == {active: "active", standby: "standby"}
+        ),
+        90,
+    )
+    wait_for(
+        "IPRecovered and StandbyReleased events",
+        lambda: {"IPRecovered", "StandbyReleased"} <= set(reasons(kube, ns, "SendingPool", "bl")),
+        30,
+    )
 
 
 def test_a_warmup_advances_day_by_day_and_holds_a_day_that_bounced(
