@@ -1,8 +1,9 @@
 """Deliverability automation on the local fleet: a pool IP listed on a blocklist (dnsmasq
 serving the zone) is quarantined and its standby promoted, after which no mail leaves from it,
 and it sends again once delisted and cooled down; a throttling provider slows a pod to its floor
-and it recovers when the throttling stops; an IPWarmup moves day by day on a short day and holds a day whose mail bounced. Every decision
-is in `kubectl get events` and in the objects' status."""
+and it recovers when the throttling stops; an IPWarmup moves day by day on a short day and
+holds a day whose mail bounced. Every decision is in `kubectl get events` and in the objects'
+status."""
 
 from __future__ import annotations
 
