@@ -480,6 +480,19 @@ class Resources(CRDModel):
     limits: dict[str, Quantity] = Field(default={})
 
 
+class FleetLimits(CRDModel):
+    """Where the pool's pods share their pool-wide provider limits and warmup day counts.
+
+    With redisURL, every pod takes pool-wide rate tokens and counts warmup sends in that Redis,
+    so the limits hold for the pool whatever its pod count; while Redis cannot be reached (and
+    without redisURL) each pod keeps to its share of the limits, split by the operator."""
+
+    redis_url: str | None = Field(
+        default=None, alias="redisURL", max_length=512, pattern=r"^rediss?://\S+$"
+    )
+    """redis://host:port/db (or rediss:// for TLS), reachable from every pod of the pool."""
+
+
 def _ips_unique(spec: SendingPoolSpec) -> bool:
     return _unique([ip.address for ip in spec.ips])
 
@@ -502,6 +515,8 @@ class SendingPoolSpec(CRDModel):
     image: str | None = Field(default=None, max_length=512)
     """The engine image; default: the operator's own version."""
     resources: Resources | None = None
+    fleet_limits: FleetLimits = FleetLimits()
+    """How pool-wide limits (DeliveryPolicy providers[].pool) and warmup counts are shared."""
 
     cel_rules = (
         Rule(
@@ -641,6 +656,15 @@ class PerIPLimits(CRDModel):
     """e.g. 300/min; unset means no rate limit beyond warmup caps."""
 
 
+class PoolLimits(CRDModel):
+    """Limits per provider for the whole pool, whatever its pod and IP count."""
+
+    max_connections: int | None = Field(default=None, ge=1, le=100_000)
+    """Connections open at once to the provider from all the pool's pods together."""
+    max_message_rate: Rate | None = None
+    """e.g. 600/min from the whole pool; unset means no pool-wide rate limit."""
+
+
 class Adaptive(CRDModel):
     """Finds the rate a provider accepts per source IP: one decrease per window of throttling
     replies, the rate where throttling began remembered as a ceiling (a signal near it steps down
@@ -690,6 +714,7 @@ class ResponseRule(CRDModel):
 
 class ProviderSettings(CRDModel):
     per_ip: PerIPLimits = Field(default=PerIPLimits(), alias="perIP")
+    pool: PoolLimits = PoolLimits()
     adaptive: Adaptive = Adaptive()
     rules: list[ResponseRule] = Field(default=[], max_length=64)
     """Checked in order; the first match wins."""

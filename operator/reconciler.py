@@ -35,6 +35,7 @@ from mailfleet.operator import (
     conditions,
     domainplan,
     drift,
+    ipmoves,
     kube,
     naming,
     pods,
@@ -94,6 +95,7 @@ class EngineApi(Protocol):
     async def reload(self, ip: str, token: str, config_text: str) -> tuple[bool, str]: ...
     async def drain(self, ip: str, token: str, handoff: list[str]) -> dict[str, Any] | None: ...
     async def undrain(self, ip: str, token: str) -> bool: ...
+    async def adopt_shaping(self, ip: str, token: str, body: Mapping[str, Any]) -> bool: ...
 
 
 # (body of the object the event is about, type, reason, message)
@@ -250,6 +252,8 @@ class Operator:
         self.scale_note: dict[PoolKey, tuple[str, datetime]] = {}
         # Pods from this ordinal up have handed off their queue: the StatefulSet may shrink.
         self.drained_to: dict[PoolKey, int] = {}
+        # IPs moving between pods and the pods' fleet-limits modes.
+        self.ipmoves = ipmoves.IPMoves()
         self.tasks: set[asyncio.Task[None]] = set()
         # When each pool's status last took the health figures (monotonic).
         self.health_written: dict[PoolKey, float] = {}
@@ -415,6 +419,7 @@ class Operator:
         if self.health is not None:
             self.health.forget(key)
         self.health_written.pop(key, None)
+        self.ipmoves.forget(key)
         self.selected.pop(key, None)
         self.locks.pop(key, None)
         self.failures.pop(key, None)
@@ -505,8 +510,12 @@ class Operator:
                 verdicts=self.health.verdicts.get(key) if self.health is not None else None,
                 sender_restrictions=domainplan.sender_restrictions(name, domains),
                 dmarc_addresses=domainplan.dmarc_report_addresses(name, domains, self.dmarc_url),
+                senders=self.ipmoves.of(key).senders,
+                pending_moves=frozenset(self.ipmoves.of(key).pending),
+                fleet_modes=self.ipmoves.of(key).modes,
             )
         )
+        self.ipmoves.rendered(key, rendered.status.get("ips", []))
         self.sts_seen[key] = (sts.replicas, sts.ready) if sts is not None else (0, 0)
         if rendered.config_hash is not None:
             self.configs[key] = (rendered.config_hash, rendered.config_text)
@@ -791,6 +800,15 @@ class Operator:
         if not isinstance(pool, SendingPool):
             return
         rerender = self._autoscale(key, pool, bodies[0], reports, idx)
+        pool_body = bodies[0]
+        if await self.ipmoves.observe(
+            key,
+            reports,
+            engines,
+            tokens[0] if tokens else None,
+            lambda t, r, m: self.post_event(pool_body, t, r, m),
+        ):
+            rerender = True
         fields.update(await self._drain(key, pool, bodies[0], reports, idx, tokens, engines))
         if plan_ready := (
             key in self.drained_to and self._live_replicas(idx, key) != self.drained_to[key]

@@ -8,7 +8,7 @@ status. The handlers only compare and write.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -37,6 +37,12 @@ from mailfleet.operator.crd_models import (
 )
 from mailfleet.operator.domainplan import with_domain_keys
 from mailfleet.operator.engine_config import config_yaml, render_engine_config
+from mailfleet.operator.fleetsplit import (
+    fleet_condition,
+    has_pool_limits,
+    held_ips,
+    pod_shares,
+)
 from mailfleet.operator.ipplan import (
     active_warmups,
     desired_replicas,
@@ -73,6 +79,12 @@ class PoolInputs:
     sender_restrictions: Sequence[Mapping[str, Any]] = ()
     # DMARC report addresses the pool takes mail for (domainplan.dmarc_report_addresses).
     dmarc_addresses: Sequence[Mapping[str, Any]] = ()
+    # IP -> pods whose engine last said it sends from it, and IPs whose state waits to be handed
+    # to their new owner (fleetsplit): those are held.
+    senders: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    pending_moves: frozenset[str] = frozenset()
+    # Pod -> (fleet-limits mode, Redis error) as its engine last reported.
+    fleet_modes: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,6 +165,9 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
     plans = plan_ips(pool, inp.warmups, replicas, inp.now, verdicts.ips)
     promoted = [a for a, v in verdicts.ips.items() if v.state == "promoted"]
     caps = warmup_caps(pool, inp.warmups, inp.now, promoted)
+    owners = {p.address: p.owner for p in plans if p.state != "standby"}
+    held = held_ips(owners, inp.senders, inp.pending_moves)
+    shares = pod_shares(plans, merged)
     actives = active_warmups(pool, inp.warmups, inp.now)
     overflow: Literal["spill", "defer"] = (
         "defer" if any(w.spec.overflow == "defer" for w in actives) else "spill"
@@ -169,6 +184,8 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
             warmup_day_length(pool, inp.warmups, inp.now),
             inp.sender_restrictions,
             inp.dmarc_addresses,
+            shares=shares,
+            held=held,
         )
         config_text = config_yaml(config)
         conds.append(
@@ -214,6 +231,11 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
                 "Resolved",
                 f"{', '.join(merged.sources)}: {plural(len(merged.providers), 'provider')}",
             )
+        )
+
+    if has_pool_limits(merged) or pool.spec.fleet_limits.redis_url:
+        conds.append(
+            fleet_condition(bool(pool.spec.fleet_limits.redis_url), inp.fleet_modes, len(shares))
         )
 
     missing = missing_secrets(pool.spec, inp.secrets)
@@ -281,6 +303,8 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
         )
         if p.owner:
             item["pod"] = p.owner
+        if p.address in held:
+            item["reason"] = "moving between pods: held until its state is handed over"
         ips.append(item)
 
     status: dict[str, Any] = {
