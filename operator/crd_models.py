@@ -298,8 +298,8 @@ class PoolIP(CRDModel):
     hostname: Hostname
     """HELO name; its A/AAAA record and the address's PTR must match it."""
     standby: bool = False
-    """Kept out of rotation: the engines never send from it. (Promotion of a standby when an
-    active IP is quarantined comes with the health loop; not acted on yet.)"""
+    """Kept out of rotation until the health check quarantines a sending IP: then the first
+    healthy standby (in list order) is promoted, through its IPWarmup when one names it."""
 
 
 class Egress(CRDModel):
@@ -439,8 +439,8 @@ class LabelSelector(CRDModel):
 
 
 class QuarantineThresholds(CRDModel):
-    """Rates over health.window at which an IP is to be quarantined. Not acted on yet: today
-    engines quarantine an IP per provider from reply rules only."""
+    """Rates over health.window above which the operator quarantines an IP (all providers
+    together): bounces and deferrals per delivery attempt, complaints per delivered message."""
 
     bounce_rate: Fraction = 0.05
     """Share of attempts that bounced."""
@@ -452,15 +452,41 @@ class QuarantineThresholds(CRDModel):
     """No verdict on fewer delivery attempts than this in the window."""
 
 
-class Health(CRDModel):
-    """IP health the operator is to watch. Not acted on yet (thresholds and blocklists are
-    validated and kept; the health loop that reads them is not built)."""
+class PrometheusSource(CRDModel):
+    """A Prometheus that scrapes the pool's engines (their admin port's /metrics)."""
 
+    url: str = Field(max_length=2048, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    """Its base URL, e.g. http://prometheus.monitoring:9090; the operator runs instant queries
+    on /api/v1/query."""
+
+
+class Health(CRDModel):
+    """IP health the operator watches: every `interval` it reads each ready pod's /metrics,
+    sums delivery outcomes per (IP, provider) over `window`, checks each pool IP on the
+    `blocklists`, and quarantines an IP that crosses a threshold or is listed (a standby takes
+    its place)."""
+
+    interval: Duration = Field(default=30.0, ge=1.0)
+    """How often pods are read and blocklists consulted (cached lookups)."""
     window: Duration = 3600.0
     """The sliding window the rates are computed over."""
     quarantine: QuarantineThresholds = QuarantineThresholds()
     blocklists: list[Hostname] = Field(default=[], max_length=16)
-    """DNSBL zones checked for every pool IP, e.g. zen.spamhaus.org."""
+    """DNSBL zones checked for every pool IP, e.g. zen.spamhaus.org, through the pool's
+    routing.dns resolvers (the operator's own when none)."""
+    cooldown: Duration = 3600.0
+    """The least time a quarantined IP stays out; it comes back after that once it is
+    delisted and under the thresholds."""
+    prometheus: PrometheusSource | None = None
+    """Take the window's figures from this Prometheus (PromQL increase() over the window, which
+    outlives operator restarts) instead of the operator's own scrapes of the pods; when it does
+    not answer, the operator's scrapes are used."""
+    when_no_healthy_ip: Literal["keepSending", "stop"] = Field(
+        default="keepSending", alias="whenNoHealthyIP"
+    )
+    """When every sending IP would be quarantined and no standby is left: keepSending leaves
+    the last one sending, stop quarantines it too (mail waits in the queues). Either way the
+    pool says NoHealthyIP (condition and Warning event)."""
 
 
 class Storage(CRDModel):
@@ -563,6 +589,46 @@ class IPStatus(CRDModel):
     """The pod that sends from this address."""
 
 
+class EngineQuarantine(CRDModel):
+    """An (IP, provider) pair an engine stopped by itself on a reply rule."""
+
+    address: IPAddress
+    """The pool IP."""
+    provider: str = Field(max_length=253)
+    """The provider it no longer sends to from that IP."""
+    pod: str = Field(max_length=253)
+    """The pod whose engine decided it."""
+    until: int
+    """Unix time the engine's quarantine of the pair ends."""
+    reason: str | None = Field(default=None, max_length=1024)
+    """The reply that set it off."""
+
+
+class IPHealth(CRDModel):
+    """One pool IP's outcomes over spec.health.window."""
+
+    address: IPAddress
+    """The pool IP."""
+    attempts: int = Field(default=0, ge=0)
+    """Delivery attempts (each recipient of each try)."""
+    delivered: int = Field(default=0, ge=0)
+    """Attempts the receiver accepted."""
+    deferred: int = Field(default=0, ge=0)
+    """Attempts answered with a temporary failure."""
+    bounced: int = Field(default=0, ge=0)
+    """Attempts answered with a permanent failure."""
+    complaints: int = Field(default=0, ge=0)
+    """Feedback-loop complaints (ARF) received about delivered messages."""
+    bounce_rate: float | None = None
+    """Bounced / attempts."""
+    deferral_rate: float | None = None
+    """Deferred / attempts."""
+    complaint_rate: float | None = None
+    """Complaints / delivered."""
+    listed_on: list[str] = Field(default=[], max_length=16)
+    """Blocklist zones that list the address, with their reason (TXT) when they give one."""
+
+
 class PodState(CRDModel):
     """One pod of the pool as its engine reports itself over the admin API."""
 
@@ -617,6 +683,10 @@ class SendingPoolStatus(CRDModel):
     """Pool IPs some engine has quarantined for at least one provider (reply rules)."""
     ips: list[IPStatus] = Field(default=[], max_length=256)
     """Each pool IP: its state, why, since when and the pod that sends from it."""
+    engine_quarantines: list[EngineQuarantine] = Field(default=[], max_length=1024)
+    """(IP, provider) pairs the engines quarantined themselves from a reply rule."""
+    health: list[IPHealth] = Field(default=[], max_length=256)
+    """Each IP's delivery outcomes over spec.health.window, as the last check summed them."""
 
 
 # --- DeliveryPolicy ----------------------------------------------------------------------------
@@ -772,7 +842,7 @@ class WarmupSchedule(CRDModel):
         default=None, min_length=1, max_length=120
     )
     """e.g. [50, 100, 250, 500, 1000]; the last value is the cap of the final day."""
-    day_length: Duration = Field(default=86400.0, ge=60.0)
+    day_length: Duration = Field(default=86400.0, ge=10.0)
     """How long a warmup day lasts: the operator moves to the next day (and its cap) after
     this much warming. 24h for real traffic; shorter for a test or a demo."""
 
@@ -795,8 +865,9 @@ class WarmupSchedule(CRDModel):
 
 
 class WarmupGates(CRDModel):
-    """Health an IP must keep, per provider, to advance a day. Not acted on yet: today the day
-    advances by the clock (schedule.dayLength) alone."""
+    """What a warmup day must show, per provider, before the next day's cap: rates over the
+    day's attempts (a provider with fewer than minAttempts is not judged) and the share of the
+    day's cap that was delivered (an unused cap proves nothing: the day is repeated)."""
 
     max_bounce_rate: Fraction = 0.02
     """Share of attempts that bounced, per provider."""
@@ -804,8 +875,13 @@ class WarmupGates(CRDModel):
     """Complaints per delivered message, per provider."""
     max_deferral_rate: Fraction = 0.2
     """Share of attempts deferred, per provider."""
-    on_fail: Literal["hold", "backoff", "pause"] = "hold"
-    """hold: repeat the day; backoff: go back one day; pause: stop until a human resumes."""
+    min_attempts: int = Field(default=20, ge=1)
+    """A provider with fewer attempts than this in the day is not judged on its rates."""
+    min_usage: Fraction = 0.5
+    """Delivered messages / the day's cap below which the day is repeated; 0: advance by the
+    clock alone."""
+    on_fail: Literal["hold", "stepBack"] = "hold"
+    """hold: repeat the day; stepBack: go back one day (to day 1 at least)."""
 
 
 Share = Annotated[float, Field(gt=0, le=1)]
@@ -838,6 +914,30 @@ class IPWarmupSpec(CRDModel):
     )
 
 
+class Outcomes(CRDModel):
+    """Delivery outcomes counted by the engines (mailfleet_delivery_attempts and
+    mailfleet_complaints)."""
+
+    attempts: int = Field(default=0, ge=0)
+    """Delivery attempts (each recipient of each try)."""
+    delivered: int = Field(default=0, ge=0)
+    """Attempts the receiver accepted."""
+    deferred: int = Field(default=0, ge=0)
+    """Attempts answered with a temporary failure."""
+    bounced: int = Field(default=0, ge=0)
+    """Attempts answered with a permanent failure."""
+    complaints: int = Field(default=0, ge=0)
+    """Feedback-loop complaints (ARF) received about delivered messages."""
+
+
+class WarmupDay(CRDModel):
+    """The outcomes of a warmup's addresses since its current day began."""
+
+    since: datetime
+    """When the day began (startTime or lastAdvanceTime)."""
+    providers: dict[str, Outcomes] = Field(default={}, max_length=64)
+
+
 class IPWarmupStatus(CRDModel):
     """Where the warmup stands: phase, day and today's cap."""
 
@@ -858,6 +958,11 @@ class IPWarmupStatus(CRDModel):
     """When the warmup started warming."""
     last_advance_time: datetime | None = None
     """When it last moved to the next day."""
+    today: WarmupDay | None = None
+    """Delivery outcomes of the addresses since the current day began, per provider and in
+    all ("*"): what the gates judge when the day ends."""
+    last_verdict: str | None = Field(default=None, max_length=1024)
+    """What the last day's end decided and why, e.g. held on day 3: gmail bounce rate ..."""
 
 
 # --- SendingDomain -----------------------------------------------------------------------------

@@ -43,6 +43,16 @@ class EngineAdmin:
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
 
+    async def metrics(self, ip: str) -> str | None:
+        """The engine's /metrics text (open, like /v1/status), or None when it does not answer."""
+        try:
+            async with self._client().get(_url(ip, "/metrics", self.port)) as rsp:
+                if rsp.status != 200:
+                    return None
+                return await rsp.text()
+        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+            return None
+
     async def reload(self, ip: str, token: str, config_text: str) -> tuple[bool, str]:
         """Push a config; (applied, the engine's message or the failure)."""
         try:

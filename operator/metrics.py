@@ -87,6 +87,27 @@ class OperatorMetrics:
             ["warmup_namespace", "warmup", "pool", "kind"],
             registry=self.registry,
         )
+        self.ip_outcomes = Gauge(
+            "mailfleet_pool_ip_outcomes",
+            "Delivery outcomes per pool IP and provider over the pool's health window "
+            "(attempts, delivered, deferred, bounced, complaints), as the last check summed them",
+            ["pool_namespace", "pool", "address", "provider", "outcome"],
+            registry=self.registry,
+        )
+        self.ip_rate = Gauge(
+            "mailfleet_pool_ip_rate",
+            "Bounce and deferral rates (per attempt) and complaint rate (per delivered message) "
+            "per pool IP and provider over the pool's health window",
+            ["pool_namespace", "pool", "address", "provider", "rate"],
+            registry=self.registry,
+        )
+        self.ip_listed = Gauge(
+            "mailfleet_pool_ip_listed",
+            "1 for each blocklist that lists a pool IP (zone, with its codes and reason)",
+            ["pool_namespace", "pool", "address", "listing"],
+            registry=self.registry,
+        )
+        self._health_series: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
         # The label sets last exported per pool, to drop the ones a new status no longer has.
         self._series: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
         self._warmups: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
@@ -137,9 +158,44 @@ class OperatorMetrics:
     def forget_warmup(self, namespace: str, warmup: str) -> None:
         for g, old in self._warmups.pop((namespace, warmup), []):
             g.remove(*old)
+    def set_health(
+        self,
+        namespace: str,
+        pool: str,
+        totals: Mapping[tuple[str, str], Any],
+        listed: Mapping[str, Sequence[str]],
+    ) -> None:
+        """The health check's window figures (health.Counts per (IP, provider)) and listings;
+        series of pairs gone from the window are removed."""
+        now: list[tuple[Gauge, tuple[str, ...]]] = []
+        for (address, provider), counts in sorted(totals.items()):
+            for outcome, value in counts.as_dict().items():
+                labels = (namespace, pool, address, provider, outcome)
+                self.ip_outcomes.labels(*labels).set(value)
+                now.append((self.ip_outcomes, labels))
+            for rate, value in (
+                ("bounce", counts.bounce_rate()),
+                ("deferral", counts.deferral_rate()),
+                ("complaint", counts.complaint_rate()),
+            ):
+                if value is not None:
+                    labels = (namespace, pool, address, provider, rate)
+                    self.ip_rate.labels(*labels).set(value)
+                    now.append((self.ip_rate, labels))
+        for address, listings in sorted(listed.items()):
+            for listing in listings:
+                listed_labels = (namespace, pool, address, listing[:200])
+                self.ip_listed.labels(*listed_labels).set(1)
+                now.append((self.ip_listed, listed_labels))
+        for g, old in self._health_series.get((namespace, pool), []):
+            if (g, old) not in now:
+                g.remove(*old)
+        self._health_series[(namespace, pool)] = now
 
     def forget_pool(self, namespace: str, pool: str) -> None:
         for g, old in self._series.pop((namespace, pool), []):
+            g.remove(*old)
+        for g, old in self._health_series.pop((namespace, pool), []):
             g.remove(*old)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
