@@ -158,6 +158,7 @@ class OperatorMetrics:
     def forget_warmup(self, namespace: str, warmup: str) -> None:
         for g, old in self._warmups.pop((namespace, warmup), []):
             g.remove(*old)
+
     def set_health(
         self,
         namespace: str,
