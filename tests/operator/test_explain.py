@@ -5,6 +5,7 @@ object's own description and every field under it, with the words of the models'
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -69,6 +70,12 @@ def test_kubectl_explain_describes_every_field(mailfleet_crds: Any, crd_file: Pa
         assert proc.returncode == 0, f"kubectl explain {path}: {proc.stderr}"
         return str(proc.stdout)
 
+    # The API server publishes a CRD's OpenAPI a little after it is established; kubectl
+    # explain answers "couldn't find resource" until then.
+    deadline = time.monotonic() + 90
+    while mailfleet_crds.kubectl("explain", plural, check=False, timeout=60).returncode != 0:
+        assert time.monotonic() < deadline, f"kubectl explain {plural}: never published"
+        time.sleep(1)
     with ThreadPoolExecutor(4) as pool:
         outputs = list(pool.map(explain, [p for p, _ in nodes]))
     undocumented = []

@@ -222,7 +222,9 @@ def pool_model() -> SendingPool:
 def warmup_model(address: str, *, paused: bool = False, started: bool = True) -> IPWarmup:
     status: dict[str, Any] = {}
     if started:
-        start = NOW - timedelta(days=3, hours=1)
+        # Within its first day: a later day would need the previous day's figures (the gates
+        # hold a day whose cap was not used).
+        start = NOW - timedelta(hours=1)
         status = {"phase": "Warming", "startTime": start.strftime("%Y-%m-%dT%H:%M:%SZ")}
     return IPWarmup.model_validate(
         {
@@ -270,6 +272,11 @@ def test_ip_warmup_from_the_operators_own_statuses(lua: str, tmp_path: Path) -> 
                 "day": 4,
                 "startTime": "2026-11-20T00:00:00Z",
                 "lastAdvanceTime": "2026-11-28T00:00:00Z",
+                # The last day's cap was used: the gates let it end.
+                "today": {
+                    "since": "2026-11-28T00:00:00Z",
+                    "providers": {"*": {"attempts": 400, "delivered": 400}},
+                },
             },
         }
     )
