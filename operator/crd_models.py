@@ -754,10 +754,12 @@ class ResponseRule(CRDModel):
     """A regular expression searched in the reply (code, enhanced code and text)."""
     action: Literal["throttle", "suspend", "retry", "bounce", "quarantine"]
     """throttle: AIMD decrease of the (IP, provider) rate; suspend: stop sending to the provider
-    from the IP for `duration`; retry: try the message later; bounce: fail it; quarantine: take
-    the IP out of rotation (a standby takes over)."""
+    from the IP for `duration`; retry: try the message later; bounce: fail it; quarantine: the
+    engine stops sending to the provider from the IP for `duration` (default 24h), shown in the
+    pool's status.engineQuarantines; the other providers keep the IP, and a standby is promoted
+    only when the pool's spec.health checks quarantine the IP as a whole."""
     duration: Duration | None = None
-    """How long a suspend lasts, e.g. 2h; required with action suspend."""
+    """How long a suspend lasts, e.g. 2h (required with action suspend), or a quarantine."""
 
     cel_rules = (
         Rule(
