@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 
+from mailfleet.operator.httpsession import LazySession
 from mailfleet.operator.naming import ADMIN_PORT
 
 
@@ -16,21 +17,10 @@ def _url(ip: str, path: str, port: int) -> str:
     return f"http://{host}:{port}{path}"
 
 
-class EngineAdmin:
+class EngineAdmin(LazySession):
     def __init__(self, port: int = ADMIN_PORT, timeout: float = 3.0) -> None:
+        super().__init__(timeout)
         self.port = port
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def status(self, ip: str) -> dict[str, Any] | None:
         """The engine's /v1/status, or None when it does not answer."""

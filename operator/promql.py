@@ -7,23 +7,14 @@ from typing import Any
 
 import aiohttp
 
+from mailfleet.operator.httpsession import LazySession
+
 log = logging.getLogger("mailfleet.operator")
 
 
-class PrometheusApi:
+class PrometheusApi(LazySession):
     def __init__(self, timeout: float = 5.0) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        super().__init__(timeout)
 
     async def query(self, base_url: str, expr: str) -> list[dict[str, Any]] | None:
         """The vector result of `expr`, or None (logged) when Prometheus does not answer

@@ -39,17 +39,6 @@ def isp() -> Iterator[IspSimulator]:
 
 
 @pytest.fixture
-def dns(tmp_path: Path, isp: IspSimulator) -> Iterator[DnsServer]:
-    server = DnsServer(workdir=tmp_path / "dns")
-    isp.add_to_dns(server)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
 def redis(tmp_path: Path) -> Iterator[RedisServer]:
     # Its own server: this test stops and starts it.
     with RedisServer(workdir=tmp_path / "redis") as server:

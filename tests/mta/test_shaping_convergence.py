@@ -10,7 +10,6 @@ ceiling near the hidden limit, and a rate that climbs back when the provider sto
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,17 +29,6 @@ Engine = Callable[..., EngineProc]
 def isp() -> Iterator[IspSimulator]:
     with IspSimulator(["gmail"]) as sim:
         yield sim
-
-
-@pytest.fixture
-def dns(tmp_path: Path, isp: IspSimulator) -> Iterator[DnsServer]:
-    server = DnsServer(workdir=tmp_path / "dns")
-    isp.add_to_dns(server)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def send_many(eng: EngineProc, rcpts: list[str]) -> None:

@@ -30,17 +30,6 @@ def isp(tmp_path: Path) -> Iterator[IspSimulator]:
         yield sim
 
 
-@pytest.fixture
-def dns(tmp_path: Path, isp: IspSimulator) -> Iterator[DnsServer]:
-    server = DnsServer(workdir=tmp_path / "dns")
-    isp.add_to_dns(server)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def send_many(eng: EngineProc, rcpts: list[str], tag: str = "m") -> None:
     """One message per recipient, over one SMTP session."""
     with eng.smtp() as s:
