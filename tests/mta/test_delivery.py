@@ -49,9 +49,10 @@ def refusing(name: str = "dead.remote.test", pref: int = 5) -> Destination:
     return Destination(name, "127.0.0.1", free_port("127.0.0.1"), pref)
 
 
-@pytest.fixture
-def mx(recording_mx: Callable[..., RecordingMX]) -> RecordingMX:
-    return recording_mx(hostname="mx.remote.test")
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def mx(recording_mx: Callable[..., RecordingMX], request: pytest.FixtureRequest) -> RecordingMX:
+    """Every test against this MX runs twice: with and without PIPELINING offered."""
+    return recording_mx(hostname="mx.remote.test", pipelining=request.param)
 
 
 @pytest.fixture
@@ -209,6 +210,35 @@ async def test_no_recipient_accepted_sends_no_data(client: DeliveryClient, mx: R
     assert [r.stage for r in mx.replies()] == ["MAIL", "RCPT", "RCPT"]
     assert await send(client, [dest(mx)]) is not None
     assert len(mx.messages()) == 1  # the pooled connection was reset cleanly
+
+
+async def test_commands_go_in_one_write_only_where_pipelining_is_offered(
+    client: DeliveryClient, mx: RecordingMX
+) -> None:
+    for _ in range(3):
+        result = await send(client, [dest(mx)], ["a@remote.test", "b@remote.test"])
+        assert codes(result) == {"a@remote.test": 250, "b@remote.test": 250}
+    # With PIPELINING, RCPT and DATA reach the MX together with MAIL; without it they wait.
+    assert mx.pipelined_mail == (3 if mx.pipelining else 0)
+    assert [m.rcpt_tos for m in mx.messages()] == [["a@remote.test", "b@remote.test"]] * 3
+
+
+async def test_a_refused_sender_then_reset_keeps_the_pipeline_in_step(
+    client: DeliveryClient, mx: RecordingMX
+) -> None:
+    """Replies owed for pipelined commands are read before the next transaction, so each
+    message gets its own replies, never the previous one's."""
+    mx.script_mail("550 5.7.1 not you")
+    mx.script_rcpt("550 5.1.1 no such user", rcpt="gone@remote.test")
+    first = await send(client, [dest(mx)], ["a@remote.test"])
+    second = await send(client, [dest(mx)], ["gone@remote.test"])
+    third = await send(client, [dest(mx)], ["c@remote.test"])
+    assert [r.reply for r in first.replies] == ["550 5.7.1 not you"]
+    assert [r.reply for r in second.replies] == ["550 5.1.1 no such user"]
+    assert codes(third) == {"c@remote.test": 250}
+    (msg,) = mx.messages()
+    assert msg.rcpt_tos == ["c@remote.test"]
+    assert len({m.peer_port for m in mx.messages()}) == 1  # all on one connection
 
 
 # --------------------------------------------------------------------------- pooling
