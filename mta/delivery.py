@@ -30,7 +30,7 @@ import ssl
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import aiosmtplib
 from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
@@ -663,8 +663,9 @@ class DeliveryClient:
         except (aiosmtplib.SMTPException, OSError) as e:
             smtp.close()
             raise _SessionFailure(451, "4.4.2", f"lost connection during setup: {e}") from None
-        transport = smtp.transport
-        if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+        # uvloop's transports are not asyncio.Transport subclasses, hence the cast.
+        transport = cast(asyncio.Transport | None, smtp.transport)
+        if transport is None or transport.is_closing():
             smtp.close()
             raise _SessionFailure(451, "4.4.2", "lost connection during setup")
         return _Conn(
