@@ -69,7 +69,11 @@ def take_replies(buffer: bytearray) -> list[tuple[int, str]]:
             break
         line = bytes(buffer[start : end + 1])
         code_text = line[:3]
-        if len(code_text) < 3 or not code_text.isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
+        if (
+            len(code_text) < 3
+            or not code_text.isdigit()
+            or line[3:4] not in (b" ", b"-", b"\r", b"\n")
+        ):
             raise WireLost(f"malformed reply line: {line[:80]!r}")
         lines.append(line[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape"))
         start = end + 1

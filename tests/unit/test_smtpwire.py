@@ -59,7 +59,10 @@ def test_a_crlf_body_is_written_as_it_is() -> None:
 
 
 def test_command_lines() -> None:
-    assert command("MAIL FROM", "a@b.test", ["SIZE=10"], "ascii") == b"MAIL FROM:<a@b.test> SIZE=10\r\n"
+    assert (
+        command("MAIL FROM", "a@b.test", ["SIZE=10"], "ascii")
+        == b"MAIL FROM:<a@b.test> SIZE=10\r\n"
+    )
     assert command("MAIL FROM", "", [], "ascii") == b"MAIL FROM:<>\r\n"
     assert command("RCPT TO", "jö@b.test", [], "utf-8") == "RCPT TO:<jö@b.test>\r\n".encode()
     with pytest.raises(ValueError, match="control character"):
@@ -85,4 +88,3 @@ def test_replies_are_taken_whole_and_in_order() -> None:
 def test_a_line_without_a_reply_code_is_an_error(line: bytes) -> None:
     with pytest.raises(WireLost, match="malformed"):
         take_replies(bytearray(line))
-
