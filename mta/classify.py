@@ -14,11 +14,14 @@ ReplyClass = Literal["ok"] | ReplyClassName
 REPLY_CLASSES: tuple[ReplyClass, ...] = ("ok", *get_args(ReplyClassName))
 
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+# qmail and its heirs put the enhanced code last, in parentheses: "no mailbox here (#5.1.1)".
+QMAIL_ENHANCED = re.compile(r"\(#([245])\.(\d{1,3})\.(\d{1,3})\)")
 
 
 def enhanced_status(text: str) -> str | None:
-    """The RFC 3463 status code ("5.1.1") at the start of a reply text, or None."""
-    m = _ENHANCED.search(text[:40])
+    """The RFC 3463 status code ("5.1.1") at the start of a reply text, or qmail-style at its
+    end ("(#5.1.1)"), or None."""
+    m = _ENHANCED.search(text[:40]) or QMAIL_ENHANCED.search(text)
     return ".".join(m.groups()) if m else None
 
 
@@ -35,22 +38,43 @@ def text_rule(pattern: str, reply_class: ReplyClass) -> TextRule:
 # Provider texts first: they say more than the status codes they come with (Gmail sends 4.7.0 for
 # both reputation and content, Outlook 5.7.1 for block lists).
 PROVIDER_RULES: tuple[TextRule, ...] = (
+    # Spamhaus DBL lists domains found in messages (links, senders): the content, not the IP.
+    text_rule(r"\bdbl\.spamhaus\.org\b|spamhaus\.org/query/dbl|\bURIBL\b|\bSURBL\b", "content"),
+    # Gmail's block of an IP for its rate is a verdict on the IP, not a pace to slow down to.
+    text_rule(r"mail sent from your IP address has been blocked", "reputation"),
+    # Microsoft 365 says 5.1.10 for a recipient its directory lacks (RFC 7505 uses it for null MX)
+    text_rule(r"RecipientNotFound|RecipNotFound|Recipient not found", "invalid-recipient"),
     text_rule(r"\bTSS04\b", "throttled"),
     text_rule(r"\bTSS0[59]\b|\bTS0[1-3]\b", "reputation"),
     text_rule(
         r"\bRP-00[1-3]\b|4\.7\.65[01]|4\.7\.500|rate limit|receiving mail at a rate", "throttled"
     ),
-    text_rule(r"unusual rate of unsolicited mail|too many (messages|connections)", "throttled"),
-    text_rule(r"\bS3140\b|\bS3150\b|block ?list|blocked using|listed (at|on|in)\b", "reputation"),
+    text_rule(
+        r"unusual rate of unsolicited mail|too many (messages|connections|sessions)|\bRL00000\d\b",
+        "throttled",
+    ),
+    text_rule(
+        r"\bS3140\b|\bS3150\b|block ?list|blocked using|listed (at|on|in)\b|banned sender"
+        r"|found on one or more (DNS|R)BLs|\bBL0000\d\d\b|ipcheck\.proofpoint\.com"
+        r"|dnsbl-lookup|csi\.cloudmark\.com",
+        "reputation",
+    ),
     text_rule(r"low reputation|poor reputation|user complaints|permanently deferred", "reputation"),
+    # Mimecast: the sender or its headers refused by the recipient's policy.
+    text_rule(r"Anti-Spoofing|envelope blocked|administrative prohibition", "auth-policy"),
     text_rule(
         r"DMARC|SPF|DKIM|authentication (information|level|checks)|not authorized", "auth-policy"
     ),
-    text_rule(r"spam|unsolicited|suspicious due to the nature of the content|content", "content"),
+    text_rule(
+        r"spam|unsolicited|suspicious due to the nature of the content|content"
+        r"|rejected due to security polic|:blocked\)",  # Mimecast, Barracuda
+        "content",
+    ),
     text_rule(r"greylist", "other"),
     text_rule(r"over quota|mailbox (is )?full|insufficient storage", "mailbox-full"),
     text_rule(
-        r"does not exist|user unknown|no such user|mailbox not found|doesn't have a",
+        r"does not exist|user unknown|no such user|mailbox not found|doesn't have a"
+        r"|invalid recipient|not our customer|no mailbox here",
         "invalid-recipient",
     ),
     text_rule(r"mailbox unavailable", "invalid-recipient"),

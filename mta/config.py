@@ -365,8 +365,9 @@ class PerIPLimitsConfig(Model):
 
 
 class AdaptiveConfig(Model):
-    """AIMD: a throttling reply multiplies the rate by `decrease`; each clean
-    `recoveryInterval` adds `increase` back, up to the policy maximum, never below `floor`."""
+    """The pair's rate controller (mta/aimd.py): a counted throttling signal steps down (to 85 %
+    near the remembered ceiling, else times `decrease`); each clean `recoveryInterval` grows it (at
+    least `increase` below the ceiling), up to the policy maximum, never below `floor`."""
 
     enabled: bool = True
     decrease: float = Field(default=0.5, gt=0, lt=1)

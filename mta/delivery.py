@@ -36,6 +36,7 @@ import aiosmtplib
 from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 from python_socks.async_.asyncio import Proxy
 
+from mailfleet.mta.classify import QMAIL_ENHANCED
 from mailfleet.mta.config import DeliveryConfig
 from mailfleet.mta.routing import Destination
 from mailfleet.mta.smtpwire import Wire, WireLost, command, frame_body
@@ -88,6 +89,11 @@ def parse_reply(code: int, message: str) -> tuple[str | None, str]:
             line = line[m.end() :].strip()
         if line:
             lines.append(line)
+    if enhanced is None:
+        # qmail-style: the enhanced code last, "sorry, no mailbox here by that name. (#5.1.1)"
+        m = QMAIL_ENHANCED.search(message)
+        if m and m.group(1) == str(code)[:1]:
+            enhanced = ".".join(m.groups())
     return enhanced, " ".join(lines)
 
 

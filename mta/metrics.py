@@ -128,6 +128,13 @@ class EngineMetrics:
             pair,
             registry=r,
         )
+        self.shaping_ceiling = Gauge(
+            "mailfleet_shaping_ceiling",
+            "The rate (msgs/s) at which the provider last throttled a (source IP, provider): what "
+            "the shaping found it accepts; -1: never throttled",
+            pair,
+            registry=r,
+        )
         self.pair_suspended = Gauge(
             "mailfleet_shaping_suspended",
             "1 while a (source IP, provider) is suspended",

@@ -690,7 +690,7 @@ class QueueRunner:
         hits: dict[str, RuleHit] = {}
         seen = time.time()
         for reply in result.replies:
-            hit = self.shaper.observe(grant.ip, provider, reply.reply, seen)
+            hit = self.shaper.observe(grant.ip, provider, reply.reply, seen, grant.at)
             if hit is not None:
                 hits[reply.recipient] = hit
                 self.metrics.rule_hits.labels(grant.ip, provider, hit.action).inc()
@@ -923,6 +923,8 @@ class QueueRunner:
         for row in self.shaper.snapshot(time.time()):
             labels = (row["ip"], row["provider"])
             m.shaping_rate.labels(*labels).set(row["rate"] if row["rate"] is not None else -1)
+            ceiling = row["ceiling"]
+            m.shaping_ceiling.labels(*labels).set(ceiling if ceiling is not None else -1)
             m.pair_suspended.labels(*labels).set(1 if row["suspendedUntil"] else 0)
             m.pair_quarantined.labels(*labels).set(1 if row["quarantinedUntil"] else 0)
         now = time.time()

@@ -1,6 +1,7 @@
 """Traffic shaping per (source IP, provider): token-bucket rates that adapt to what providers
-answer (multiplicative decrease on throttling, additive increase after clean intervals),
-suspensions, quarantines, connection limits, warmup caps, and the choice of source IP.
+answer (the controller in aimd.py: one decrease per window of replies, a remembered ceiling,
+slow probing near it), suspensions, quarantines, connection limits, warmup caps, and the choice
+of source IP.
 
 No I/O and no clock of its own: every call takes `now` (and `rnd`), so the whole input space can
 be tested. The queue runner owns a Shaper and persists `snapshot()`.
@@ -15,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailfleet.mta.aimd import Control, on_clean_interval, on_signal
 from mailfleet.mta.config import (
     AdaptiveConfig,
     EngineConfig,
@@ -33,23 +35,37 @@ OBSERVE_WINDOW = 60.0
 REASON_LENGTH = 400
 
 
-def _rule(match: str, action: ReplyAction, duration: float | None = None) -> ReplyRuleConfig:
-    return ReplyRuleConfig(match=match, action=action, duration=duration)
+def _rule(
+    match: str, action: ReplyAction, duration: float | None = None, threshold: int = 1
+) -> ReplyRuleConfig:
+    return ReplyRuleConfig(match=match, action=action, duration=duration, threshold=threshold)
 
 
-# What the big providers answer when a sender goes too fast or has lost their trust. Configured
-# rules come first; these apply to every provider after them.
+# What the big providers answer when a sender goes too fast or has lost their trust (sources in
+# the README, "Shaping and reputation"). Configured rules come first; these apply to every
+# provider after them. A volume deferral slows the pair down (throttle) rather than idling it for
+# hours; only replies that say retrying will not help suspend or quarantine.
 DEFAULT_RULES: tuple[ReplyRuleConfig, ...] = (
     _rule(r"^421[ -]4\.7\.28\b", "throttle"),  # Gmail: unusual rate from your IP
     _rule(r"^421[ -]4\.7\.0\b.*(low reputation|rate limit)", "throttle"),  # Gmail
     _rule(r"^450[ -]4\.2\.1\b", "retry"),  # Gmail: this recipient receives too fast
-    _rule(r"^451[ -]4\.7\.65[01]\b", "throttle"),  # Outlook: rate limited, IP reputation
+    # Gmail: the IP itself is refused (very low IP reputation, or blocked for its rate)
+    _rule(
+        r"^550[ -]5\.7\.1\b.*(reputation of the sending IP|originating from your IP)", "quarantine"
+    ),
+    _rule(r"^451[ -]4\.7\.65[01]\b", "throttle"),  # Outlook: rate limited, IP reputation (S775)
     _rule(r"^421[ -]RP-00[123]\b", "throttle"),  # Outlook: per-hour/connection limits
     _rule(r"^451[ -]4\.7\.500\b", "throttle"),  # Outlook: server busy (AS843)
     _rule(r"^550[ -]5\.7\.1\b.*\bS3(140|150)\b", "quarantine"),  # Outlook: block list
-    _rule(r"\[TSS04\]", "suspend", 2 * 3600.0),  # Yahoo: volume or complaints
-    _rule(r"\[TSS05\]", "suspend", 4 * 3600.0),  # Yahoo: complaints
-    _rule(r"\[TSS09\]|\[TS03\]", "quarantine"),  # Yahoo: permanently deferred
+    _rule(r"^550[ -]5\.7\.511\b", "quarantine"),  # Outlook: banned sender (delist needed)
+    _rule(r"\[TSS04\]", "throttle"),  # Yahoo: unexpected volume: slow down, retry
+    _rule(r"\[TSS05\]", "suspend", 3600.0),  # Yahoo: complaints: pacing does not help
+    _rule(r"\[TSS09\]|\[TS03\]", "quarantine"),  # Yahoo: retrying will NOT succeed
+    _rule(r"\bRL00000\d\b", "throttle"),  # Comcast: too many sessions or messages
+    _rule(r"\bBL0000\d\d\b", "quarantine"),  # Comcast: the IP is on a block list
+    # Spamhaus ZEN lists IPs (SBL, XBL, PBL): everyone using it refuses the IP. Three receivers
+    # (or three replies) within the window, so one stale mirror does not idle the IP for a day.
+    _rule(r"\bzen\.spamhaus\.org\b", "quarantine", threshold=3),
 )
 
 
@@ -64,16 +80,6 @@ def compile_rules(rules: Iterable[ReplyRuleConfig]) -> list[CompiledRule]:
 
 
 # -- rates ---------------------------------------------------------------------------------------
-
-
-def decreased(rate: float, adaptive: AdaptiveConfig) -> float:
-    """The rate after a throttling reply: multiplied by `decrease`, never below the floor."""
-    return max(adaptive.floor, rate * adaptive.decrease)
-
-
-def increased(rate: float, adaptive: AdaptiveConfig, ceiling: float) -> float:
-    """The rate after one clean recovery interval: plus `increase`, never above the ceiling."""
-    return min(ceiling, rate + adaptive.increase)
 
 
 def burst(rate: float) -> float:
@@ -94,6 +100,9 @@ class Pair:
     refilled: float = 0.0
     last_event: float = 0.0  # last decrease or increase: the recovery clock
     peak: float | None = None  # observed rate when an unlimited pair was first throttled
+    ceiling: float | None = None  # the rate at which throttling last began (aimd.py)
+    probes: int = 0  # clean intervals spent probing above the ceiling's plateau
+    last_decrease: float = -math.inf  # replies to messages sent before it add no decrease
     suspended_until: float = 0.0
     quarantined_until: float = 0.0
     reason: str = ""
@@ -115,32 +124,40 @@ class Pair:
         self.refilled = now
 
     def recover(self, adaptive: AdaptiveConfig, now: float) -> None:
-        """Additive increase for every clean recovery interval since the last event."""
+        """One step of the controller for every clean recovery interval since the last event."""
         if self.rate is None or not adaptive.enabled:
             return
-        ceiling = self.max_rate if self.max_rate is not None else self.peak
+        limit = self.max_rate if self.max_rate is not None else self.peak
         interval = adaptive.recovery_interval
-        while now - self.last_event >= interval and (ceiling is None or self.rate < ceiling):
-            self.rate = (
-                increased(self.rate, adaptive, ceiling)
-                if ceiling is not None
-                else self.rate + adaptive.increase
-            )
+        # After a long quiet spell (a restore, an idle pair) a thousand steps reach anywhere.
+        self.last_event = max(self.last_event, now - 1000 * interval)
+        while now - self.last_event >= interval and (limit is None or self.rate < limit):
+            c = on_clean_interval(Control(self.rate, self.ceiling, self.probes), adaptive, limit)
+            self.rate, self.ceiling, self.probes = c.rate, c.ceiling, c.probes
             self.last_event += interval
         if self.max_rate is None and self.peak is not None and self.rate >= self.peak:
-            self.rate, self.peak = None, None  # back to where it was before the throttling
+            # back to where it was before the throttling
+            self.rate, self.peak, self.ceiling, self.probes = None, None, None, 0
 
-    def throttle(self, adaptive: AdaptiveConfig, now: float) -> None:
+    def throttle(self, adaptive: AdaptiveConfig, now: float, sent_at: float | None = None) -> bool:
+        """A throttling reply, to a message sent at `sent_at` (None: unknown, it counts).
+        Replies to messages sent before the last decrease belong to the congestion that decrease
+        already answered: they change nothing. True when the rate went down."""
         if not adaptive.enabled:
-            return
+            return False
+        if sent_at is not None and sent_at < self.last_decrease:
+            return False
         self.refill(now)
         if self.rate is None:
             self.peak = max(self.observed_rate(now), adaptive.floor)
-            self.rate = decreased(self.peak, adaptive)
+            c = on_signal(Control(self.peak), adaptive)
         else:
-            self.rate = decreased(self.rate, adaptive)
-        self.tokens = min(self.tokens, burst(self.rate))
-        self.last_event = now
+            c = on_signal(Control(self.rate, self.ceiling, self.probes), adaptive)
+        self.rate, self.ceiling, self.probes = c.rate, c.ceiling, c.probes
+        # The provider just said "too fast": what the bucket saved up is not spent in a burst.
+        self.tokens = min(self.tokens, 0.0)
+        self.last_event = self.last_decrease = now
+        return True
 
     def blocked_until(self, now: float) -> float:
         return max(self.suspended_until, self.quarantined_until)
@@ -181,6 +198,7 @@ class Grant:
     helo: str
     provider: str
     warmup: bool  # counts against a warmup cap
+    at: float | None = None  # when it was granted: replies to it are judged by it
 
 
 @dataclass(frozen=True)
@@ -359,7 +377,7 @@ class Shaper:
                 chosen = c
                 break
         _, ip, helo, warm = chosen
-        return self._take(Grant(ip, helo, provider, warm), now)
+        return self._take(Grant(ip, helo, provider, warm, now), now)
 
     def _pool_full(self, provider: str, settings: ProviderSettingsConfig) -> bool:
         limit = settings.pool.max_connections
@@ -402,8 +420,11 @@ class Shaper:
 
     # -- what providers answer -------------------------------------------------------------------
 
-    def observe(self, ip: str, provider: str, reply: str, now: float) -> RuleHit | None:
-        """Act on one reply ("421 4.7.28 ..."); returns the rule that fired, if any."""
+    def observe(
+        self, ip: str, provider: str, reply: str, now: float, sent_at: float | None = None
+    ) -> RuleHit | None:
+        """Act on one reply ("421 4.7.28 ...") to a message sent at `sent_at` (the grant's
+        time); returns the rule that fired, if any."""
         if reply[:1] == "2":
             return None
         settings = self.settings(provider)
@@ -421,7 +442,7 @@ class Shaper:
                     return None
                 hits.clear()
             if rule.action == "throttle":
-                p.throttle(settings.adaptive, now)
+                p.throttle(settings.adaptive, now, sent_at)
             elif rule.action == "suspend":
                 p.suspended_until = max(p.suspended_until, now + (rule.duration or 3600.0))
                 p.reason = f"suspended: {reply[:REASON_LENGTH]}"
@@ -443,6 +464,7 @@ class Shaper:
                     "rate": p.rate,
                     "maxRate": p.max_rate,
                     "peak": p.peak,
+                    "ceiling": p.ceiling,
                     "lastEvent": p.last_event,
                     "suspendedUntil": p.suspended_until if p.suspended_until > now else None,
                     "quarantinedUntil": (
@@ -464,6 +486,7 @@ class Shaper:
             if p.rate is None and limit is not None:
                 p.rate = limit
             p.peak = r.get("peak")
+            p.ceiling = r.get("ceiling")
             p.last_event = r.get("lastEvent") or now
             p.suspended_until = r.get("suspendedUntil") or 0.0
             p.quarantined_until = r.get("quarantinedUntil") or 0.0

@@ -588,12 +588,16 @@ class PerIPLimits(CRDModel):
 
 
 class Adaptive(CRDModel):
-    """AIMD: a throttling reply multiplies the rate by `decrease`; clean intervals add `increase`
-    back."""
+    """Finds the rate a provider accepts per source IP: one decrease per window of throttling
+    replies, the rate where throttling began remembered as a ceiling (a signal near it steps down
+    to 85 %; one well below it, or with none known, multiplies by `decrease`), fast growth far
+    below it, slow probing near it."""
 
     enabled: bool = True
     decrease: float = Field(default=0.5, gt=0, lt=1)
+    """The multiplicative decrease when the limit moved or is not known yet."""
     increase: Rate = 10 / 60
+    """The least step per clean interval below the ceiling, and past a stale one."""
     recovery_interval: Duration = 300.0
     """Clean time before each increase."""
     floor: Rate = 10 / 60
