@@ -241,6 +241,35 @@ async def test_a_refused_sender_then_reset_keeps_the_pipeline_in_step(
     assert len({m.peer_port for m in mx.messages()}) == 1  # all on one connection
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "starttls"])
+def test_pooled_pipelined_deliveries_on_the_engines_uvloop(
+    recording_mx: Callable[..., RecordingMX], tls: bool
+) -> None:
+    """The engine runs on uvloop, whose transports (plain and TLS) the wire takes over."""
+    import uvloop
+
+    peer = recording_mx(hostname="tls.remote.test", tls=tls, pipelining=True)
+
+    async def deliver_three() -> list[AttemptResult]:
+        client = DeliveryClient(cfg(), "mta.example.test")
+        try:
+            return [
+                await send(client, [dest(peer)], [f"u{i}@remote.test"], MESSAGE * (i * 500 + 1))
+                for i in range(3)
+            ]
+        finally:
+            await client.close()
+
+    results = uvloop.run(deliver_three())
+    assert [codes(r) for r in results] == [{f"u{i}@remote.test": 250} for i in range(3)]
+    assert all(r.tls is tls for r in results)
+    got = peer.messages()
+    # What arrives is exactly what was sent: dot-stuffing undone, nothing added or lost.
+    assert [m.content for m in got] == [MESSAGE * (i * 500 + 1) for i in range(3)]
+    assert len({m.peer_port for m in got}) == 1  # one pooled connection
+    assert peer.pipelined_mail == 3
+
+
 # --------------------------------------------------------------------------- pooling
 async def test_connections_are_reused_up_to_the_message_limit(mx: RecordingMX) -> None:
     client = DeliveryClient(cfg(maxMessagesPerConnection=3), "mta.example.test")
