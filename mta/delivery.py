@@ -517,7 +517,12 @@ class DeliveryClient:
             if conn.idle_timer is not None:
                 conn.idle_timer.cancel()
                 conn.idle_timer = None
-            if conn.alive and conn.helo == helo and (conn.tls or policy != "required"):
+            if (
+                conn.alive
+                and conn.wire.quiet
+                and conn.helo == helo
+                and (conn.tls or policy != "required")
+            ):
                 return conn
             self._close_now(conn)
         return None

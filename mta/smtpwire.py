@@ -16,6 +16,9 @@ from collections import deque
 
 # Bounds the memory a server can make us hold with a reply that never ends (as aiosmtplib does).
 MAX_REPLY = 32 * 1024
+# Replies read ahead of the commands that asked for them; a transaction's group is MAIL, its
+# recipients and DATA, so more than this is a server talking by itself.
+MAX_PENDING_REPLIES = 4096
 _BARE_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -105,6 +108,12 @@ class Wire(asyncio.Protocol):
     def alive(self) -> bool:
         return self._lost is None and not self._transport.is_closing()
 
+    @property
+    def quiet(self) -> bool:
+        """Nothing received that no command asked for: a pooled connection that is not quiet
+        would hand its next transaction someone else's replies."""
+        return not self._replies and not self._buffer
+
     def send(self, chunks: list[bytes]) -> None:
         if not self.alive:
             raise WireLost(self._lost or "connection closed")
@@ -141,6 +150,9 @@ class Wire(asyncio.Protocol):
         if len(self._buffer) > MAX_REPLY:
             self._fail("reply too long")
             return
+        if len(self._replies) > MAX_PENDING_REPLIES:
+            self._fail("more replies than commands")
+            return
         if self._replies:
             self._wake()
 
@@ -166,4 +178,12 @@ class Wire(asyncio.Protocol):
             self._fail("timed out waiting for a reply")
 
 
-__all__ = ["MAX_REPLY", "Wire", "WireLost", "command", "frame_body", "take_replies"]
+__all__ = [
+    "MAX_PENDING_REPLIES",
+    "MAX_REPLY",
+    "Wire",
+    "WireLost",
+    "command",
+    "frame_body",
+    "take_replies",
+]

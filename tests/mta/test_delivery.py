@@ -241,6 +241,20 @@ async def test_a_refused_sender_then_reset_keeps_the_pipeline_in_step(
     assert len({m.peer_port for m in mx.messages()}) == 1  # all on one connection
 
 
+async def test_a_server_answering_out_of_turn_is_not_believed_for_the_next_message(
+    client: DeliveryClient, mx: RecordingMX
+) -> None:
+    # Two replies to one end of data: the second must not pass for the next MAIL's answer
+    # (believed, every later reply would answer the command before its own).
+    mx.script_data("250 2.0.0 queued\r\n250 2.0.0 nobody asked", "250 2.0.0 second queued")
+    mx.script_rcpt("550 5.1.1 gone", rcpt="gone@remote.test")
+    first = await send(client, [dest(mx)])
+    second = await send(client, [dest(mx)], ["a@remote.test", "gone@remote.test"])
+    assert [r.reply for r in first.replies] == ["250 2.0.0 queued"]
+    assert [r.reply for r in second.replies] == ["250 2.0.0 second queued", "550 5.1.1 gone"]
+    assert [m.rcpt_tos for m in mx.messages()] == [["bob@remote.test"], ["a@remote.test"]]
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "starttls"])
 def test_pooled_pipelined_deliveries_on_the_engines_uvloop(
     recording_mx: Callable[..., RecordingMX], tls: bool
