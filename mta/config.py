@@ -306,6 +306,27 @@ class EgressConfig(Model):
         return self
 
 
+class SenderRestrictionConfig(Model):
+    """Source IPs that must not send mail of one sender domain (the operator sets these from a
+    SendingDomain with onFailingIP: StopSending, for IPs failing its SPF or reverse DNS).
+
+    Applies to mail whose envelope sender (MAIL FROM) is `domain` or one of its subdomains
+    without an entry of its own. Such mail is sent from the other source IPs; when none is left
+    it waits in the queue (deferred, never dropped) until the restriction lifts."""
+
+    domain: str = Field(min_length=1, max_length=253)
+    excluded_ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(
+        min_length=1, alias="excludedIPs"
+    )
+    # Why, for logs and status (e.g. "SPF of example.com does not authorise 192.0.2.7").
+    reason: str = Field(default="", max_length=1024)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        return v.lower().rstrip(".")
+
+
 class DeliveryConfig(Model):
     # Empty: the kernel picks the source address.
     source_ips: list[SourceIP] = Field(default_factory=list, alias="sourceIPs")
@@ -319,6 +340,16 @@ class DeliveryConfig(Model):
     connect_timeout: Duration = 30.0
     command_timeout: Duration = 300.0
     idle_timeout: Duration = 10.0
+    sender_restrictions: list[SenderRestrictionConfig] = Field(default_factory=list)
+
+    @field_validator("sender_restrictions")
+    @classmethod
+    def _one_per_domain(cls, v: list[SenderRestrictionConfig]) -> list[SenderRestrictionConfig]:
+        domains = [r.domain for r in v]
+        dupes = sorted({d for d in domains if domains.count(d) > 1})
+        if dupes:
+            raise ValueError(f"one entry per sender domain; repeated: {', '.join(dupes)}")
+        return v
 
     @field_validator("source_ips")
     @classmethod
@@ -523,6 +554,57 @@ class SuppressionConfig(Model):
         return self
 
 
+class DMARCReportAddressConfig(Model):
+    """An address DMARC aggregate reports (RFC 7489) are mailed to, through submission."""
+
+    address: str = Field(min_length=3, max_length=320)
+    # Where the report is forwarded (the operator's POST /dmarc/<namespace>/<sendingdomain>).
+    forward_url: str = Field(alias="forwardURL", pattern=r"^https?://[^\s/]+(/\S*)?$")
+    # Who may mail reports: clients in these networks, and/or reports carrying a valid DKIM
+    # signature of one of these domains (or a subdomain): google.com signs its reports.
+    sources: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
+    signed_by: list[str] = Field(default_factory=list)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if "@" not in v:
+            raise ValueError(f"{v!r} is not an email address")
+        return v.lower()
+
+    @field_validator("signed_by")
+    @classmethod
+    def _signers(cls, v: list[str]) -> list[str]:
+        return [d.lower().rstrip(".") for d in v]
+
+    @model_validator(mode="after")
+    def _some_source(self) -> DMARCReportAddressConfig:
+        if not (self.sources or self.signed_by):
+            raise ValueError(
+                f"dmarcReports.addresses[{self.address}]: needs sources (networks) or signedBy"
+                " (DKIM-signing domains): reports accepted from anyone could be forged"
+            )
+        return self
+
+
+class DMARCReportsConfig(Model):
+    """DMARC aggregate reports mailed to `addresses` are taken in at submission (from their
+    configured senders only), and their zip, gzip or XML attachment forwarded to the operator,
+    which counts them in its metrics. The reply waits for the operator: a report is accepted
+    (250) only once forwarded, else deferred (451) so the reporter retries."""
+
+    addresses: list[DMARCReportAddressConfig] = Field(default_factory=list)
+    # The bearer token the forward carries (the operator accepts the pool's admin token).
+    token_file: Path | None = None
+    timeout: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _token(self) -> DMARCReportsConfig:
+        if self.addresses and self.token_file is None:
+            raise ValueError("dmarcReports.tokenFile is required with dmarcReports.addresses")
+        return self
+
+
 class HeadersConfig(Model):
     """Headers added at submission, before DKIM signing (so the signature covers them)."""
 
@@ -579,6 +661,9 @@ class EngineConfig(Model):
     shaping: ShapingConfig = Field(default_factory=ShapingConfig)
     suppression: SuppressionConfig = Field(default_factory=SuppressionConfig)
     headers: HeadersConfig = Field(default_factory=HeadersConfig)
+    dmarc_reports: DMARCReportsConfig = Field(
+        default_factory=DMARCReportsConfig, alias="dmarcReports"
+    )
     bounces: BounceConfig = Field(default_factory=BounceConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

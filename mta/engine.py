@@ -33,6 +33,8 @@ from mailfleet.mta.config import (
 )
 from mailfleet.mta.delivery import DeliveryClient
 from mailfleet.mta.dkim import DKIMSigner
+from mailfleet.mta.dmarcforward import Forwarder
+from mailfleet.mta.dmarcmail import NotAReport, report_attachments
 from mailfleet.mta.handoff import HandoffSender
 from mailfleet.mta.headers import add_headers, load_token_key
 from mailfleet.mta.metrics import EngineMetrics
@@ -43,6 +45,7 @@ from mailfleet.mta.submission import (
     SubmissionHandler,
     SubmissionPolicy,
     SubmissionServer,
+    in_networks,
     server_tls_context,
 )
 from mailfleet.mta.suppression import open_store
@@ -70,6 +73,9 @@ def build_policy(cfg: EngineConfig) -> SubmissionPolicy:
         drop_suppressed=cfg.suppression.on_suppressed == "drop",
         bare_newlines=cfg.submission.bare_newlines,
         accept_address_literals=cfg.submission.address_literals == "accept",
+        dmarc_addresses={
+            a.address: (list(a.sources), bool(a.signed_by)) for a in cfg.dmarc_reports.addresses
+        },
     )
 
 
@@ -162,6 +168,8 @@ class Engine:
             build_policy(cfg), self.ingest, self.metrics, self.is_suppressed, self.on_feedback
         )
         self.handler.low_on_disk = self.queue.low_on_disk
+        self.handler.dmarc_reports = self.on_dmarc_report
+        self.dmarc_forwarder = Forwarder()
         self.submission = SubmissionServer(self.handler, self.metrics)
         self.admin = AdminServer(self)
         self.recovered = False
@@ -292,6 +300,49 @@ class Engine:
         )
         return "250 2.0.0 Ok: complaint recorded"
 
+    async def on_dmarc_report(self, data: bytes, client: str, addresses: list[str]) -> str:
+        """A DMARC aggregate report mailed to `addresses`: from a configured reporter (network
+        or DKIM signature), its attachment forwarded to the operator, which counts it."""
+        cfg = self.cfg.dmarc_reports
+        by_address = {a.address: a for a in cfg.addresses}
+        entries = [by_address[a.lower()] for a in addresses if a.lower() in by_address]
+        if not entries:
+            return "451 4.3.0 The DMARC report address changed meanwhile, try again later"
+        verified: set[str] | None = None
+        for e in entries:
+            if in_networks(client, e.sources):
+                continue
+            if verified is None:
+                verified = await asyncio.to_thread(dkim_verified_domains, data, self._txt_lookup)
+            if from_feedback_domain(verified, frozenset(e.signed_by)) is None:
+                self.metrics.rejected.labels("dmarc-source").inc()
+                log.warning(
+                    "DMARC report refused: not from a configured reporter",
+                    extra={"client": client, "dkim_domains": sorted(verified)[:5]},
+                )
+                return (
+                    "550 5.7.1 DMARC report refused: neither from a configured reporter's network"
+                    " nor DKIM-signed by a configured reporter"
+                )
+        try:
+            reports = report_attachments(data)
+        except NotAReport as e:
+            self.metrics.rejected.labels("not-dmarc").inc()
+            return f"554 5.6.0 {e}"
+        assert cfg.token_file is not None  # the config requires it with addresses
+        try:
+            token = cfg.token_file.read_text().strip()
+        except OSError as e:
+            log.error("dmarcReports.tokenFile unreadable", extra={"error": e.strerror})
+            return "451 4.3.0 DMARC reports cannot be forwarded now, try again later"
+        reply = ""
+        for url in dict.fromkeys(e.forward_url for e in entries):
+            reply = await self.dmarc_forwarder.forward(url, token, reports, cfg.timeout)
+            if not reply.startswith("2"):
+                break
+        self.metrics.dmarc_reports.labels(reply[:1] + "xx").inc()
+        return reply
+
     def _txt_lookup(self, name: bytes, timeout: float = 5.0) -> bytes | None:
         """dkimpy's DNS function (run in a thread): TXT records from the engine's resolvers."""
         dns_cfg = self.cfg.routing.dns
@@ -349,6 +400,7 @@ class Engine:
         await reader.close()
         await self.spool.close()
         await self.suppressions.close()
+        await self.dmarc_forwarder.close()
         await self.admin.stop()
         for _ in self._signers:
             self._to_sign.put(None)

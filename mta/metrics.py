@@ -165,6 +165,13 @@ class EngineMetrics:
         self.warmup_cap = Gauge(
             "mailfleet_warmup_cap", "Today's warmup cap per (source IP, provider)", pair, registry=r
         )
+        self.dmarc_reports = Counter(
+            "mailfleet_dmarc_reports_mailed",
+            "DMARC aggregate reports mailed to a report address, by the SMTP reply class given "
+            "(2xx: forwarded to the operator and counted, 4xx: deferred, 5xx: refused)",
+            ["result"],
+            registry=r,
+        )
         self.complaints = Counter(
             "mailfleet_complaints",
             "Complaints (ARF reports) per source IP and provider",

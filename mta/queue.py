@@ -29,6 +29,7 @@ from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.providers import DEFAULT
 from mailfleet.mta.retry import next_attempt_at, outcome_for_reply
 from mailfleet.mta.routing import RouteError, Router
+from mailfleet.mta.senderips import SENDER_RESTRICTED, SenderRestrictions, sender_domain
 from mailfleet.mta.shaping import CONNECTION_LIMIT, RuleHit, Shaper, Wait
 from mailfleet.mta.spool import (
     DiskUsage,
@@ -73,6 +74,7 @@ class Active:
     admitted: float  # when it entered the active set
     jobs: int = 0  # its jobs in memory (ready, in flight, held by shaping)
     remaining: int = -1  # recipients left in the spool, -1: not known (loaded from the spool)
+    sender: str | None = None  # the envelope sender's domain, once known
 
 
 @dataclass(slots=True)
@@ -224,6 +226,10 @@ class QueueRunner:
         self.inject = inject
         self.suppress = suppress
         self.shaper = Shaper(cfg, os.environ.get("POD_NAME"))
+        self.senders = SenderRestrictions(cfg.delivery.sender_restrictions)
+        # Jobs waiting because every source IP is excluded for their sender domain (by seq):
+        # a reload that changes the restrictions makes them due at once.
+        self._sender_held: dict[int, Job] = {}
         self._class_rules = [text_rule(r.match, r.reply_class) for r in cfg.shaping.reply_classes]
         self.active: dict[str, Active] = {}
         self._fresh: dict[str, Body] = {}
@@ -269,11 +275,23 @@ class QueueRunner:
     def update_config(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
         self.shaper.update_config(cfg, os.environ.get("POD_NAME"))
+        senders = SenderRestrictions(cfg.delivery.sender_restrictions)
+        if senders != self.senders:
+            self.senders = senders
+            self._wake_sender_held()
         self._class_rules = [text_rule(r.match, r.reply_class) for r in cfg.shaping.reply_classes]
         want = cfg.delivery.max_concurrent_deliveries
         while len(self._workers) < want:
             self._workers.append(asyncio.create_task(self._worker(), name="delivery-worker"))
         # Extra workers are not cancelled mid-delivery; they finish and exit when over the limit.
+
+    def _wake_sender_held(self) -> None:
+        now = time.time()
+        for job in self._sender_held.values():
+            job.due = min(job.due, now)
+        self._sender_held.clear()
+        heapq.heapify(self._delayed)
+        self._wake.set()
 
     # -- intake --------------------------------------------------------------------------------
 
@@ -313,7 +331,11 @@ class QueueRunner:
             return
         now = time.time()
         self.active[msg.id] = Active(
-            msg.received_at, len(msg.data), now, remaining=len(msg.recipients)
+            msg.received_at,
+            len(msg.data),
+            now,
+            remaining=len(msg.recipients),
+            sender=sender_domain(msg.mail_from),
         )
         if msg.data and self._fresh_bytes + len(msg.data) <= FRESH_BODIES_BYTES:
             self._fresh[msg.id] = Body(msg.mail_from, msg.data)
@@ -661,8 +683,18 @@ class QueueRunner:
             return False
         provider = self.shaper.table.lookup(job.domain, [d.hostname for d in destinations])
         self._domain_provider[job.domain] = provider
+        body: Body | None = None
+        exclude: frozenset[str] = frozenset()
+        self._sender_held.pop(job.seq, None)
+        if self.senders:
+            if msg.sender is None:  # loaded from the spool: the sender is in the message row
+                body = await self._body(job.message_id)
+                if body is None:
+                    return False
+                msg.sender = sender_domain(body.mail_from)
+            exclude = self.senders.excluded(msg.sender)
         now = time.time()
-        decision = self.shaper.acquire(provider, now, self.rng.random())
+        decision = self.shaper.acquire(provider, now, self.rng.random(), exclude)
         if isinstance(decision, Wait):
             if now - msg.received_at < self.retry_config(provider).max_age:
                 # Held by shaping: not an attempt; try again when the pair can send.
@@ -671,6 +703,8 @@ class QueueRunner:
                     # Woken by the next release for this provider, not by polling.
                     self._parked[provider].append(job)
                     return True
+                if decision.reason == SENDER_RESTRICTED:
+                    self._sender_held[job.seq] = job
                 job.due = now + decision.seconds
                 self._schedule(job, now)
                 return True
@@ -686,7 +720,8 @@ class QueueRunner:
             return False
         grant = decision
         try:
-            body = await self._body(job.message_id)
+            if body is None:
+                body = await self._body(job.message_id)
             if body is None:
                 return False  # gone from the spool meanwhile
             if grant.warmup:
@@ -973,6 +1008,9 @@ class QueueRunner:
             "jobsInFlight": self._inflight,
             "jobsDeferred": len(self._delayed),
             "jobsWaitingForConnection": sum(len(d) for d in self._parked.values()),
+            # Every source IP is excluded for their sender domain (delivery.senderRestrictions).
+            "jobsHeldBySenderRestriction": len(self._sender_held),
+            "senderRestrictions": self.senders.describe(),
             "nextRetry": min(nxt) if nxt else None,
             "domains": len(c.by_domain),
             "byDomain": {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +25,15 @@ from mailfleet.mta.config import (
     ReplyRuleConfig,
 )
 from mailfleet.mta.providers import ProviderTable
+from mailfleet.mta.senderips import SENDER_RESTRICTED
 
 DEFAULT_QUARANTINE = 86400.0
 # Waits that end when a connection is released rather than at a time.
 CONNECTION_LIMIT = "connection limit"
 OBSERVE_WINDOW = 60.0
+# How long mail waits when every source IP is excluded for its sender domain, before it is
+# looked at again (a config reload that changes the restrictions wakes it sooner).
+SENDER_HOLD = 300.0
 # How much of the reply a suspension or quarantine keeps as its reason: providers put the code
 # that says why (Outlook's S3150) at the end of texts well over 120 characters long.
 REASON_LENGTH = 400
@@ -317,12 +321,15 @@ class Shaper:
 
     # -- choosing a source IP --------------------------------------------------------------------
 
-    def acquire(self, provider: str, now: float, rnd: float) -> Grant | Wait:
+    def acquire(
+        self, provider: str, now: float, rnd: float, exclude: Collection[str] = ()
+    ) -> Grant | Wait:
         """A source IP that may send one message to `provider` now, or how long to wait.
 
         Weighted by each pair's allowed rate among the IPs that are neither suspended,
         quarantined, at their connection limit, out of tokens nor over their warmup cap. A
-        capped warming IP's share spills to the others, or with overflow `defer` waits."""
+        capped warming IP's share spills to the others, or with overflow `defer` waits.
+        `exclude`: IPs that must not send this message (its sender domain's restriction)."""
         settings = self.settings(provider)
         if self._pool_full(provider, settings):
             return Wait(0.05, CONNECTION_LIMIT)
@@ -332,8 +339,12 @@ class Shaper:
         candidates: list[tuple[float, str, str, bool]] = []
         waits: list[tuple[float, str]] = []
         capped_share = 0.0
+        excluded = False
         for ip, helo, state in self.ips:
             if state not in ("active", "warming"):
+                continue
+            if ip in exclude:
+                excluded = True
                 continue
             p = self.pair(ip, provider, now)
             p.recover(settings.adaptive, now)
@@ -366,6 +377,8 @@ class Shaper:
             rnd = (rnd * total - capped_share) / (total - capped_share)
         if not candidates:
             if not waits:
+                if excluded:
+                    return Wait(SENDER_HOLD, SENDER_RESTRICTED)
                 return Wait(60.0, "no active source IP")
             seconds, reason = min(waits)
             return Wait(max(seconds, 0.001), reason)

@@ -59,6 +59,9 @@ Suppressed = Callable[[str], Awaitable[str | None]]
 # a configured feedback source (else the report must be DKIM-signed by a feedback domain);
 # returns the SMTP reply.
 Feedback = Callable[[bytes, str, bool], Awaitable[str]]
+# Takes a message to DMARC report addresses: the message, the client, the addresses; returns the
+# SMTP reply (the report is forwarded before it).
+DMARCReports = Callable[[bytes, str, list[str]], Awaitable[str]]
 
 
 @dataclass
@@ -77,15 +80,18 @@ class SubmissionPolicy:
     drop_suppressed: bool = False
     bare_newlines: Literal["reject", "normalize"] = "reject"
     accept_address_literals: bool = False
+    # DMARC report address -> the networks that may mail reports to it, and whether a report
+    # DKIM-signed by a configured reporter may come from elsewhere (checked at DATA).
+    dmarc_addresses: dict[str, tuple[list[Network], bool]] = field(default_factory=dict)
 
     def is_feedback_source(self, peer_ip: str) -> bool:
-        return _in_networks(peer_ip, self.feedback_sources)
+        return in_networks(peer_ip, self.feedback_sources)
 
     def is_trusted(self, peer_ip: str) -> bool:
-        return _in_networks(peer_ip, self.trusted)
+        return in_networks(peer_ip, self.trusted)
 
 
-def _in_networks(peer_ip: str, networks: list[Network]) -> bool:
+def in_networks(peer_ip: str, networks: list[Network]) -> bool:
     try:
         addr = ipaddress.ip_address(peer_ip)
     except ValueError:
@@ -175,6 +181,8 @@ class SubmissionHandler:
         self.auth_limiter = AuthLimiter()
         # True while the spool's disk is below its reserve: new mail is refused with 452 4.3.1.
         self.low_on_disk: Callable[[], bool] = lambda: False
+        # Set by the engine when it takes DMARC reports by mail (dmarcReports.addresses).
+        self.dmarc_reports: DMARCReports | None = None
 
     def _refuse(self, reason: str, reply: str) -> str:
         self.metrics.rejected.labels(reason).inc()
@@ -222,6 +230,18 @@ class SubmissionHandler:
         policy = self.policy
         if len(envelope.rcpt_tos) >= policy.max_recipients:
             return self._refuse("too-many-recipients", "452 4.5.3 Too many recipients")
+        dmarc = policy.dmarc_addresses.get(address.lower())
+        if dmarc is not None and self.dmarc_reports is not None:
+            # Reports come from the providers' networks: a local address, not relaying.
+            networks, signed = dmarc
+            if not (signed or in_networks(_peer_ip(session), networks)):
+                return self._refuse(
+                    "dmarc-source",
+                    f"550 5.7.1 <{address}>: DMARC reports are accepted from the configured"
+                    " reporters only",
+                )
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 Ok (DMARC report)"
         if address.lower() in policy.feedback_addresses and self.feedback is not None:
             # Feedback loops report from the providers' networks: a local address, not relaying.
             # Only configured sources count; signed reports are checked at DATA.
@@ -291,6 +311,13 @@ class SubmissionHandler:
                 return await self.feedback(data, peer_ip, from_source)
             rcpts = [r for r in rcpts if r not in feedback]
             await self.feedback(data, peer_ip, from_source)
+        reports = [r for r in rcpts if r.lower() in self.policy.dmarc_addresses]
+        if reports and self.dmarc_reports is not None:
+            reply = await self.dmarc_reports(data, peer_ip, reports)
+            # Nothing else is queued unless the report was taken: a retry resends it all.
+            if len(reports) == len(rcpts) or not reply.startswith("2"):
+                return reply
+            rcpts = [r for r in rcpts if r not in reports]
         dropped = getattr(envelope, "dropped", [])
         if dropped:
             self.metrics.suppressed.labels("dropped").inc(len(dropped))

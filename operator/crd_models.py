@@ -768,17 +768,50 @@ class IPWarmupStatus(CRDModel):
 
 EMAIL_PATTERN = rf"^[A-Za-z0-9.!#$%&'*+/=?^_`{{|}}~-]{{1,64}}@({_LABEL}\.)*{_LABEL}$"
 
+# A duration with at most one day part, first ("90d", "1d12h", "5m", "1.5h"): CEL's duration()
+# has no day unit, so a rule splits the days off and parses the rest (_cel_seconds).
+_DUR = r"[0-9]+(\.[0-9]+)?"
+DAYS_FIRST_DURATION_PATTERN = rf"^({_DUR}d({_DUR}(ms|s|m|h))*|({_DUR}(ms|s|m|h))+)$"
+
+
+def _days_first(value: object) -> object:
+    if isinstance(value, str) and not re.fullmatch(DAYS_FIRST_DURATION_PATTERN, value.strip()):
+        raise ValueError(
+            f"{value!r} is not a duration such as '90d', '1d12h', '5m' or '30s' (days first)"
+        )
+    return value
+
+
+DomainDuration = Annotated[
+    Duration,
+    BeforeValidator(_days_first),
+    WithJsonSchema({"type": "string", "pattern": DAYS_FIRST_DURATION_PATTERN, "maxLength": 32}),
+]
+
+
+def _cel_seconds(f: str) -> str:
+    """CEL: the seconds of a DomainDuration field (to the millisecond)."""
+    rest = f"{f}.split('d')[1]"
+    return (
+        f"({f}.contains('d') ? double({f}.split('d')[0]) * 86400.0 + ({rest} == '' ? 0.0 : "
+        f"double(duration({rest}).getMilliseconds()) / 1000.0) : "
+        f"double(duration({f}).getMilliseconds()) / 1000.0)"
+    )
+
 
 class DomainDKIM(CRDModel):
     """The DKIM keys the operator generates, publishes (in status) and rotates for the domain."""
 
     algorithms: list[DKIMAlgorithm] = Field(default=["rsa-sha256"], min_length=1, max_length=2)
-    """One key per algorithm (RSA 2048 bits, Ed25519); both give dual signatures."""
-    rotate_every: Duration = 90 * 86400.0
-    """How long a key signs before a new selector replaces it."""
-    grace_period: Duration = 7 * 86400.0
+    """One key per algorithm (RSA, Ed25519); both give dual signatures."""
+    rsa_key_size: Literal[2048, 3072, 4096] = Field(default=2048, alias="rsaKeySize")
+    """Bits of the RSA keys generated from now on (a key signing already keeps its size until
+    its rotation). Above 2048 the TXT record is split into several strings (status.zone)."""
+    rotate_every: DomainDuration = 90 * 86400.0
+    """How long a key signs before a new selector replaces it (at least checkInterval)."""
+    grace_period: DomainDuration = 7 * 86400.0
     """How long a replaced key stays published (retiring) for mail still in flight, before its
-    selector is removed from status and its key from the Secret."""
+    selector is removed from status and its key from the Secret (at least checkInterval)."""
 
     cel_rules = (
         Rule(
@@ -790,6 +823,25 @@ class DomainDKIM(CRDModel):
     )
 
 
+class ReportSenders(CRDModel):
+    """Who may mail DMARC aggregate reports to the pools: a report counts when the client is in
+    one of `networks`, or when it carries a valid DKIM signature of one of `dkimDomains` (or a
+    subdomain): Google signs its reports with d=google.com, Yahoo with d=yahoo.com."""
+
+    networks: list[CIDR] = Field(default=[], max_length=64)
+    dkim_domains: list[Hostname] = Field(default=[], max_length=64, alias="dkimDomains")
+
+    cel_rules = (
+        Rule(
+            "size(self.networks) + size(self.dkimDomains) > 0",
+            "dmarc.acceptReportsFrom: name networks or dkimDomains (reports from anyone could "
+            "be forged)",
+            lambda r: bool(r.networks or r.dkim_domains),
+            reason="FieldValueRequired",
+        ),
+    )
+
+
 class DomainDMARC(CRDModel):
     """What the domain's DMARC record (_dmarc.<domain>) must say."""
 
@@ -797,6 +849,21 @@ class DomainDMARC(CRDModel):
     """The p= tag the record must carry (Gmail and Yahoo want at least none for bulk mail)."""
     report_address: str | None = Field(default=None, max_length=320, pattern=EMAIL_PATTERN)
     """Where aggregate reports go: the record's rua= must list mailto:<this>."""
+    accept_reports_from: ReportSenders | None = None
+    """Take the aggregate reports mailed to reportAddress in at the pools' submission port
+    (route the address's MX there): from these senders only, each report is forwarded to the
+    operator, which counts it in its metrics (mailfleet_dmarc_*). Needs the operator's
+    --dmarc-listen and --dmarc-url. Unset: reports reach the operator by HTTP upload only."""
+
+    cel_rules = (
+        Rule(
+            "!has(self.acceptReportsFrom) || has(self.reportAddress)",
+            "dmarc.reportAddress is required with dmarc.acceptReportsFrom",
+            lambda d: d.accept_reports_from is None or d.report_address is not None,
+            field_path=".reportAddress",
+            reason="FieldValueRequired",
+        ),
+    )
 
 
 class SendingDomainSpec(CRDModel):
@@ -811,9 +878,18 @@ class SendingDomainSpec(CRDModel):
     dkim: DomainDKIM = DomainDKIM()
     dmarc: DomainDMARC = DomainDMARC()
     dns: DNS = DNS()
-    """The resolvers the checks ask; none: the operator's own (/etc/resolv.conf)."""
-    check_interval: Duration = 300.0
-    """How often DNS is checked again (and a rotation step taken)."""
+    """The resolvers the checks ask; none: the operator's --dns-nameservers, else its own
+    (/etc/resolv.conf)."""
+    check_interval: DomainDuration = 300.0
+    """How often DNS is checked again (and a rotation step taken); at least 1s."""
+    on_failing_ip: Literal["Warn", "StopSending"] = Field(default="Warn", alias="onFailingIP")
+    """What happens when a pool IP fails a check for this domain: SPF does not authorise it
+    (IPNotAuthorized), or its reverse DNS is not forward-confirmed to its HELO name (NoPTR,
+    PTRMismatch, ForwardMismatch). Warn: the condition and a Warning event on the domain and
+    the pool. StopSending: also, the pools stop sending the domain's mail (envelope sender at
+    the domain or a subdomain) from that IP, while other domains' mail still uses it; with no
+    IP left, the mail waits in the queue (deferred, not lost). The restriction lifts at the
+    first check that passes (status.stoppedIPs); a failed DNS lookup changes nothing."""
 
     cel_rules = (
         Rule(
@@ -821,6 +897,24 @@ class SendingDomainSpec(CRDModel):
             "pools must not list a pool twice",
             lambda s: _unique(s.pools),
             field_path=".pools",
+        ),
+        Rule(
+            f"{_cel_seconds('self.checkInterval')} >= 1.0",
+            "checkInterval: must be at least 1s",
+            lambda s: s.check_interval >= 1.0,
+            field_path=".checkInterval",
+        ),
+        Rule(
+            f"{_cel_seconds('self.dkim.rotateEvery')} >= {_cel_seconds('self.checkInterval')}",
+            "dkim.rotateEvery must be at least checkInterval: keys change at checks",
+            lambda s: round(s.dkim.rotate_every, 3) >= round(s.check_interval, 3),
+            field_path=".dkim.rotateEvery",
+        ),
+        Rule(
+            f"{_cel_seconds('self.dkim.gracePeriod')} >= {_cel_seconds('self.checkInterval')}",
+            "dkim.gracePeriod must be at least checkInterval: keys are retired at checks",
+            lambda s: round(s.dkim.grace_period, 3) >= round(s.check_interval, 3),
+            field_path=".dkim.gracePeriod",
         ),
     )
 
@@ -858,6 +952,18 @@ class TransportSecurity(CRDModel):
     """The _smtp._tls TXT record, or why there is none."""
 
 
+class StoppedIP(CRDModel):
+    """A pool IP that sends none of the domain's mail (onFailingIP: StopSending)."""
+
+    address: IPAddress
+    pool: ObjectName
+    reason: str = Field(max_length=1024)
+    """The failing check's reason: IPNotAuthorized, NoPTR, PTRMismatch or ForwardMismatch."""
+    message: str = Field(default="", max_length=4096)
+    since: datetime
+    """When the IP stopped sending the domain's mail."""
+
+
 class SendingDomainStatus(CRDModel):
     observed_generation: int | None = None
     conditions: Conditions = []
@@ -871,6 +977,8 @@ class SendingDomainStatus(CRDModel):
     zone: str | None = Field(default=None, max_length=65536)
     """The records as zone-file lines, ready to paste."""
     transport_security: TransportSecurity | None = None
+    stopped_ips: list[StoppedIP] = Field(default=[], max_length=512, alias="stoppedIPs")
+    """Pool IPs that do not send the domain's mail now (onFailingIP: StopSending), and why."""
 
 
 # --- whole objects -----------------------------------------------------------------------------
@@ -1051,6 +1159,12 @@ KINDS: tuple[Kind, ...] = (
             PrinterColumn("rDNS", '.status.conditions[?(@.type=="ReverseDNS")].status'),
             _AGE,
             PrinterColumn("Pools", ".spec.pools", priority=1),
+            PrinterColumn(
+                "Stopped-IPs",
+                ".status.stoppedIPs[*].address",
+                description="Pool IPs not sending the domain's mail",
+                priority=1,
+            ),
             PrinterColumn("Message", _ready("message"), priority=1),
         ),
     ),

@@ -19,11 +19,11 @@ from mailfleet.operator.crd_models import DKIMAlgorithm
 RSA_BITS = 2048
 
 
-def generate_pem(algorithm: DKIMAlgorithm) -> bytes:
-    """A new private key (RSA 2048 or Ed25519) as unencrypted PKCS#8 PEM."""
+def generate_pem(algorithm: DKIMAlgorithm, rsa_bits: int = RSA_BITS) -> bytes:
+    """A new private key (RSA of rsa_bits, or Ed25519) as unencrypted PKCS#8 PEM."""
     key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
     if algorithm == "rsa-sha256":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
     else:
         key = ed25519.Ed25519PrivateKey.generate()
     return key.private_bytes(

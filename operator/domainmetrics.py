@@ -26,6 +26,13 @@ class DomainMetrics:
             ["namespace", "name", "domain", "selector", "algorithm", "state"],
             registry=registry,
         )
+        self.stopped_ip = Gauge(
+            "mailfleet_domain_stopped_ip",
+            "1 for each pool IP that does not send a SendingDomain's mail (onFailingIP: "
+            "StopSending), by the failing check's reason",
+            ["namespace", "name", "domain", "pool", "address", "reason"],
+            registry=registry,
+        )
         self.last_check = Gauge(
             "mailfleet_domain_last_check_timestamp_seconds",
             "When the operator last checked a SendingDomain's DNS (Unix time)",
@@ -73,6 +80,9 @@ class DomainMetrics:
         for s in status.get("selectors") or []:
             sel = (namespace, name, domain, s["selector"], s["algorithm"], s["state"])
             now.append((self.selector, sel))
+        for st in status.get("stoppedIPs") or []:
+            ip = (namespace, name, domain, st["pool"], st["address"], st["reason"])
+            now.append((self.stopped_ip, ip))
         for g, labels in now:
             g.labels(*labels).set(1)
         for g, old in self._series.get((namespace, name), []):

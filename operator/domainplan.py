@@ -19,7 +19,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from mailfleet.operator.conditions import Cond
 from mailfleet.operator.crd_models import (
@@ -51,6 +51,7 @@ class Event:
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
+    pool: str | None = None  # also posted on this SendingPool
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,10 @@ class Checked:
     needed: set[Query] = field(default_factory=set)
     # status.transportSecurity: the MTA-STS and TLS-RPT records found (noted, not judged).
     notes: dict[str, str] = field(default_factory=dict)
+    # Pool IPs failing SPF or reverse DNS: address -> [(reason, message)]; and the IPs whose
+    # verdict a failed lookup left unknown.
+    ip_failures: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    ip_unknown: set[str] = field(default_factory=set)
 
 
 def transport_notes(domain: str, dns: _Lookups) -> dict[str, str]:
@@ -496,12 +501,18 @@ def _spf_networks(
     return nets
 
 
-def check_spf(domain: str, ips: Sequence[PoolIP], dns: _Lookups) -> Cond:
+def check_spf(
+    domain: str, ips: Sequence[PoolIP], dns: _Lookups, verdicts: Checked | None = None
+) -> Cond:
+    """SPFValid; `verdicts` collects the IPs SPF does not authorise (a record that is missing
+    or broken fails every IP alike: no IP is singled out)."""
     counter = [0]
     try:
         nets = _spf_networks(domain, dns, counter)
     except _SPFError as e:
         status: Literal["False", "Unknown"] = "Unknown" if e.reason == "DNSError" else "False"
+        if verdicts is not None and status == "Unknown":
+            verdicts.ip_unknown.update(i.address for i in ips)
         return Cond("SPFValid", status, e.reason, e.message)
     if counter[0] > SPF_LOOKUP_LIMIT:
         return Cond(
@@ -512,6 +523,11 @@ def check_spf(domain: str, ips: Sequence[PoolIP], dns: _Lookups) -> Cond:
         )
     active = [i for i in ips if not i.standby]
     missing = [i for i in active if not any(ipaddress.ip_address(i.address) in n for n in nets)]
+    if verdicts is not None:
+        for i in missing:
+            verdicts.ip_failures.setdefault(i.address, []).append(
+                ("IPNotAuthorized", f"SPF of {domain} does not authorise {i.address}")
+            )
     if missing:
         what = ", ".join(f"{i.address} (pool {i.pool})" for i in missing)
         return Cond(
@@ -572,50 +588,22 @@ def check_dmarc(spec: SendingDomainSpec, dns: _Lookups) -> Cond:
     )
 
 
-def check_reverse_dns(ips: Sequence[PoolIP], dns: _Lookups) -> Cond:
+def check_reverse_dns(
+    ips: Sequence[PoolIP], dns: _Lookups, verdicts: Checked | None = None
+) -> Cond:
+    """ReverseDNS; `verdicts` collects each IP's failure (or unknown verdict)."""
     if not ips:
         return Cond("ReverseDNS", "True", "NoPoolIPs", "no pool IPs to check")
     problems: list[tuple[str, str]] = []
     failures: list[str] = []
     for ip in ips:
-        addr = ipaddress.ip_address(ip.address)
-        rev = addr.reverse_pointer
-        try:
-            ptr = dns.get(rev, "PTR")
-        except _Need:
-            continue
-        if ptr.failed:
-            failures.append(_dns_failure(f"PTR of {ip.address}", ptr))
-            continue
-        if not ptr.records:
-            problems.append(
-                ("NoPTR", f"{ip.address} (pool {ip.pool}) has no PTR record; want {ip.hostname}")
-            )
-            continue
-        if ip.hostname not in ptr.records:
-            problems.append(
-                (
-                    "PTRMismatch",
-                    f"PTR of {ip.address} (pool {ip.pool}) is {', '.join(ptr.records)}, "
-                    f"not its HELO name {ip.hostname}",
-                )
-            )
-            continue
-        rtype: RRType = "A" if addr.version == 4 else "AAAA"
-        try:
-            fwd = dns.get(ip.hostname, rtype)
-        except _Need:
-            continue
-        if fwd.failed:
-            failures.append(_dns_failure(f"{ip.hostname} {rtype}", fwd))
-        elif not any(ipaddress.ip_address(r) == addr for r in fwd.records):
-            problems.append(
-                (
-                    "ForwardMismatch",
-                    f"{ip.hostname} {rtype} is {', '.join(fwd.records) or 'missing'}, not "
-                    f"{ip.address} (pool {ip.pool}): reverse DNS is not forward-confirmed",
-                )
-            )
+        n_problems, n_failures = len(problems), len(failures)
+        _reverse_dns_of(ip, dns, problems, failures)
+        if verdicts is not None:
+            for reason, message in problems[n_problems:]:
+                verdicts.ip_failures.setdefault(ip.address, []).append((reason, message))
+            if len(failures) > n_failures:
+                verdicts.ip_unknown.add(ip.address)
     if problems:
         return Cond("ReverseDNS", "False", problems[0][0], "; ".join(p[1] for p in problems))
     if failures:
@@ -626,6 +614,50 @@ def check_reverse_dns(ips: Sequence[PoolIP], dns: _Lookups) -> Cond:
         "ForwardConfirmed",
         f"all {len(ips)} pool IPs have a PTR to their HELO name, which resolves back",
     )
+
+
+def _reverse_dns_of(
+    ip: PoolIP, dns: _Lookups, problems: list[tuple[str, str]], failures: list[str]
+) -> None:
+    """One IP's PTR -> HELO name -> same IP; what fails is appended to problems or failures."""
+    addr = ipaddress.ip_address(ip.address)
+    rev = addr.reverse_pointer
+    try:
+        ptr = dns.get(rev, "PTR")
+    except _Need:
+        return
+    if ptr.failed:
+        failures.append(_dns_failure(f"PTR of {ip.address}", ptr))
+        return
+    if not ptr.records:
+        problems.append(
+            ("NoPTR", f"{ip.address} (pool {ip.pool}) has no PTR record; want {ip.hostname}")
+        )
+        return
+    if ip.hostname not in ptr.records:
+        problems.append(
+            (
+                "PTRMismatch",
+                f"PTR of {ip.address} (pool {ip.pool}) is {', '.join(ptr.records)}, "
+                f"not its HELO name {ip.hostname}",
+            )
+        )
+        return
+    rtype: RRType = "A" if addr.version == 4 else "AAAA"
+    try:
+        fwd = dns.get(ip.hostname, rtype)
+    except _Need:
+        return
+    if fwd.failed:
+        failures.append(_dns_failure(f"{ip.hostname} {rtype}", fwd))
+    elif not any(ipaddress.ip_address(r) == addr for r in fwd.records):
+        problems.append(
+            (
+                "ForwardMismatch",
+                f"{ip.hostname} {rtype} is {', '.join(fwd.records) or 'missing'}, not "
+                f"{ip.address} (pool {ip.pool}): reverse DNS is not forward-confirmed",
+            )
+        )
 
 
 def check(
@@ -641,16 +673,97 @@ def check(
     dns = _Lookups(facts)
     dkim, published = check_dkim(spec.domain, selectors, txt, dns)
     conds = [dkim]
+    verdicts = Checked([], {})
     with contextlib.suppress(_Need):
-        conds.append(check_spf(spec.domain, ips, dns))
+        conds.append(check_spf(spec.domain, ips, dns, verdicts))
     with contextlib.suppress(_Need):
         conds.append(check_dmarc(spec, dns))
-    conds.append(check_reverse_dns(ips, dns))
+    conds.append(check_reverse_dns(ips, dns, verdicts))
     notes = transport_notes(spec.domain, dns)
     if dns.needed:
         return Checked(conds, published, dns.needed)
     conds.append(ready(conds, selectors, missing_pools))
-    return Checked(conds, published, notes=notes)
+    return Checked(
+        conds,
+        published,
+        notes=notes,
+        ip_failures=verdicts.ip_failures,
+        ip_unknown=verdicts.ip_unknown,
+    )
+
+
+# --- IPs that stop sending the domain's mail (onFailingIP: StopSending) ------------------------
+
+
+@dataclass(frozen=True)
+class Stopped:
+    address: str
+    pool: str
+    reason: str
+    message: str
+    since: datetime
+
+
+def plan_stops(
+    spec: SendingDomainSpec,
+    ips: Sequence[PoolIP],
+    checked: Checked,
+    previous: Sequence[Stopped],
+    now: datetime,
+) -> tuple[list[Stopped], list[Event]]:
+    """status.stoppedIPs after a check, and the events of what changed. An IP stops when a
+    check fails for it and the domain says StopSending; it resumes once no check fails for it.
+    An IP whose lookups failed keeps its previous state: a DNS outage neither stops nor lifts."""
+    name = spec.domain
+    before = {(s.pool, s.address): s for s in previous}
+    out: list[Stopped] = []
+    events: list[Event] = []
+    stop = spec.on_failing_ip == "StopSending"
+    for ip in ips:
+        key = (ip.pool, ip.address)
+        was = before.get(key)
+        failures = checked.ip_failures.get(ip.address, [])
+        if stop and failures:
+            message = "; ".join(m for _, m in failures)
+            reason = failures[0][0]
+            out.append(Stopped(ip.address, ip.pool, reason, message, was.since if was else now))
+            if was is None:
+                events.append(
+                    Event(
+                        "Warning",
+                        "SendingStopped",
+                        f"mail of {name} is no longer sent from {ip.address} (pool {ip.pool}): "
+                        f"{message}",
+                        ip.pool,
+                    )
+                )
+        elif stop and was is not None and ip.address in checked.ip_unknown:
+            out.append(was)
+        elif was is not None:
+            why = "its checks pass again" if stop else "onFailingIP is Warn"
+            events.append(
+                Event(
+                    "Normal",
+                    "SendingResumed",
+                    f"mail of {name} is sent from {ip.address} (pool {ip.pool}) again: {why}",
+                    ip.pool,
+                )
+            )
+    for pool in dict.fromkeys(ip.pool for ip in ips):
+        sending = {i.address for i in ips if i.pool == pool and not i.standby}
+        stopped_now = {s.address for s in out if s.pool == pool}
+        stopped_before = {s.address for s in previous if s.pool == pool}
+        if sending and sending <= stopped_now and not sending <= stopped_before:
+            events.append(
+                Event(
+                    "Warning",
+                    "NoSendingIP",
+                    f"none of pool {pool}'s IPs may send mail of {name}: it waits in the queue "
+                    "(deferred) until DNS is fixed",
+                    pool,
+                )
+            )
+    return out, events
 
 
 def ready(
@@ -692,6 +805,55 @@ def domain_dkim_keys(pool: str, domains: Sequence[SendingDomain]) -> list[DKIMKe
                     )
                 )
     return out
+
+
+def sender_restrictions(pool: str, domains: Sequence[SendingDomain]) -> list[dict[str, Any]]:
+    """The pool's delivery.senderRestrictions: per domain, the pool's IPs that must not send
+    its mail (status.stoppedIPs of the SendingDomains listing the pool)."""
+    by_domain: dict[str, dict[str, str]] = {}
+    for d in domains:
+        if pool not in d.spec.pools or d.status is None:
+            continue
+        for s in d.status.stopped_ips:
+            if s.pool == pool:
+                by_domain.setdefault(d.spec.domain, {})[str(s.address)] = s.message
+    return [
+        {
+            "domain": domain,
+            "excludedIPs": sorted(ips),
+            "reason": "; ".join(dict.fromkeys(ips.values()))[:1024],
+        }
+        for domain, ips in sorted(by_domain.items())
+    ]
+
+
+def dmarc_report_addresses(
+    pool: str, domains: Sequence[SendingDomain], base_url: str | None
+) -> list[dict[str, Any]]:
+    """The pool's dmarcReports.addresses: the report address of each SendingDomain listing it
+    with dmarc.acceptReportsFrom, forwarded to <base_url>/dmarc/<namespace>/<name>. None
+    without the operator's --dmarc-url (nowhere to forward)."""
+    if not base_url:
+        return []
+    out: dict[str, dict[str, Any]] = {}
+    for d in sorted(domains, key=lambda d: str(d.metadata.get("name"))):
+        dmarc = d.spec.dmarc
+        if pool not in d.spec.pools or dmarc.accept_reports_from is None:
+            continue
+        if dmarc.report_address is None:
+            continue
+        senders = dmarc.accept_reports_from
+        out.setdefault(
+            dmarc.report_address.lower(),
+            {
+                "address": dmarc.report_address.lower(),
+                "forwardURL": f"{base_url.rstrip('/')}/dmarc/"
+                f"{d.metadata.get('namespace')}/{d.metadata.get('name')}",
+                "sources": [str(n) for n in senders.networks],
+                "signedBy": list(senders.dkim_domains),
+            },
+        )
+    return list(out.values())
 
 
 def with_domain_keys(pool: SendingPool, keys: Sequence[DKIMKeyRef]) -> SendingPool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hmac
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 import dns.asyncresolver
 from pydantic import ValidationError
 
-from mailfleet.operator import dkimrecords, dmarcreport, dnscheck, domainplan, kube
+from mailfleet.operator import dkimrecords, dmarcreport, dnscheck, domainplan, kube, naming
 from mailfleet.operator.conditions import merge_conditions, now_utc, timestamp
 from mailfleet.operator.crd_models import API_VERSION, SendingDomain, SendingPool
 from mailfleet.operator.domainmetrics import DomainMetrics
@@ -51,6 +52,15 @@ def _selectors(domain: SendingDomain) -> list[domainplan.Selector]:
     return [
         domainplan.Selector(s.selector, s.algorithm, s.state, s.since)
         for s in domain.status.selectors
+    ]
+
+
+def _stopped(domain: SendingDomain) -> list[domainplan.Stopped]:
+    if domain.status is None:
+        return []
+    return [
+        domainplan.Stopped(str(s.address), s.pool, s.reason, s.message, s.since)
+        for s in domain.status.stopped_ips
     ]
 
 
@@ -102,12 +112,15 @@ class DomainController:
         *,
         clock: Callable[[], datetime] = now_utc,
         resolver_for: ResolverFactory = dnscheck.resolver,
+        default_dns: tuple[Sequence[str], int] = ((), 53),
     ) -> None:
         self.api = api
         self.post_event = post_event
         self.metrics = metrics
         self.clock = clock
         self.resolver_for = resolver_for
+        # The operator's --dns-nameservers/--dns-port, for domains whose spec.dns names none.
+        self.default_dns = default_dns
         self.tasks: dict[Key, asyncio.Task[None]] = {}
         self.wake: dict[Key, asyncio.Event] = {}
         self.generations: dict[Key, int | None] = {}
@@ -115,6 +128,7 @@ class DomainController:
         # name, its pools' IPs; and the report ids counted (duplicates are not counted twice).
         self.known: dict[Key, tuple[Mapping[str, Any], str, frozenset[str]]] = {}
         self.report_ids: dict[Key, dict[str, None]] = {}
+        self.pools_of: dict[Key, tuple[str, ...]] = {}
 
     def on_event(
         self, event_type: str | None, namespace: str, name: str, meta: Mapping[str, Any]
@@ -130,6 +144,7 @@ class DomainController:
             self.generations.pop(key, None)
             self.known.pop(key, None)
             self.report_ids.pop(key, None)
+            self.pools_of.pop(key, None)
             self.metrics.forget(namespace, name)
             return
         task = self.tasks.get(key)
@@ -172,7 +187,10 @@ class DomainController:
         missing: Sequence[str],
     ) -> domainplan.Checked:
         spec = domain.spec
-        res = self.resolver_for([str(a) for a in spec.dns.nameservers], spec.dns.port)
+        servers, port = [str(a) for a in spec.dns.nameservers], spec.dns.port
+        if not servers:
+            servers, port = list(self.default_dns[0]), self.default_dns[1]
+        res = self.resolver_for(servers, port)
         return await dnscheck.gather(
             res, lambda facts: domainplan.check(spec, selectors, txt, ips, missing, facts)
         )
@@ -218,7 +236,9 @@ class DomainController:
         checked = await self._check(domain, current, txt, ips, missing)
         plan = domainplan.plan_keys(spec, current, frozenset(txt), checked.published, now)
         for new in plan.generate:
-            pem = await asyncio.to_thread(dkimrecords.generate_pem, new.algorithm)
+            pem = await asyncio.to_thread(
+                dkimrecords.generate_pem, new.algorithm, spec.dkim.rsa_key_size
+            )
             keys[new.selector] = pem
             txt[new.selector] = dkimrecords.txt_value(pem)
         wanted = {s.selector for s in plan.selectors}
@@ -227,8 +247,13 @@ class DomainController:
             await self.api.apply(kube.SECRETS, secret_body(body, secret, keep))
         if plan.selectors != current:
             checked = await self._check(domain, plan.selectors, txt, ips, missing)
-        for ev in plan.events:
+        stopped, stop_events = domainplan.plan_stops(spec, ips, checked, _stopped(domain), now)
+        for ev in [*plan.events, *stop_events]:
             self.post_event(body, ev.type, ev.reason, ev.message)
+            if ev.pool is not None and ev.pool in pools:
+                self.post_event(
+                    pools[ev.pool], ev.type, ev.reason, f"SendingDomain {name}: {ev.message}"
+                )
         old = body.get("status") or {}
         recs = domainplan.records(spec, plan.selectors, txt, ips)
         status: dict[str, Any] = {
@@ -250,6 +275,16 @@ class DomainController:
             "records": recs,
             "zone": domainplan.zone(recs),
             "transportSecurity": checked.notes,
+            "stoppedIPs": [
+                {
+                    "address": s.address,
+                    "pool": s.pool,
+                    "reason": s.reason,
+                    "message": s.message,
+                    "since": timestamp(s.since),
+                }
+                for s in stopped
+            ],
         }
         self._condition_events(body, old.get("conditions") or [], status["conditions"], pools)
         if status != {k: old.get(k) for k in status}:  # nothing new: no write
@@ -260,6 +295,7 @@ class DomainController:
             "metadata": {k: body["metadata"].get(k) for k in ("name", "namespace", "uid")}
         }
         self.known[key] = (slim, spec.domain, frozenset(i.address for i in ips))
+        self.pools_of[key] = tuple(spec.pools)
         delay = spec.check_interval
         if plan.next_step is not None:
             delay = min(delay, (plan.next_step - now).total_seconds())
@@ -296,6 +332,19 @@ class DomainController:
                         )
             elif c["status"] == "True" and was is not None and was.get("status") == "False":
                 self.post_event(body, "Normal", c["reason"], f"{c['type']}: {c['message']}")
+
+    async def pool_token_ok(self, namespace: str, name: str, token: str) -> bool:
+        """Whether `token` is the admin token of a pool the domain lists: engines forward the
+        reports mailed to them with it (it counts for the domains they send for, no other)."""
+        for pool in self.pools_of.get((namespace, name), ()):
+            secret = await self.api.get(kube.SECRETS, namespace, naming.admin_secret_name(pool))
+            raw = ((secret or {}).get("data") or {}).get(naming.ADMIN_TOKEN_KEY)
+            if not raw:
+                continue
+            known = base64.b64decode(raw).strip()
+            if known and hmac.compare_digest(known, token.encode()):
+                return True
+        return False
 
     def accept_report(self, namespace: str, name: str, data: bytes) -> tuple[int, str]:
         """A DMARC aggregate report for SendingDomain namespace/name: counted in the metrics,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import yaml
@@ -33,6 +33,8 @@ def render_engine_config(
     caps: Sequence[WarmupCapConfig],
     overflow: Literal["spill", "defer"],
     day_length: float = 86400.0,
+    sender_restrictions: Sequence[Mapping[str, Any]] = (),
+    dmarc_addresses: Sequence[Mapping[str, Any]] = (),
 ) -> EngineConfig:
     spec = pool.spec
     sub = spec.submission
@@ -74,6 +76,8 @@ def render_engine_config(
                 for p in plans
             ],
             "egress": {"mode": spec.egress.mode, "proxy": spec.egress.proxy},
+            # SendingDomains with onFailingIP: StopSending (domainplan.sender_restrictions).
+            "senderRestrictions": list(sender_restrictions),
         },
         "dkim": {
             "keys": [
@@ -95,6 +99,12 @@ def render_engine_config(
         },
         "logging": {"level": "info", "format": "json"},
     }
+    if dmarc_addresses:
+        # Forwarded to the operator with the pool's admin token, which it knows.
+        data["dmarcReports"] = {
+            "addresses": list(dmarc_addresses),
+            "tokenFile": f"{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}",
+        }
     return EngineConfig.model_validate(data)
 
 

@@ -50,6 +50,10 @@ class Settings:
     # (host, port, token) of the DMARC report upload endpoint; None: off.
     dmarc: tuple[str, int, str] | None = None
     dmarc_runner: Any = None
+    # The URL engines reach that endpoint at (--dmarc-url): they forward reports mailed to them.
+    dmarc_url: str | None = None
+    # --dns-nameservers/--dns-port: for SendingDomains whose spec.dns names none.
+    dns: tuple[tuple[str, ...], int] = ((), 53)
     settings: kopf.OperatorSettings | None = None
     instance: str = ""
 
@@ -129,8 +133,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         image=SETTINGS.image,
     )
     SETTINGS.operator = op
+    op.dmarc_url = SETTINGS.dmarc_url if SETTINGS.dmarc is not None else None
     SETTINGS.domains = DomainController(
-        op.api, post_event, DomainMetrics(SETTINGS.metrics.registry)
+        op.api, post_event, DomainMetrics(SETTINGS.metrics.registry), default_dns=SETTINGS.dns
     )
     op.start()
     if SETTINGS.dmarc is not None:

@@ -198,6 +198,8 @@ class Operator:
         self.post_event = post_event
         self.metrics = metrics if metrics is not None else OperatorMetrics()
         self.image = image
+        # Where engines forward DMARC reports mailed to them (the operator's --dmarc-url).
+        self.dmarc_url: str | None = None
         self.resync_seconds = resync_seconds
         self.poll_seconds = poll_seconds
         self.clock = clock
@@ -477,6 +479,8 @@ class Operator:
                 live_replicas=sts.spec_replicas if sts is not None else None,
                 drained_to=self.drained_to.get(key),
                 domain_keys=domainplan.domain_dkim_keys(name, domains),
+                sender_restrictions=domainplan.sender_restrictions(name, domains),
+                dmarc_addresses=domainplan.dmarc_report_addresses(name, domains, self.dmarc_url),
             )
         )
         self.sts_seen[key] = (sts.replicas, sts.ready) if sts is not None else (0, 0)

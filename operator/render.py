@@ -66,6 +66,10 @@ class PoolInputs:
     drained_to: int | None = None
     # The active DKIM keys of the SendingDomains that list the pool (domainplan.domain_dkim_keys).
     domain_keys: Sequence[DKIMKeyRef] = ()
+    # IPs that must not send a domain's mail (domainplan.sender_restrictions).
+    sender_restrictions: Sequence[Mapping[str, Any]] = ()
+    # DMARC report addresses the pool takes mail for (domainplan.dmarc_report_addresses).
+    dmarc_addresses: Sequence[Mapping[str, Any]] = ()
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,14 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
     config: EngineConfig | None
     try:
         config = render_engine_config(
-            pool, merged, plans, caps, overflow, warmup_day_length(pool, inp.warmups, inp.now)
+            pool,
+            merged,
+            plans,
+            caps,
+            overflow,
+            warmup_day_length(pool, inp.warmups, inp.now),
+            inp.sender_restrictions,
+            inp.dmarc_addresses,
         )
         config_text = config_yaml(config)
         conds.append(

@@ -4,7 +4,9 @@ No crash, no hang, and a clear error (the documented exception) for what they re
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import gzip
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from mailfleet.mta.addresses import AddressError, parse_path, valid_helo
 from mailfleet.mta.arf import ARFError, parse_arf
 from mailfleet.mta.config import ConfigError, HeadersConfig, parse_config
 from mailfleet.mta.dkim import DKIMSigner
+from mailfleet.mta.dmarcmail import NotAReport, report_attachments
 from mailfleet.mta.dsn import DSNRecipient, build_dsn, should_send_dsn
 from mailfleet.mta.headers import add_headers
 from mailfleet.mta.submission import has_bare_newline, normalize_newlines
@@ -78,6 +81,23 @@ def test_arf_parser_on_mutated_reports(sample: bytes, cuts: list[tuple[int, byte
 def test_arf_parser_on_random_bytes(data: bytes) -> None:
     with contextlib.suppress(ARFError):
         parse_arf(data)
+
+
+_REPORT_MAIL = (
+    b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n"
+    b"report\r\n--b\r\nContent-Type: application/gzip; name=r.xml.gz\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\n"
+    + base64.b64encode(gzip.compress(b"<feedback/>"))
+    + b"\r\n--b--\r\n"
+)
+
+
+@given(st.sampled_from([_REPORT_MAIL, *SAMPLES]), mutations)
+def test_mailed_dmarc_reports_yield_attachments_or_say_there_is_none(
+    sample: bytes, cuts: list[tuple[int, bytes]]
+) -> None:
+    with contextlib.suppress(NotAReport):
+        assert all(isinstance(a, bytes) and a for a in report_attachments(_mutate(sample, cuts)))
 
 
 message_text = st.sampled_from(

@@ -83,6 +83,8 @@ def test_a_draining_engine_hands_its_queue_to_a_peer(
         # Signed by A at acceptance, never again by B.
         assert m.content.count(b"DKIM-Signature:") == 1
         assert m.peer_ip == "127.0.0.1"
+    # The MX has the 60th message before B has read its 250 and recorded it.
+    b.wait_queue_empty(timeout=30)
     # The retry state came along: B's attempts carry on from A's count, same queue ids.
     # The MX records a message before its 250 reaches B, which counts it then.
     b.wait_until(

@@ -431,6 +431,14 @@ def test_dmarc_reports_become_metrics_and_events(
 def test_kubectl_explain_documents_the_kind(mailfleet_crds: Any) -> None:
     out = mailfleet_crds.kubectl("explain", "sendingdomain.spec.dkim").stdout
     assert "rotateEvery" in out and "gracePeriod" in out and "algorithms" in out
-    assert "How long a key signs before a new selector replaces it." in " ".join(out.split())
+    assert "How long a key signs before a new selector replaces it (at least checkInterval)." in (
+        " ".join(out.split())
+    )
+    spec = " ".join(mailfleet_crds.kubectl("explain", "mfdomain.spec.onFailingIP").stdout.split())
+    assert "StopSending: also, the pools stop sending the domain's mail" in spec
+    stopped = mailfleet_crds.kubectl("explain", "mfdomain.status.stoppedIPs").stdout
+    assert "Pool IPs that do not send the domain's mail now" in " ".join(stopped.split())
+    mailed = mailfleet_crds.kubectl("explain", "mfdomain.spec.dmarc.acceptReportsFrom").stdout
+    assert "dkimDomains" in mailed and "--dmarc-url" in mailed
     status = mailfleet_crds.kubectl("explain", "mfdomain.status.selectors.state").stdout
     assert "pending: generated, waiting for its record in DNS" in " ".join(status.split())

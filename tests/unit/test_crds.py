@@ -40,6 +40,8 @@ ALL_RULE_MESSAGES = [
         m.IPWarmupSpec,
         m.DomainDKIM,
         m.SendingDomainSpec,
+        m.DomainDMARC,
+        m.ReportSenders,
     )
     for r in model.cel_rules
 ] + [r.message for k in m.KINDS for r in k.root_rules]

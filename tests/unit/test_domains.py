@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from mailfleet.mta.config import EngineConfig
 from mailfleet.mta.dkimkeys import dns_txt_record, parse_private_key
 from mailfleet.operator import dkimrecords
 from mailfleet.operator import domainplan as p
@@ -461,3 +462,183 @@ def test_with_domain_keys_adds_what_the_pool_does_not_name_itself() -> None:
         ("ed", "b-dkim"),
     ]
     assert p.with_domain_keys(pool, []) is pool
+
+
+# --- onFailingIP: IPs that stop sending the domain's mail -------------------------------------
+
+LATER = T0 + timedelta(minutes=5)
+
+
+def checked(change: dict[p.Query, p.Answer] | None = None) -> p.Checked:
+    facts = good()
+    facts.update(change or {})
+    out = p.check(spec(), [sel("a", "active")], {"a": TXT}, IPS, [], facts)
+    assert not out.needed
+    return out
+
+
+SPF_ONLY_10 = {("example.com", "TXT"): p.Answer(("v=spf1 ip4:192.0.2.10 -all",))}
+NO_PTR_11 = {("11.2.0.192.in-addr.arpa", "PTR"): p.Answer(error="NXDOMAIN")}
+WRONG_PTR_11 = {("11.2.0.192.in-addr.arpa", "PTR"): p.Answer(("x.isp.example",))}
+FORWARD_11 = {("mta2.example.com", "A"): p.Answer(("192.0.2.99",))}
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (SPF_ONLY_10, "IPNotAuthorized"),
+        (NO_PTR_11, "NoPTR"),
+        (WRONG_PTR_11, "PTRMismatch"),
+        (FORWARD_11, "ForwardMismatch"),
+    ],
+)
+def test_a_failing_ip_is_named_with_its_reason(
+    change: dict[p.Query, p.Answer], reason: str
+) -> None:
+    out = checked(change)
+    assert list(out.ip_failures) == ["192.0.2.11"]
+    assert out.ip_failures["192.0.2.11"][0][0] == reason
+    assert not out.ip_unknown
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {("example.com", "TXT"): p.Answer(("hello",))},  # no SPF record: every IP alike
+        {("example.com", "TXT"): p.Answer(("v=spf1 foo:bar -all",))},  # broken record
+        {("example.com", "TXT"): p.Answer(error="timed out")},
+        {("11.2.0.192.in-addr.arpa", "PTR"): p.Answer(error="timed out")},
+    ],
+)
+def test_domain_wide_spf_failures_and_lookup_errors_single_out_no_ip(
+    change: dict[p.Query, p.Answer],
+) -> None:
+    assert checked(change).ip_failures == {}
+
+
+def test_lookup_errors_leave_the_ips_unknown() -> None:
+    assert checked({("example.com", "TXT"): p.Answer(error="timed out")}).ip_unknown == {
+        "192.0.2.10",
+        "192.0.2.11",
+    }
+    assert checked(
+        {("11.2.0.192.in-addr.arpa", "PTR"): p.Answer(error="timed out")}
+    ).ip_unknown == {"192.0.2.11"}
+
+
+def test_both_checks_failing_give_both_reasons() -> None:
+    out = checked({**SPF_ONLY_10, **NO_PTR_11})
+    assert [r for r, _ in out.ip_failures["192.0.2.11"]] == ["IPNotAuthorized", "NoPTR"]
+
+
+STOP = spec(onFailingIP="StopSending")
+
+
+def test_warn_stops_nothing() -> None:
+    stopped, events = p.plan_stops(spec(), IPS, checked(SPF_ONLY_10), [], T0)
+    assert stopped == [] and events == []
+
+
+def test_stop_sending_stops_the_failing_ip_once_with_an_event_on_domain_and_pool() -> None:
+    stopped, events = p.plan_stops(STOP, IPS, checked(SPF_ONLY_10), [], T0)
+    assert [(s.address, s.pool, s.reason, s.since) for s in stopped] == [
+        ("192.0.2.11", "out", "IPNotAuthorized", T0)
+    ]
+    assert [(e.type, e.reason, e.pool) for e in events] == [("Warning", "SendingStopped", "out")]
+    assert "mail of example.com is no longer sent from 192.0.2.11" in events[0].message
+    again, events = p.plan_stops(STOP, IPS, checked(SPF_ONLY_10), stopped, LATER)
+    assert again == stopped and events == []  # same since, no new event
+
+
+def test_fixed_dns_lifts_the_stop() -> None:
+    stopped, _ = p.plan_stops(STOP, IPS, checked(NO_PTR_11), [], T0)
+    lifted, events = p.plan_stops(STOP, IPS, checked(), stopped, LATER)
+    assert lifted == []
+    assert [(e.type, e.reason) for e in events] == [("Normal", "SendingResumed")]
+    assert "checks pass again" in events[0].message
+
+
+def test_a_lookup_error_keeps_the_stop_and_starts_none() -> None:
+    stopped, _ = p.plan_stops(STOP, IPS, checked(NO_PTR_11), [], T0)
+    outage = checked({("11.2.0.192.in-addr.arpa", "PTR"): p.Answer(error="timed out")})
+    kept, events = p.plan_stops(STOP, IPS, outage, stopped, LATER)
+    assert kept == stopped and events == []
+    none, events = p.plan_stops(STOP, IPS, outage, [], LATER)
+    assert none == [] and events == []
+
+
+def test_switching_back_to_warn_resumes() -> None:
+    stopped, _ = p.plan_stops(STOP, IPS, checked(NO_PTR_11), [], T0)
+    out, events = p.plan_stops(spec(), IPS, checked(NO_PTR_11), stopped, LATER)
+    assert out == [] and [e.reason for e in events] == ["SendingResumed"]
+    assert "onFailingIP is Warn" in events[0].message
+
+
+def test_every_ip_of_a_pool_stopped_says_the_mail_waits() -> None:
+    spf_none = {("example.com", "TXT"): p.Answer(("v=spf1 ip4:198.51.100.1 -all",))}
+    stopped, events = p.plan_stops(STOP, IPS, checked(spf_none), [], T0)
+    assert len(stopped) == 2
+    assert [e.reason for e in events] == ["SendingStopped", "SendingStopped", "NoSendingIP"]
+    assert "waits in the queue" in events[-1].message
+    _, events = p.plan_stops(STOP, IPS, checked(spf_none), stopped, LATER)
+    assert events == []
+
+
+def stop_domain(
+    name: str, domain_name: str, pools: list[str], stopped: list[dict[str, Any]]
+) -> Any:
+    return SendingDomain.model_validate(
+        {
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"domain": domain_name, "pools": pools},
+            "status": {"stoppedIPs": stopped},
+        }
+    )
+
+
+def st(address: str, pool: str, message: str) -> dict[str, Any]:
+    return {
+        "address": address,
+        "pool": pool,
+        "reason": "NoPTR",
+        "message": message,
+        "since": "2026-11-30T09:00:00Z",
+    }
+
+
+def test_sender_restrictions_per_pool_merge_domains_of_the_same_name() -> None:
+    ds = [
+        stop_domain("a", "a.example", ["out", "other"], [st("192.0.2.11", "out", "no PTR")]),
+        stop_domain("a2", "a.example", ["out"], [st("192.0.2.10", "out", "no SPF")]),
+        stop_domain("b", "b.example", ["other"], [st("192.0.2.50", "other", "x")]),
+        stop_domain("c", "c.example", ["out"], []),
+    ]
+    out = p.sender_restrictions("out", ds)
+    assert out == [
+        {
+            "domain": "a.example",
+            "excludedIPs": ["192.0.2.10", "192.0.2.11"],
+            "reason": "no PTR; no SPF",
+        }
+    ]
+    assert p.sender_restrictions("other", ds)[0]["excludedIPs"] == ["192.0.2.50"]
+    assert p.sender_restrictions("nobody", ds) == []
+    # What the engine takes as is.
+    EngineConfig.model_validate({"delivery": {"senderRestrictions": out}})
+
+
+def test_rsa_key_size_is_the_spec_s() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    assert spec().dkim.rsa_key_size == 2048
+    bits = spec(dkim={"rsaKeySize": 3072}).dkim.rsa_key_size
+    pem = dkimrecords.generate_pem("rsa-sha256", bits)
+    key = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 3072
+    txt = dkimrecords.txt_value(pem)
+    assert txt.startswith("v=DKIM1; k=rsa; p=") and len(txt) > 255  # split in status.zone
+    recs = p.records(spec(), [sel("a", "active")], {"a": txt}, IPS)
+    assert '" "' in p.zone(recs[:1])
+    with pytest.raises(ValueError, match="rsaKeySize"):
+        spec(dkim={"rsaKeySize": 1024})
