@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.deps-stamp
 
 # Debian packages the tests and benchmarks drive as real peers.
 APT_PACKAGES := postfix swaks dnsmasq-base libmail-dkim-perl libnet-dns-perl libcryptx-perl redis-server \
-                dante-server prometheus openssl ca-certificates
+                dante-server prometheus openssl ca-certificates lua5.1
 
 .PHONY: help
 help: ## list the targets

@@ -10,6 +10,7 @@ import argparse
 
 from bench import backlog as backlog_bench
 from bench import dkim as dkim_bench
+from bench import health as health_bench
 from bench import operator as operator_bench
 from bench import relay as relay_bench
 from bench import shaped as shaped_bench
@@ -36,6 +37,8 @@ def main() -> None:
 
     for alg, label in (("rsa-sha256", "rsa-2048"), ("ed25519-sha256", "ed25519")):
         print(f"dkim {label}: {dkim_bench.measure(alg):.0f} sig/s", flush=True)
+    for line in health_bench.lines():
+        print(line, flush=True)
 
     # The relay against Postfix, each in the same run: 5 KB, then 100 KB messages.
     theirs = 0.0

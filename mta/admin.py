@@ -1,4 +1,5 @@
 """The admin HTTP API: /healthz, /readyz, /v1/status, /metrics, POST /v1/drain, POST /v1/reload,
+/v1/shaping/adopt (IPs moving in),
 /v1/suppressions (GET list, POST add, GET/DELETE one), POST /v1/queue/retry and /v1/queue/bounce
 (by recipient domain).
 
@@ -51,6 +52,9 @@ class Engine(Protocol):
     async def drain(self, handoff: list[str] | None = None) -> dict[str, Any]: ...
     async def undrain(self) -> dict[str, Any]: ...
     async def adopt(self, messages: list[QueuedMessage]) -> int: ...
+    async def adopt_shaping(
+        self, pairs: list[dict[str, Any]], warmup: list[dict[str, Any]]
+    ) -> int: ...
     async def reload(
         self, text: str | None = None, *, only_if_changed: bool = False
     ) -> tuple[bool, str]: ...
@@ -141,6 +145,35 @@ def make_app(engine: Engine) -> web.Application:
             status=200 if ok else 422,
         )
 
+    async def adopt_shaping(request: web.Request) -> web.Response:
+        """IPs moving here from another pod: their shaping rows (as /v1/status "shaping") and
+        today's warmup counts (as /v1/status "warmup")."""
+        try:
+            body = await request.json()
+            pairs, warmup = body.get("shaping", []), body.get("warmup", [])
+            if not isinstance(pairs, list) or not isinstance(warmup, list):
+                raise ValueError
+            for p in pairs:
+                if not isinstance(p, dict) or not isinstance(p.get("ip"), str):
+                    raise ValueError
+                if not isinstance(p.get("provider"), str):
+                    raise ValueError
+            for w in warmup:
+                if not isinstance(w, dict) or not isinstance(w.get("ip"), str):
+                    raise ValueError
+                if not isinstance(w.get("provider"), str) or not isinstance(w.get("sent"), int):
+                    raise ValueError
+            n = await engine.adopt_shaping(pairs, warmup)
+        except (ValueError, AttributeError, TypeError):
+            return web.json_response(
+                {
+                    "error": 'expected JSON {"shaping": [{"ip", "provider", ...}], '
+                    '"warmup": [{"ip", "provider", "sent": int}]}'
+                },
+                status=400,
+            )
+        return web.json_response({"adopted": n})
+
     async def suppressions(request: web.Request) -> web.Response:
         try:
             limit = int(request.query.get("limit", "100"))
@@ -211,6 +244,7 @@ def make_app(engine: Engine) -> web.Application:
             web.post("/v1/undrain", undrain),
             web.post("/v1/handoff", handoff),
             web.post("/v1/reload", reload),
+            web.post("/v1/shaping/adopt", adopt_shaping),
             web.get("/v1/suppressions", suppressions),
             web.post("/v1/suppressions", add_suppression),
             web.get("/v1/suppressions/{recipient}", get_suppression),

@@ -285,6 +285,9 @@ class SourceIP(Model):
     # The pod that sends from this address (a StatefulSet pod name); an engine started with
     # POD_NAME in its environment uses only its own addresses. None: any engine may use it.
     owner: str | None = None
+    # Set by the operator while the address moves between pods: nobody sends from it until the
+    # operator has handed its shaping state and warmup counts to the new owner.
+    hold: bool = False
 
 
 class EgressConfig(Model):
@@ -363,10 +366,18 @@ class DeliveryConfig(Model):
 
 
 class RetryConfig(Model):
+    """When a deferred recipient is tried again: from initial, doubling up to max (with
+    jitter), until the message is maxAge old and bounces."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
     initial: Duration = 300.0
+    """The delay before the first retry, e.g. 5m; each next one doubles it."""
     max: Duration = 3600.0
+    """The longest delay between two attempts."""
     max_age: Duration = 3 * 86400.0
+    """A message still undelivered this long after it was accepted bounces."""
     jitter: float = Field(default=0.2, ge=0, le=1)
+    """Share of each delay added or taken at random, so retries do not come in waves."""
 
     @model_validator(mode="after")
     def _order(self) -> RetryConfig:
@@ -554,6 +565,32 @@ class SuppressionConfig(Model):
         return self
 
 
+class PodShareConfig(Model):
+    """One pod's share of the pool-wide limits (shaping...pool) when they are not shared."""
+
+    pod: str
+    rate_share: float = Field(ge=0, le=1)  # of every pool-wide message rate
+    # Provider name -> connections this pod may open ("default" for unmatched domains).
+    connections: dict[str, int] = Field(default_factory=dict)
+
+
+class FleetConfig(Model):
+    """Pool-wide limits across pods: shared through Redis, else split (shares, from the
+    operator). No entry for this pod and no Redis: the limits apply to this engine alone."""
+
+    redis_url: str | None = Field(default=None, alias="redisURL")
+    # Keys are namespaced per pool (<namespace>/<pool>) so pools can share a Redis.
+    namespace: str = "default"
+    shares: list[PodShareConfig] = Field(default_factory=list)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("fleet.redisURL must look like redis://host:port/db")
+        return v
+
+
 class DMARCReportAddressConfig(Model):
     """An address DMARC aggregate reports (RFC 7489) are mailed to, through submission."""
 
@@ -660,6 +697,7 @@ class EngineConfig(Model):
     dkim: DKIMConfig = Field(default_factory=DKIMConfig)
     shaping: ShapingConfig = Field(default_factory=ShapingConfig)
     suppression: SuppressionConfig = Field(default_factory=SuppressionConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
     headers: HeadersConfig = Field(default_factory=HeadersConfig)
     dmarc_reports: DMARCReportsConfig = Field(
         default_factory=DMARCReportsConfig, alias="dmarcReports"

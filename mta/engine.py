@@ -568,6 +568,10 @@ class Engine:
         self.metrics.handoff.labels("in").inc(len(fresh))
         return len(fresh)
 
+    async def adopt_shaping(self, pairs: list[dict[str, Any]], warmup: list[dict[str, Any]]) -> int:
+        """Shaping state and warmup counts of IPs the operator moves here from another pod."""
+        return await self.queue.adopt_shaping(pairs, warmup)
+
     def status(self) -> dict[str, Any]:
         ready, reason = self.readiness()
         stats = getattr(self.client, "stats", None)
@@ -584,6 +588,8 @@ class Engine:
             "queue": self.queue.status(),
             "shaping": self.queue.shaping_status(),
             "warmup": self.queue.shaper.warmup_today(time.time()),
+            "sourceIPs": self.queue.sending_ips(),
+            "fleetLimits": self.queue.fleet.status(),
             "connections": stats() if callable(stats) else {},
         }
 

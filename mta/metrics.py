@@ -23,6 +23,13 @@ class EngineMetrics:
             "1 while the engine drains (takes no mail, hands its queue off or delivers it)",
             registry=r,
         )
+        self.fleet_limits_mode = Gauge(
+            "mailfleet_fleet_limits_mode",
+            "1 for the mode pool-wide limits are in: shared (through the pool's Redis), split"
+            " (this pod keeps to its share: no Redis, or Redis unreachable) or local (no pool)",
+            ["mode"],
+            registry=r,
+        )
         self.received = Counter(
             "mailfleet_messages_received",
             "Messages accepted (250) by the submission listener",

@@ -31,6 +31,7 @@ from mailfleet.mta.retry import next_attempt_at, outcome_for_reply
 from mailfleet.mta.routing import RouteError, Router
 from mailfleet.mta.senderips import SENDER_RESTRICTED, SenderRestrictions, sender_domain
 from mailfleet.mta.shaping import CONNECTION_LIMIT, RuleHit, Shaper, Wait
+from mailfleet.mta.sharedlimits import FleetLimiter
 from mailfleet.mta.spool import (
     DiskUsage,
     DueRow,
@@ -226,6 +227,10 @@ class QueueRunner:
         self.inject = inject
         self.suppress = suppress
         self.shaper = Shaper(cfg, os.environ.get("POD_NAME"))
+        self.fleet = FleetLimiter(cfg.fleet, os.environ.get("POD_NAME"), on_mode=self._fleet_mode)
+        self.shaper.pool_gate = self.fleet
+        self._fleet_mode(self.fleet.mode)
+        self._fleet_ips: set[str] = set()
         self.senders = SenderRestrictions(cfg.delivery.sender_restrictions)
         # Jobs waiting because every source IP is excluded for their sender domain (by seq):
         # a reload that changes the restrictions makes them due at once.
@@ -275,6 +280,7 @@ class QueueRunner:
     def update_config(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
         self.shaper.update_config(cfg, os.environ.get("POD_NAME"))
+        self._fleet_config(cfg)
         senders = SenderRestrictions(cfg.delivery.sender_restrictions)
         if senders != self.senders:
             self.senders = senders
@@ -508,6 +514,7 @@ class QueueRunner:
         self._tasks.append(asyncio.create_task(self._timer(), name="queue-timer"))
         self._tasks.append(asyncio.create_task(self._loader(), name="queue-loader"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="spool-housekeeping"))
+        self._tasks.append(asyncio.create_task(self.fleet.run(self.shaper), name="fleet-limits"))
         self.update_config(self.cfg)
 
     async def stop(self) -> None:
@@ -522,6 +529,41 @@ class QueueRunner:
         self._tasks.clear()
         self._workers.clear()
         await self._save_shaping()
+        await self.fleet.close()
+
+    # -- fleet-wide limits and IPs moving between pods -----------------------------------------
+
+    def _fleet_mode(self, mode: str) -> None:
+        for m in ("local", "split", "shared"):
+            self.metrics.fleet_limits_mode.labels(m).set(1 if m == mode else 0)
+
+    def _fleet_config(self, cfg: EngineConfig) -> None:
+        self.fleet.configure(cfg.fleet, os.environ.get("POD_NAME"))
+        now = time.time()
+        owned = {ip for ip, _, state in self.shaper.ips if state in ("active", "warming")}
+        for ip in sorted(owned - self._fleet_ips):
+            keys = [k for (a, k) in self.shaper.caps if a == ip]
+            self.fleet.gained(ip, [(k, self.shaper.warmup_day(ip, k, now)[0]) for k in keys])
+        self._fleet_ips = owned
+
+    def sending_ips(self) -> list[str]:
+        """The addresses this engine sends from now (its own, not held)."""
+        return sorted(self._fleet_ips)
+
+    async def adopt_shaping(self, pairs: list[dict[str, Any]], warmup: list[dict[str, Any]]) -> int:
+        """Shaping state (rates, suspensions, quarantines) and today's warmup counts of IPs that
+        move here from another pod. Counts only ever grow: the larger of ours and theirs."""
+        now = time.time()
+        self.shaper.restore(pairs, now)
+        for row in warmup:
+            ip, key, sent = str(row["ip"]), str(row["provider"]), int(row["sent"])
+            day = self.shaper.warmup_day(ip, key, now)[0]
+            mine = self.shaper.warmup_sent.get((ip, key, day), 0)
+            if sent > mine:
+                await self.spool.warmup_add(ip, key, day, sent - mine)
+                self.shaper.warmup_sent[(ip, key, day)] = sent
+        await self._save_shaping()
+        return len(pairs) + len(warmup)
 
     def restore_shaping(self) -> None:
         rows, sent = self.spool.load_shaping()

@@ -14,7 +14,7 @@ import re
 from collections import deque
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mailfleet.mta.aimd import Control, on_clean_interval, on_signal
 from mailfleet.mta.config import (
@@ -217,8 +217,21 @@ class RuleHit:
     rule: str
 
 
+class PoolGate(Protocol):
+    """Pool-wide limits held across pods (sharedlimits.FleetLimiter); None: this engine's own."""
+
+    def connection_limit(self, provider: str, limit: int | None) -> int | None: ...
+
+    def rate_wait(self, provider: str, rate: float, now: float) -> float: ...
+
+    def took(self, provider: str, rated: bool, warmup: list[tuple[str, str, int]]) -> None: ...
+
+    def ip_ready(self, ip: str) -> bool: ...
+
+
 class Shaper:
     def __init__(self, cfg: EngineConfig, pod_name: str | None = None) -> None:
+        self.pool_gate: PoolGate | None = None
         self.pairs: dict[tuple[str, str], Pair] = {}
         self.warmup_sent: dict[tuple[str, str, int], int] = {}
         self.pool_inflight: dict[str, int] = {}
@@ -231,7 +244,7 @@ class Shaper:
         own = [
             ip
             for ip in cfg.delivery.source_ips
-            if ip.owner is None or pod_name is None or ip.owner == pod_name
+            if (ip.owner is None or pod_name is None or ip.owner == pod_name) and not ip.hold
         ]
         self.ips = [(str(ip.address), ip.hostname or cfg.hostname, ip.state) for ip in own]
         if not cfg.delivery.source_ips:
@@ -332,6 +345,11 @@ class Shaper:
         `exclude`: IPs that must not send this message (its sender domain's restriction)."""
         settings = self.settings(provider)
         if self._pool_full(provider, settings):
+            if self.pool_gate is not None and not self.pool_gate.connection_limit(
+                provider, settings.pool.max_connections
+            ):
+                # This pod's share of the pool's connections is none: no release will wake it.
+                return Wait(1.0, "no pool connection share")
             return Wait(0.05, CONNECTION_LIMIT)
         pool_wait = self._pool_wait(provider, settings, now)
         if pool_wait > 0:
@@ -345,6 +363,9 @@ class Shaper:
                 continue
             if ip in exclude:
                 excluded = True
+                continue
+            if self.pool_gate is not None and not self.pool_gate.ip_ready(ip):
+                waits.append((0.1, "warmup count sync"))
                 continue
             p = self.pair(ip, provider, now)
             p.recover(settings.adaptive, now)
@@ -394,6 +415,8 @@ class Shaper:
 
     def _pool_full(self, provider: str, settings: ProviderSettingsConfig) -> bool:
         limit = settings.pool.max_connections
+        if self.pool_gate is not None:
+            limit = self.pool_gate.connection_limit(provider, limit)
         return limit is not None and self.pool_inflight.get(provider, 0) >= limit
 
     def _pool_wait(self, provider: str, settings: ProviderSettingsConfig, now: float) -> float:
@@ -401,6 +424,8 @@ class Shaper:
         if pool.max_message_rate is None:
             return 0.0
         rate = pool.max_message_rate
+        if self.pool_gate is not None:
+            return self.pool_gate.rate_wait(provider, rate, now)
         tokens, at = self.pool_tokens.get(provider, (1.0, now))
         tokens = min(burst(rate), tokens + max(0.0, now - at) * rate)
         self.pool_tokens[provider] = (tokens, now)
@@ -413,7 +438,11 @@ class Shaper:
         p.inflight += 1
         p.sent.append(now)
         pool_rate = self.settings(grant.provider).pool.max_message_rate
-        if pool_rate is not None:
+        if self.pool_gate is not None:
+            self.pool_gate.took(
+                grant.provider, pool_rate is not None, self._warmup_days(grant, now)
+            )
+        elif pool_rate is not None:
             tokens, at = self.pool_tokens[grant.provider]
             self.pool_tokens[grant.provider] = (tokens - 1.0, at)
         self.pool_inflight[grant.provider] = self.pool_inflight.get(grant.provider, 0) + 1
@@ -424,6 +453,12 @@ class Shaper:
                     self.warmup_sent.get((grant.ip, k, day), 0) + 1
                 )
         return grant
+
+    def _warmup_days(self, grant: Grant, now: float) -> list[tuple[str, str, int]]:
+        if not grant.warmup:
+            return []
+        keys = self.warmup_keys(grant.ip, grant.provider)
+        return [(grant.ip, k, self.warmup_day(grant.ip, k, now)[0]) for k in keys]
 
     def release(self, grant: Grant) -> None:
         p = self.pairs.get((grant.ip, grant.provider))

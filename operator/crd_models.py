@@ -226,6 +226,7 @@ class Condition(CRDModel):
     )
     """The condition type in CamelCase, e.g. Ready."""
     status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown (could not tell)."""
     observed_generation: int | None = Field(default=None, ge=0)
     """The .metadata.generation the condition was set for."""
     last_transition_time: datetime
@@ -281,6 +282,8 @@ class Autoscaling(CRDModel):
     Either way a pod leaves only after it has handed its queue to the pods that stay."""
 
     enabled: bool = False
+    """true: the operator sets the pod count from the queue; false: replicas.desired (the
+    scale subresource: kubectl scale, HPA, KEDA) does."""
     target_queue_per_pod: int = Field(default=5000, ge=1, le=10_000_000)
     """Queued messages one pod should carry; the pool scales to queueDepth / this."""
     scale_down_stabilization: Duration = 600.0
@@ -291,11 +294,12 @@ class PoolIP(CRDModel):
     """A source address of the pool; the operator assigns each to one pod."""
 
     address: IPAddress
+    """The IPv4 or IPv6 address mail is sent from."""
     hostname: Hostname
     """HELO name; its A/AAAA record and the address's PTR must match it."""
     standby: bool = False
-    """Kept out of rotation: the engines never send from it. (Promotion of a standby when an
-    active IP is quarantined comes with the health loop; not acted on yet.)"""
+    """Kept out of rotation until the health check quarantines a sending IP: then the first
+    healthy standby (in list order) is promoted, through its IPWarmup when one names it."""
 
 
 class Egress(CRDModel):
@@ -328,7 +332,9 @@ class DNS(CRDModel):
     """The resolvers MX and A/AAAA lookups use; none: the pod's own (/etc/resolv.conf)."""
 
     nameservers: list[IPAddress] = Field(default=[], max_length=8)
+    """Resolver addresses, asked in order."""
     port: int = Field(default=53, ge=1, le=65535)
+    """The resolvers' port."""
 
 
 class Routing(CRDModel):
@@ -359,6 +365,7 @@ class Submission(CRDModel):
     """Where applications hand mail to the pool (the submission Service)."""
 
     port: int = Field(default=2525, ge=1, le=65535)
+    """The port pods take submissions on (SMTP, STARTTLS when tlsSecretRef is set)."""
     trusted_cidrs: list[CIDR] = Field(default=[], max_length=64, alias="trustedCIDRs")
     """Networks allowed to relay without AUTH."""
     auth_secret_ref: ObjectName | None = None
@@ -366,7 +373,9 @@ class Submission(CRDModel):
     tls_secret_ref: ObjectName | None = None
     """kubernetes.io/tls Secret for STARTTLS."""
     max_message_size: Size = 25 * 1024 * 1024
+    """Larger messages are refused (552), e.g. 25Mi."""
     max_recipients: int = Field(default=100, ge=1, le=100_000)
+    """Recipients one message may have."""
 
     cel_rules = (
         Rule(
@@ -387,18 +396,27 @@ class DKIMKeyRef(CRDModel):
     """A DKIM signing key kept in a Secret; two keys for one domain give dual signatures."""
 
     domain: Hostname
+    """The signing domain (d=): mail from this domain is signed with the key."""
     selector: str = Field(max_length=63, pattern=DKIM_SELECTOR_PATTERN)
+    """The s= of the signature: receivers fetch the public key from
+    <selector>._domainkey.<domain>."""
     secret_ref: ObjectName
     """The Secret holding the PEM private key."""
     secret_key: str = Field(default="private.key", max_length=253, pattern=SECRET_KEY_PATTERN)
     """The key in the Secret's data."""
     algorithm: DKIMAlgorithm = "rsa-sha256"
+    """rsa-sha256 or ed25519-sha256, matching the key in the Secret."""
 
 
 class LabelSelectorRequirement(CRDModel):
+    """One set-based requirement on a label."""
+
     key: str = Field(min_length=1, max_length=317)
+    """The label key."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """How the key's value is compared with values."""
     values: list[Annotated[str, Field(max_length=63)]] = Field(default=[], max_length=64)
+    """The values for In and NotIn; empty for Exists and DoesNotExist."""
 
     cel_rules = (
         Rule(
@@ -415,43 +433,91 @@ class LabelSelector(CRDModel):
     """A label selector as in Deployments; empty selects everything."""
 
     match_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(default={})
+    """Labels a policy must carry, every one of them."""
     match_expressions: list[LabelSelectorRequirement] = Field(default=[], max_length=16)
+    """Set-based requirements, every one of which must hold."""
 
 
 class QuarantineThresholds(CRDModel):
-    """Rates over health.window at which an IP is to be quarantined. Not acted on yet: today
-    engines quarantine an IP per provider from reply rules only."""
+    """Rates over health.window above which the operator quarantines an IP (all providers
+    together): bounces and deferrals per delivery attempt, complaints per delivered message."""
 
     bounce_rate: Fraction = 0.05
+    """Share of attempts that bounced."""
     complaint_rate: Fraction = 0.003
+    """Complaints per delivered message."""
     deferral_rate: Fraction = 0.3
+    """Share of attempts that were deferred."""
     min_attempts: int = Field(default=200, ge=1)
     """No verdict on fewer delivery attempts than this in the window."""
 
 
-class Health(CRDModel):
-    """IP health the operator is to watch. Not acted on yet (thresholds and blocklists are
-    validated and kept; the health loop that reads them is not built)."""
+class PrometheusSource(CRDModel):
+    """A Prometheus that scrapes the pool's engines (their admin port's /metrics)."""
 
+    url: str = Field(max_length=2048, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    """Its base URL, e.g. http://prometheus.monitoring:9090; the operator runs instant queries
+    on /api/v1/query."""
+
+
+class Health(CRDModel):
+    """IP health the operator watches: every `interval` it reads each ready pod's /metrics,
+    sums delivery outcomes per (IP, provider) over `window`, checks each pool IP on the
+    `blocklists`, and quarantines an IP that crosses a threshold or is listed (a standby takes
+    its place)."""
+
+    interval: Duration = Field(default=30.0, ge=1.0)
+    """How often pods are read and blocklists consulted (cached lookups)."""
     window: Duration = 3600.0
     """The sliding window the rates are computed over."""
     quarantine: QuarantineThresholds = QuarantineThresholds()
     blocklists: list[Hostname] = Field(default=[], max_length=16)
-    """DNSBL zones checked for every pool IP, e.g. zen.spamhaus.org."""
+    """DNSBL zones checked for every pool IP, e.g. zen.spamhaus.org, through the pool's
+    routing.dns resolvers (the operator's own when none)."""
+    cooldown: Duration = 3600.0
+    """The least time a quarantined IP stays out; it comes back after that once it is
+    delisted and under the thresholds."""
+    prometheus: PrometheusSource | None = None
+    """Take the window's figures from this Prometheus (PromQL increase() over the window, which
+    outlives operator restarts) instead of the operator's own scrapes of the pods; when it does
+    not answer, the operator's scrapes are used."""
+    when_no_healthy_ip: Literal["keepSending", "stop"] = Field(
+        default="keepSending", alias="whenNoHealthyIP"
+    )
+    """When every sending IP would be quarantined and no standby is left: keepSending leaves
+    the last one sending, stop quarantines it too (mail waits in the queues). Either way the
+    pool says NoHealthyIP (condition and Warning event)."""
 
 
 class Storage(CRDModel):
     """The spool volume of each pod."""
 
     size: Quantity = "10Gi"
+    """Size of each pod's spool PersistentVolumeClaim, e.g. 10Gi."""
     storage_class_name: str | None = Field(default=None, max_length=253)
+    """The claims' StorageClass; unset: the cluster's default."""
 
 
 class Resources(CRDModel):
     """CPU and memory of the engine container."""
 
     requests: dict[str, Quantity] = Field(default={})
+    """What the scheduler reserves, e.g. {cpu: 500m, memory: 512Mi}."""
     limits: dict[str, Quantity] = Field(default={})
+    """What the container may not exceed, e.g. {memory: 1Gi}."""
+
+
+class FleetLimits(CRDModel):
+    """Where the pool's pods share their pool-wide provider limits and warmup day counts.
+
+    With redisURL, every pod takes pool-wide rate tokens and counts warmup sends in that Redis,
+    so the limits hold for the pool whatever its pod count; while Redis cannot be reached (and
+    without redisURL) each pod keeps to its share of the limits, split by the operator."""
+
+    redis_url: str | None = Field(
+        default=None, alias="redisURL", max_length=512, pattern=r"^rediss?://\S+$"
+    )
+    """redis://host:port/db (or rediss:// for TLS), reachable from every pod of the pool."""
 
 
 def _ips_unique(spec: SendingPoolSpec) -> bool:
@@ -469,6 +535,8 @@ class SendingPoolSpec(CRDModel):
     routing: Routing = Routing()
     submission: Submission = Submission()
     dkim: list[DKIMKeyRef] = Field(default=[], max_length=32)
+    """Keys the pods sign with, each in a Secret of the namespace (SendingDomains listing
+    the pool add theirs)."""
     policy_selector: LabelSelector | None = None
     """Which DeliveryPolicies of the namespace apply; unset or empty selects all."""
     health: Health = Health()
@@ -476,6 +544,8 @@ class SendingPoolSpec(CRDModel):
     image: str | None = Field(default=None, max_length=512)
     """The engine image; default: the operator's own version."""
     resources: Resources | None = None
+    fleet_limits: FleetLimits = FleetLimits()
+    """How pool-wide limits (DeliveryPolicy providers[].pool) and warmup counts are shared."""
 
     cel_rules = (
         Rule(
@@ -507,33 +577,86 @@ IPState = Literal["active", "warming", "standby", "quarantined"]
 
 class IPStatus(CRDModel):
     address: IPAddress
+    """The pool address."""
     state: IPState
+    """active: sends; warming: sends under an IPWarmup's caps; standby: kept out of rotation;
+    quarantined: taken out of rotation for bad health."""
     reason: str | None = Field(default=None, max_length=1024)
     """Why the IP is in this state, e.g. BounceRate or Listed:zen.spamhaus.org."""
     since: datetime | None = None
+    """When the IP entered this state."""
     pod: str | None = Field(default=None, max_length=253)
     """The pod that sends from this address."""
+
+
+class EngineQuarantine(CRDModel):
+    """An (IP, provider) pair an engine stopped by itself on a reply rule."""
+
+    address: IPAddress
+    """The pool IP."""
+    provider: str = Field(max_length=253)
+    """The provider it no longer sends to from that IP."""
+    pod: str = Field(max_length=253)
+    """The pod whose engine decided it."""
+    until: int
+    """Unix time the engine's quarantine of the pair ends."""
+    reason: str | None = Field(default=None, max_length=1024)
+    """The reply that set it off."""
+
+
+class IPHealth(CRDModel):
+    """One pool IP's outcomes over spec.health.window."""
+
+    address: IPAddress
+    """The pool IP."""
+    attempts: int = Field(default=0, ge=0)
+    """Delivery attempts (each recipient of each try)."""
+    delivered: int = Field(default=0, ge=0)
+    """Attempts the receiver accepted."""
+    deferred: int = Field(default=0, ge=0)
+    """Attempts answered with a temporary failure."""
+    bounced: int = Field(default=0, ge=0)
+    """Attempts answered with a permanent failure."""
+    complaints: int = Field(default=0, ge=0)
+    """Feedback-loop complaints (ARF) received about delivered messages."""
+    bounce_rate: float | None = None
+    """Bounced / attempts."""
+    deferral_rate: float | None = None
+    """Deferred / attempts."""
+    complaint_rate: float | None = None
+    """Complaints / delivered."""
+    listed_on: list[str] = Field(default=[], max_length=16)
+    """Blocklist zones that list the address, with their reason (TXT) when they give one."""
 
 
 class PodState(CRDModel):
     """One pod of the pool as its engine reports itself over the admin API."""
 
     name: str = Field(max_length=253)
+    """The pod's name."""
     ip: str | None = Field(default=None, max_length=45)
+    """The pod's IP, where its admin API answers."""
     ready: bool = False
+    """Whether the engine accepts mail."""
     config_hash: str | None = Field(default=None, max_length=64)
     """The hash of the engine config the pod runs; current when it equals status.configHash."""
     queued: int | None = None
     """Messages in the pod's spool."""
     draining: bool | None = None
+    """true while the pod hands its queue off before a scale-down removes it."""
 
 
 class SendingPoolStatus(CRDModel):
+    """What the operator and the pool's engines report."""
+
     observed_generation: int | None = None
+    """The .metadata.generation this status was written for."""
     conditions: Conditions = []
+    """Ready (and why not), ConfigRendered, PoliciesResolved, SecretsFound."""
     replicas: int | None = None
     """Pods that exist (the StatefulSet's status.replicas); the scale subresource's status."""
     ready_replicas: int | None = None
+    """Pods that are ready (the StatefulSet's status.readyReplicas)."""
     desired_replicas: int | None = None
     """The target the operator is driving towards, after clamping and autoscaling."""
     selector: str | None = None
@@ -545,6 +668,7 @@ class SendingPoolStatus(CRDModel):
     updated_pods: int | None = None
     """Pods whose engine runs the config with configHash."""
     pods: list[PodState] = Field(default=[], max_length=1000)
+    """Each pod as its engine last reported itself."""
     draining_pods: list[str] = Field(default=[], max_length=1000)
     """Pods handing their queue to the others before a scale-down removes them."""
     handoff_left: int | None = None
@@ -552,10 +676,17 @@ class SendingPoolStatus(CRDModel):
     scale_reason: str | None = Field(default=None, max_length=1024)
     """Why the pod count last changed, with the numbers behind it."""
     last_scale_time: datetime | None = None
+    """When the pod count last changed."""
     active_ips: int | None = Field(default=None, alias="activeIPs")
+    """Pool IPs that send (state active or warming)."""
     quarantined_ips: int | None = Field(default=None, alias="quarantinedIPs")
     """Pool IPs some engine has quarantined for at least one provider (reply rules)."""
     ips: list[IPStatus] = Field(default=[], max_length=256)
+    """Each pool IP: its state, why, since when and the pod that sends from it."""
+    engine_quarantines: list[EngineQuarantine] = Field(default=[], max_length=1024)
+    """(IP, provider) pairs the engines quarantined themselves from a reply rule."""
+    health: list[IPHealth] = Field(default=[], max_length=256)
+    """Each IP's delivery outcomes over spec.health.window, as the last check summed them."""
 
 
 # --- DeliveryPolicy ----------------------------------------------------------------------------
@@ -582,9 +713,20 @@ class PerIPLimits(CRDModel):
     """Limits per (source IP, provider) pair."""
 
     max_connections: int = Field(default=5, ge=1, le=1000)
+    """SMTP connections open at once from one IP to the provider."""
     max_messages_per_connection: int = Field(default=50, ge=1, le=100_000)
+    """Messages sent over one connection before it is closed."""
     max_message_rate: Rate | None = None
     """e.g. 300/min; unset means no rate limit beyond warmup caps."""
+
+
+class PoolLimits(CRDModel):
+    """Limits per provider for the whole pool, whatever its pod and IP count."""
+
+    max_connections: int | None = Field(default=None, ge=1, le=100_000)
+    """Connections open at once to the provider from all the pool's pods together."""
+    max_message_rate: Rate | None = None
+    """e.g. 600/min from the whole pool; unset means no pool-wide rate limit."""
 
 
 class Adaptive(CRDModel):
@@ -594,6 +736,7 @@ class Adaptive(CRDModel):
     below it, slow probing near it."""
 
     enabled: bool = True
+    """false: the rate stays at perIP.maxMessageRate whatever the provider answers."""
     decrease: float = Field(default=0.5, gt=0, lt=1)
     """The multiplicative decrease when the limit moved or is not known yet."""
     increase: Rate = 10 / 60
@@ -614,6 +757,7 @@ class ResponseRule(CRDModel):
     from the IP for `duration`; retry: try the message later; bounce: fail it; quarantine: take
     the IP out of rotation (a standby takes over)."""
     duration: Duration | None = None
+    """How long a suspend lasts, e.g. 2h; required with action suspend."""
 
     cel_rules = (
         Rule(
@@ -635,7 +779,10 @@ class ResponseRule(CRDModel):
 
 
 class ProviderSettings(CRDModel):
+    """How mail to one provider (or to every other domain) is paced and retried."""
+
     per_ip: PerIPLimits = Field(default=PerIPLimits(), alias="perIP")
+    pool: PoolLimits = PoolLimits()
     adaptive: Adaptive = Adaptive()
     rules: list[ResponseRule] = Field(default=[], max_length=64)
     """Checked in order; the first match wins."""
@@ -667,11 +814,16 @@ class DeliveryPolicySpec(CRDModel):
 
 
 class DeliveryPolicyStatus(CRDModel):
+    """Which pools use the policy."""
+
     observed_generation: int | None = None
+    """The .metadata.generation this status was written for."""
     conditions: Conditions = []
+    """Ready: InUse (some pool selects the policy) or Unused."""
     pools: list[str] = Field(default=[], max_length=1000)
     """SendingPools that select this policy."""
     pool_count: int | None = None
+    """len(pools), for `kubectl get`."""
     provider_count: int | None = None
     """len(spec.providers), for `kubectl get` (a printer column cannot count a list)."""
 
@@ -685,11 +837,12 @@ class WarmupSchedule(CRDModel):
     """Messages per IP per day, by warmup day: a preset or explicit `days`."""
 
     preset: WarmupPreset | None = None
+    """A built-in ramp: standard, conservative (slower) or aggressive (faster)."""
     days: list[Annotated[int, Field(ge=1, le=1_000_000_000)]] | None = Field(
         default=None, min_length=1, max_length=120
     )
     """e.g. [50, 100, 250, 500, 1000]; the last value is the cap of the final day."""
-    day_length: Duration = Field(default=86400.0, ge=60.0)
+    day_length: Duration = Field(default=86400.0, ge=10.0)
     """How long a warmup day lasts: the operator moves to the next day (and its cap) after
     this much warming. 24h for real traffic; shorter for a test or a demo."""
 
@@ -712,14 +865,23 @@ class WarmupSchedule(CRDModel):
 
 
 class WarmupGates(CRDModel):
-    """Health an IP must keep, per provider, to advance a day. Not acted on yet: today the day
-    advances by the clock (schedule.dayLength) alone."""
+    """What a warmup day must show, per provider, before the next day's cap: rates over the
+    day's attempts (a provider with fewer than minAttempts is not judged) and the share of the
+    day's cap that was delivered (an unused cap proves nothing: the day is repeated)."""
 
     max_bounce_rate: Fraction = 0.02
+    """Share of attempts that bounced, per provider."""
     max_complaint_rate: Fraction = 0.001
+    """Complaints per delivered message, per provider."""
     max_deferral_rate: Fraction = 0.2
-    on_fail: Literal["hold", "backoff", "pause"] = "hold"
-    """hold: repeat the day; backoff: go back one day; pause: stop until a human resumes."""
+    """Share of attempts deferred, per provider."""
+    min_attempts: int = Field(default=20, ge=1)
+    """A provider with fewer attempts than this in the day is not judged on its rates."""
+    min_usage: Fraction = 0.5
+    """Delivered messages / the day's cap below which the day is repeated; 0: advance by the
+    clock alone."""
+    on_fail: Literal["hold", "stepBack"] = "hold"
+    """hold: repeat the day; stepBack: go back one day (to day 1 at least)."""
 
 
 Share = Annotated[float, Field(gt=0, le=1)]
@@ -731,6 +893,7 @@ class IPWarmupSpec(CRDModel):
     pool_ref: ObjectName
     """The SendingPool (same namespace) the addresses belong to."""
     addresses: list[IPAddress] = Field(min_length=1, max_length=256)
+    """Addresses of the pool (its spec.ips[].address) to ramp up."""
     schedule: WarmupSchedule = WarmupSchedule(preset="standard")
     per_provider: dict[str, Share] = Field(default={}, max_length=32)
     """Share of the day's cap each provider may take, in (0, 1], e.g. {gmail: 0.5}."""
@@ -738,6 +901,7 @@ class IPWarmupSpec(CRDModel):
     overflow: Literal["spill", "defer"] = "spill"
     """Mail above the cap: spill to warm IPs of the pool, or defer it."""
     paused: bool = False
+    """true: the warmup stays on its day (its caps still apply) until set back to false."""
 
     cel_rules = (
         Rule(
@@ -750,10 +914,40 @@ class IPWarmupSpec(CRDModel):
     )
 
 
+class Outcomes(CRDModel):
+    """Delivery outcomes counted by the engines (mailfleet_delivery_attempts and
+    mailfleet_complaints)."""
+
+    attempts: int = Field(default=0, ge=0)
+    """Delivery attempts (each recipient of each try)."""
+    delivered: int = Field(default=0, ge=0)
+    """Attempts the receiver accepted."""
+    deferred: int = Field(default=0, ge=0)
+    """Attempts answered with a temporary failure."""
+    bounced: int = Field(default=0, ge=0)
+    """Attempts answered with a permanent failure."""
+    complaints: int = Field(default=0, ge=0)
+    """Feedback-loop complaints (ARF) received about delivered messages."""
+
+
+class WarmupDay(CRDModel):
+    """The outcomes of a warmup's addresses since its current day began."""
+
+    since: datetime
+    """When the day began (startTime or lastAdvanceTime)."""
+    providers: dict[str, Outcomes] = Field(default={}, max_length=64)
+
+
 class IPWarmupStatus(CRDModel):
+    """Where the warmup stands: phase, day and today's cap."""
+
     observed_generation: int | None = None
+    """The .metadata.generation this status was written for."""
     conditions: Conditions = []
+    """Ready: whether the warmup applies to its pool (PoolNotFound, AddressesNotInPool)."""
     phase: Literal["Pending", "Warming", "Holding", "Complete", "Paused"] | None = None
+    """Pending (no such pool or address in it), Warming, Holding (health gates failed),
+    Complete (a whole day at the final cap) or Paused."""
     day: int | None = Field(default=None, ge=0)
     """The current warmup day, from 1."""
     today_cap: int | None = Field(default=None, ge=0)
@@ -761,7 +955,14 @@ class IPWarmupStatus(CRDModel):
     sent_today: dict[str, int] = Field(default={})
     """Messages sent today, per provider."""
     start_time: datetime | None = None
+    """When the warmup started warming."""
     last_advance_time: datetime | None = None
+    """When it last moved to the next day."""
+    today: WarmupDay | None = None
+    """Delivery outcomes of the addresses since the current day began, per provider and in
+    all ("*"): what the gates judge when the day ends."""
+    last_verdict: str | None = Field(default=None, max_length=1024)
+    """What the last day's end decided and why, e.g. held on day 3: gmail bounce rate ..."""
 
 
 # --- SendingDomain -----------------------------------------------------------------------------
@@ -829,7 +1030,9 @@ class ReportSenders(CRDModel):
     subdomain): Google signs its reports with d=google.com, Yahoo with d=yahoo.com."""
 
     networks: list[CIDR] = Field(default=[], max_length=64)
+    """Client networks whose reports count, e.g. 203.0.113.0/24."""
     dkim_domains: list[Hostname] = Field(default=[], max_length=64, alias="dkimDomains")
+    """Domains whose valid DKIM signature on a report makes it count, e.g. google.com."""
 
     cel_rules = (
         Rule(
@@ -926,7 +1129,9 @@ class DomainSelector(CRDModel):
     """A DKIM key of the domain, stored under `<selector>.pem` in the Secret status.secretName."""
 
     selector: str = Field(max_length=63, pattern=DKIM_SELECTOR_PATTERN)
+    """The s= of the signatures: the record is <selector>._domainkey.<domain>."""
     algorithm: DKIMAlgorithm
+    """rsa-sha256 (RSA 2048) or ed25519-sha256."""
     state: SelectorState
     """pending: generated, waiting for its record in DNS (not signing); active: signing;
     retiring: replaced, kept published for dkim.gracePeriod."""
@@ -938,8 +1143,11 @@ class DNSRecord(CRDModel):
     """A record to publish, as the checks expect it."""
 
     name: str = Field(max_length=253)
+    """The owner name, e.g. mf20261130r._domainkey.example.com."""
     type: Literal["TXT", "A", "AAAA", "PTR"]
+    """The record type."""
     value: str = Field(max_length=4096)
+    """The record data (a TXT record's text unquoted)."""
 
 
 class TransportSecurity(CRDModel):
@@ -956,20 +1164,28 @@ class StoppedIP(CRDModel):
     """A pool IP that sends none of the domain's mail (onFailingIP: StopSending)."""
 
     address: IPAddress
+    """The pool IP."""
     pool: ObjectName
+    """The SendingPool it belongs to."""
     reason: str = Field(max_length=1024)
     """The failing check's reason: IPNotAuthorized, NoPTR, PTRMismatch or ForwardMismatch."""
     message: str = Field(default="", max_length=4096)
+    """What the check found, for a human."""
     since: datetime
     """When the IP stopped sending the domain's mail."""
 
 
 class SendingDomainStatus(CRDModel):
+    """The domain's keys, the records to publish and what DNS says."""
+
     observed_generation: int | None = None
+    """The .metadata.generation this status was written for."""
     conditions: Conditions = []
+    """Ready, DKIMPublished, SPFValid, DMARCAligned, ReverseDNS."""
     secret_name: str | None = Field(default=None, max_length=253)
     """The Secret (owned by the operator) holding the private keys."""
     selectors: list[DomainSelector] = Field(default=[], max_length=16)
+    """The domain's DKIM keys and the state of each."""
     active_selectors: str | None = Field(default=None, max_length=1024)
     """The signing selectors, comma-separated (for `kubectl get`)."""
     records: list[DNSRecord] = Field(default=[], max_length=600)

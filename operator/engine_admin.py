@@ -3,6 +3,7 @@ a pod's /v1/status, push a config with an authenticated reload."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -42,6 +43,16 @@ class EngineAdmin:
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
 
+    async def metrics(self, ip: str) -> str | None:
+        """The engine's /metrics text (open, like /v1/status), or None when it does not answer."""
+        try:
+            async with self._client().get(_url(ip, "/metrics", self.port)) as rsp:
+                if rsp.status != 200:
+                    return None
+                return await rsp.text()
+        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+            return None
+
     async def reload(self, ip: str, token: str, config_text: str) -> tuple[bool, str]:
         """Push a config; (applied, the engine's message or the failure)."""
         try:
@@ -55,6 +66,18 @@ class EngineAdmin:
                 return rsp.status == 200 and bool(body.get("reloaded")), message
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             return False, f"{type(e).__name__}: {e}"
+
+    async def adopt_shaping(self, ip: str, token: str, body: Mapping[str, Any]) -> bool:
+        """Hand a moved IP's shaping rows and warmup counts to its new owner."""
+        try:
+            async with self._client().post(
+                _url(ip, "/v1/shaping/adopt", self.port),
+                json=dict(body),
+                headers={"Authorization": f"Bearer {token}"},
+            ) as rsp:
+                return rsp.status == 200
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return False
 
     async def drain(self, ip: str, token: str, handoff: list[str]) -> dict[str, Any] | None:
         """Tell an engine to stop taking mail and hand its queue to `handoff` (admin URLs of

@@ -9,6 +9,7 @@ import yaml
 
 from mailfleet.mta.config import (
     EngineConfig,
+    PodShareConfig,
     WarmupCapConfig,
 )
 from mailfleet.operator.crd_models import (
@@ -35,6 +36,8 @@ def render_engine_config(
     day_length: float = 86400.0,
     sender_restrictions: Sequence[Mapping[str, Any]] = (),
     dmarc_addresses: Sequence[Mapping[str, Any]] = (),
+    shares: Sequence[PodShareConfig] = (),
+    held: frozenset[str] = frozenset(),
 ) -> EngineConfig:
     spec = pool.spec
     sub = spec.submission
@@ -72,7 +75,13 @@ def render_engine_config(
         "spool": {"path": SPOOL_DIR},
         "delivery": {
             "sourceIPs": [
-                {"address": p.address, "hostname": p.hostname, "state": p.state, "owner": p.owner}
+                {
+                    "address": p.address,
+                    "hostname": p.hostname,
+                    "state": p.state,
+                    "owner": p.owner,
+                    **({"hold": True} if p.address in held else {}),
+                }
                 for p in plans
             ],
             "egress": {"mode": spec.egress.mode, "proxy": spec.egress.proxy},
@@ -99,6 +108,12 @@ def render_engine_config(
         },
         "logging": {"level": "info", "format": "json"},
     }
+    if shares or spec.fleet_limits.redis_url:
+        data["fleet"] = {
+            "redisURL": spec.fleet_limits.redis_url,
+            "namespace": f"{pool.metadata.get('namespace', 'default')}/{pool.metadata['name']}",
+            "shares": [s.model_dump(mode="json", by_alias=True) for s in shares],
+        }
     if dmarc_addresses:
         # Forwarded to the operator with the pool's admin token, which it knows.
         data["dmarcReports"] = {

@@ -7,6 +7,7 @@ All logic and memory is in reconciler.Operator, built at startup with the real c
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -69,7 +70,19 @@ def the_operator() -> Operator:
 def login_fn(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
     """In a pod: its service account; elsewhere: KUBECONFIG / ~/.kube/config."""
     info = kopf.login_with_service_account(settings=settings)
-    return info or kopf.login_with_kubeconfig(settings=settings)
+    if info is not None:
+        return dataclasses.replace(info, server=in_cluster_server(os.environ, info.server))
+    return kopf.login_with_kubeconfig(settings=settings)
+
+
+def in_cluster_server(env: Mapping[str, str], default: str) -> str:
+    """The API server as the kubelet tells every pod (as client-go's InClusterConfig reads it):
+    Kopf's own guess, https://kubernetes.default.svc, needs cluster DNS, which pods with
+    dnsPolicy Default or hostNetwork (and the local node of hack/cluster.py) do not have."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return default
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

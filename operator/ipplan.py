@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -16,7 +16,9 @@ from mailfleet.operator.crd_models import (
     Replicas,
     SendingPool,
 )
+from mailfleet.operator.health import Counts
 from mailfleet.operator.naming import pod_name, pool_name
+from mailfleet.operator.quarantine import IPVerdict
 
 IPStateName = Literal["active", "warming", "standby", "quarantined"]
 
@@ -50,29 +52,54 @@ def _base_phase(warmup: IPWarmup, pool: SendingPool | None) -> str:
     return "Warming"
 
 
+def day_figures(warmup: IPWarmup) -> dict[str, Counts]:
+    """The outcomes of the current day as the status holds them (none when they belong to
+    another day)."""
+    status = warmup.status
+    if status is None or status.today is None:
+        return {}
+    day_start = status.last_advance_time or status.start_time
+    if day_start is None or status.today.since != day_start:
+        return {}
+    return {p: Counts(**o.model_dump()) for p, o in status.today.providers.items()}
+
+
 def clock_of(warmup: IPWarmup, pool: SendingPool | None, now: datetime) -> wu.WarmupClock:
-    """The warmup's day at `now`, advanced from its status by the clock."""
+    """The warmup's day at `now`: from its status, moved by the clock when a day ended and the
+    gates judged that day."""
     status = warmup.status
     day = int(status.day) if status is not None and status.day else 1
     started = status.start_time if status is not None else None
     last = status.last_advance_time if status is not None else None
+    schedule = warmup.spec.schedule
     return wu.warmup_clock(
         day,
         started,
         last,
         now,
-        warmup.spec.schedule.day_length,
-        wu.final_day(warmup.spec.schedule),
-        advancing=_base_phase(warmup, pool) == "Warming",
+        schedule.day_length,
+        wu.final_day(schedule),
+        advancing=_base_phase(warmup, pool) in ("Warming", "Holding"),
+        verdict=wu.gate_verdict(
+            warmup.spec.gates, day_figures(warmup), wu.cap_for_day(schedule, day)
+        ),
+        step_back=warmup.spec.gates.on_fail == "stepBack",
     )
 
 
 def warmup_phase(warmup: IPWarmup, pool: SendingPool | None, now: datetime) -> str:
     """Pending (no such pool, or none of its addresses in the pool), Paused, Complete (a whole
-    day spent at the schedule's last cap), else Holding (health gates) or Warming."""
+    day spent at the schedule's last cap), Holding (the last day's end failed a gate: the day
+    is repeated) or Warming."""
     phase = _base_phase(warmup, pool)
-    if phase == "Warming" and clock_of(warmup, pool, now).complete:
-        return "Complete"
+    if phase in ("Warming", "Holding"):
+        clock = clock_of(warmup, pool, now)
+        if clock.complete:
+            return "Complete"
+        if clock.outcome in ("held", "steppedBack"):
+            return "Holding"
+        if clock.outcome == "advanced":
+            return "Warming"
     return phase
 
 
@@ -102,34 +129,53 @@ def assign_owners(addresses: Sequence[str], replicas: int, pool: str) -> dict[st
 
 
 def plan_ips(
-    pool: SendingPool, warmups: Sequence[IPWarmup], replicas: int, now: datetime
+    pool: SendingPool,
+    warmups: Sequence[IPWarmup],
+    replicas: int,
+    now: datetime,
+    verdicts: Mapping[str, IPVerdict] | None = None,
 ) -> list[IPPlan]:
-    """Each pool IP's state (standby from the spec; warming while an IPWarmup covers it; else
-    active) and its owner pod (standby IPs have none)."""
+    """Each pool IP's state (standby from the spec; quarantined or promoted by the health
+    check's `verdicts`; warming while an IPWarmup covers it; else active) and its owner pod
+    (standby IPs have none; promoted standbys come after the others, so a promotion moves no
+    other IP to another pod)."""
+    verdicts = verdicts or {}
     warming: dict[str, str] = {}
     for w in active_warmups(pool, warmups, now):
         for a in w.spec.addresses:
             warming.setdefault(str(a), f"IPWarmup/{w.metadata['name']}")
-    sending = [str(ip.address) for ip in pool.spec.ips if not ip.standby]
+    promoted = [
+        str(ip.address)
+        for ip in pool.spec.ips
+        if ip.standby and (v := verdicts.get(str(ip.address))) is not None and v.state == "promoted"
+    ]
+    sending = [str(ip.address) for ip in pool.spec.ips if not ip.standby] + promoted
     owners = assign_owners(sending, replicas, pool_name(pool))
     plans = []
     for ip in pool.spec.ips:
         addr = str(ip.address)
-        if ip.standby:
+        verdict = verdicts.get(addr)
+        owner = owners.get(addr)
+        if verdict is not None and verdict.state == "quarantined":
+            plans.append(IPPlan(addr, ip.hostname, "quarantined", verdict.reason, owner))
+        elif ip.standby and addr not in promoted:
             plans.append(IPPlan(addr, ip.hostname, "standby", None, None))
-        elif addr in warming:
-            plans.append(IPPlan(addr, ip.hostname, "warming", warming[addr], owners[addr]))
         else:
-            plans.append(IPPlan(addr, ip.hostname, "active", None, owners[addr]))
+            why = verdict.reason if verdict is not None else None
+            if addr in warming:
+                plans.append(IPPlan(addr, ip.hostname, "warming", why or warming[addr], owner))
+            else:
+                plans.append(IPPlan(addr, ip.hostname, "active", why, owner))
     return plans
 
 
 def warmup_caps(
-    pool: SendingPool, warmups: Sequence[IPWarmup], now: datetime
+    pool: SendingPool, warmups: Sequence[IPWarmup], now: datetime, promoted: Sequence[str] = ()
 ) -> list[WarmupCapConfig]:
     """Today's caps for the pool's warming IPs: "*" carries the IP's whole daily cap, and each
     provider in perProvider its share of it. The first warmup (by name) naming an IP wins."""
-    pool_ips = {str(ip.address) for ip in pool.spec.ips if not ip.standby}
+    # A promoted standby sends under its warmup's caps.
+    pool_ips = {str(ip.address) for ip in pool.spec.ips if not ip.standby} | set(promoted)
     caps: list[WarmupCapConfig] = []
     seen: set[str] = set()
     for w in active_warmups(pool, warmups, now):

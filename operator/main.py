@@ -81,8 +81,89 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the operator's /etc/resolv.conf)",
     )
     p.add_argument("--dns-port", type=int, default=53, metavar="N", help="their port (default 53)")
+    add_webhook_arguments(p)
     p.add_argument("--verbose", "-v", action="store_true", help="log more (never Secret data)")
     return p
+
+
+def add_webhook_arguments(p: argparse.ArgumentParser) -> None:
+    w = p.add_argument_group("admission webhook (cross-object validation)")
+    w.add_argument(
+        "--webhook-listen",
+        metavar="HOST:PORT",
+        help="serve the validating admission webhook (HTTPS) here; off by default",
+    )
+    certs = w.add_mutually_exclusive_group()
+    certs.add_argument(
+        "--webhook-cert-dir",
+        metavar="DIR",
+        help="a provided certificate: tls.crt, tls.key and ca.crt (cert-manager's Secret)",
+    )
+    certs.add_argument(
+        "--webhook-tls-secret",
+        metavar="NAME",
+        help="manage the certificate: a CA and a server certificate kept in this Secret of "
+        "the operator's namespace (POD_NAMESPACE), shared by the replicas",
+    )
+    w.add_argument(
+        "--webhook-service",
+        metavar="NAME",
+        help="the webhook Service: its DNS names go into the managed certificate",
+    )
+    w.add_argument(
+        "--webhook-san",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another DNS name or IP address for the managed certificate (repeatable)",
+    )
+    w.add_argument(
+        "--webhook-configuration",
+        metavar="NAME",
+        help="the ValidatingWebhookConfiguration whose caBundle the operator keeps (managed "
+        "certificate)",
+    )
+    w.add_argument(
+        "--webhook-work-dir",
+        default="/tmp/mailfleet-webhook",
+        metavar="DIR",
+        help="where the managed certificate's files are written for the TLS server",
+    )
+
+
+def webhook_options(args: argparse.Namespace) -> str | None:
+    """Sets mailfleet.operator.webhook.OPTIONS (registering its handlers); an error to print."""
+    if args.webhook_listen is None:
+        return None
+    import os
+    from pathlib import Path
+
+    host, _, port = args.webhook_listen.rpartition(":")
+    if not port.isdigit():
+        return "--webhook-listen wants HOST:PORT"
+    if not (args.webhook_cert_dir or args.webhook_tls_secret):
+        return "--webhook-listen needs --webhook-cert-dir or --webhook-tls-secret"
+    namespace = os.environ.get("POD_NAMESPACE") or "default"
+    names = list(args.webhook_san)
+    if args.webhook_service:
+        from mailfleet.operator.webhookcerts import service_names
+
+        names = service_names(args.webhook_service, namespace) + names
+    if args.webhook_tls_secret and not names:
+        return "--webhook-tls-secret needs --webhook-service or --webhook-san (the names)"
+    from mailfleet.operator import webhook
+
+    webhook.OPTIONS = webhook.WebhookOptions(
+        host=host.strip("[]") or "0.0.0.0",
+        port=int(port),
+        cert_dir=Path(args.webhook_cert_dir) if args.webhook_cert_dir else None,
+        tls_secret=args.webhook_tls_secret,
+        namespace=namespace,
+        names=names,
+        work_dir=Path(args.webhook_work_dir),
+        configuration=args.webhook_configuration,
+    )
+    return None
 
 
 def _quiet_success(record: logging.LogRecord) -> bool:
@@ -149,6 +230,10 @@ def main(argv: list[str]) -> int:
             print("mailfleet operator: --dns-port must be 1 to 65535", file=sys.stderr)
             return 2
         handlers.SETTINGS.dns = (servers, args.dns_port)
+    problem = webhook_options(args)
+    if problem is not None:
+        print(f"mailfleet operator: {problem}", file=sys.stderr)
+        return 2
     if args.metrics_port is not None:
         handlers.SETTINGS.metrics.serve(args.metrics_port, args.metrics_addr)
     namespaces: list[str] = args.namespace

@@ -75,8 +75,42 @@ class OperatorMetrics:
             ["pool_namespace", "pool", "kind"],
             registry=self.registry,
         )
+        self.warmup_phase = Gauge(
+            "mailfleet_warmup_phase",
+            "1 for the phase an IPWarmup is in (Pending, Warming, Holding, Complete, Paused)",
+            ["warmup_namespace", "warmup", "pool", "phase"],
+            registry=self.registry,
+        )
+        self.warmup_day = Gauge(
+            "mailfleet_warmup_day",
+            "The day of its schedule an IPWarmup is on, and today's cap (messages per IP)",
+            ["warmup_namespace", "warmup", "pool", "kind"],
+            registry=self.registry,
+        )
+        self.ip_outcomes = Gauge(
+            "mailfleet_pool_ip_outcomes",
+            "Delivery outcomes per pool IP and provider over the pool's health window "
+            "(attempts, delivered, deferred, bounced, complaints), as the last check summed them",
+            ["pool_namespace", "pool", "address", "provider", "outcome"],
+            registry=self.registry,
+        )
+        self.ip_rate = Gauge(
+            "mailfleet_pool_ip_rate",
+            "Bounce and deferral rates (per attempt) and complaint rate (per delivered message) "
+            "per pool IP and provider over the pool's health window",
+            ["pool_namespace", "pool", "address", "provider", "rate"],
+            registry=self.registry,
+        )
+        self.ip_listed = Gauge(
+            "mailfleet_pool_ip_listed",
+            "1 for each blocklist that lists a pool IP (zone, with its codes and reason)",
+            ["pool_namespace", "pool", "address", "listing"],
+            registry=self.registry,
+        )
+        self._health_series: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
         # The label sets last exported per pool, to drop the ones a new status no longer has.
         self._series: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
+        self._warmups: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
 
     def set_pool(self, namespace: str, pool: str, status: Mapping[str, Any]) -> None:
         """The pool's status as gauges; series the status no longer holds are removed."""
@@ -105,8 +139,64 @@ class OperatorMetrics:
                 g.remove(*old)
         self._series[key] = now
 
+    def set_warmup(self, namespace: str, warmup: str, pool: str, status: Mapping[str, Any]) -> None:
+        """A warmup's phase, day and cap as gauges (the alert on a warmup held for a day)."""
+        key = (namespace, warmup)
+        now: list[tuple[Gauge, tuple[str, ...]]] = []
+        if status.get("phase"):
+            now.append((self.warmup_phase, (namespace, warmup, pool, str(status["phase"]))))
+            self.warmup_phase.labels(*now[-1][1]).set(1)
+        for kind, field in (("day", "day"), ("cap", "todayCap")):
+            if status.get(field) is not None:
+                now.append((self.warmup_day, (namespace, warmup, pool, kind)))
+                self.warmup_day.labels(*now[-1][1]).set(status[field])
+        for g, old in self._warmups.get(key, []):
+            if (g, old) not in now:
+                g.remove(*old)
+        self._warmups[key] = now
+
+    def forget_warmup(self, namespace: str, warmup: str) -> None:
+        for g, old in self._warmups.pop((namespace, warmup), []):
+            g.remove(*old)
+
+    def set_health(
+        self,
+        namespace: str,
+        pool: str,
+        totals: Mapping[tuple[str, str], Any],
+        listed: Mapping[str, Sequence[str]],
+    ) -> None:
+        """The health check's window figures (health.Counts per (IP, provider)) and listings;
+        series of pairs gone from the window are removed."""
+        now: list[tuple[Gauge, tuple[str, ...]]] = []
+        for (address, provider), counts in sorted(totals.items()):
+            for outcome, value in counts.as_dict().items():
+                labels = (namespace, pool, address, provider, outcome)
+                self.ip_outcomes.labels(*labels).set(value)
+                now.append((self.ip_outcomes, labels))
+            for rate, value in (
+                ("bounce", counts.bounce_rate()),
+                ("deferral", counts.deferral_rate()),
+                ("complaint", counts.complaint_rate()),
+            ):
+                if value is not None:
+                    labels = (namespace, pool, address, provider, rate)
+                    self.ip_rate.labels(*labels).set(value)
+                    now.append((self.ip_rate, labels))
+        for address, listings in sorted(listed.items()):
+            for listing in listings:
+                listed_labels = (namespace, pool, address, listing[:200])
+                self.ip_listed.labels(*listed_labels).set(1)
+                now.append((self.ip_listed, listed_labels))
+        for g, old in self._health_series.get((namespace, pool), []):
+            if (g, old) not in now:
+                g.remove(*old)
+        self._health_series[(namespace, pool)] = now
+
     def forget_pool(self, namespace: str, pool: str) -> None:
         for g, old in self._series.pop((namespace, pool), []):
+            g.remove(*old)
+        for g, old in self._health_series.pop((namespace, pool), []):
             g.remove(*old)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:

@@ -75,6 +75,32 @@ def quarantined_ips(reports: Sequence[PodReport]) -> list[str]:
     return sorted(out)
 
 
+def engine_quarantines(reports: Sequence[PodReport]) -> list[dict[str, Any]]:
+    """Each (IP, provider) some engine quarantined from a reply rule (e.g. Outlook's S3150),
+    with the pod, until when (epoch seconds) and the reply that did it."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in sorted(reports, key=lambda r: r.pod.name):
+        for row in (r.status or {}).get("shaping", []) or []:
+            until = row.get("quarantinedUntil")
+            if not until or not row.get("ip"):
+                continue
+            key = (str(row["ip"]), str(row.get("provider", "")))
+            item = {"address": key[0], "provider": key[1], "pod": r.pod.name, "until": int(until)}
+            if row.get("reason"):
+                item["reason"] = str(row["reason"])[:1024]
+            if key not in out or out[key]["until"] < item["until"]:
+                out[key] = item
+    return [out[k] for k in sorted(out)]
+
+
+def new_engine_quarantines(
+    old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """Engine quarantines the last status did not show (for a Warning event each)."""
+    before = {(q.get("address"), q.get("provider")) for q in old or []}
+    return [q for q in new if (q.get("address"), q.get("provider")) not in before]
+
+
 def warmup_rows(reports: Sequence[PodReport]) -> list[Mapping[str, Any]]:
     return [row for r in reports for row in (r.status or {}).get("warmup", []) or []]
 
@@ -106,6 +132,7 @@ def pods_status(reports: Sequence[PodReport], desired_hash: str | None) -> dict[
         "pods": pods,
         "updatedPods": updated_pods(pods, desired_hash),
         "quarantinedIPs": len(quarantined_ips(reports)),
+        "engineQuarantines": engine_quarantines(reports),
     }
     if depths:
         # Unknown until some engine answers: an absent queueDepth, not a made-up zero.

@@ -32,15 +32,19 @@ from pydantic import ValidationError
 
 from mailfleet.operator import (
     autoscale,
+    conditions,
     domainplan,
     drift,
+    ipmoves,
     kube,
     naming,
     pods,
     policy_merge,
+    quarantine,
     render,
     statuses,
 )
+from mailfleet.operator.blocklist import BlocklistChecker
 from mailfleet.operator.conditions import now_utc, timestamp
 from mailfleet.operator.crd_models import (
     GROUP,
@@ -52,6 +56,7 @@ from mailfleet.operator.crd_models import (
     SendingPoolStatus,
     parse_object,
 )
+from mailfleet.operator.healthcheck import HealthChecker
 from mailfleet.operator.metrics import OperatorMetrics
 
 log = logging.getLogger("mailfleet.operator")
@@ -65,6 +70,9 @@ RESYNC_SECONDS = 600.0
 # How often running pods are asked how they are.
 POD_POLL_SECONDS = 5.0
 POD_POLL_CONCURRENCY = 32
+# How often pools are looked at for a due health check (each has its own spec.health.interval).
+HEALTH_TICK_SECONDS = 1.0
+HEALTH_STATUS_MAX_PERIOD = 300.0
 POLICY_STATUS_QUIET = 1.0
 POLICY_STATUS_MAX_DELAY = 5.0
 
@@ -83,9 +91,11 @@ class KubeApi(Protocol):
 
 class EngineApi(Protocol):
     async def status(self, ip: str) -> dict[str, Any] | None: ...
+    async def metrics(self, ip: str) -> str | None: ...
     async def reload(self, ip: str, token: str, config_text: str) -> tuple[bool, str]: ...
     async def drain(self, ip: str, token: str, handoff: list[str]) -> dict[str, Any] | None: ...
     async def undrain(self, ip: str, token: str) -> bool: ...
+    async def adopt_shaping(self, ip: str, token: str, body: Mapping[str, Any]) -> bool: ...
 
 
 # (body of the object the event is about, type, reason, message)
@@ -192,6 +202,7 @@ class Operator:
         poll_seconds: float = POD_POLL_SECONDS,
         concurrency: int = RECONCILE_CONCURRENCY,
         clock: Callable[[], datetime] = now_utc,
+        blocklists: BlocklistChecker | None = None,
     ) -> None:
         self.api = api
         self.engines = engines
@@ -241,7 +252,17 @@ class Operator:
         self.scale_note: dict[PoolKey, tuple[str, datetime]] = {}
         # Pods from this ordinal up have handed off their queue: the StatefulSet may shrink.
         self.drained_to: dict[PoolKey, int] = {}
+        # IPs moving between pods and the pods' fleet-limits modes.
+        self.ipmoves = ipmoves.IPMoves()
         self.tasks: set[asyncio.Task[None]] = set()
+        # When each pool's status last took the health figures (monotonic).
+        self.health_written: dict[PoolKey, float] = {}
+        # IP health: pods' counters, blocklists, quarantine verdicts (healthcheck.py).
+        self.health = (
+            HealthChecker(engines, blocklists or BlocklistChecker(), self.metrics)
+            if engines is not None
+            else None
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -249,12 +270,15 @@ class Operator:
         self.spawn(self._resync_loop())
         if self.engines is not None:
             self.spawn(self._poll_loop())
+            self.spawn(self._health_loop())
 
     async def close(self) -> None:
         for handle in [*self.retries.values(), *self.advances.values()]:
             handle.cancel()
         for task in list(self.tasks):
             task.cancel()
+        if self.health is not None:
+            await self.health.prometheus.close()
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -392,6 +416,10 @@ class Operator:
         self.scale_history.pop(key, None)
         self.scale_note.pop(key, None)
         self.drained_to.pop(key, None)
+        if self.health is not None:
+            self.health.forget(key)
+        self.health_written.pop(key, None)
+        self.ipmoves.forget(key)
         self.selected.pop(key, None)
         self.locks.pop(key, None)
         self.failures.pop(key, None)
@@ -479,10 +507,15 @@ class Operator:
                 live_replicas=sts.spec_replicas if sts is not None else None,
                 drained_to=self.drained_to.get(key),
                 domain_keys=domainplan.domain_dkim_keys(name, domains),
+                verdicts=self.health.verdicts.get(key) if self.health is not None else None,
                 sender_restrictions=domainplan.sender_restrictions(name, domains),
                 dmarc_addresses=domainplan.dmarc_report_addresses(name, domains, self.dmarc_url),
+                senders=self.ipmoves.of(key).senders,
+                pending_moves=frozenset(self.ipmoves.of(key).pending),
+                fleet_modes=self.ipmoves.of(key).modes,
             )
         )
+        self.ipmoves.rendered(key, rendered.status.get("ips", []))
         self.sts_seen[key] = (sts.replicas, sts.ready) if sts is not None else (0, 0)
         if rendered.config_hash is not None:
             self.configs[key] = (rendered.config_hash, rendered.config_text)
@@ -574,6 +607,8 @@ class Operator:
         note = self.scale_note.get(key)
         if note is not None:
             new_status = {**new_status, "scaleReason": note[0], "lastScaleTime": timestamp(note[1])}
+        if self.health is not None and key in self.health.fields:
+            new_status = {**new_status, **self.health.fields[key]}
         if rendered.config_hash is not None and key in self.pod_status:
             # The pods' own report, recounted against the config rendered now.
             new_status = {**new_status, **self.pod_status[key]}
@@ -601,6 +636,109 @@ class Operator:
         if rendered.config_hash is not None and self.engines is not None:
             self.spawn(self.guarded("SendingPool", self.poll_pool(idx, namespace, name)))
         return changed
+
+    # -- IP health -----------------------------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        """Each pool's health check when its spec.health.interval has passed."""
+        while True:
+            await asyncio.sleep(HEALTH_TICK_SECONDS)
+            idx = self.indexes
+            if idx is None or self.health is None:
+                continue
+            now = self.clock()
+            due = []
+            for key in sorted(idx.pools):
+                bodies = _bodies(idx.pools, key)
+                pool = self.parse(bodies[0]) if bodies else None
+                if isinstance(pool, SendingPool) and self.health.due(key, pool, now):
+                    due.append(key)
+            for i in range(0, len(due), POD_POLL_CONCURRENCY):
+                await asyncio.gather(
+                    *(
+                        self.guarded("SendingPool", self.check_health(idx, k))
+                        for k in due[i : i + POD_POLL_CONCURRENCY]
+                    )
+                )
+
+    async def check_health(self, idx: Indexes, key: PoolKey) -> None:
+        """One health check: verdicts that changed re-render the pool (the engines stop
+        sending from a quarantined IP with the next config), figures go into the pool's and
+        its warmups' status, decisions into events."""
+        if self.health is None:
+            return
+        bodies = _bodies(idx.pools, key)
+        pool = self.parse(bodies[0]) if bodies else None
+        if not isinstance(pool, SendingPool):
+            return
+        old_status, _ = self._old_status(key, bodies[0])
+        ready = conditions.condition(old_status, "IPsHealthy")
+        result = await self.health.check(
+            key,
+            pool,
+            list(idx.pods.get(key, [])),
+            self.clock(),
+            prior_no_healthy=ready is not None and ready.get("reason") == quarantine.NO_HEALTHY,
+        )
+        for n in result.notices:
+            self.post_event(bodies[0], n.type, n.reason, n.message)
+        if result.changed:
+            await self.reconcile_pool(idx, *key)
+        elif drift.status_changed(old_status, result.status) and self._health_write_due(
+            key, pool, old_status, result.status
+        ):
+            written = await self.api.patch_status(kube.SENDINGPOOLS, *key, result.status)
+            if written is not None:
+                self.written[key] = (
+                    _int(written.get("metadata", {}).get("resourceVersion")),
+                    dict(written.get("status") or {}),
+                )
+        if result.delta:
+            await self._count_warmup_days(idx, key, result.delta)
+
+    def _health_write_due(
+        self,
+        key: PoolKey,
+        pool: SendingPool,
+        old_status: Mapping[str, Any] | None,
+        fields: Mapping[str, Any],
+    ) -> bool:
+        """Figures move with every message: the status takes them at most every ten intervals
+        (at most 5 min; the operator's metrics have them at every check), a change of listing at
+        once."""
+
+        def listed(items: Any) -> list[Any]:
+            return [(h.get("address"), h.get("listedOn")) for h in items or []]
+
+        now = time.monotonic()
+        last = self.health_written.get(key)
+        period = min(10 * pool.spec.health.interval, HEALTH_STATUS_MAX_PERIOD)
+        if (
+            last is None
+            or now - last >= period
+            or listed((old_status or {}).get("health")) != listed(fields.get("health"))
+        ):
+            self.health_written[key] = now
+            return True
+        return False
+
+    async def _count_warmup_days(
+        self, idx: Indexes, key: PoolKey, delta: Mapping[tuple[str, str], Any]
+    ) -> None:
+        """Adds what the warmups' addresses did since the last check to their status.today,
+        which the gates judge when the day ends."""
+        for b in _bodies(idx.warmups, key):
+            warmup = self.parse(b)
+            if not isinstance(warmup, IPWarmup):
+                continue
+            today = statuses.warmup_today(warmup, delta)
+            if today is None:
+                continue
+            result = await self.api.patch_status(
+                kube.IPWARMUPS, key[0], b["metadata"]["name"], {"today": today}
+            )
+            if result is not None:
+                self._note_own_write("IPWarmup", result)
 
     # -- pods ----------------------------------------------------------------------------------
 
@@ -662,12 +800,31 @@ class Operator:
         if not isinstance(pool, SendingPool):
             return
         rerender = self._autoscale(key, pool, bodies[0], reports, idx)
+        pool_body = bodies[0]
+        if await self.ipmoves.observe(
+            key,
+            reports,
+            engines,
+            tokens[0] if tokens else None,
+            lambda t, r, m: self.post_event(pool_body, t, r, m),
+        ):
+            rerender = True
         fields.update(await self._drain(key, pool, bodies[0], reports, idx, tokens, engines))
         if plan_ready := (
             key in self.drained_to and self._live_replicas(idx, key) != self.drained_to[key]
         ):
             rerender = rerender or plan_ready
         old_status, _ = self._old_status(key, bodies[0])
+        for q in pods.new_engine_quarantines(
+            (old_status or {}).get("engineQuarantines"), fields["engineQuarantines"]
+        ):
+            self.post_event(
+                bodies[0],
+                "Warning",
+                "EngineQuarantined",
+                f"{q['address']} quarantined for {q['provider']} by pod {q['pod']}: "
+                f"{q.get('reason') or 'a reply rule'}",
+            )
         self.pod_status[key] = fields
         self.metrics.set_pool(namespace, name, {**(old_status or {}), **fields})
         if drift.status_changed(old_status, fields):
@@ -831,23 +988,26 @@ class Operator:
         res: kube.Resource,
         body: Mapping[str, Any],
         compute: Callable[[Mapping[str, Any]], dict[str, Any] | None],
-    ) -> None:
+    ) -> tuple[Mapping[str, Any], dict[str, Any]] | None:
         """Patch the status `compute` gives for the object when it differs from the live one;
         when the index has an older version, compute again from the live object
-        (lastTransitionTime and startTime come from the status they replace)."""
+        (lastTransitionTime and startTime come from the status they replace). Returns the
+        live object and the status written, when one was."""
         new_status = compute(body)
         if new_status is None or not drift.status_changed(body.get("status"), new_status):
-            return
+            return None
         meta = body["metadata"]
         live = await self.api.get(res, meta["namespace"], meta["name"])
         if live is None:
-            return
+            return None
         new_status = compute(live)
         if new_status is None or not drift.status_changed(live.get("status"), new_status):
-            return
+            return None
         result = await self.api.patch_status(res, meta["namespace"], meta["name"], new_status)
-        if result is not None:
-            self._note_own_write(res.kind, result)
+        if result is None:
+            return None
+        self._note_own_write(res.kind, result)
+        return live, new_status
 
     async def update_policy_statuses(self, idx: Indexes, namespace: str) -> None:
         pools = self.pools_in(idx, namespace)
@@ -870,10 +1030,17 @@ class Operator:
             warmup = self.parse(body)
             if not isinstance(warmup, IPWarmup):
                 return None
-            return statuses.warmup_status(warmup, pools[0] if pools else None, now)
+            status = statuses.warmup_status(warmup, pools[0] if pools else None, now)
+            name = str(warmup.metadata.get("name", ""))
+            self.metrics.set_warmup(namespace, name, pool, status)
+            return status
 
         for b in _bodies(idx.warmups, (namespace, pool)):
-            await self._write_status_if_changed(kube.IPWARMUPS, b, compute)
+            written = await self._write_status_if_changed(kube.IPWARMUPS, b, compute)
+            if written is not None:
+                live, new_status = written
+                for ev in statuses.warmup_events(live.get("status"), new_status):
+                    self.post_event(live, ev.type, ev.reason, ev.message)
 
     async def reconcile_all(self, idx: Indexes, keys: Iterable[PoolKey]) -> None:
         await asyncio.gather(
@@ -964,6 +1131,7 @@ class Operator:
         before = self.warmup_pools.get((namespace, name))
         if event_type == "DELETED":
             self.warmup_pools.pop((namespace, name), None)
+            self.metrics.forget_warmup(namespace, name)
         else:
             self.warmup_pools[(namespace, name)] = pool
         names = {p for p in (pool, before) if p}

@@ -8,7 +8,7 @@ status. The handlers only compare and write.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -37,6 +37,12 @@ from mailfleet.operator.crd_models import (
 )
 from mailfleet.operator.domainplan import with_domain_keys
 from mailfleet.operator.engine_config import config_yaml, render_engine_config
+from mailfleet.operator.fleetsplit import (
+    fleet_condition,
+    has_pool_limits,
+    held_ips,
+    pod_shares,
+)
 from mailfleet.operator.ipplan import (
     active_warmups,
     desired_replicas,
@@ -47,6 +53,7 @@ from mailfleet.operator.ipplan import (
 )
 from mailfleet.operator.naming import dkim_secrets, pool_name, pool_namespace, selector_string
 from mailfleet.operator.policy_merge import merge_policies, select_policies
+from mailfleet.operator.quarantine import NO_HEALTHY, Verdicts, prior_verdicts
 
 
 @dataclass(frozen=True)
@@ -66,10 +73,18 @@ class PoolInputs:
     drained_to: int | None = None
     # The active DKIM keys of the SendingDomains that list the pool (domainplan.domain_dkim_keys).
     domain_keys: Sequence[DKIMKeyRef] = ()
+    # The health check's last verdicts (None: no check has run since the operator started).
+    verdicts: Verdicts | None = None
     # IPs that must not send a domain's mail (domainplan.sender_restrictions).
     sender_restrictions: Sequence[Mapping[str, Any]] = ()
     # DMARC report addresses the pool takes mail for (domainplan.dmarc_report_addresses).
     dmarc_addresses: Sequence[Mapping[str, Any]] = ()
+    # IP -> pods whose engine last said it sends from it, and IPs whose state waits to be handed
+    # to their new owner (fleetsplit): those are held.
+    senders: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    pending_moves: frozenset[str] = frozenset()
+    # Pod -> (fleet-limits mode, Redis error) as its engine last reported.
+    fleet_modes: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,6 +134,22 @@ def run_replicas(target: int, live: int | None, drained_to: int | None) -> int:
     return live
 
 
+def ips_healthy(verdicts: Verdicts | None) -> Cond:
+    """The IPsHealthy condition: Unknown until the first health check."""
+    if verdicts is None or (verdicts.checked_at is None and not verdicts.ips):
+        return Cond("IPsHealthy", "Unknown", "NotChecked", "no health check yet")
+    if verdicts.no_healthy_ip is not None:
+        return Cond("IPsHealthy", "False", NO_HEALTHY, verdicts.no_healthy_ip)
+    out = {a: v for a, v in verdicts.ips.items() if v.state == "quarantined"}
+    if out:
+        promoted = [a for a, v in verdicts.ips.items() if v.state == "promoted"]
+        message = "; ".join(f"{a}: {v.reason}" for a, v in sorted(out.items()))
+        if promoted:
+            message += f"; promoted {', '.join(promoted)}"
+        return Cond("IPsHealthy", "False", "Quarantined", message[:32768])
+    return Cond("IPsHealthy", "True", "Healthy", "every IP under the thresholds, listed nowhere")
+
+
 def render_pool(inp: PoolInputs) -> RenderedPool:
     pool = with_domain_keys(inp.pool, inp.domain_keys)
     name = pool_name(pool)
@@ -129,8 +160,14 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
     replicas = run_replicas(target, inp.live_replicas, inp.drained_to)
     selected = select_policies(pool, inp.policies)
     merged = merge_policies(selected)
-    plans = plan_ips(pool, inp.warmups, replicas, inp.now)
-    caps = warmup_caps(pool, inp.warmups, inp.now)
+    # Before this operator's first check, the verdicts its status records stand.
+    verdicts = inp.verdicts or Verdicts(prior_verdicts(pool))
+    plans = plan_ips(pool, inp.warmups, replicas, inp.now, verdicts.ips)
+    promoted = [a for a, v in verdicts.ips.items() if v.state == "promoted"]
+    caps = warmup_caps(pool, inp.warmups, inp.now, promoted)
+    owners = {p.address: p.owner for p in plans if p.state != "standby"}
+    held = held_ips(owners, inp.senders, inp.pending_moves)
+    shares = pod_shares(plans, merged)
     actives = active_warmups(pool, inp.warmups, inp.now)
     overflow: Literal["spill", "defer"] = (
         "defer" if any(w.spec.overflow == "defer" for w in actives) else "spill"
@@ -147,6 +184,8 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
             warmup_day_length(pool, inp.warmups, inp.now),
             inp.sender_restrictions,
             inp.dmarc_addresses,
+            shares=shares,
+            held=held,
         )
         config_text = config_yaml(config)
         conds.append(
@@ -194,6 +233,11 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
             )
         )
 
+    if has_pool_limits(merged) or pool.spec.fleet_limits.redis_url:
+        conds.append(
+            fleet_condition(bool(pool.spec.fleet_limits.redis_url), inp.fleet_modes, len(shares))
+        )
+
     missing = missing_secrets(pool.spec, inp.secrets)
     sts = inp.statefulset_status or {}
     ready_pods = int(sts.get("readyReplicas") or 0)
@@ -234,6 +278,14 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
         ready = Cond("Ready", "True", "PodsReady", f"{ready_pods}/{replicas} pods ready")
     conds.insert(0, ready)
 
+    before = next(
+        (c for c in old_status.get("conditions", []) if c.get("type") == "IPsHealthy"), None
+    )
+    if inp.verdicts is None and before is not None:
+        # No check since the operator started: what the last one said stands.
+        conds.append(Cond("IPsHealthy", before["status"], before["reason"], before["message"]))
+    else:
+        conds.append(ips_healthy(verdicts))
     old_ips = {ip["address"]: ip for ip in old_status.get("ips", [])}
     ips = []
     for p in plans:
@@ -241,13 +293,18 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
         if p.reason:
             item["reason"] = p.reason
         before = old_ips.get(p.address)
+        verdict = verdicts.ips.get(p.address)
         item["since"] = (
-            before["since"]
+            timestamp(verdict.since)
+            if verdict is not None and p.state == "quarantined"
+            else before["since"]
             if before and before.get("state") == p.state and before.get("since")
             else timestamp(inp.now)
         )
         if p.owner:
             item["pod"] = p.owner
+        if p.address in held:
+            item["reason"] = "moving between pods: held until its state is handed over"
         ips.append(item)
 
     status: dict[str, Any] = {

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from mailfleet.operator import health, ipplan
 from mailfleet.operator import warmup as wu
 from mailfleet.operator.conditions import Cond, condition, merge_conditions, plural, timestamp
 from mailfleet.operator.crd_models import (
@@ -138,7 +139,33 @@ def warmup_status(warmup: IPWarmup, pool: SendingPool | None, now: datetime) -> 
         status["startTime"] = old.get("startTime") or timestamp(now)
     if clock.last_advance is not None:
         status["lastAdvanceTime"] = timestamp(clock.last_advance)
+    if clock.outcome is not None:
+        status["lastVerdict"] = f"{clock.outcome} after day {old.get('day') or 1}: {clock.reason}"
     return status
+
+
+def warmup_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[EventSpec]:
+    """What a warmup status change tells an SRE: a day moved on, was repeated or stepped back,
+    or the warmup is complete."""
+    old = old or {}
+    if old.get("phase") in (None, "Pending") or new.get("phase") == old.get("phase") == "Complete":
+        return []
+    verdict = str(new.get("lastVerdict") or "")
+    day, before = int(new.get("day") or 1), int(old.get("day") or 1)
+    if new.get("phase") == "Complete":
+        return [
+            EventSpec("Normal", "WarmupComplete", f"warmup complete after day {day}: {verdict}")
+        ]
+    if new.get("lastAdvanceTime") == old.get("lastAdvanceTime"):
+        return []
+    cap = new.get("todayCap")
+    if day > before:
+        return [EventSpec("Normal", "WarmupAdvanced", f"day {day} (cap {cap}): {verdict}")]
+    if day < before:
+        return [
+            EventSpec("Warning", "WarmupSteppedBack", f"back to day {day} (cap {cap}): {verdict}")
+        ]
+    return [EventSpec("Warning", "WarmupHeld", f"day {day} repeated (cap {cap}): {verdict}")]
 
 
 def warmup_sent_today(warmup: IPWarmup, reports: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -152,3 +179,24 @@ def warmup_sent_today(warmup: IPWarmup, reports: Sequence[Mapping[str, Any]]) ->
         provider = str(row.get("provider"))
         out[provider] = out.get(provider, 0) + int(row.get("sent") or 0)
     return dict(sorted(out.items()))
+
+
+def warmup_today(warmup: IPWarmup, delta: Mapping[tuple[str, str], Any]) -> dict[str, Any] | None:
+    """status.today with `delta` (health.Counts per (IP, provider) since the last check)
+    added for the warmup's addresses; a new day starts from zero. None: nothing to add."""
+    status = warmup.status
+    if status is None or status.phase not in ("Warming", "Holding"):
+        return None
+    day_start = status.last_advance_time or status.start_time
+    if day_start is None:
+        return None
+    added = health.for_addresses(delta, [str(a) for a in warmup.spec.addresses])
+    if not added:
+        return None
+    before = ipplan.day_figures(warmup)
+    total = health.accumulate(before, added)
+    providers: dict[str, Any] = {p: c.as_dict() for p, c in total.items()}
+    # A merge patch keeps keys it does not name: a new day removes the last day's providers.
+    old = status.today.providers if status.today is not None else {}
+    providers.update({p: None for p in old if p not in providers})
+    return {"since": timestamp(day_start), "providers": providers}

@@ -1,16 +1,25 @@
 """Warmup schedules: how many messages an IP may send on a given warmup day, and when the day
 advances.
 
-Pure functions with `now` passed in. The day advances by the clock, one day per
-`schedule.dayLength` of warming; health gates (hold, backoff) build on this later.
+Pure functions with `now` passed in. A day lasts `schedule.dayLength`; when it ends, the gates
+judge it from the outcomes of the warmup's addresses that day (status.today): the next day
+comes only when every provider with enough attempts stayed under the gates' rates and the day's
+cap was mostly used (an IP that sent a tenth of its cap has proved nothing about the next one:
+SparkPost's and Mailgun's automatic warmups wait for volume the same way). Otherwise the day is
+repeated (`hold`) or the warmup goes back a day (`stepBack`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
-from mailfleet.operator.crd_models import WarmupPreset, WarmupSchedule
+from mailfleet.operator.crd_models import WarmupGates, WarmupPreset, WarmupSchedule
+from mailfleet.operator.health import ALL, Counts
+
+Outcome = Literal["advanced", "held", "steppedBack", "complete"]
 
 
 # Messages per IP per day. The last value is the cap from that day on (the warmup is complete
@@ -53,11 +62,48 @@ def provider_caps(cap: int, per_provider: dict[str, float]) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
+class DayVerdict:
+    advance: bool
+    reason: str
+
+
+ADVANCE = DayVerdict(True, "gates passed")
+
+
+def gate_verdict(gates: WarmupGates, today: Mapping[str, Counts], cap: int) -> DayVerdict:
+    """Whether a finished day lets the warmup move on: each provider with at least
+    gates.minAttempts attempts under every rate gate, and delivered >= minUsage x cap."""
+    for provider, c in sorted(today.items()):
+        if provider == ALL or c.attempts < gates.min_attempts:
+            continue
+        for name, rate, limit in (
+            ("bounce rate", c.bounce_rate(), gates.max_bounce_rate),
+            ("complaint rate", c.complaint_rate(), gates.max_complaint_rate),
+            ("deferral rate", c.deferral_rate(), gates.max_deferral_rate),
+        ):
+            if rate is not None and rate > limit:
+                return DayVerdict(
+                    False, f"{provider} {name} {rate:.3f} over the gate {limit} "
+                    f"({c.attempts} attempts)"
+                )  # fmt: skip
+    delivered = today.get(ALL, Counts()).delivered
+    if delivered < gates.min_usage * cap:
+        return DayVerdict(
+            False, f"{delivered} of the day's cap of {cap} delivered, under minUsage "
+            f"{gates.min_usage}"
+        )  # fmt: skip
+    return DayVerdict(True, f"{delivered} of {cap} delivered, gates passed")
+
+
+@dataclass(frozen=True)
 class WarmupClock:
     day: int
     last_advance: datetime | None
     complete: bool
     next_advance: datetime | None  # None: not advancing (paused, pending or complete)
+    # What the end of a day decided, when one ended at `now`.
+    outcome: Outcome | None = None
+    reason: str | None = None
 
 
 def warmup_clock(
@@ -68,11 +114,14 @@ def warmup_clock(
     day_length: float,
     final: int,
     advancing: bool,
+    verdict: DayVerdict = ADVANCE,
+    step_back: bool = False,
 ) -> WarmupClock:
-    """The warmup day at `now` from the status last written: one day further once a whole day
-    has passed since the last advance (or the start). A warmup that fell more than a day behind
-    (operator down, paused) moves one day only and starts that day now: every day's cap is
-    meant to be sent, not skipped. Past the final day it is complete."""
+    """The warmup day at `now` from the status last written: once a whole day has passed since
+    the last advance (or the start), the day's verdict moves it one day on, holds it (the same
+    day starts again) or, with `step_back`, moves it one day back. A warmup that fell more than
+    a day behind (operator down, paused) moves once and starts that day now: every day's cap is
+    meant to be sent, not skipped. A passed final day completes it."""
     day = max(day, 1)
     since = last_advance or started
     if not advancing or since is None:
@@ -80,7 +129,11 @@ def warmup_clock(
     length = timedelta(seconds=day_length)
     if now - since < length:
         return WarmupClock(day, last_advance, False, since + length)
-    if day >= final:
-        return WarmupClock(final, now, True, None)
     moved = since + length if now - since < 2 * length else now
-    return WarmupClock(day + 1, moved, False, moved + length)
+    if not verdict.advance:
+        if step_back and day > 1:
+            return WarmupClock(day - 1, moved, False, moved + length, "steppedBack", verdict.reason)
+        return WarmupClock(day, moved, False, moved + length, "held", verdict.reason)
+    if day >= final:
+        return WarmupClock(final, now, True, None, "complete", verdict.reason)
+    return WarmupClock(day + 1, moved, False, moved + length, "advanced", verdict.reason)

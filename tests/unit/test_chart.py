@@ -9,6 +9,7 @@ helm is the pinned build of hack/helm.sh (built once from the Go module proxy, c
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import shutil
 import subprocess
@@ -218,7 +219,8 @@ def test_chart_rbac_template_is_generated_from_deploy_rbac() -> None:
 
 def test_rendered_rbac_grants_exactly_deploy_rbac(helm: str) -> None:
     source = rbac_source()
-    objs = render(helm)
+    # The webhook's own ClusterRole (one VWC, by name) is test_webhook_chart.py's.
+    objs = render(helm, "webhook.enabled=false")
     src_roles = {
         (d["kind"], d["metadata"]["name"]): d
         for d in source
@@ -279,8 +281,12 @@ def test_defaults_render_the_operator_with_peering_and_no_prometheus_objects(hel
         "kopfpeerings.kopf.dev",
     }
     for o in objs:
-        if o["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding") and (
-            o["kind"] != "ClusterKopfPeering"
+        if o["kind"] not in (
+            "CustomResourceDefinition",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ClusterKopfPeering",
+            "ValidatingWebhookConfiguration",
         ):
             assert o["metadata"]["namespace"] == NAMESPACE, o["kind"]
 
@@ -302,9 +308,12 @@ def test_defaults_render_the_operator_with_peering_and_no_prometheus_objects(hel
 
 
 def test_probes_and_ports_match_the_operator_arguments(helm: str) -> None:
-    c = operator_container(render(helm, "liveness.port=8181", "metrics.port=9191"))
+    c = operator_container(
+        render(helm, "liveness.port=8181", "metrics.port=9191", "webhook.port=9444")
+    )
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"liveness": 8181, "metrics": 9191}
+    assert ports == {"liveness": 8181, "metrics": 9191, "webhook": 9444}
+    assert "--webhook-listen=0.0.0.0:9444" in c["args"]
     assert "--liveness=http://0.0.0.0:8181/healthz" in c["args"]
     assert "--metrics-port=9191" in c["args"]
     for probe in (c["livenessProbe"], c["readinessProbe"]):
@@ -382,7 +391,7 @@ def test_engine_image_and_extra_args(helm: str) -> None:
 
 def test_service_monitor_scrapes_the_metrics_service(helm: str) -> None:
     objs = render(helm, *ALL_MONITORING)
-    svc = one(objs, "Service")
+    svc = one(objs, "Service", f"{FULLNAME}-metrics")
     sm = one(objs, "ServiceMonitor")
     labels = svc["metadata"]["labels"]
     assert sm["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -401,7 +410,9 @@ def rule_groups(helm: str, *sets: str) -> dict[str, Any]:
 
 
 def test_alerts_cover_what_an_sre_needs(helm: str) -> None:
-    alerts = {r["alert"]: r for g in rule_groups(helm)["groups"] for r in g["rules"]}
+    # The delivery KPI group has its own tests (test_delivery_alerts.py).
+    groups = [g for g in rule_groups(helm)["groups"] if g["name"] != "mailfleet-delivery"]
+    alerts = {r["alert"]: r for g in groups for r in g["rules"]}
     assert set(alerts) == {
         "MailfleetOperatorDown",
         "MailfleetReconcileErrors",
@@ -435,7 +446,7 @@ def test_promtool_accepts_the_rules(helm: str, promtool: str, tmp_path: Path) ->
         [promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 7 rules found" in proc.stdout
+    assert "SUCCESS: 18 rules found" in proc.stdout
 
 
 OPERATOR = {"job": f"{FULLNAME}-metrics", "namespace": NAMESPACE}
@@ -722,8 +733,9 @@ def test_alerts_fire_on_their_situations(helm: str, promtool: str, tmp_path: Pat
         [],
         ["watch.allNamespaces=false", "watch.namespaces={a,b}", "verbose=true"],
         ["peering.enabled=false"],
+        ["dmarcReports.enabled=true"],
     ],
-    ids=["defaults", "namespaced", "standalone"],
+    ids=["defaults", "namespaced", "standalone", "dmarc"],
 )
 def test_operator_accepts_the_rendered_arguments(helm: str, sets: list[str]) -> None:
     main = pytest.importorskip("mailfleet.operator.main", reason="the operator is not there yet")
@@ -733,3 +745,31 @@ def test_operator_accepts_the_rendered_arguments(helm: str, sets: list[str]) -> 
     assert ns.metrics_port == 9090
     assert main.liveness_url(ns.liveness) == "http://0.0.0.0:8080/healthz"
     assert ns.standalone == ("peering.enabled=false" in sets)
+
+
+def test_dmarc_reports_endpoint_is_off_by_default(helm: str) -> None:
+    objs = render(helm)
+    assert not [a for a in operator_container(objs)["args"] if a.startswith("--dmarc")]
+    assert not [o for o in objs if "dmarc" in o["metadata"]["name"]]
+
+
+def test_dmarc_reports_endpoint_is_served_behind_a_token_and_reachable_by_the_pools(
+    helm: str,
+) -> None:
+    objs = render(helm, "dmarcReports.enabled=true", "dmarcReports.port=8123")
+    container = operator_container(objs)
+    args = container["args"]
+    assert "--dmarc-listen=0.0.0.0:8123" in args
+    (url,) = [a.split("=", 1)[1] for a in args if a.startswith("--dmarc-url=")]
+    service = one(objs, "Service", f"{RELEASE}-mailfleet-dmarc")
+    assert (
+        url == f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:8123"
+    )
+    assert service["spec"]["ports"][0]["targetPort"] == "dmarc"
+    assert {"name": "dmarc", "containerPort": 8123, "protocol": "TCP"} in container["ports"]
+    # The token file the operator reads is the generated Secret, mounted read-only.
+    (token_arg,) = [a for a in args if a.startswith("--dmarc-token-file=")]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "dmarc-token")
+    assert token_arg.split("=", 1)[1] == mount["mountPath"] + "/token" and mount["readOnly"]
+    secret = one(objs, "Secret", f"{RELEASE}-mailfleet-dmarc-token")
+    assert len(base64.b64decode(secret["data"]["token"])) >= 32

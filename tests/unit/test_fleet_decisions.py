@@ -63,7 +63,12 @@ def test_a_warmup_that_does_not_advance_stays_put(started: datetime | None) -> N
 
 def test_the_pool_renders_todays_cap_and_the_status_says_when_the_day_moved() -> None:
     started = {"phase": "Warming", "day": 1, "startTime": "2026-03-01T05:06:07Z"}
-    w = warmup(status=started, schedule={"days": [50, 100, 250], "dayLength": "1h"})
+    # minUsage 0: the clock alone moves it (an idle day otherwise repeats).
+    w = warmup(
+        status=started,
+        schedule={"days": [50, 100, 250], "dayLength": "1h"},
+        gates={"minUsage": 0},
+    )
     later = NOW  # 2026-03-04: days of warming since the start, one hour per day
     caps = {(c.provider, c.day, c.daily_cap) for c in ipplan.warmup_caps(pool(), [w], later)}
     assert ("*", 2, 100) in caps
@@ -77,6 +82,7 @@ def test_the_pool_renders_todays_cap_and_the_status_says_when_the_day_moved() ->
     done = warmup(
         status={**started, "day": 3, "lastAdvanceTime": "2026-03-04T03:00:00Z"},
         schedule={"days": [50, 100, 250], "dayLength": "1h"},
+        gates={"minUsage": 0},
     )
     assert ipplan.warmup_phase(done, pool(), later) == "Complete"
     assert ipplan.warmup_caps(pool(), [done], later) == []

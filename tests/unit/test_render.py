@@ -498,7 +498,12 @@ def test_status_without_pods_says_why_it_is_not_ready() -> None:
     assert (ready["status"], ready["reason"]) == ("False", "PodsNotReady")
     assert ready["lastTransitionTime"] == "2026-03-04T05:06:07Z"
     types = [c["type"] for c in s["conditions"]]
-    assert types == ["Ready", "ConfigRendered", "PoliciesResolved", "SecretsFound"]
+    # The example policy sets a pool-wide gmail limit; the pool has no Redis: split.
+    assert types == [
+        "Ready", "ConfigRendered", "PoliciesResolved", "FleetLimits", "SecretsFound", "IPsHealthy"
+    ]  # fmt: skip
+    fleet = conditions.condition(s, "FleetLimits")
+    assert fleet is not None and fleet["reason"] == "Split"
     assert all(c["observedGeneration"] == 1 for c in s["conditions"])
     assert [ip["state"] for ip in s["ips"]] == ["active", "standby", "warming"]
     assert s["ips"][0]["pod"] == "transactional-0" and "pod" not in s["ips"][1]

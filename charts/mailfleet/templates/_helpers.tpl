@@ -48,6 +48,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- printf "%s-metrics" (include "mailfleet.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The admission webhook's Service (its DNS names are in the webhook's certificate). */}}
+{{- define "mailfleet.webhookServiceName" -}}
+{{- printf "%s-webhook" (include "mailfleet.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "mailfleet.dmarcServiceName" -}}
+{{- printf "%s-dmarc" (include "mailfleet.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/* Arguments of `mailfleet operator`. */}}
 {{- define "mailfleet.operatorArgs" -}}
 - operator
@@ -69,6 +78,22 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 - --liveness=http://0.0.0.0:{{ .Values.liveness.port }}/healthz
 - --metrics-port={{ .Values.metrics.port }}
 - --engine-image={{ default (include "mailfleet.image" .) .Values.engineImage }}
+{{- if .Values.webhook.enabled }}
+- --webhook-listen=0.0.0.0:{{ .Values.webhook.port }}
+{{- if .Values.webhook.certManager.enabled }}
+- --webhook-cert-dir=/var/run/mailfleet/webhook
+{{- else }}
+- --webhook-tls-secret={{ include "mailfleet.fullname" . }}-webhook-tls
+- --webhook-service={{ include "mailfleet.webhookServiceName" . }}
+- --webhook-configuration={{ include "mailfleet.fullname" . }}
+- --webhook-work-dir=/tmp/webhook
+{{- end }}
+{{- end }}
+{{- if .Values.dmarcReports.enabled }}
+- --dmarc-listen=0.0.0.0:{{ .Values.dmarcReports.port }}
+- --dmarc-token-file=/var/run/mailfleet/dmarc/token
+- --dmarc-url=http://{{ include "mailfleet.dmarcServiceName" . }}.{{ .Release.Namespace }}.svc:{{ .Values.dmarcReports.port }}
+{{- end }}
 {{- if .Values.verbose }}
 - --verbose
 {{- end }}
