@@ -1,4 +1,4 @@
-"""The SMTP client that hands messages to MX hosts (aiosmtplib), with a connection pool.
+"""The SMTP client that hands messages to MX hosts, with a connection pool.
 
 `DeliveryClient.deliver()` makes one delivery attempt of one message to one domain: it tries the
 destinations in order until one accepts a session, then reports every recipient's reply. It never
@@ -10,6 +10,10 @@ Connections are pooled per (source IP, destination address, port) and reused for
 destination. A pooled connection that went stale is replaced before MAIL FROM, so a message is
 never sent twice because of the pool; a connection lost after the message was sent is reported as
 a 4xx and the message may arrive twice, which is what RFC 5321 §6.1 accepts over losing it.
+
+aiosmtplib opens each session (connect, EHLO, STARTTLS); the transactions then run on
+`smtpwire.Wire`: MAIL, every RCPT and DATA go in one write where the server offers PIPELINING
+(RFC 2920), and the body is framed without rewriting it when its line ends are CRLF already.
 
 The pure parts (reply parsing, what a message needs from the server, TLS policy) are functions at
 the top of this module.
@@ -26,7 +30,7 @@ import ssl
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import aiosmtplib
 from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
@@ -35,6 +39,7 @@ from python_socks.async_.asyncio import Proxy
 from mailfleet.mta.classify import QMAIL_ENHANCED
 from mailfleet.mta.config import DeliveryConfig
 from mailfleet.mta.routing import Destination
+from mailfleet.mta.smtpwire import Wire, WireLost, command, frame_body
 
 TLSPolicy = Literal["none", "opportunistic", "required"]
 
@@ -183,7 +188,8 @@ class _Conn:
     key: PoolKey
     helo: str
     dest: Destination
-    smtp: aiosmtplib.SMTP
+    wire: Wire
+    extensions: frozenset[str]  # EHLO keywords, lower case
     tls: bool
     uses: int = 0  # transactions started, successful or not
     # A transaction may still be open on the server (MAIL accepted, DATA not answered).
@@ -193,7 +199,10 @@ class _Conn:
 
     @property
     def alive(self) -> bool:
-        return self.smtp.is_connected
+        return self.wire.alive
+
+    def supports(self, extension: str) -> bool:
+        return extension in self.extensions
 
 
 @dataclass
@@ -343,12 +352,13 @@ class DeliveryClient:
     async def _transaction(
         self, conn: _Conn, mail_from: str, recipients: list[str], data: bytes
     ) -> list[RecipientReply]:
-        smtp = conn.smtp
+        wire = conn.wire
+        timeout = float(self._cfg.command_timeout)
         conn.uses += 1
         reused = conn.uses > 1
         utf8 = needs_smtputf8(mail_from, recipients, data)
         encoding = "utf-8" if utf8 else "ascii"
-        if utf8 and not smtp.supports_extension("smtputf8"):
+        if utf8 and not conn.supports("smtputf8"):
             self._release(conn)
             return synthetic_replies(
                 recipients,
@@ -357,78 +367,103 @@ class DeliveryClient:
                 f"{_name(conn.dest)} does not support SMTPUTF8, which this message needs",
             )
         options: list[str] = []
-        if smtp.supports_extension("size"):
+        if conn.supports("size"):
             options.append(f"SIZE={len(data)}")
-        if needs_8bitmime(data) and smtp.supports_extension("8bitmime"):
+        if needs_8bitmime(data) and conn.supports("8bitmime"):
             options.append("BODY=8BITMIME")
         if utf8:
             options.append("SMTPUTF8")
 
-        # Until MAIL FROM is accepted nothing has been sent: a pooled connection that fails here
-        # is replaced, a fresh one counts as that destination failing. A transaction that ended
-        # with a reply to DATA needs no RSET; one that did not (no recipient accepted, DATA
-        # refused) is reset first. Skipping the needless RSET saves a round trip per message.
-        if reused and conn.dirty:
-            try:
-                await smtp.rset()
-            except (aiosmtplib.SMTPException, OSError):
-                self._discard(conn)
-                raise _Stale from None
-            conn.dirty = False
+        # A transaction that ended with a reply to its data needs no RSET; one that did not (no
+        # recipient accepted, DATA refused) is reset first.
+        reset = reused and conn.dirty
+        commands = [b"RSET\r\n"] if reset else []
+        commands.append(command("MAIL FROM", mail_from, options, encoding))
+        commands.extend(command("RCPT TO", r, [], encoding) for r in recipients)
+        commands.append(b"DATA\r\n")
+        group = _Group(wire, commands, conn.supports("pipelining"), timeout)
+
+        # Until MAIL FROM is accepted no data has been sent: a pooled connection that fails here
+        # is replaced, a fresh one counts as that destination failing.
         try:
-            await smtp.mail(mail_from, options=options, encoding=encoding)
-        except aiosmtplib.SMTPResponseException as e:
-            if e.code == 421 or not conn.alive:
-                self._discard(conn)
-                if reused:
-                    raise _Stale from None
-                raise _SessionFailure.from_server(e.code, e.message, "at MAIL FROM") from None
-            self._release(conn)
-            return [make_reply(r, e.code, e.message) for r in recipients]
-        except (aiosmtplib.SMTPException, OSError) as e:
+            if reset:
+                code, text = await group.next_reply()
+                if code // 100 != 2:
+                    raise WireLost(f"RSET answered {code} {text}")
+                conn.dirty = False
+            code, text = await group.next_reply()
+        except WireLost as e:
             self._discard(conn)
             if reused:
                 raise _Stale from None
             raise _SessionFailure(451, "4.4.2", f"lost connection before MAIL: {e}") from None
+        if code // 100 != 2:
+            if code == 421 or not conn.alive:
+                self._discard(conn)
+                if reused:
+                    raise _Stale from None
+                raise _SessionFailure.from_server(code, text, "at MAIL FROM")
+            await self._settle(conn, group)
+            return [make_reply(r, code, text) for r in recipients]
 
         conn.dirty = True
         replies: dict[str, RecipientReply] = {}
         for rcpt in recipients:
             try:
-                resp = await smtp.rcpt(rcpt, encoding=encoding)
-                replies[rcpt] = make_reply(rcpt, resp.code, resp.message)
-            except aiosmtplib.SMTPResponseException as e:
-                replies[rcpt] = make_reply(rcpt, e.code, e.message)
-                if e.code == 421 or not conn.alive:
-                    break
-            except (aiosmtplib.SMTPException, OSError):
+                code, text = await group.next_reply()
+            except WireLost:
                 break
-        if not conn.alive or len(replies) < len(recipients):
+            replies[rcpt] = make_reply(rcpt, code, text)
+            if code == 421:
+                break
+        if not conn.alive or len(replies) < len(recipients) or code == 421:
             self._discard(conn)
             lost = f"lost connection with {_name(conn.dest)} during RCPT"
             return [replies.get(r) or RecipientReply(r, 451, "4.4.2", lost) for r in recipients]
 
         accepted = [r for r in recipients if 200 <= replies[r].code < 300]
         if not accepted:
-            self._release(conn)
+            await self._settle(conn, group)
             return [replies[r] for r in recipients]
 
         try:
-            resp = await smtp.data(data)
-            final = (resp.code, resp.message)
-            conn.dirty = False
-        except aiosmtplib.SMTPResponseException as e:
-            final = (e.code, e.message)
-        except (aiosmtplib.SMTPException, OSError) as e:
+            code, text = await group.next_reply()
+            if code == 354:
+                wire.send(frame_body(data))
+                code, text = await wire.reply(timeout)
+                # The reply to the data ends the transaction whatever it says (RFC 5321 §4.1.1.4).
+                conn.dirty = False
+            final = (code, text)
+        except WireLost as e:
             # The server may have the message already; deferring risks a duplicate, not a loss.
             final = (451, f"4.4.2 lost connection with {_name(conn.dest)} after DATA: {e}")
         for r in accepted:
             replies[r] = make_reply(r, final[0], final[1])
-        if conn.alive:
+        if conn.alive and final[0] != 421:
             self._release(conn)
         else:
             self._discard(conn)
         return [replies[r] for r in recipients]
+
+    async def _settle(self, conn: _Conn, group: _Group) -> None:
+        """The transaction stops short of the data: read the replies still owed for commands
+        already written (a pipelined group), so the next transaction reads its own replies, then
+        pool the connection; one that cannot be brought into step is closed."""
+        try:
+            while group.owed:
+                code, _ = await group.next_reply()
+                if code == 354 and not group.owed:
+                    # DATA accepted with no recipient (RFC 2920 §3.1 says it must not be): an
+                    # empty message ends it, and with no recipient it goes nowhere.
+                    conn.wire.send([b".\r\n"])
+                    await conn.wire.reply(group.timeout)
+        except WireLost:
+            self._discard(conn)
+            return
+        if conn.alive:
+            self._release(conn)
+        else:
+            self._discard(conn)
 
     # -- pool ------------------------------------------------------------------------------
     async def _checkout(
@@ -482,7 +517,12 @@ class DeliveryClient:
             if conn.idle_timer is not None:
                 conn.idle_timer.cancel()
                 conn.idle_timer = None
-            if conn.alive and conn.helo == helo and (conn.tls or policy != "required"):
+            if (
+                conn.alive
+                and conn.wire.quiet
+                and conn.helo == helo
+                and (conn.tls or policy != "required")
+            ):
                 return conn
             self._close_now(conn)
         return None
@@ -527,7 +567,7 @@ class DeliveryClient:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         else:
-            conn.smtp.close()
+            conn.wire.close()
 
     def _close_now(self, conn: _Conn) -> None:
         """Like _discard for a connection already taken out of the idle list."""
@@ -535,11 +575,12 @@ class DeliveryClient:
 
     async def _quit(self, conn: _Conn) -> None:
         try:
-            await conn.smtp.quit(timeout=5.0)
-        except (aiosmtplib.SMTPException, OSError):
+            conn.wire.send([b"QUIT\r\n"])
+            await conn.wire.reply(5.0)
+        except WireLost:
             pass
         finally:
-            conn.smtp.close()
+            conn.wire.close()
 
     def _free_slot(self, host_key: HostKey) -> None:
         host = self._hosts[host_key]
@@ -633,7 +674,19 @@ class DeliveryClient:
         except (aiosmtplib.SMTPException, OSError) as e:
             smtp.close()
             raise _SessionFailure(451, "4.4.2", f"lost connection during setup: {e}") from None
-        return _Conn(key=key, helo=helo, dest=dest, smtp=smtp, tls=tls)
+        # uvloop's transports are not asyncio.Transport subclasses, hence the cast.
+        transport = cast(asyncio.Transport | None, smtp.transport)
+        if transport is None or transport.is_closing():
+            smtp.close()
+            raise _SessionFailure(451, "4.4.2", "lost connection during setup")
+        return _Conn(
+            key=key,
+            helo=helo,
+            dest=dest,
+            wire=Wire(transport),
+            extensions=frozenset(smtp.esmtp_extensions),
+            tls=tls,
+        )
 
     @staticmethod
     async def _hello(smtp: aiosmtplib.SMTP) -> None:
@@ -647,6 +700,32 @@ class DeliveryClient:
 
 class _TLSHandshakeFailed(Exception):
     pass
+
+
+class _Group:
+    """A transaction's commands and the replies owed for them: with PIPELINING every command
+    up to DATA goes in one write (RFC 2920 puts DATA last in a group), without it each waits
+    for the previous reply."""
+
+    def __init__(self, wire: Wire, commands: list[bytes], pipelining: bool, timeout: float) -> None:
+        self.wire = wire
+        self.commands = commands
+        self.pipelining = pipelining
+        self.timeout = timeout
+        self.sent = 0
+        self.read = 0
+
+    @property
+    def owed(self) -> int:
+        return self.sent - self.read
+
+    async def next_reply(self) -> tuple[int, str]:
+        if self.read == self.sent:
+            end = len(self.commands) if self.pipelining else self.sent + 1
+            self.wire.send(self.commands[self.sent : end])
+            self.sent = end
+        self.read += 1
+        return await self.wire.reply(self.timeout)
 
 
 def _is_ip(text: str) -> bool:

@@ -91,6 +91,10 @@ PAGE = 1000
 # message was active are found again then).
 SWEEP_INTERVAL = 30.0
 STATS_INTERVAL = 5.0
+# Bodies of just-accepted messages kept in memory for their attempts while they are active, so
+# the first attempt needs no read back from the spool (a thread hop and a copy of the body).
+# Past this many bytes a message is read from the spool as any other.
+FRESH_BODIES_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
@@ -233,6 +237,8 @@ class QueueRunner:
         self._sender_held: dict[int, Job] = {}
         self._class_rules = [text_rule(r.match, r.reply_class) for r in cfg.shaping.reply_classes]
         self.active: dict[str, Active] = {}
+        self._fresh: dict[str, Body] = {}
+        self._fresh_bytes = 0
         self.counts = Counts()
         self._reader: SpoolReader | None = None
         self._seq = itertools.count()
@@ -337,6 +343,9 @@ class QueueRunner:
             remaining=len(msg.recipients),
             sender=sender_domain(msg.mail_from),
         )
+        if msg.data and self._fresh_bytes + len(msg.data) <= FRESH_BODIES_BYTES:
+            self._fresh[msg.id] = Body(msg.mail_from, msg.data)
+            self._fresh_bytes += len(msg.data)
         for job in jobs:
             self._add_job(job, now)
 
@@ -376,7 +385,13 @@ class QueueRunner:
             a.jobs -= 1
             if a.jobs <= 0:
                 del self.active[job.message_id]
+                self._forget_body(job.message_id)
                 self._load.set()
+
+    def _forget_body(self, message_id: str) -> None:
+        body = self._fresh.pop(message_id, None)
+        if body is not None:
+            self._fresh_bytes -= len(body.data)
 
     def _schedule(self, job: Job, now: float) -> None:
         if job.due <= now:
@@ -639,6 +654,7 @@ class QueueRunner:
         if message_id in self._busy:
             return False
         self._handing_off.add(message_id)
+        self._forget_body(message_id)
         # Its jobs in memory are dropped as they come up; the loader skips nothing: a job it
         # loads meanwhile is dropped the same way.
         self.active.pop(message_id, None)
@@ -666,7 +682,11 @@ class QueueRunner:
     # -- one attempt ---------------------------------------------------------------------------
 
     async def _body(self, message_id: str) -> Body | None:
-        """The message as accepted (DKIM signature included), read from the spool now."""
+        """The message as accepted (DKIM signature included): kept since it was accepted, or
+        read from the spool now."""
+        fresh = self._fresh.get(message_id)
+        if fresh is not None and message_id in self.active:
+            return fresh
         assert self._reader is not None
         got = await self._reader.message(message_id)
         return Body(*got) if got is not None else None

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate, make_msgid
-from typing import Any, Literal, cast
+from typing import Any, AnyStr, Literal, cast
 
 from aiosmtpd.smtp import (
     MISSING,
@@ -397,6 +397,8 @@ class SubmissionSMTP(SMTP):
     MAIL and RCPT, EHLO validation, session limits and the session gauge, a command timeout
     shorter than the DATA timeout with a minimum data rate, and AUTH checked off the loop."""
 
+    _held: list[bytes] | None = None  # replies held back to go out in one write
+
     def __init__(
         self,
         handler: SubmissionHandler,
@@ -620,7 +622,27 @@ class SubmissionSMTP(SMTP):
         if hostname and not valid_helo(hostname):
             await self.push("501 5.5.4 Syntax: EHLO hostname (a domain name or address literal)")
             return
-        await super().smtp_EHLO(hostname)
+        # aiosmtpd pushes each line of the EHLO reply with a write and a drain of its own (a
+        # system call each, seven of them); the reply goes out in one write instead.
+        held: list[bytes] = []
+        self._held = held
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._held = None
+        if held and self._writer is not None:
+            self._writer.write(b"".join(held))
+            await self._writer.drain()
+
+    async def push(self, status: AnyStr) -> None:
+        if self._held is None:
+            await super().push(status)
+            return
+        if isinstance(status, str):
+            self._held.append(status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii"))
+        else:
+            self._held.append(bytes(status))
+        self._held.append(b"\r\n")
 
     async def smtp_HELO(self, hostname: str) -> None:
         if hostname and not valid_helo(hostname):

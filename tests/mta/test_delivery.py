@@ -49,9 +49,10 @@ def refusing(name: str = "dead.remote.test", pref: int = 5) -> Destination:
     return Destination(name, "127.0.0.1", free_port("127.0.0.1"), pref)
 
 
-@pytest.fixture
-def mx(recording_mx: Callable[..., RecordingMX]) -> RecordingMX:
-    return recording_mx(hostname="mx.remote.test")
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def mx(recording_mx: Callable[..., RecordingMX], request: pytest.FixtureRequest) -> RecordingMX:
+    """Every test against this MX runs twice: with and without PIPELINING offered."""
+    return recording_mx(hostname="mx.remote.test", pipelining=request.param)
 
 
 @pytest.fixture
@@ -209,6 +210,78 @@ async def test_no_recipient_accepted_sends_no_data(client: DeliveryClient, mx: R
     assert [r.stage for r in mx.replies()] == ["MAIL", "RCPT", "RCPT"]
     assert await send(client, [dest(mx)]) is not None
     assert len(mx.messages()) == 1  # the pooled connection was reset cleanly
+
+
+async def test_commands_go_in_one_write_only_where_pipelining_is_offered(
+    client: DeliveryClient, mx: RecordingMX
+) -> None:
+    for _ in range(3):
+        result = await send(client, [dest(mx)], ["a@remote.test", "b@remote.test"])
+        assert codes(result) == {"a@remote.test": 250, "b@remote.test": 250}
+    # With PIPELINING, RCPT and DATA reach the MX together with MAIL; without it they wait.
+    assert mx.pipelined_mail == (3 if mx.pipelining else 0)
+    assert [m.rcpt_tos for m in mx.messages()] == [["a@remote.test", "b@remote.test"]] * 3
+
+
+async def test_a_refused_sender_then_reset_keeps_the_pipeline_in_step(
+    client: DeliveryClient, mx: RecordingMX
+) -> None:
+    """Replies owed for pipelined commands are read before the next transaction, so each
+    message gets its own replies, never the previous one's."""
+    mx.script_mail("550 5.7.1 not you")
+    mx.script_rcpt("550 5.1.1 no such user", rcpt="gone@remote.test")
+    first = await send(client, [dest(mx)], ["a@remote.test"])
+    second = await send(client, [dest(mx)], ["gone@remote.test"])
+    third = await send(client, [dest(mx)], ["c@remote.test"])
+    assert [r.reply for r in first.replies] == ["550 5.7.1 not you"]
+    assert [r.reply for r in second.replies] == ["550 5.1.1 no such user"]
+    assert codes(third) == {"c@remote.test": 250}
+    (msg,) = mx.messages()
+    assert msg.rcpt_tos == ["c@remote.test"]
+    assert len({m.peer_port for m in mx.messages()}) == 1  # all on one connection
+
+
+async def test_a_server_answering_out_of_turn_is_not_believed_for_the_next_message(
+    client: DeliveryClient, mx: RecordingMX
+) -> None:
+    # Two replies to one end of data: the second must not pass for the next MAIL's answer
+    # (believed, every later reply would answer the command before its own).
+    mx.script_data("250 2.0.0 queued\r\n250 2.0.0 nobody asked", "250 2.0.0 second queued")
+    mx.script_rcpt("550 5.1.1 gone", rcpt="gone@remote.test")
+    first = await send(client, [dest(mx)])
+    second = await send(client, [dest(mx)], ["a@remote.test", "gone@remote.test"])
+    assert [r.reply for r in first.replies] == ["250 2.0.0 queued"]
+    assert [r.reply for r in second.replies] == ["250 2.0.0 second queued", "550 5.1.1 gone"]
+    assert [m.rcpt_tos for m in mx.messages()] == [["bob@remote.test"], ["a@remote.test"]]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "starttls"])
+def test_pooled_pipelined_deliveries_on_the_engines_uvloop(
+    recording_mx: Callable[..., RecordingMX], tls: bool
+) -> None:
+    """The engine runs on uvloop, whose transports (plain and TLS) the wire takes over."""
+    import uvloop
+
+    peer = recording_mx(hostname="tls.remote.test", tls=tls, pipelining=True)
+
+    async def deliver_three() -> list[AttemptResult]:
+        client = DeliveryClient(cfg(), "mta.example.test")
+        try:
+            return [
+                await send(client, [dest(peer)], [f"u{i}@remote.test"], MESSAGE * (i * 500 + 1))
+                for i in range(3)
+            ]
+        finally:
+            await client.close()
+
+    results = uvloop.run(deliver_three())
+    assert [codes(r) for r in results] == [{f"u{i}@remote.test": 250} for i in range(3)]
+    assert all(r.tls is tls for r in results)
+    got = peer.messages()
+    # What arrives is exactly what was sent: dot-stuffing undone, nothing added or lost.
+    assert [m.content for m in got] == [MESSAGE * (i * 500 + 1) for i in range(3)]
+    assert len({m.peer_port for m in got}) == 1  # one pooled connection
+    assert peer.pipelined_mail == 3
 
 
 # --------------------------------------------------------------------------- pooling
