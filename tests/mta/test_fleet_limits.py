@@ -143,7 +143,10 @@ def test_pool_wide_limit_holds_across_three_pods(
     assert observed >= LIMIT * 0.75
     if shared:
         assert engines[0].metric("mailfleet_fleet_limits_mode", mode="shared") == 1
-    assert len(per_ip) == 3  # every pod sent from its own IP only
+    assert set(per_ip) <= set(IPS)  # only from the pool's IPs, each pod from its own
+    if not shared:
+        # Each pod has its own share of the limit; a shared bucket goes to whoever asks first.
+        assert len(per_ip) == 3
 
 
 def reload(eng: EngineProc, cfg: dict[str, Any]) -> None:
