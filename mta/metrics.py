@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 FSYNC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+ACCEPT_BUCKETS = (*FSYNC_BUCKETS, 2.5, 5, 10, 30)
 
 
 class EngineMetrics:
@@ -93,6 +94,13 @@ class EngineMetrics:
             "mailfleet_delivery_latency_seconds",
             "Time from acceptance to final delivery of a recipient",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.accept_latency = Histogram(
+            "mailfleet_accept_seconds",
+            "Time from the end of a message's DATA to its 250 (headers, signing, the spool's "
+            "fsync): what a submitting client waits for",
+            buckets=ACCEPT_BUCKETS,
             registry=r,
         )
         self.fsync = Histogram(

@@ -281,6 +281,7 @@ class SubmissionHandler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        started = time.perf_counter()
         if not self.accepting:
             return self._refuse("draining", "421 4.3.2 Service shutting down, try another server")
         if self.low_on_disk():
@@ -355,6 +356,7 @@ class SubmissionHandler:
             log.exception("could not queue a message")
             return self._refuse("spool-error", "451 4.3.0 Could not queue the message, try again")
         self.metrics.received.inc()
+        self.metrics.accept_latency.observe(time.perf_counter() - started)
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     async def check_login(self, peer_ip: str, auth_data: LoginPassword) -> AuthOutcome:

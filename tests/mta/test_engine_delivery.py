@@ -171,6 +171,7 @@ def test_admin_api(
         "mailfleet_messages_received_total 5.0",
         "mailfleet_delivery_latency_seconds_bucket",
         "mailfleet_spool_commit_seconds_bucket",
+        "mailfleet_accept_seconds_count 5.0",
         "mailfleet_queue_recipients",
         'mailfleet_delivery_attempts_total{domain="example.org",provider="default",reply_class="ok",'
         'result="delivered",source_ip="127.0.0.2"} 5.0',
