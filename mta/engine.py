@@ -49,6 +49,7 @@ from mailfleet.mta.submission import (
     server_tls_context,
 )
 from mailfleet.mta.suppression import open_store
+from mailfleet.mta.workers import SPOOL_FILE, numbered_dirs, orphan_spools, worker_config
 
 log = logging.getLogger("mailfleet.mta.engine")
 
@@ -143,8 +144,14 @@ class Engine:
         *,
         config_hash: str = "",
         listen_host: str | None = None,
+        worker: Worker | None = None,
     ) -> None:
         self.config_path = config_path
+        self.worker = worker or Worker()
+        # The directory of the pod's spools; this process's own is a numbered one below it
+        # when it is one of several.
+        self.spool_root = cfg.spool.path
+        cfg = self.worker.config(cfg)
         self.cfg = cfg
         self.config_hash = config_hash
         self.listen_host = listen_host
@@ -159,7 +166,9 @@ class Engine:
         )
         self.router = Router(cfg.routing, mx_port=cfg.routing.mx_port)
         self.client = DeliveryClient(cfg.delivery, cfg.hostname)
-        self.suppressions = open_store(cfg.suppression, cfg.spool.path)
+        # One list for every process of the pod: a complaint one of them takes suppresses the
+        # recipient for all.
+        self.suppressions = open_store(cfg.suppression, self.spool_root)
         self.token_key = token_key(cfg)
         self.queue = QueueRunner(
             cfg, self.spool, self.router, self.client, self.metrics, self.inject, self.suppress
@@ -368,6 +377,7 @@ class Engine:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         await self.admin.start(self.cfg.admin.listen)
         await self.spool.start()
+        await self._adopt_orphans()
         # Counts only (index scans, no bodies): the loader then pages in what is due, oldest
         # first, up to spool.activeLimit, while the engine already takes new mail.
         reader = self.spool.reader()
@@ -408,6 +418,18 @@ class Engine:
     def stop(self) -> None:
         self._stopped.set()
 
+    async def _adopt_orphans(self) -> None:
+        """Spools a larger number of processes left (the pod's CPU request shrank): their
+        messages, with their attempts and retry times, move into this process's spool before it
+        accepts mail or recovers its queue, then their files go."""
+        root, i, n = self.spool_root, self.worker.index, self.worker.count
+        orphans = orphan_spools(root, i, n, numbered_dirs(root), (root / SPOOL_FILE).exists())
+        for path in orphans:
+            if path == self.spool.path:
+                continue
+            moved = await _move_spool(path, self.spool)
+            log.info("adopted an orphaned spool", extra={"path": str(path), "messages": moved})
+
     # -- config reload -------------------------------------------------------------------------
 
     def _mtime(self) -> float:
@@ -438,7 +460,9 @@ class Engine:
                 digest = config_digest(raw)
                 if only_if_changed and digest == self.config_hash:
                     return True, "unchanged"
-                ready = prepare(parse_config_text(raw, source, self.listen_host))
+                ready = prepare(
+                    self.worker.config(parse_config_text(raw, source, self.listen_host))
+                )
                 admin_token = read_admin_token(ready.cfg)
             except (ConfigError, CredentialsError, ValueError, OSError) as e:
                 self.metrics.config_reloads.labels("failed").inc()
@@ -610,14 +634,57 @@ async def _close_later(client: DeliveryClient, delay: float) -> None:
         await client.close()
 
 
-def run_engine(config_path: Path, listen_host: str | None = None) -> int:
+@dataclass(frozen=True)
+class Worker:
+    """Which of the pod's engine processes this is (`mailfleet mta --processes N`)."""
+
+    index: int = 0
+    count: int = 1
+    admin_listen: str = ""
+
+    def config(self, cfg: EngineConfig) -> EngineConfig:
+        return worker_config(cfg, self.index, self.count, self.admin_listen)
+
+
+async def _move_spool(path: Path, into: Spool) -> int:
+    """Every message of the spool at `path` into `into` (fsynced there first, deleted here
+    after: a crash in between delivers a message twice, never loses it); then its files go."""
+    source = Spool(path)
+    await source.start()
+    reader = source.reader()
+    moved = 0
+    try:
+        after = ""
+        while batch := await reader.messages_after(after, 200):
+            fresh = await into.adopt(batch)
+            await source.remove([m.id for m in batch])
+            moved += len(fresh)
+            after = batch[-1].id
+    finally:
+        await reader.close()
+        await source.close()
+    for name in (SPOOL_FILE, f"{SPOOL_FILE}-wal", f"{SPOOL_FILE}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            (path / name).unlink()
+    return moved
+
+
+def run_engine(
+    config_path: Path, listen_host: str | None = None, worker: Worker | None = None
+) -> int:
     from mailfleet.mta.logs import setup_logging
 
     try:
         text = read_config_text(config_path)
         cfg = parse_config_text(text, str(config_path), listen_host)
         prepare(cfg)  # every file the config names, as a reload would check them
-        engine = Engine(config_path, cfg, config_hash=config_digest(text), listen_host=listen_host)
+        engine = Engine(
+            config_path,
+            cfg,
+            config_hash=config_digest(text),
+            listen_host=listen_host,
+            worker=worker,
+        )
     except (ConfigError, CredentialsError, ValueError) as e:
         print(f"mailfleet mta: {e}", file=sys.stderr)
         return 2

@@ -21,6 +21,16 @@ def _mta(args: argparse.Namespace) -> int:
             return 2
         print(f"{args.config}: ok")
         return 0
+    if args.worker:
+        from mailfleet.mta.engine import Worker, run_engine
+
+        index, count = (int(x) for x in args.worker.split("/"))
+        worker = Worker(index, count, args.worker_admin or "127.0.0.1:0")
+        return run_engine(Path(args.config), args.listen_address, worker)
+    if args.processes > 1:
+        from mailfleet.mta.supervisor import run_supervisor
+
+        return run_supervisor(Path(args.config), args.processes, args.listen_address)
     from mailfleet.mta.engine import run_engine
 
     return run_engine(Path(args.config), args.listen_address)
@@ -79,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen on this address instead of the host part of submission.listen and "
         "admin.listen (a pod passes its pod IP)",
     )
+    mta.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="engine processes sharing the submission port (SO_REUSEPORT), each with its share "
+        "of every limit and spool.path/<i>; the admin API answers for all of them",
+    )
+    # How the supervisor starts one of its processes: "i/N", and its loopback admin address.
+    mta.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    mta.add_argument("--worker-admin", default=None, help=argparse.SUPPRESS)
     mta_sub = mta.add_subparsers(dest="mta_command", metavar="{hash-password,dkim-keygen,drain}")
     dr = mta_sub.add_parser(
         "drain", help="tell a running engine to stop taking mail; wait until its queue is empty"
@@ -123,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             return _drain(args)
         if not args.config:
             parser.error("mta: --config FILE is required")
+        if args.processes < 1:
+            parser.error("mta: --processes must be at least 1")
         return _mta(args)
     parser.error(f"unknown command {args.command}")
     return 2

@@ -1,0 +1,261 @@
+"""`mailfleet mta --processes N`: N engine processes on one submission port (SO_REUSEPORT), so
+that a pod uses every core it is given; this process starts them, restarts one that dies, passes
+SIGTERM and SIGHUP on, and serves the configured admin address as if it were one engine.
+
+Worker i runs with `spool.path/<i>`, its share of every limit (mailfleet.mta.workers) and an
+admin API on a loopback port of its own. State-changing admin calls go to every worker with the
+caller's Authorization header (each worker checks the token, as one engine would), and their
+answers are merged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from mailfleet.mta.config import ConfigError, EngineConfig, load_config, parse_hostport
+from mailfleet.mta.workers import merge_metrics, merge_status, usable_processes
+
+log = logging.getLogger("mailfleet.mta.supervisor")
+
+# A worker that dies is started again after this pause (doubling while it keeps dying soon
+# after its start, up to the maximum), so a broken config does not spin a core.
+RESTART_PAUSE = 0.5
+RESTART_PAUSE_MAX = 30.0
+STABLE_AFTER = 30.0
+STOP_TIMEOUT = 60.0
+WORKER_TIMEOUT = aiohttp.ClientTimeout(total=120)
+FORWARDED_HEADERS = ("Authorization", "Content-Type")
+
+
+def _loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Supervisor:
+    def __init__(self, config_path: Path, cfg: EngineConfig, n: int, listen_host: str | None):
+        self.config_path = config_path
+        self.cfg = cfg
+        self.n = n
+        self.listen_host = listen_host
+        # Chosen once: a restarted worker comes back on the same port.
+        self.admin = [f"127.0.0.1:{_loopback_port()}" for _ in range(n)]
+        self.procs: list[asyncio.subprocess.Process | None] = [None] * n
+        self.restarts = [0] * n
+        self.stopping = False
+        self._session: aiohttp.ClientSession | None = None
+
+    def command(self, i: int) -> list[str]:
+        cmd = [sys.executable, "-m", "mailfleet.cli", "mta", "--config", str(self.config_path)]
+        if self.listen_host:
+            cmd += ["--listen-address", self.listen_host]
+        return [*cmd, "--worker", f"{i}/{self.n}", "--worker-admin", self.admin[i]]
+
+    async def _keep(self, i: int) -> None:
+        pause = RESTART_PAUSE
+        while not self.stopping:
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(*self.command(i))
+            self.procs[i] = proc
+            log.info("worker started", extra={"worker": i, "pid": proc.pid})
+            rc = await proc.wait()
+            if self.stopping:
+                return
+            self.restarts[i] += 1
+            if time.monotonic() - started > STABLE_AFTER:
+                pause = RESTART_PAUSE
+            log.error("worker exited; restarting it", extra={"worker": i, "rc": rc})
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RESTART_PAUSE_MAX)
+
+    def signal_all(self, sig: int) -> None:
+        for p in self.procs:
+            if p is not None and p.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(sig)
+
+    # -- the admin API -------------------------------------------------------------------------
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=WORKER_TIMEOUT)
+        return self._session
+
+    async def _ask(
+        self, i: int, method: str, path: str, headers: dict[str, str], body: bytes | None
+    ) -> tuple[int, bytes, str]:
+        try:
+            async with self.session.request(
+                method, f"http://{self.admin[i]}{path}", headers=headers, data=body
+            ) as rsp:
+                return rsp.status, await rsp.read(), rsp.content_type
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            err = json.dumps({"error": f"engine process {i} does not answer: {e}"}).encode()
+            return 503, err, "application/json"
+
+    async def _ask_all(self, request: web.Request) -> list[tuple[int, bytes, str]]:
+        headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+        body = await request.read() if request.can_read_body else None
+        return list(
+            await asyncio.gather(
+                *(
+                    self._ask(i, request.method, request.path_qs, headers, body)
+                    for i in range(self.n)
+                )
+            )
+        )
+
+    def app(self) -> web.Application:
+        async def healthz(_: web.Request) -> web.Response:
+            return web.json_response({"status": "ok", "processes": self.n})
+
+        async def readyz(request: web.Request) -> web.Response:
+            answers = await self._ask_all(request)
+            reasons = []
+            for i, (status, body, _) in enumerate(answers):
+                if status != 200:
+                    reasons.append(f"process {i}: {_json(body).get('reason', status)}")
+            ready = not reasons
+            return web.json_response(
+                {"ready": ready, "reason": "; ".join(reasons) or "ready"},
+                status=200 if ready else 503,
+            )
+
+        async def status(request: web.Request) -> web.Response:
+            answers = await self._ask_all(request)
+            statuses = [_json(b) if s == 200 else {} for s, b, _ in answers]
+            merged = merge_status(statuses)
+            merged["workers"] = [
+                {
+                    "process": i,
+                    "pid": p.pid if p is not None else None,
+                    "restarts": self.restarts[i],
+                    "ready": bool(statuses[i].get("ready")),
+                    "reason": statuses[i].get("reason", "no answer"),
+                }
+                for i, p in enumerate(self.procs)
+            ]
+            if any(s != 200 for s, _, _ in answers):
+                merged["ready"] = False
+            return web.json_response(merged)
+
+        async def metrics(request: web.Request) -> web.Response:
+            answers = await self._ask_all(request)
+            text = merge_metrics([b.decode() if s == 200 else "" for s, b, _ in answers])
+            text += (
+                "# HELP mailfleet_process_restarts_total Engine processes restarted after"
+                " they died.\n# TYPE mailfleet_process_restarts_total counter\n"
+                + "".join(
+                    f'mailfleet_process_restarts_total{{process="{i}"}} {r}\n'
+                    for i, r in enumerate(self.restarts)
+                )
+            )
+            return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={})
+
+        async def first(request: web.Request) -> web.Response:
+            # The suppression list is one file for the whole pod: any process reads it.
+            headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+            status_, body, ctype = await self._ask(
+                0, request.method, request.path_qs, headers, None
+            )
+            return web.Response(body=body, status=status_, content_type=ctype)
+
+        async def every(request: web.Request) -> web.Response:
+            answers = await self._ask_all(request)
+            codes = [s for s, _, _ in answers]
+            worst = max(codes)
+            if any(not 200 <= c < 300 for c in codes):
+                # One answer that is not a success is the answer (401, 400...): the caller
+                # sees what the failing process said.
+                s, b, ctype = next(a for a in answers if a[0] == worst)
+                return web.Response(body=b, status=s, content_type=ctype)
+            merged = merge_status([_json(b) for _, b, _ in answers])
+            merged.pop("processes", None)
+            return web.json_response(merged, status=codes[0])
+
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/healthz", healthz),
+                web.get("/readyz", readyz),
+                web.get("/v1/status", status),
+                web.get("/metrics", metrics),
+                web.get("/v1/suppressions", first),
+                web.get("/v1/suppressions/{recipient}", first),
+                web.route("*", "/{tail:.*}", every),
+            ]
+        )
+        return app
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.signal_all(signal.SIGHUP))
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        host, port = parse_hostport(self.cfg.admin.listen)
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        keepers = [asyncio.create_task(self._keep(i)) for i in range(self.n)]
+        log.info("engine processes started", extra={"processes": self.n})
+        await stop.wait()
+        self.stopping = True
+        self.signal_all(signal.SIGTERM)
+        procs = [p for p in self.procs if p is not None]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), STOP_TIMEOUT)
+        except TimeoutError:
+            self.signal_all(signal.SIGKILL)
+        for k in keepers:
+            k.cancel()
+        if self._session is not None:
+            await self._session.close()
+        await runner.cleanup()
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def run_supervisor(config_path: Path, processes: int, listen_host: str | None = None) -> int:
+    from mailfleet.mta.engine import check_config
+    from mailfleet.mta.logs import setup_logging
+
+    try:
+        # The workers refuse a bad config too, but only once each: better said once, here.
+        check_config(config_path, listen_host)
+        cfg = load_config(config_path, listen_host)
+    except ConfigError as e:
+        print(f"mailfleet mta: {e}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.logging.level, cfg.logging.format)
+    n = usable_processes(cfg, processes)
+    if n < processes:
+        log.warning(
+            "fewer engine processes than asked: a connection limit is smaller",
+            extra={"asked": processes, "processes": n},
+        )
+    asyncio.run(Supervisor(config_path, cfg, n, listen_host).run())
+    return 0
