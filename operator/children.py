@@ -24,6 +24,7 @@ from mailfleet.operator.naming import (
     child_labels,
     dkim_mount,
     dkim_secrets,
+    engine_processes,
     owner_reference,
     pool_name,
     pool_namespace,
@@ -61,6 +62,13 @@ def _resources(spec: SendingPoolSpec) -> dict[str, dict[str, str]]:
     return out
 
 
+def engine_command(spec: SendingPoolSpec) -> list[str]:
+    command = ["mailfleet", "mta", "--config", CONFIG_FILE, "--listen-address", "$(POD_IP)"]
+    processes = engine_processes(spec)
+    # One process (a request below two cores) keeps the command pods have always had.
+    return [*command, "--processes", str(processes)] if processes > 1 else command
+
+
 def render_statefulset(pool: SendingPool, replicas: int, image: str) -> dict[str, Any]:
     name = pool_name(pool)
     spec = pool.spec
@@ -87,7 +95,7 @@ def render_statefulset(pool: SendingPool, replicas: int, image: str) -> dict[str
         "image": spec.image or image,
         # Each pod listens on its own address: the kubelet's probes and the Services reach it
         # there, and pods sharing a host (the local node) do not clash on ports.
-        "command": ["mailfleet", "mta", "--config", CONFIG_FILE, "--listen-address", "$(POD_IP)"],
+        "command": engine_command(spec),
         "ports": [
             {"name": "submission", "containerPort": spec.submission.port, "protocol": "TCP"},
             {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},

@@ -23,6 +23,7 @@ from mailfleet.operator.naming import (
     SECRETS_DIR,
     SPOOL_DIR,
     dkim_mount,
+    engine_processes,
 )
 from mailfleet.operator.policy_merge import MergedPolicies
 
@@ -54,6 +55,9 @@ def render_engine_config(
         }
     if sub.auth_secret_ref:
         submission["authUsersFile"] = f"{SECRETS_DIR}/auth/users"
+    if engine_processes(spec) > 1:
+        # The pod's engine processes share the port (the command says how many).
+        submission["reusePort"] = True
     sending = [p for p in plans if p.state != "standby"]
     hostname = (sending or list(plans))[0].hostname
     data: dict[str, Any] = {

@@ -103,3 +103,33 @@ def dkim_secrets(spec: SendingPoolSpec) -> list[str]:
 
 def admin_secret_name(pool: str) -> str:
     return f"{pool}-admin"
+
+
+_DECIMAL_SUFFIX = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+_DECIMAL_SUFFIX |= {"P": 1e15, "E": 1e18}
+_BINARY_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def quantity_value(q: str) -> float:
+    """A Kubernetes quantity ("500m", "2", "1.5", "1e3m", "1Ki") as a number; ValueError when it
+    is not one (the CRD's pattern already refuses those)."""
+    text = q.strip()
+    for suffix, factor in _BINARY_SUFFIX.items():
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    if text and text[-1] in _DECIMAL_SUFFIX and not text[-2:-1] in ("e", "E"):
+        return float(text[:-1]) * _DECIMAL_SUFFIX[text[-1]]
+    return float(text)
+
+
+def engine_processes(spec: SendingPoolSpec) -> int:
+    """Engine processes per pod: one per whole CPU of the pod's CPU request, at least one (an
+    event loop uses about one core; a fraction of a core is better used by one process)."""
+    requests = spec.resources.requests if spec.resources is not None else {}
+    cpu = requests.get("cpu") or DEFAULT_RESOURCES["requests"]["cpu"]
+    try:
+        cores = quantity_value(str(cpu))
+    except ValueError:
+        return 1
+    # A whole CPU written as 1999m/1000 is not one more: small float noise stays below it.
+    return max(1, int(cores + 1e-9))
