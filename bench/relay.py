@@ -2,10 +2,11 @@
 then the same load through a private Postfix to the same kind of sink, in the same run.
 
     python -m bench.relay [--messages 20000] [--size 5120] [--sessions 20] [--workers 2]
-                          [--no-postfix] [--profile DIR]
+                          [--by-hand] [--no-postfix] [--profile DIR]
 
-Several engine processes may share the submission port (SO_REUSEPORT), each with its own spool,
-which is how one pod uses every core it is given.
+Several engine processes share the submission port (SO_REUSEPORT), each with its own spool,
+which is how one pod uses every core it is given: `mailfleet mta --processes N` (its supervisor
+gives each process its share of the limits), or with `--by-hand` N separate engines on one port.
 
 Accept latency is measured by a probe beside smtp-source: one more session that sends a message
 of the same size every PROBE_INTERVAL while the load runs, and times each from the end of its
@@ -17,6 +18,7 @@ stacks: `flamegraph.pl` or speedscope read them).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -81,11 +83,19 @@ def _ready(admin_port: int) -> bool:
 
 
 def _metric(admin_port: int, name: str) -> float:
+    """Every sample of `name` summed (a supervisor's /metrics has one per process)."""
+    total = 0.0
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
         for line in r.read().decode().splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _worker_pids(admin_port: int) -> list[int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/v1/status", timeout=5) as r:
+        status = json.load(r)
+    return [int(w["pid"]) for w in status.get("workers", [])]
 
 
 # (engine workdir, submission port, admin port) -> the engine's config
@@ -120,6 +130,29 @@ def start_engines(
             raise RuntimeError("engines not ready:\n" + "\n".join(p.output() for p in procs))
         time.sleep(0.05)
     return smtp_port, admin_ports
+
+
+def start_supervised(
+    workdir: Path, workers: int, config_for: ConfigFor, procs: list[Proc]
+) -> tuple[int, list[int]]:
+    """`mailfleet mta --processes N`: one admin port for all of them."""
+    smtp_port, admin_port = free_port(), free_port()
+    wdir = workdir / "engine"
+    wdir.mkdir()
+    (wdir / "engine.yaml").write_text(yaml.safe_dump(config_for(wdir, smtp_port, admin_port)))
+    procs.append(
+        Proc(
+            [MAILFLEET, "mta", "--config", str(wdir / "engine.yaml"), "--processes", str(workers)],
+            name="engine",
+            log_dir=wdir,
+        )
+    )
+    deadline = time.monotonic() + 60
+    while not _ready(admin_port):
+        if time.monotonic() > deadline or not procs[-1].running():
+            raise RuntimeError(f"engine not ready:\n{procs[-1].output()}")
+        time.sleep(0.05)
+    return smtp_port, [admin_port]
 
 
 class LatencyProbe:
@@ -303,7 +336,12 @@ def _warm_up(address: str, sink: SmtpSink, sessions: int, size: int) -> None:
 
 
 def measure(
-    messages: int, size: int, sessions: int, workers: int, profile: Path | None = None
+    messages: int,
+    size: int,
+    sessions: int,
+    workers: int,
+    profile: Path | None = None,
+    by_hand: bool = False,
 ) -> dict[str, float]:
     """The engine: msg/s end to end (from the first connection to the last message at the
     sink), accepted msg/s, accept latency, spool commits, RSS at the end."""
@@ -312,7 +350,8 @@ def measure(
     spies: list[subprocess.Popen[bytes]] = []
     sink = SmtpSink("127.0.0.1", workdir=workdir / "sink").start()
     try:
-        smtp_port, admin_ports = start_engines(
+        supervised = workers > 1 and not by_hand
+        smtp_port, admin_ports = (start_supervised if supervised else start_engines)(
             workdir,
             workers,
             lambda wdir, smtp, admin: engine_config(wdir, smtp, admin, sink.address, workers > 1),
@@ -327,6 +366,7 @@ def measure(
                     [
                         *(str(PY_SPY), "record", "--threads", "--nonblocking", "-r", "100"),
                         *("-f", "raw", "-o", str(profile / f"engine{i}.txt"), "--pid", str(p.pid)),
+                        *(["--subprocesses"] if supervised else []),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -343,7 +383,8 @@ def measure(
         commits = sum(_metric(p, "mailfleet_spool_commit_seconds_count") for p in admin_ports)
         commit_s = sum(_metric(p, "mailfleet_spool_commit_seconds_sum") for p in admin_ports)
         ops = sum(_metric(p, "mailfleet_spool_commit_batch_size_sum") for p in admin_ports)
-        rss = [rss_mb(p.pid) for p in procs]
+        pids = _worker_pids(admin_ports[0]) if supervised else [p.pid for p in procs]
+        rss = [rss_mb(pid) for pid in pids]
         return {
             **r,
             "commits": commits,
@@ -416,10 +457,15 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--by-hand",
+        action="store_true",
+        help="N separate engines on one port instead of mailfleet mta --processes N",
+    )
     ap.add_argument("--no-postfix", action="store_true", help="the engine only")
     ap.add_argument("--profile", type=Path, help="py-spy each engine into this directory")
     a = ap.parse_args()
-    ours = measure(a.messages, a.size, a.sessions, a.workers, a.profile)
+    ours = measure(a.messages, a.size, a.sessions, a.workers, a.profile, a.by_hand)
     if a.no_postfix:
         theirs = {k: float("nan") for k in ours}
     else:

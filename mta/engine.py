@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import signal
 import ssl
@@ -669,6 +670,19 @@ async def _move_spool(path: Path, into: Spool) -> int:
     return moved
 
 
+def _stop_with_parent(engine: Engine) -> None:
+    """A worker whose supervisor died (kill -9) stops too, rather than hold the port and its
+    spool beside the supervisor's next start."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def run_engine(
     config_path: Path, listen_host: str | None = None, worker: Worker | None = None
 ) -> int:
@@ -689,6 +703,8 @@ def run_engine(
         print(f"mailfleet mta: {e}", file=sys.stderr)
         return 2
     setup_logging(cfg.logging.level, cfg.logging.format)
+    if worker is not None and worker.count > 1:
+        _stop_with_parent(engine)
     try:
         import uvloop
 

@@ -57,6 +57,7 @@ class Supervisor:
         self.procs: list[asyncio.subprocess.Process | None] = [None] * n
         self.restarts = [0] * n
         self.stopping = False
+        self._next_handoff = 0
         self._session: aiohttp.ClientSession | None = None
 
     def command(self, i: int) -> list[str]:
@@ -168,16 +169,38 @@ class Supervisor:
             return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={})
 
         async def first(request: web.Request) -> web.Response:
-            # The suppression list is one file for the whole pod: any process reads it.
+            # The suppression list is one file for the whole pod: any process lists it.
             headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
             status_, body, ctype = await self._ask(
                 0, request.method, request.path_qs, headers, None
             )
             return web.Response(body=body, status=status_, content_type=ctype)
 
+        async def found(request: web.Request) -> web.Response:
+            # One recipient: found if any process has it (each caches what it added itself).
+            answers = await self._ask_all(request)
+            status_, body, ctype = min(answers, key=lambda a: 0 if a[0] == 200 else a[0])
+            return web.Response(body=body, status=status_, content_type=ctype)
+
+        async def handoff(request: web.Request) -> web.Response:
+            # A draining pod's messages go to one process: to all would deliver them N times.
+            headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+            body = await request.read()
+            answer: tuple[int, bytes, str] = (503, b"{}", "application/json")
+            for k in range(self.n):
+                i = (self._next_handoff + k) % self.n
+                answer = await self._ask(i, "POST", request.path_qs, headers, body)
+                if answer[0] != 503:  # 503: this process drains or does not answer
+                    break
+            self._next_handoff = (self._next_handoff + 1) % self.n
+            return web.Response(body=answer[1], status=answer[0], content_type=answer[2])
+
         async def every(request: web.Request) -> web.Response:
             answers = await self._ask_all(request)
             codes = [s for s, _, _ in answers]
+            if request.method == "DELETE" and 200 in codes and set(codes) <= {200, 404}:
+                # Removed from the file by the first process; the others only drop their cache.
+                return web.json_response({"removed": True})
             worst = max(codes)
             if any(not 200 <= c < 300 for c in codes):
                 # One answer that is not a success is the answer (401, 400...): the caller
@@ -196,7 +219,8 @@ class Supervisor:
                 web.get("/v1/status", status),
                 web.get("/metrics", metrics),
                 web.get("/v1/suppressions", first),
-                web.get("/v1/suppressions/{recipient}", first),
+                web.get("/v1/suppressions/{recipient}", found),
+                web.post("/v1/handoff", handoff),
                 web.route("*", "/{tail:.*}", every),
             ]
         )
