@@ -49,7 +49,7 @@ from mailfleet.mta.submission import (
     in_networks,
     server_tls_context,
 )
-from mailfleet.mta.suppression import open_store
+from mailfleet.mta.suppression import SQLiteSuppressions, open_store
 from mailfleet.mta.workers import SPOOL_FILE, numbered_dirs, orphan_spools, worker_config
 
 log = logging.getLogger("mailfleet.mta.engine")
@@ -401,9 +401,14 @@ class Engine:
             extra={"submission": self.cfg.submission.listen, "admin": self.cfg.admin.listen},
         )
         watcher = asyncio.create_task(self._watch_config())
+        shared = None
+        if self.worker.count > 1 and isinstance(self.suppressions, SQLiteSuppressions):
+            shared = asyncio.create_task(_follow_suppressions(self.suppressions))
         await self._stopped.wait()
         log.info("shutting down")
         watcher.cancel()
+        if shared is not None:
+            shared.cancel()
         self.metrics.ready.set(0)
         self.submission.stop_listening()
         await self.queue.stop()
@@ -668,6 +673,19 @@ async def _move_spool(path: Path, into: Spool) -> int:
         with contextlib.suppress(FileNotFoundError):
             (path / name).unlink()
     return moved
+
+
+SUPPRESSION_REFRESH = 2.0
+
+
+async def _follow_suppressions(store: SQLiteSuppressions) -> None:
+    # A complaint or hard bounce one process takes must stop the others mailing that address.
+    while True:
+        await asyncio.sleep(SUPPRESSION_REFRESH)
+        try:
+            await store.refresh()
+        except Exception as e:  # the next look tries again; the list only ever grows here
+            log.warning("suppression list refresh failed", extra={"error": str(e)})
 
 
 def _stop_with_parent(engine: Engine) -> None:

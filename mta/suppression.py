@@ -138,6 +138,9 @@ CREATE TABLE IF NOT EXISTS suppressions (
 """
 
 
+REFRESH_OVERLAP = 60.0
+
+
 class SQLiteSuppressions:
     """Suppressions in a SQLite file (WAL), with the address set cached in memory.
 
@@ -154,6 +157,7 @@ class SQLiteSuppressions:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="suppressions")
         self._db: sqlite3.Connection | None = None
         self._closed = False
+        self._seen = self._clock()
         try:
             self._members: set[str] = self._executor.submit(self._open).result()
         except BaseException:
@@ -259,6 +263,24 @@ class SQLiteSuppressions:
 
     async def count(self) -> int:
         return len(self._members)
+
+    async def refresh(self) -> int:
+        """Addresses other processes of the pod added to the file since the last look (the
+        engine processes of `mailfleet mta --processes N` share it); how many were new here.
+        Looks back REFRESH_OVERLAP seconds: a row is stamped before its commit, so one stamped
+        earlier than the newest seen may still arrive."""
+        since = self._seen - REFRESH_OVERLAP
+
+        def read(db: sqlite3.Connection) -> list[tuple[str, float]]:
+            return db.execute(
+                "SELECT recipient, created_at FROM suppressions WHERE created_at >= ?", (since,)
+            ).fetchall()
+
+        rows = await self._run(read)
+        new = {r for r, _ in rows} - self._members
+        self._members |= new
+        self._seen = max([self._seen, *(t for _, t in rows)])
+        return len(new)
 
     async def close(self) -> None:
         if self._closed:

@@ -4,12 +4,14 @@ space."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailfleet.mta.config import parse_config
+from mailfleet.mta.suppression import SQLiteSuppressions
 from mailfleet.mta.workers import (
     merge_metrics,
     merge_status,
@@ -203,3 +205,20 @@ def test_merged_status_sums_counts_and_is_ready_only_when_all_are() -> None:
     # Workers on different configs: the hash matches neither, so the operator pushes again.
     assert merge_status([a, {**a, "configHash": "h2"}])["configHash"] not in ("h1", "h2")
     assert merge_status([a, {**a, "empty": False}, {**a, "empty": True}])["empty"] is False
+
+
+def test_a_process_sees_what_another_added_to_the_shared_suppression_list(tmp_path: Path) -> None:
+    async def run() -> tuple[bool, bool, int]:
+        a = SQLiteSuppressions(tmp_path / "suppressions.db")
+        b = SQLiteSuppressions(tmp_path / "suppressions.db")
+        try:
+            await a.add("complained@example.org", "complaint", "arf:test")
+            before = b.contains("complained@example.org")
+            new = await b.refresh()
+            return before, b.contains("Complained@example.org"), new + await b.refresh()
+        finally:
+            await a.close()
+            await b.close()
+
+    before, after, new = asyncio.run(run())
+    assert (before, after, new) == (False, True, 1)
