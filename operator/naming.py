@@ -117,7 +117,7 @@ def quantity_value(q: str) -> float:
     for suffix, factor in _BINARY_SUFFIX.items():
         if text.endswith(suffix):
             return float(text[: -len(suffix)]) * factor
-    if text and text[-1] in _DECIMAL_SUFFIX and not text[-2:-1] in ("e", "E"):
+    if text and text[-1] in _DECIMAL_SUFFIX:
         return float(text[:-1]) * _DECIMAL_SUFFIX[text[-1]]
     return float(text)
 
