@@ -25,7 +25,12 @@ import aiohttp
 from aiohttp import web
 
 from mailfleet.mta.config import ConfigError, EngineConfig, load_config, parse_hostport
-from mailfleet.mta.workers import merge_metrics, merge_status, usable_processes
+from mailfleet.mta.workers import (
+    adoption_share,
+    merge_metrics,
+    merge_status,
+    usable_processes,
+)
 
 log = logging.getLogger("mailfleet.mta.supervisor")
 
@@ -195,21 +200,31 @@ class Supervisor:
             self._next_handoff = (self._next_handoff + 1) % self.n
             return web.Response(body=answer[1], status=answer[0], content_type=answer[2])
 
+        async def adopt_shaping(request: web.Request) -> web.Response:
+            headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+            raw = await request.read()
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            answers = await asyncio.gather(
+                *(
+                    self._ask(
+                        i,
+                        "POST",
+                        request.path_qs,
+                        headers,
+                        raw
+                        if body is None
+                        else json.dumps(adoption_share(body, i, self.n)).encode(),
+                    )
+                    for i in range(self.n)
+                )
+            )
+            return _merged(list(answers), "POST")
+
         async def every(request: web.Request) -> web.Response:
-            answers = await self._ask_all(request)
-            codes = [s for s, _, _ in answers]
-            if request.method == "DELETE" and 200 in codes and set(codes) <= {200, 404}:
-                # Removed from the file by the first process; the others only drop their cache.
-                return web.json_response({"removed": True})
-            worst = max(codes)
-            if any(not 200 <= c < 300 for c in codes):
-                # One answer that is not a success is the answer (401, 400...): the caller
-                # sees what the failing process said.
-                s, b, ctype = next(a for a in answers if a[0] == worst)
-                return web.Response(body=b, status=s, content_type=ctype)
-            merged = merge_status([_json(b) for _, b, _ in answers])
-            merged.pop("processes", None)
-            return web.json_response(merged, status=codes[0])
+            return _merged(await self._ask_all(request), request.method)
 
         app = web.Application()
         app.add_routes(
@@ -221,6 +236,7 @@ class Supervisor:
                 web.get("/v1/suppressions", first),
                 web.get("/v1/suppressions/{recipient}", found),
                 web.post("/v1/handoff", handoff),
+                web.post("/v1/shaping/adopt", adopt_shaping),
                 web.route("*", "/{tail:.*}", every),
             ]
         )
@@ -253,6 +269,22 @@ class Supervisor:
         if self._session is not None:
             await self._session.close()
         await runner.cleanup()
+
+
+def _merged(answers: list[tuple[int, bytes, str]], method: str) -> web.Response:
+    codes = [s for s, _, _ in answers]
+    if method == "DELETE" and 200 in codes and set(codes) <= {200, 404}:
+        # Removed from the file by the first process; the others only dropped their cache.
+        return web.json_response({"removed": True})
+    worst = max(codes)
+    if any(not 200 <= c < 300 for c in codes):
+        # One answer that is not a success is the answer (401, 400...): the caller sees what
+        # the failing process said.
+        s, b, ctype = next(a for a in answers if a[0] == worst)
+        return web.Response(body=b, status=s, content_type=ctype)
+    merged = merge_status([_json(b) for _, b, _ in answers])
+    merged.pop("processes", None)
+    return web.json_response(merged, status=codes[0])
 
 
 def _json(body: bytes) -> dict[str, Any]:

@@ -191,7 +191,8 @@ def merge_metrics(texts: Sequence[str]) -> str:
 # Booleans true only when every worker says so; the rest is true when any does.
 _ALL = frozenset({"ready", "empty", "reloaded", "accepting"})
 _MIN = frozenset({"configGeneration"})
-_MAX = frozenset({"uptimeSeconds"})
+# Times: the latest (a pair suspended in one process is suspended for the pod until then).
+_MAX = frozenset({"uptimeSeconds", "lastEvent", "suspendedUntil", "quarantinedUntil"})
 # Rows of these lists are one pair (or IP) each: the same pair from two workers is one row.
 _ROW_KEYS = ("ip", "provider", "day")
 
@@ -249,3 +250,20 @@ def merge_status(statuses: Sequence[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = merge_values(statuses, "")
     merged["processes"] = len(statuses)
     return merged
+
+
+def adoption_share(body: Any, i: int, n: int) -> Any:
+    """Worker i's part of a POST /v1/shaping/adopt body (IPs moving to this pod): each warmup
+    count split as the cap is, so that the pod's workers together count what the old pod sent.
+    Shaping rows go whole: each worker clamps a rate to its own share of the limit."""
+    if not isinstance(body, dict) or not isinstance(body.get("warmup"), list):
+        return body
+    rows = [
+        {**w, "sent": split(w["sent"], n, i)}
+        if isinstance(w, dict)
+        and isinstance(w.get("sent"), int)
+        and not isinstance(w["sent"], bool)
+        else w
+        for w in body["warmup"]
+    ]
+    return {**body, "warmup": rows}

@@ -193,3 +193,22 @@ def test_two_processes_keep_to_one_per_ip_rate(
     print(f"processes: limit {LIMIT}/min, observed max {observed} in a 20 s window")
     assert observed <= LIMIT * 20 // 60 + 2
     assert eng.status()["queue"]["messages"] > 0
+
+
+def test_an_ip_moving_in_brings_its_warmup_count_to_the_pod_not_to_each_process(
+    mta_engine: Callable[..., EngineProc], mx: RecordingMX, tmp_path: Path
+) -> None:
+    cfg = _config(f"{mx.host}:{mx.port}", tmp_path)
+    cfg["delivery"] = {"sourceIPs": [{"address": "127.0.0.2"}]}
+    cfg["shaping"] = {
+        "warmup": [{"address": "127.0.0.2", "provider": "*", "day": 3, "dailyCap": 100}]
+    }
+    eng = _two(mta_engine, cfg)
+    (row,) = eng.status()["warmup"]
+    assert (row["sent"], row["cap"]) == (0, 100)  # 50 + 50: the cap is split, not doubled
+    answer = eng.post(
+        "/v1/shaping/adopt", {"warmup": [{"ip": "127.0.0.2", "provider": "*", "sent": 31}]}
+    )
+    assert answer["adopted"] == 2  # one row in each process
+    (row,) = eng.status()["warmup"]
+    assert (row["sent"], row["cap"]) == (31, 100)

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mailfleet.mta.config import parse_config
 from mailfleet.mta.suppression import SQLiteSuppressions
 from mailfleet.mta.workers import (
+    adoption_share,
     merge_metrics,
     merge_status,
     orphan_spools,
@@ -222,3 +223,25 @@ def test_a_process_sees_what_another_added_to_the_shared_suppression_list(tmp_pa
 
     before, after, new = asyncio.run(run())
     assert (before, after, new) == (False, True, 1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("sent", [0, 1, 5, 100])
+def test_an_adopted_warmup_count_is_split_as_the_cap_is(n: int, sent: int) -> None:
+    body = {
+        "shaping": [{"ip": "192.0.2.1", "provider": "gmail", "rate": 2.0}],
+        "warmup": [{"ip": "192.0.2.1", "provider": "*", "sent": sent}],
+    }
+    parts = [adoption_share(body, i, n) for i in range(n)]
+    assert sum(p["warmup"][0]["sent"] for p in parts) == sent
+    assert all(p["shaping"] == body["shaping"] for p in parts)
+
+
+def test_merged_shaping_rows_keep_the_latest_times_and_sum_the_rates() -> None:
+    row = {"ip": "192.0.2.1", "provider": "gmail", "rate": 1.5, "suspendedUntil": 100.0}
+    merged = merge_status(
+        [{"shaping": [row]}, {"shaping": [{**row, "rate": 2.0, "suspendedUntil": 200.0}]}]
+    )
+    assert merged["shaping"] == [
+        {"ip": "192.0.2.1", "provider": "gmail", "rate": 3.5, "suspendedUntil": 200.0}
+    ]
