@@ -63,6 +63,10 @@ class Supervisor:
         self.restarts = [0] * n
         self.stopping = False
         self._next_handoff = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        # The last drain (its headers and body) until an undrain: a worker restarted meanwhile
+        # is drained too, or it would take mail in a pod that is going away.
+        self.drain_request: tuple[dict[str, str], bytes | None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
     def command(self, i: int) -> list[str]:
@@ -78,6 +82,10 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(*self.command(i))
             self.procs[i] = proc
             log.info("worker started", extra={"worker": i, "pid": proc.pid})
+            if self.drain_request is not None and self.restarts[i]:
+                task = asyncio.create_task(self._drain_restarted(i, proc))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             rc = await proc.wait()
             if self.stopping:
                 return
@@ -87,6 +95,14 @@ class Supervisor:
             log.error("worker exited; restarting it", extra={"worker": i, "rc": rc})
             await asyncio.sleep(pause)
             pause = min(pause * 2, RESTART_PAUSE_MAX)
+
+    async def _drain_restarted(self, i: int, proc: asyncio.subprocess.Process) -> None:
+        while proc.returncode is None and self.drain_request is not None:
+            headers, body = self.drain_request
+            status, _, _ = await self._ask(i, "POST", "/v1/drain", headers, body)
+            if status == 200:
+                return
+            await asyncio.sleep(0.2)
 
     def signal_all(self, sig: int) -> None:
         for p in self.procs:
@@ -224,7 +240,16 @@ class Supervisor:
             return _merged(list(answers), "POST")
 
         async def every(request: web.Request) -> web.Response:
-            return _merged(await self._ask_all(request), request.method)
+            answers = await self._ask_all(request)
+            if all(s == 200 for s, _, _ in answers):
+                if request.path == "/v1/drain":
+                    headers = {
+                        h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers
+                    }
+                    self.drain_request = (headers, await request.read() or None)
+                elif request.path == "/v1/undrain":
+                    self.drain_request = None
+            return _merged(answers, request.method)
 
         app = web.Application()
         app.add_routes(

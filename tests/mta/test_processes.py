@@ -102,6 +102,13 @@ def test_two_processes_share_a_port_deliver_everything_and_answer_as_one(
     assert [w["reason"] for w in eng.status()["workers"]] == ["draining", "draining"]
     with pytest.raises((smtplib.SMTPException, OSError)):
         eng.send("app@example.test", ["late@example.org"], message("after drain"))
+    # A worker that dies while the pod drains comes back draining.
+    os.kill(eng.status()["workers"][0]["pid"], signal.SIGKILL)
+    eng.wait_until(
+        lambda: (w := eng.status()["workers"][0])["restarts"] == 1 and w["reason"] == "draining",
+        what="worker 0 back, draining",
+    )
+    assert eng.get("/readyz")["ready"] is False
     assert eng.post("/v1/undrain")["draining"] is False
     eng.wait_ready()
 
