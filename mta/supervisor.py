@@ -40,6 +40,8 @@ RESTART_PAUSE = 0.5
 RESTART_PAUSE_MAX = 30.0
 STABLE_AFTER = 30.0
 STOP_TIMEOUT = 60.0
+# Probes and scrapes are short; a drain with a handoff or a pushed reload may take a while.
+READ_TIMEOUT = aiohttp.ClientTimeout(total=10)
 WORKER_TIMEOUT = aiohttp.ClientTimeout(total=120)
 FORWARDED_HEADERS = ("Authorization", "Content-Type")
 
@@ -123,7 +125,11 @@ class Supervisor:
     ) -> tuple[int, bytes, str]:
         try:
             async with self.session.request(
-                method, f"http://{self.admin[i]}{path}", headers=headers, data=body
+                method,
+                f"http://{self.admin[i]}{path}",
+                headers=headers,
+                data=body,
+                timeout=READ_TIMEOUT if method == "GET" else WORKER_TIMEOUT,
             ) as rsp:
                 return rsp.status, await rsp.read(), rsp.content_type
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
