@@ -219,3 +219,24 @@ def test_an_ip_moving_in_brings_its_warmup_count_to_the_pod_not_to_each_process(
     assert answer["adopted"] == 2  # one row in each process
     (row,) = eng.status()["warmup"]
     assert (row["sent"], row["cap"]) == (31, 100)
+
+
+def test_two_processes_adopt_the_spool_of_one(
+    mta_engine: Callable[..., EngineProc], mx: RecordingMX, tmp_path: Path
+) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    eng = mta_engine(_config(dead, tmp_path))
+    eng.admin_token = TOKEN
+    _send_each_on_its_own_connection(eng, 8, "grown")
+    assert eng.status()["queue"]["messages"] == 8
+    eng.stop()
+
+    eng.config["routing"] = {"routes": {"*": f"{mx.host}:{mx.port}"}}
+    eng.write_config(eng.config)
+    eng.args = ["--processes", "2"]  # the pod's CPU request grew to two cores
+    eng.start()
+    mx.wait_for(8, timeout=60)
+    eng.wait_queue_empty()
+    assert len({m.rcpt_tos[0] for m in mx.messages()}) == 8
+    spool = Path(str(eng.config["spool"]["path"]))  # type: ignore[index]
+    assert not (spool / "spool.db").exists()
