@@ -654,7 +654,8 @@ class Worker:
 
 async def _move_spool(path: Path, into: Spool) -> int:
     """Every message of the spool at `path` into `into` (fsynced there first, deleted here
-    after: a crash in between delivers a message twice, never loses it); then its files go."""
+    after: a crash in between delivers a message twice, never loses it), and its warmup counts;
+    then its files go."""
     source = Spool(path)
     await source.start()
     reader = source.reader()
@@ -666,6 +667,11 @@ async def _move_spool(path: Path, into: Spool) -> int:
             await source.remove([m.id for m in batch])
             moved += len(fresh)
             after = batch[-1].id
+        # Today's warmup sends from those IPs count here too: an IP's daily cap holds across a
+        # change of N (counted twice after a crash mid-move: less sent, never more).
+        _, sent = await asyncio.to_thread(source.load_shaping)
+        for (ip, provider, day), n in sorted(sent.items()):
+            await into.warmup_add(ip, provider, day, n)
     finally:
         await reader.close()
         await source.close()

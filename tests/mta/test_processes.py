@@ -219,6 +219,12 @@ def test_an_ip_moving_in_brings_its_warmup_count_to_the_pod_not_to_each_process(
     assert answer["adopted"] == 2  # one row in each process
     (row,) = eng.status()["warmup"]
     assert (row["sent"], row["cap"]) == (31, 100)
+    # Back to one process: the counts of both spools come along, the cap still holds.
+    eng.stop()
+    eng.args = []
+    eng.start()
+    (row,) = eng.status()["warmup"]
+    assert (row["sent"], row["cap"]) == (31, 100)
 
 
 def test_two_processes_adopt_the_spool_of_one(
