@@ -214,7 +214,12 @@ def test_warming_ip_moved_between_pods_never_exceeds_its_cap(
         f"\nfleet limits (warmup moved, {'redis' if shared else 'handover'}): pods 2, "
         f"limit -, observed max -, warmup cap {cap}, sent {sent} from the moved IP"
     )
+    # Without the count from a, b would take up to a whole cap more from the IP: the load
+    # spreads over both IPs and wants far more than 5 from it. How many of the 5 left b uses
+    # depends on how the load races the IP's rate, so only the bound is asserted.
     assert sent <= cap
-    assert sent == cap  # b used what was left of the day, no more
     left = [w for w in b.status()["warmup"] if w["ip"] == warm and w["provider"] == "*"]
-    assert left and left[0]["sent"] == cap
+    # b's count carries on from a's: at least all that left the IP today, on either pod (a
+    # count restarted on b would hold b's sends only). It may count more: an attempt counts
+    # when the IP is chosen, also one that then went out another way.
+    assert left and sent <= left[0]["sent"] <= cap
