@@ -9,5 +9,6 @@ _PLUGINS = [
     "fixtures.engine",
     "fixtures.operator",
     "fixtures.fleet",
+    "fixtures.tools",
 ]
 pytest_plugins = [p for p in _PLUGINS if importlib.util.find_spec(p) is not None]

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from fixtures.fleet import SUBMISSION_PORT, apply, pool_manifest, pool_status, wait_pods
-from fixtures.isp import IspSimulator
+from fixtures.isp import IspSimulator, max_in_window
 from fixtures.operator import OperatorProcess, kget, wait_for
 from fixtures.procs import RedisServer
 from fixtures.smtppeers import RecordingMX
@@ -75,16 +75,6 @@ def submit_gmail(ip: str, n: int, tag: str) -> list[str]:
             s.sendmail("app@example.test", [r], body.encode())
             rcpts.append(r)
     return rcpts
-
-
-def max_in_window(times: list[float], window: float = 60.0) -> int:
-    ts = sorted(times)
-    best = j = 0
-    for i, t in enumerate(ts):
-        while ts[j] <= t - window:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
 
 
 def condition(kube: Any, ns: str, pool: str, kind: str) -> dict[str, Any]:

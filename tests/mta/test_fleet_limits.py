@@ -21,7 +21,7 @@ import pytest
 import yaml
 from fixtures.dnsserver import DnsServer
 from fixtures.engine import EngineProc, message
-from fixtures.isp import IspSimulator
+from fixtures.isp import IspSimulator, max_in_window
 from fixtures.procs import RedisServer
 
 IPS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
@@ -91,16 +91,6 @@ def load(eng: EngineProc, isp: IspSimulator, n: int, tag: str) -> None:
         for i in range(n):
             r = isp.rcpt("gmail", f"{tag}{i}")
             s.sendmail(SENDER, [r], message(f"{tag} {i}", frm=SENDER, to=r))
-
-
-def max_in_window(times: list[float], window: float = 60.0) -> int:
-    ts = sorted(times)
-    best = j = 0
-    for i, t in enumerate(ts):
-        while ts[j] <= t - window:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
 
 
 def modes(engines: list[EngineProc]) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from fixtures.dnsserver import DnsServer
 from fixtures.engine import EngineProc, message
-from fixtures.isp import IspSimulator
+from fixtures.isp import IspSimulator, max_in_window
 from fixtures.procs import free_port, pid_alive
 from fixtures.smtppeers import RecordingMX
 from prometheus_client.parser import text_string_to_metric_families
@@ -164,16 +164,6 @@ def test_one_process_adopts_the_spools_of_two(
 
 LIMIT = 60  # messages a minute per (source IP, gmail): the per-IP rate the engine is given
 IP = "127.0.0.2"
-
-
-def max_in_window(times: list[float], window: float = 60.0) -> int:
-    ts = sorted(times)
-    best = j = 0
-    for i, t in enumerate(ts):
-        while ts[j] <= t - window:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
 
 
 def test_two_processes_keep_to_one_per_ip_rate(

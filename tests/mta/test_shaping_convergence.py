@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fixtures.dnsserver import DnsServer
 from fixtures.engine import EngineProc, message
-from fixtures.isp import IspSimulator
+from fixtures.isp import IspSimulator, max_in_window
 
 IP = "127.0.0.2"
 SENDER = "app@example.test"
@@ -43,16 +43,6 @@ def pair(eng: EngineProc) -> dict[str, Any]:
         if row["ip"] == IP and row["provider"] == "gmail":
             return dict(row)
     return {}
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    ts = sorted(times)
-    best, j = 0, 0
-    for i, t in enumerate(ts):
-        while ts[j] <= t - window:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
 
 
 def test_rate_converges_under_a_hidden_limit_without_a_block_and_recovers(

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from fixtures.dnsserver import DnsServer
 from fixtures.engine import EngineProc, message
-from fixtures.isp import Accepted, IspSimulator
+from fixtures.isp import Accepted, IspSimulator, max_in_window
 
 IP2, IP3, IP4 = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 SENDER = "app@example.test"
@@ -51,18 +51,6 @@ def pair(eng: EngineProc, ip: str, provider: str) -> dict[str, Any]:
 
 def adaptive(interval: str = "1s", **kw: str | float) -> dict[str, Any]:
     return {"decrease": 0.5, "increase": "1/s", "recoveryInterval": interval, "floor": "1/s", **kw}
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    """The most events that fell within any `window` seconds."""
-    ts = sorted(times)
-    best = 0
-    j = 0
-    for i, t in enumerate(ts):
-        while ts[j] <= t - window:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
 
 
 def per_second(times: list[float], start: float, seconds: int) -> list[int]:

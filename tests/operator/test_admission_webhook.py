@@ -19,23 +19,18 @@ from typing import Any
 import pytest
 import yaml
 from fixtures.operator import free_port, kget, wait_for
+from fixtures.tools import helm_path
 
 pytestmark = pytest.mark.kube
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def helm() -> str:
-    proc = subprocess.run([str(REPO / "hack" / "helm.sh")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip().splitlines()[-1]
-
-
 def chart_configuration(namespace: str) -> dict[str, Any]:
     """The chart's ValidatingWebhookConfiguration, scoped to the test's namespace."""
     out = subprocess.run(
-        [helm(), "template", "wh", str(REPO / "charts" / "mailfleet"), "--namespace", "mf-system",
-         "--kube-version", "1.34.4", "--set",
+        [helm_path(), "template", "wh", str(REPO / "charts" / "mailfleet"),
+         "--namespace", "mf-system", "--kube-version", "1.34.4", "--set",
          f"webhook.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name={namespace}"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip

@@ -50,16 +50,6 @@ def _load_sync_chart() -> ModuleType:
 sync_chart = _load_sync_chart()
 
 
-@pytest.fixture(scope="session")
-def helm() -> str:
-    proc = subprocess.run(
-        [str(REPO / "hack" / "helm.sh")], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"hack/helm.sh could not build helm:\n{proc.stderr[-4000:]}", pytrace=False)
-    return proc.stdout.strip().splitlines()[-1]
-
-
 def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([helm, *args], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -425,14 +415,6 @@ def test_alerts_cover_what_an_sre_needs(helm: str) -> None:
     for a in alerts.values():
         assert a["labels"]["severity"] in ("critical", "warning")
         assert a["annotations"]["summary"] and a["annotations"]["description"]
-
-
-@pytest.fixture(scope="session")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not installed (Debian package `prometheus`)")
-    return path
 
 
 def test_promtool_accepts_the_rules(helm: str, promtool: str, tmp_path: Path) -> None:

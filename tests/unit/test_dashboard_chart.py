@@ -9,18 +9,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "mailfleet"
-
-
-@pytest.fixture(scope="module")
-def helm() -> str:
-    proc = subprocess.run([str(REPO / "hack" / "helm.sh")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip().splitlines()[-1]
 
 
 def configmaps(helm: str, *sets: str) -> list[dict[str, Any]]:

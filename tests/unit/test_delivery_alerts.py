@@ -8,7 +8,6 @@ helm is hack/helm.sh's pinned build; promtool comes from Debian's `prometheus` p
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,24 +34,6 @@ DELIVERY_ALERTS = {
     "MailfleetNoHealthyIP",
     "MailfleetNoHealthyIPForProvider",
 }
-
-
-@pytest.fixture(scope="module")
-def helm() -> str:
-    proc = subprocess.run(
-        [str(REPO / "hack" / "helm.sh")], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"hack/helm.sh could not build helm:\n{proc.stderr[-4000:]}", pytrace=False)
-    return proc.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool not installed (Debian package `prometheus`: make deps)")
-    return path
 
 
 def rules(helm: str, *sets: str) -> dict[str, Any]:

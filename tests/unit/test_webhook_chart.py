@@ -19,13 +19,6 @@ CHART = REPO / "charts" / "mailfleet"
 NS = "mail-system"
 
 
-@pytest.fixture(scope="module")
-def helm() -> str:
-    proc = subprocess.run([str(REPO / "hack" / "helm.sh")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip().splitlines()[-1]
-
-
 def render(helm: str, *sets: str, check: bool = True) -> Any:
     args = [helm, "template", "mf", str(CHART), "--namespace", NS, "--kube-version", "1.34.4"]
     for s in sets:
