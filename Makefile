@@ -19,7 +19,7 @@ help: ## list the targets
 deps: apt-deps $(STAMP) ## install everything the tests need (idempotent)
 
 .PHONY: apt-deps
-apt-deps: ## Debian packages (postfix, swaks, dnsmasq, Mail::DKIM, redis, dante)
+apt-deps: ## Debian packages (postfix, swaks, dnsmasq, Mail::DKIM, redis, dante, prometheus, lua)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install:" $$missing; \
