@@ -117,6 +117,8 @@ def needs_smtputf8(mail_from: str, recipients: Iterable[str], data: bytes) -> bo
     """RFC 6531: UTF-8 in an address, or raw UTF-8 in the header section (RFC 6532)."""
     if not mail_from.isascii() or not all(r.isascii() for r in recipients):
         return True
+    if data.isascii():  # a fast whole-message check first: most mail is ASCII throughout
+        return False
     head = re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]
     return not head.isascii()
 
@@ -293,10 +295,12 @@ class DeliveryClient:
         data: bytes,
         require_tls: bool = False,
         domain: str | None = None,
+        crlf: bool = False,
     ) -> AttemptResult:
         """Try `destinations` in order; per-recipient replies from the first that takes a session.
 
-        `domain` (default: the first recipient's) selects per-domain TLS requirements.
+        `domain` (default: the first recipient's) selects per-domain TLS requirements. `crlf`:
+        every line end of `data` is known to be CRLF (it is not scanned again to frame it).
         """
         helo = helo or self._hostname
         policy = tls_policy(self._cfg, domain or _domain_of(recipients), require_tls)
@@ -313,7 +317,7 @@ class DeliveryClient:
                     failures.append((dest, f))
                     break
                 try:
-                    replies = await self._transaction(conn, mail_from, recipients, data)
+                    replies = await self._transaction(conn, mail_from, recipients, data, crlf)
                 except _Stale:
                     continue
                 except _SessionFailure as f:
@@ -350,7 +354,7 @@ class DeliveryClient:
         )
 
     async def _transaction(
-        self, conn: _Conn, mail_from: str, recipients: list[str], data: bytes
+        self, conn: _Conn, mail_from: str, recipients: list[str], data: bytes, crlf: bool
     ) -> list[RecipientReply]:
         wire = conn.wire
         timeout = float(self._cfg.command_timeout)
@@ -429,7 +433,7 @@ class DeliveryClient:
         try:
             code, text = await group.next_reply()
             if code == 354:
-                wire.send(frame_body(data))
+                wire.send(frame_body(data, crlf=crlf))
                 code, text = await wire.reply(timeout)
                 # The reply to the data ends the transaction whatever it says (RFC 5321 §4.1.1.4).
                 conn.dirty = False

@@ -119,14 +119,16 @@ class _Key:
 # --- pure functions ----------------------------------------------------------------------------
 
 
-def split_message(message: bytes) -> tuple[list[Header], bytes]:
+def split_message(message: bytes, *, crlf: bool = False) -> tuple[list[Header], bytes]:
     """Header fields and body, exactly as dkimpy's rfc822_parse gives them: each header value
     keeps its folding and ends in CRLF, body lines end in CRLF.
 
-    Ours slices the body off instead of splitting and re-joining every line of it.
+    Ours slices the body off instead of splitting and re-joining every line of it. `crlf`: the
+    caller knows every line end is CRLF already (the body is not scanned again for bare LFs).
     """
     if message.startswith((b"\r\n", b"\n")):
-        return [], _crlf(message[2 if message[0] == 0x0D else 1 :])
+        body = message[2 if message[0] == 0x0D else 1 :]
+        return [], body if crlf else _crlf(body)
     m = _END_OF_HEADERS.search(message)
     if m is None:
         head, body = message, b""
@@ -147,7 +149,7 @@ def split_message(message: bytes) -> tuple[list[Header], bytes]:
             headers.append([name.group(1), line[name.end() :] + b"\r\n"])
         elif not line.startswith(b"From "):  # an mbox separator line is skipped, as dkimpy does
             raise DKIMMessageError(f"unexpected characters in header line: {line[:80]!r}")
-    return headers, _crlf(body)
+    return headers, body if crlf else _crlf(body)
 
 
 def _crlf_only(data: bytes) -> bool:
@@ -175,9 +177,12 @@ def canonicalize_header_relaxed(name: bytes, value: bytes) -> tuple[bytes, bytes
 
 def canonicalize_body_relaxed(body: bytes) -> bytes:
     """RFC 6376 §3.4.4 relaxed body canonicalization, byte-identical to dkimpy's."""
-    body = _compress_wsp(body)
-    if b" \r\n" in body:
-        body = body.replace(b" \r\n", b"\r\n")
+    # A body without a space or tab (base64 parts: most of a large message) has nothing to
+    # compress; one memchr each answers that, where the searches for runs cost a scan each.
+    if b" " in body or b"\t" in body:
+        body = _compress_wsp(body)
+        if b" \r\n" in body:
+            body = body.replace(b" \r\n", b"\r\n")
     end = len(body)
     while body.endswith(b"\r\n", 0, end):
         end -= 2
@@ -293,8 +298,10 @@ class DKIMSigner:
         """
         return self.sign_result(message).header
 
-    def sign_result(self, message: bytes) -> SignResult:
-        headers, body = split_message(message)
+    def sign_result(self, message: bytes, *, crlf: bool = False) -> SignResult:
+        """As `sign`, with what was signed. `crlf`: every line end of `message` is CRLF (the
+        caller checked; the body is not scanned again)."""
+        headers, body = split_message(message, crlf=crlf)
         domain = from_domain(headers)
         if domain is None:
             return SignResult(b"", (), "no single From header with a domain")

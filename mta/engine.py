@@ -37,7 +37,8 @@ from mailfleet.mta.dkim import DKIMSigner
 from mailfleet.mta.dmarcforward import Forwarder
 from mailfleet.mta.dmarcmail import NotAReport, report_attachments
 from mailfleet.mta.handoff import HandoffSender
-from mailfleet.mta.headers import add_headers, load_token_key
+from mailfleet.mta.headers import add_headers, has_internal_headers, load_token_key
+from mailfleet.mta.lineends import crlf_only
 from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.queue import QueueRunner
 from mailfleet.mta.routing import Router
@@ -212,7 +213,7 @@ class Engine:
         resolves `fut` once it is fsynced (one hop back to the loop, not two)."""
         try:
             try:
-                result = signer.sign_result(data)
+                result = signer.sign_result(data, crlf=True)
             except ValueError as e:
                 self.metrics.dkim.labels("none", "error").inc()
                 log.warning("message not DKIM-signed", extra={"reason": str(e)})
@@ -227,10 +228,21 @@ class Engine:
             fut.get_loop().call_soon_threadsafe(_fail, fut, e)
 
     async def ingest(
-        self, queue_id: str, mail_from: str, recipients: list[str], data: bytes, client: str
+        self,
+        queue_id: str,
+        mail_from: str,
+        recipients: list[str],
+        data: bytes,
+        client: str,
+        crlf: bool = False,
     ) -> None:
+        """Sign, spool and queue a message; returns once it is fsynced. `crlf`: the caller has
+        made every line end a CRLF; otherwise it is done here, so that what is signed, stored
+        and sent has CRLF line ends throughout and none of them scans for bare ones again."""
+        if not crlf:
+            data = crlf_only(data)
         hc = self.cfg.headers
-        if hc.list_unsubscribe or hc.feedback_id or b"X-Mailfleet-" in data[:65536]:
+        if hc.list_unsubscribe or hc.feedback_id or has_internal_headers(data):
             added = add_headers(
                 data, hc, recipients=recipients, message_id=queue_id, token_key=self.token_key
             )
@@ -243,7 +255,7 @@ class Engine:
         if not self._signers:
             self._start_signers()
         self._to_sign.put((self.signer, fut, queue_id, mail_from, recipients, data, client))
-        self.queue.add(await fut)
+        self.queue.add(await fut, crlf=True)
 
     def _start_signers(self) -> None:
         for i in range(SIGNING_THREADS):

@@ -180,6 +180,13 @@ def _field_value(raw: bytes) -> str:
     return " ".join(value.split())
 
 
+def has_internal_headers(data: bytes) -> bool:
+    """The header block has an X-Mailfleet-* field (any case), which `add_headers` removes."""
+    m = _END_OF_HEADERS.search(data)
+    head = data if m is None else data[: m.start()]
+    return INTERNAL_PREFIX.encode() in head.lower()
+
+
 def add_headers(
     data: bytes,
     cfg: HeadersConfig,

@@ -82,6 +82,8 @@ class Active:
 class Body:
     mail_from: str
     data: bytes
+    # Every line end is CRLF: known for a message accepted this run, checked again otherwise.
+    crlf: bool = False
 
 
 # Rows read from the spool per page: enough to fill the active set quickly, small enough that
@@ -309,9 +311,10 @@ class QueueRunner:
     def domain_limit(self) -> int:
         return self.cfg.spool.domain_limit
 
-    def add(self, msg: QueuedMessage) -> None:
+    def add(self, msg: QueuedMessage, crlf: bool = False) -> None:
         """A message just accepted: counted, and worked on at once if the active set has room
-        (else it waits in the spool, found by the loader in arrival order)."""
+        (else it waits in the spool, found by the loader in arrival order). `crlf`: its line
+        ends are known to be CRLF (delivery then frames it without scanning for bare LFs)."""
         c = self.counts
         c.messages += 1
         for r in msg.recipients:
@@ -344,7 +347,7 @@ class QueueRunner:
             sender=sender_domain(msg.mail_from),
         )
         if msg.data and self._fresh_bytes + len(msg.data) <= FRESH_BODIES_BYTES:
-            self._fresh[msg.id] = Body(msg.mail_from, msg.data)
+            self._fresh[msg.id] = Body(msg.mail_from, msg.data, crlf)
             self._fresh_bytes += len(msg.data)
         for job in jobs:
             self._add_job(job, now)
@@ -778,6 +781,7 @@ class QueueRunner:
                 recipients=job.recipients,
                 data=body.data,
                 domain=job.domain,
+                crlf=body.crlf,
             )
         finally:
             self.shaper.release(grant)

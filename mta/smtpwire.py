@@ -4,8 +4,8 @@ commands written in groups (RFC 2920 PIPELINING) and the message body framed for
 aiosmtplib opens the session (connect, EHLO, STARTTLS); after that `Wire` takes the transport
 over. aiosmtplib reads one reply per command written, so it cannot pipeline, and it runs two
 regular expressions over every body (line ends, then dot-stuffing): at 100 KB those were the
-largest item of a delivery. Spooled bodies already have CRLF line ends, so framing them is a
-count and one `replace` in the common case.
+largest item of a delivery. A body the engine accepted has CRLF line ends already (submission
+checked them), so framing it is a dot-stuffing `replace` at most.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+
+from mailfleet.mta.lineends import has_dot_line
 
 # Bounds the memory a server can make us hold with a reply that never ends (as aiosmtplib does).
 MAX_REPLY = 32 * 1024
@@ -28,19 +30,21 @@ class WireLost(Exception):
 
 
 # --------------------------------------------------------------------------- pure parts
-def frame_body(data: bytes) -> list[bytes]:
+def frame_body(data: bytes, *, crlf: bool = False) -> list[bytes]:
     """The chunks to write after `354`: CRLF line ends, leading dots doubled (RFC 5321 §4.5.2),
     then the terminating `.CRLF`.
 
-    Already-CRLF bodies (what the spool holds) skip the line-end rewrite: a body has only CRLF
-    line ends exactly when it has as many CR, LF and CRLF.
+    `crlf`: the caller knows every line end is CRLF (a body the engine accepted this run). Any
+    other body is checked: it has only CRLF line ends exactly when it has as many CR, LF and
+    CRLF, and is rewritten only when it has not.
     """
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-        data = _BARE_LINE_END.sub(b"\r\n", data)
+    if not crlf:
+        pairs = data.count(b"\r\n")
+        if data.count(b"\n") != pairs or data.count(b"\r") != pairs:
+            data = _BARE_LINE_END.sub(b"\r\n", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    if b"\r\n." in data:
+    if has_dot_line(data):
         data = data.replace(b"\r\n.", b"\r\n..")
     if data.startswith(b"."):
         return [b".", data, b".\r\n"]

@@ -39,6 +39,12 @@ from mailfleet.mta.addresses import (
 from mailfleet.mta.auth import UserDB
 from mailfleet.mta.config import SubmissionConfig, parse_hostport
 from mailfleet.mta.limits import AuthLimiter, SessionLimiter, data_deadline
+from mailfleet.mta.lineends import (
+    has_bare_newline,
+    has_dot_line,
+    has_long_line,
+    normalize_newlines,
+)
 from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.spool import new_message_id
 
@@ -48,7 +54,8 @@ log = logging.getLogger("mailfleet.mta.submission")
 
 # Accepts a message (queue id, sender, recipients, raw bytes, client) once it is durable; raises to
 # refuse it.
-Ingest = Callable[[str, str, list[str], bytes, str], Awaitable[None]]
+# (queue id, sender, recipients, data, client, every line end of data is CRLF)
+Ingest = Callable[[str, str, list[str], bytes, str, bool], Awaitable[None]]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -110,25 +117,11 @@ def reply_text(text: str, limit: int = 200) -> str:
     return _UNSAFE_IN_REPLY.sub(" ", text)[:limit].strip()
 
 
-def has_bare_newline(data: bytes) -> bool:
-    """A CR or LF that is not part of a CRLF pair (RFC 5321 §2.3.8 forbids them)."""
-    pairs = data.count(b"\r\n")
-    return data.count(b"\r") != pairs or data.count(b"\n") != pairs
-
-
 def is_disk_full(e: BaseException) -> bool:
     """The spool's filesystem is full (SQLite says SQLITE_FULL, or a write got ENOSPC)."""
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return True
     return isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
-
-
-_ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")
-
-
-def normalize_newlines(data: bytes) -> bytes:
-    """Every bare CR and bare LF made a CRLF, as the receiving side would read them."""
-    return _ANY_NEWLINE.sub(b"\r\n", data)
 
 
 def _peer_ip(session: Session) -> str:
@@ -346,6 +339,7 @@ class SubmissionHandler:
                 rcpts,
                 trace + data,
                 peer_ip + (f" user={user}" if user else ""),
+                True,  # checked above: bare line ends refused or normalized
             )
         except Exception as e:
             if is_disk_full(e):
@@ -610,11 +604,11 @@ class SubmissionSMTP(SMTP):
         if refusal is not None:
             return b"", refusal
         data = b"".join(parts)[:-3] if len(parts) != 1 else parts[0][:-3]
-        if len(data) > MAX_LINE - 2 and _longest_line(data) > MAX_LINE - 2:
+        if has_long_line(data, MAX_LINE - 2):
             return b"", LINE_TOO_LONG
         if data.startswith(b"."):
             data = data[1:]
-        if b"\r\n." in data:
+        if has_dot_line(data):
             data = data.replace(b"\r\n.", b"\r\n")
         return data, None
 
@@ -768,15 +762,10 @@ def handler_hooks(handler: object) -> dict[str, Callable[..., Any]]:
     return {m[7:]: getattr(handler, m) for m in dir(handler) if m.startswith("handle_")}
 
 
-def _longest_line(data: bytes) -> int:
-    """The longest line of `data` (ending in CRLF), without its CRLF."""
-    return max(map(len, data.split(b"\r\n")))
-
-
 def _data_refusal(seen: bytes) -> str:
     """Over the size limit: 500 when a line already seen was too long (aiosmtpd says the first
     of the two it meets), else 552."""
-    return LINE_TOO_LONG if _longest_line(seen) > MAX_LINE - 2 else TOO_MUCH_DATA
+    return LINE_TOO_LONG if has_long_line(seen, MAX_LINE - 2) else TOO_MUCH_DATA
 
 
 def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:

@@ -22,7 +22,7 @@ from mailfleet.mta.dkim import DKIMSigner
 from mailfleet.mta.dmarcmail import NotAReport, report_attachments
 from mailfleet.mta.dsn import DSNRecipient, build_dsn, should_send_dsn
 from mailfleet.mta.headers import add_headers
-from mailfleet.mta.submission import has_bare_newline, normalize_newlines
+from mailfleet.mta.lineends import has_bare_newline, normalize_newlines
 
 ARF = Path(__file__).parent.parent / "data" / "arf"
 SAMPLES = [p.read_bytes() for p in sorted(ARF.glob("*.eml"))]

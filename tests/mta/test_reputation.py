@@ -233,3 +233,19 @@ def test_suppression_refusal_reaches_a_real_client(
     assert eng.post("/v1/suppressions", {"recipient": "blocked@example.org", "reason": "manual"})
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         eng.send("app@example.test", ["blocked@example.org"], message("x"))
+
+
+def test_internal_headers_in_any_case_are_removed_without_header_templates(
+    mta_engine: Callable[..., EngineProc], mx: RecordingMX
+) -> None:
+    """X-Mailfleet-* fields never leave the engine, whatever their case, even when no
+    List-Unsubscribe or Feedback-ID template would use them."""
+    eng = mta_engine(_config(mx))
+    body = (
+        b"From: <news@example.test>\r\nTo: <reader@example.org>\r\nSubject: spring\r\n"
+        b"x-mailfleet-campaign: spring26\r\nX-MAILFLEET-CUSTOMER: acme\r\n\r\nHello\r\n"
+    )
+    eng.send("news@example.test", ["reader@example.org"], body)
+    head = mx.wait_for(1)[0].content.split(b"\r\n\r\n")[0].decode()
+    assert "x-mailfleet-" not in head.lower()
+    assert "Subject: spring" in head

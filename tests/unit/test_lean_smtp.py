@@ -27,7 +27,9 @@ Received = list[tuple[str, list[str], bytes]]
 
 
 def _handler(received: Received) -> SubmissionHandler:
-    async def ingest(qid: str, mail_from: str, rcpts: list[str], data: bytes, client: str) -> None:
+    async def ingest(
+        qid: str, mail_from: str, rcpts: list[str], data: bytes, client: str, crlf: bool
+    ) -> None:
         received.append((mail_from, rcpts, data))
 
     policy = SubmissionPolicy(

@@ -88,3 +88,9 @@ def test_replies_are_taken_whole_and_in_order() -> None:
 def test_a_line_without_a_reply_code_is_an_error(line: bytes) -> None:
     with pytest.raises(WireLost, match="malformed"):
         take_replies(bytearray(line))
+
+
+@pytest.mark.parametrize("body", [b for b in BODIES if b == normalised(b)])
+def test_a_body_known_to_be_crlf_is_framed_as_a_checked_one(body: bytes) -> None:
+    """`crlf=True` skips the line-end check only: dots are still doubled, the end still added."""
+    assert frame_body(body, crlf=True) == frame_body(body)
