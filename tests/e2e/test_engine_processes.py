@@ -2,14 +2,16 @@
 --processes 2` on the local node, the two engine processes share the pod's submission port
 (SO_REUSEPORT spreads the sessions), both deliver DKIM-signed mail, and one killed with -9 while
 mail is queued and flowing is restarted by the supervisor inside the running container, losing
-nothing."""
+nothing. Lowered to one CPU, the pod rolls to one process, which delivers the second one's
+spool."""
 
 from __future__ import annotations
 
 import os
-import smtplib
 import signal
+import smtplib
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +28,7 @@ from fixtures.fleet import (
     fast_retry_policy,
     message_ids,
     pool_manifest,
+    pool_status,
     running_pods,
     submit,
     wait_pods,
@@ -87,7 +90,7 @@ class Trickle(threading.Thread):
     while a worker dies. Remembers the Message-IDs the pod accepted (250 after DATA); a session
     the dying worker held fails and counts as not accepted, as its client would see it."""
 
-    def __init__(self, ip: str, tag: str, limit: int = 400) -> None:
+    def __init__(self, ip: str, tag: str, limit: int = 3000) -> None:
         super().__init__(daemon=True)
         self.ip, self.tag, self.limit = ip, tag, limit
         self.accepted: list[str] = []
@@ -179,13 +182,21 @@ def test_a_two_cpu_pod_runs_two_engine_processes_that_share_the_port_and_survive
     received = by_process(pod, "mailfleet_messages_received")
     assert sum(received.values()) == 200, received
     assert received.get("0", 0) > 0 and received.get("1", 0) > 0, received
+    # The pool's status reads the pod through the supervisor: on the rendered config, queue empty.
+    status = wait_for(
+        "the pod's report in the pool's status",
+        lambda: (s := pool_status(kube, ns, POOL)).get("updatedPods") == 1 and s,
+        30,
+    )
+    assert status["pods"][0]["configHash"] == status["configHash"]
+    assert status["queueDepth"] == 0
 
     # 3. Worker 1 killed with -9 while its spool holds deferred mail and more is coming in: the
     # supervisor starts it again on the same spool, the container never restarts, and every
     # message the pod accepted is delivered once the MX takes mail again.
     gate = Gate()
     mx.on_rcpt = gate
-    queued = submit_in_parallel(ip, 10, 10, "queued")
+    queued = submit_in_parallel(ip, 20, 5, "queued")
     wait_for(
         "deferred mail in both processes' spools",
         lambda: all(
@@ -198,6 +209,8 @@ def test_a_two_cpu_pod_runs_two_engine_processes_that_share_the_port_and_survive
     trickle.start()
     wait_for("mail flowing in", lambda: len(trickle.accepted) >= 20, 30, every=0.1)
     os.kill(pids[1], signal.SIGKILL)
+    killed_at = time.monotonic()
+    at_kill = len(trickle.accepted)
     restarted = wait_for(
         "worker 1 restarted by the supervisor and ready",
         lambda: (
@@ -209,12 +222,20 @@ def test_a_two_cpu_pod_runs_two_engine_processes_that_share_the_port_and_survive
         60,
         every=0.5,
     )
-    wait_for("mail flowing in after the restart", lambda: len(trickle.accepted) >= 60, 30)
+    at_restart, back_in = len(trickle.accepted), time.monotonic() - killed_at
+    wait_for(
+        "mail flowing in after the restart",
+        lambda: len(trickle.accepted) >= at_restart + 20,
+        30,
+        every=0.1,
+    )
     flowing = trickle.finish()
     print(
         f"engine processes: worker 1 pid {pids[1]} -> {restarted['pid']}; trickle accepted "
-        f"{len(flowing)}, refused {trickle.failed}"
+        f"{at_kill} before the kill, {at_restart} by the restart ({back_in:.1f} s), "
+        f"{len(flowing)} in all; refused {trickle.failed}"
     )
+    assert at_kill < at_restart < len(flowing) < trickle.limit  # flowing all along
     assert not pid_alive(pids[1])
     assert parent_pid(restarted["pid"]) == supervisor
     status = engine_status(pod)
@@ -237,4 +258,62 @@ def test_a_two_cpu_pod_runs_two_engine_processes_that_share_the_port_and_survive
         every=1,
     )
     assert not accepted - message_ids(mx)
+    print(
+        f"engine processes: {len(accepted)} accepted while worker 1 was killed, "
+        f"{len(mx.messages())} deliveries in all ({len(ids) + len(accepted)} messages)"
+    )
     assert running_pods(kube, ns, POOL)[0]["status"]["containerStatuses"][0]["restartCount"] == 0
+
+    # 4. The request lowered to one CPU: the pod rolls to one process, which takes over the
+    # spool the second process left behind; that mail is delivered too.
+    gate.open = False
+    stranded = set(submit_in_parallel(ip, 20, 3, "stranded"))
+    spools = wait_for(
+        "the new mail deferred in both spools",
+        lambda: (
+            (q := by_process(pod, "mailfleet_queue_messages", state="queued"))
+            and sum(q.values()) == len(stranded)
+            and q.get("1")
+            and q
+        ),
+        30,
+    )
+    # The pool's status sums what both processes hold.
+    wait_for(
+        "the pool's status showing the deferred mail",
+        lambda: pool_status(kube, ns, POOL).get("queueDepth") == len(stranded),
+        60,
+    )
+    generation = kget(kube, ns, "statefulset", POOL)["metadata"]["generation"]
+    apply(kube, pool_manifest(ns, POOL, mx, IPS, replicas={"min": 1, "max": 1},
+                              resources={"requests": {"cpu": "1", "memory": "256Mi"}}))  # fmt: skip
+    sts = wait_for(
+        "the StatefulSet rolling to one process",
+        lambda: (
+            (s := kget(kube, ns, "statefulset", POOL))["metadata"]["generation"] > generation
+            and s["status"].get("observedGeneration") == s["metadata"]["generation"]
+            and s
+        ),
+        30,
+    )
+    command = sts["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--processes" not in command, command
+    # The rolling update would wait out the preStop drain (which cannot deliver while the MX
+    # defers) for the whole grace period: a short one, as an impatient SRE would.
+    kube.kubectl("delete", "pod", f"{POOL}-0", "-n", ns, "--grace-period=3", "--wait=true")
+    (rolled,) = wait_pods(kube, ns, POOL, 1)
+    assert rolled["metadata"]["uid"] != pod["metadata"]["uid"]
+    assert rolled["spec"]["containers"][0]["command"] == command
+    single = engine_status(rolled)
+    assert "workers" not in single and single.get("processes", 1) == 1, single
+    assert single["queue"]["messages"] == len(stranded), single["queue"]
+    log = kube.pod_log(ns, f"{POOL}-0", "mta").read_text(errors="replace")
+    assert "adopted an orphaned spool" in log
+    gate.open = True
+    wait_for(
+        f"the {len(stranded)} messages left in two spools delivered by one process",
+        lambda: message_ids(mx) >= stranded,
+        60,
+        every=1,
+    )
+    print(f"engine processes: left in the spools of processes 0 and 1 before the roll: {spools}")
