@@ -13,16 +13,21 @@ sent S`.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.fleet import SUBMISSION_PORT, apply, pool_manifest, pool_status, wait_pods
+from fixtures.fleet import (
+    SUBMISSION_PORT,
+    apply,
+    engine_status,
+    pool_manifest,
+    pool_status,
+    wait_pods,
+)
 from fixtures.isp import IspSimulator, max_in_window
 from fixtures.operator import OperatorProcess, kget, wait_for
 from fixtures.procs import RedisServer
@@ -82,13 +87,6 @@ def condition(kube: Any, ns: str, pool: str, kind: str) -> dict[str, Any]:
         if c["type"] == kind:
             return dict(c)
     return {}
-
-
-def engine_status(pod: dict[str, Any]) -> dict[str, Any]:
-    url = f"http://{pod['status']['podIP']}:8025/v1/status"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        data: dict[str, Any] = json.loads(r.read())
-        return data
 
 
 def test_pool_wide_limit_holds_over_three_pods_with_redis_stopped_and_started(
