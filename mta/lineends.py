@@ -9,13 +9,18 @@ from __future__ import annotations
 import re
 
 _ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")
+_CR_ALONE = re.compile(rb"\r(?!\n)")
 _DOTS_ONE_BY_ONE = 16
 
 
 def has_bare_newline(data: bytes) -> bool:
-    """A CR or LF that is not part of a CRLF pair (RFC 5321 §2.3.8 forbids them)."""
-    pairs = data.count(b"\r\n")
-    return data.count(b"\r") != pairs or data.count(b"\n") != pairs
+    """A CR or LF that is not part of a CRLF pair (RFC 5321 §2.3.8 forbids them).
+
+    As many CRs as LFs, and every CR followed by an LF, pairs every LF too. (Counting CRLFs
+    instead is a two-octet search, slower than both single-octet counts together.)
+    """
+    lfs = data.count(b"\n")
+    return data.count(b"\r") != lfs or _CR_ALONE.search(data) is not None
 
 
 def normalize_newlines(data: bytes) -> bytes:
