@@ -20,6 +20,7 @@ ignored by git.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -32,7 +33,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import yaml
@@ -47,6 +48,8 @@ RSA_KEY = ROOT / "examples/mta/dkim/example.test.s2026a.rsa.pem"
 PY_SPY = Path(sys.executable).parent / "py-spy"
 WARMUP = 100  # messages through each relay before the clock starts (as bench.postfix does)
 PROBE_INTERVAL = 0.02
+# --pin: the relay's core and the load's
+SERVER_CPU, LOAD_CPU = 0, 1
 PROFILE_SUFFIX = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}
 # KumoMTA's published pace for 100 KB messages on 2 CPUs (2.7 M/hour), the issue's anchor.
 TARGET_RATE = 750
@@ -267,11 +270,9 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def tree_cpu(pids: list[int]) -> float:
-    """CPU seconds (user + system) used by these processes, the children they reaped and
-    their live children (Postfix's smtpd, cleanup, qmgr, smtp, ... under its master)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, int]] = {}  # pid -> (ppid, ticks)
+def _proc_stats() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, CPU ticks used by it and the children it reaped), for every process."""
+    stats: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -282,15 +283,53 @@ def tree_cpu(pids: list[int]) -> float:
             continue
         # after the command: state ppid ... utime(12) stime(13) cutime(14) cstime(15)
         stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
-    total, todo, seen = 0, list(pids), set()
+    return stats
+
+
+def _tree(pids: list[int], stats: dict[int, tuple[int, int]]) -> list[int]:
+    """These processes and all their live descendants."""
+    todo, seen = list(pids), []
     while todo:
         pid = todo.pop()
         if pid in seen or pid not in stats:
             continue
-        seen.add(pid)
-        total += stats[pid][1]
+        seen.append(pid)
         todo.extend(c for c, (ppid, _) in stats.items() if ppid == pid)
-    return total / tick
+    return seen
+
+
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used by these processes, the children they reaped and
+    their live children (Postfix's smtpd, cleanup, qmgr, smtp, ... under its master)."""
+    stats = _proc_stats()
+    return sum(stats[pid][1] for pid in _tree(pids, stats)) / os.sysconf("SC_CLK_TCK")
+
+
+def pin(pids: list[int], cpu: int) -> None:
+    """Every thread of these processes and their descendants onto one CPU; what they start
+    later inherits it."""
+    for pid in _tree(pids, _proc_stats()):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setaffinity(int(tid), {cpu})
+
+
+@contextlib.contextmanager
+def pinned(server_pids: list[int], sink: SmtpSink, on: bool) -> Iterator[None]:
+    """`--pin`: the relay under test on CPU 0, the load (this process's smtp-source and probe,
+    and the sink) on CPU 1, so the relay has one core of its own."""
+    if not on:
+        yield
+        return
+    everything = os.sched_getaffinity(0)
+    pin(server_pids, SERVER_CPU)
+    pin([sink.pid] if sink.pid is not None else [], LOAD_CPU)
+    os.sched_setaffinity(0, {LOAD_CPU})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, everything)
 
 
 def _children_cpu() -> float:
@@ -359,6 +398,7 @@ def measure(
     profile: Path | None = None,
     by_hand: bool = False,
     profile_format: str = "flamegraph",
+    pin_cpu: bool = False,
 ) -> dict[str, float]:
     """The engine: msg/s end to end (from the first connection to the last message at the
     sink), accepted msg/s, accept latency, spool commits, RSS at the end."""
@@ -395,7 +435,8 @@ def measure(
                 for i, p in enumerate(procs)
             ]
             time.sleep(1)
-        r = _load(address, messages, size, sessions, sink, [p.pid for p in procs])
+        with pinned([p.pid for p in procs], sink, pin_cpu):
+            r = _load(address, messages, size, sessions, sink, [p.pid for p in procs])
         for spy in spies:
             spy.send_signal(signal.SIGINT)
         for spy in spies:
@@ -426,7 +467,9 @@ def measure(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def measure_postfix(messages: int, size: int, sessions: int) -> dict[str, float]:
+def measure_postfix(
+    messages: int, size: int, sessions: int, pin_cpu: bool = False
+) -> dict[str, float]:
     """The same load (warm-up, smtp-source, probe) through a private Postfix (no DKIM)."""
     with (
         SmtpSink("127.0.0.1") as sink,
@@ -434,7 +477,8 @@ def measure_postfix(messages: int, size: int, sessions: int) -> dict[str, float]
     ):
         _warm_up(relay.address, sink, sessions, size)
         assert relay.master_pid is not None
-        return _load(relay.address, messages, size, sessions, sink, [relay.master_pid])
+        with pinned([relay.master_pid], sink, pin_cpu):
+            return _load(relay.address, messages, size, sessions, sink, [relay.master_pid])
 
 
 def compare(
@@ -451,13 +495,15 @@ def lines(
     size: int,
     sessions: int,
     workers: int,
+    pinned_cpu: bool = False,
 ) -> list[str]:
     kb = size // 1024
+    where = "; each relay on one CPU of its own, the load on the other" if pinned_cpu else ""
     return [
         f"relay: mailfleet {ours['msg_per_s']:.0f} msg/s, postfix {theirs['msg_per_s']:.0f} msg/s,"
         f" ratio {ours['msg_per_s'] / theirs['msg_per_s']:.2f}  ({messages} messages of {kb} KB"
         f" over {sessions} sessions, DKIM RSA-2048 on, spool fsynced, {workers} engine"
-        " processes)",
+        f" processes{where})",
         f"relay {kb} KB accept latency (end of DATA to 250): mailfleet p50"
         f" {ours['p50_ms']:.1f} ms p99 {ours['p99_ms']:.1f} ms, postfix p50"
         f" {theirs['p50_ms']:.1f} ms p99 {theirs['p99_ms']:.1f} ms",
@@ -491,15 +537,22 @@ def main() -> None:
     ap.add_argument("--no-postfix", action="store_true", help="the engine only")
     ap.add_argument("--profile", type=Path, help="py-spy each engine into this directory")
     ap.add_argument("--profile-format", choices=sorted(PROFILE_SUFFIX), default="flamegraph")
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="each relay on CPU 0 alone, the load (smtp-source, smtp-sink) on CPU 1",
+    )
     a = ap.parse_args()
+    if a.pin and len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("--pin needs two CPUs")
     ours = measure(
-        a.messages, a.size, a.sessions, a.workers, a.profile, a.by_hand, a.profile_format
+        a.messages, a.size, a.sessions, a.workers, a.profile, a.by_hand, a.profile_format, a.pin
     )
     if a.no_postfix:
         theirs = {k: float("nan") for k in ours}
     else:
-        theirs = measure_postfix(a.messages, a.size, a.sessions)
-    for line in lines(ours, theirs, a.messages, a.size, a.sessions, a.workers):
+        theirs = measure_postfix(a.messages, a.size, a.sessions, a.pin)
+    for line in lines(ours, theirs, a.messages, a.size, a.sessions, a.workers, a.pin):
         print(line, flush=True)
 
 

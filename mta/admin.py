@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from mailfleet.mta.config import parse_hostport
 from mailfleet.mta.handoff import HandoffError, decode
@@ -28,6 +29,50 @@ from mailfleet.mta.suppression import SuppressionStore
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/status"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _MovedRow(BaseModel):
+    """One (IP, provider) row of /v1/status "shaping": what the shaper takes over of it (the
+    other fields a row shows are read-only views, ignored here)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    ip: StrictStr
+    provider: StrictStr
+    rate: float | None = Field(None, ge=0)
+    peak: float | None = Field(None, ge=0)
+    ceiling: float | None = Field(None, ge=0)
+    last_event: float | None = Field(None, alias="lastEvent")
+    suspended_until: float | None = Field(None, alias="suspendedUntil")
+    quarantined_until: float | None = Field(None, alias="quarantinedUntil")
+    reason: StrictStr | None = None
+
+
+class _MovedCount(BaseModel):
+    """One row of /v1/status "warmup": messages an IP sent a provider today."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    ip: StrictStr
+    provider: StrictStr
+    sent: StrictInt = Field(ge=0)
+
+
+class ShapingAdoption(BaseModel):
+    """POST /v1/shaping/adopt: the shaping rows (as /v1/status "shaping") and today's warmup
+    counts (as /v1/status "warmup") of IPs moving here from another pod."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shaping: list[_MovedRow] = []
+    warmup: list[_MovedCount] = []
+
+
+def first_error(e: ValidationError) -> str:
+    """The first problem of a request body, naming its field: `warmup.0.sent: ...`."""
+    err = e.errors()[0]
+    where = ".".join(str(part) for part in err["loc"]) or "body"
+    return f"{where}: {err['msg']}"
 
 
 def authorized(token: bytes | None, header: str | None) -> bool:
@@ -146,32 +191,19 @@ def make_app(engine: Engine) -> web.Application:
         )
 
     async def adopt_shaping(request: web.Request) -> web.Response:
-        """IPs moving here from another pod: their shaping rows (as /v1/status "shaping") and
-        today's warmup counts (as /v1/status "warmup")."""
+        """IPs moving here from another pod: their shaping rows and today's warmup counts."""
+        usage = (
+            'expected JSON {"shaping": [{"ip", "provider", ...}], '
+            '"warmup": [{"ip", "provider", "sent": int}]}'
+        )
         try:
-            body = await request.json()
-            pairs, warmup = body.get("shaping", []), body.get("warmup", [])
-            if not isinstance(pairs, list) or not isinstance(warmup, list):
-                raise ValueError
-            for p in pairs:
-                if not isinstance(p, dict) or not isinstance(p.get("ip"), str):
-                    raise ValueError
-                if not isinstance(p.get("provider"), str):
-                    raise ValueError
-            for w in warmup:
-                if not isinstance(w, dict) or not isinstance(w.get("ip"), str):
-                    raise ValueError
-                if not isinstance(w.get("provider"), str) or not isinstance(w.get("sent"), int):
-                    raise ValueError
-            n = await engine.adopt_shaping(pairs, warmup)
-        except (ValueError, AttributeError, TypeError):
-            return web.json_response(
-                {
-                    "error": 'expected JSON {"shaping": [{"ip", "provider", ...}], '
-                    '"warmup": [{"ip", "provider", "sent": int}]}'
-                },
-                status=400,
-            )
+            body = ShapingAdoption.model_validate_json(await request.read())
+        except ValidationError as e:
+            return web.json_response({"error": f"{first_error(e)}; {usage}"}, status=400)
+        n = await engine.adopt_shaping(
+            [p.model_dump(by_alias=True) for p in body.shaping],
+            [w.model_dump() for w in body.warmup],
+        )
         return web.json_response({"adopted": n})
 
     async def suppressions(request: web.Request) -> web.Response:

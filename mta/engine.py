@@ -284,23 +284,34 @@ class Engine:
         self.metrics.suppressions.labels(reason).inc()
         log.info("recipient suppressed", extra={"reason": reason, "source": source[:200]})
 
+    async def _dkim_domains(self, data: bytes) -> set[str]:
+        """The domains of the message's valid DKIM signatures (verified off the event loop)."""
+        return await asyncio.to_thread(dkim_verified_domains, data, self._txt_lookup)
+
+    def _refuse_unverified(self, sender: _Senders, client: str, verified: set[str]) -> str:
+        """A report from neither a configured network nor a configured signer: counted, logged
+        with the domains that did sign it, and refused for good."""
+        self.metrics.rejected.labels(sender.metric).inc()
+        log.warning(
+            f"{sender.what} refused: not from {sender.who}",
+            extra={"client": client, "dkim_domains": sorted(verified)[:5]},
+        )
+        return (
+            f"550 5.7.1 {sender.what[:1].upper()}{sender.what[1:]} refused: neither from"
+            f" {sender.network} nor DKIM-signed by {sender.signer}"
+        )
+
     async def on_feedback(self, data: bytes, client: str, from_source: bool) -> str:
         """An ARF complaint: suppress the recipient, count it against the source IP. Only from a
         configured feedback source: the client's network, or a valid DKIM signature of one of
         suppression.feedbackDomains."""
         if not from_source:
-            domains = self.cfg.suppression.feedback_domains
-            verified = await asyncio.to_thread(dkim_verified_domains, data, self._txt_lookup)
-            if from_feedback_domain(verified, frozenset(domains)) is None:
-                self.metrics.rejected.labels("feedback-source").inc()
-                log.warning(
-                    "feedback report refused: not from a feedback source",
-                    extra={"client": client, "dkim_domains": sorted(verified)[:5]},
-                )
-                return (
-                    "550 5.7.1 Feedback report refused: neither from a feedback loop's network"
-                    " nor DKIM-signed by a configured feedback domain"
-                )
+            verified = await self._dkim_domains(data)
+            if (
+                from_feedback_domain(verified, frozenset(self.cfg.suppression.feedback_domains))
+                is None
+            ):
+                return self._refuse_unverified(_FEEDBACK_SOURCES, client, verified)
         try:
             report = parse_arf(data)
         except ARFError as e:
@@ -336,17 +347,9 @@ class Engine:
             if in_networks(client, e.sources):
                 continue
             if verified is None:
-                verified = await asyncio.to_thread(dkim_verified_domains, data, self._txt_lookup)
+                verified = await self._dkim_domains(data)
             if from_feedback_domain(verified, frozenset(e.signed_by)) is None:
-                self.metrics.rejected.labels("dmarc-source").inc()
-                log.warning(
-                    "DMARC report refused: not from a configured reporter",
-                    extra={"client": client, "dkim_domains": sorted(verified)[:5]},
-                )
-                return (
-                    "550 5.7.1 DMARC report refused: neither from a configured reporter's network"
-                    " nor DKIM-signed by a configured reporter"
-                )
+                return self._refuse_unverified(_DMARC_REPORTERS, client, verified)
         try:
             reports = report_attachments(data)
         except NotAReport as e:
@@ -639,6 +642,32 @@ class Engine:
 
 
 # What a signing thread is given: signer, future, queue id, sender, recipients, data, client.
+@dataclass(frozen=True)
+class _Senders:
+    """Who may send a kind of report, in the words of its refusal."""
+
+    what: str
+    who: str
+    network: str
+    signer: str
+    metric: str
+
+
+_FEEDBACK_SOURCES = _Senders(
+    "feedback report",
+    "a feedback source",
+    "a feedback loop's network",
+    "a configured feedback domain",
+    "feedback-source",
+)
+_DMARC_REPORTERS = _Senders(
+    "DMARC report",
+    "a configured reporter",
+    "a configured reporter's network",
+    "a configured reporter",
+    "dmarc-source",
+)
+
 _SignJob = tuple[DKIMSigner, "asyncio.Future[QueuedMessage]", str, str, list[str], bytes, str]
 
 

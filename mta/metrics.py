@@ -115,6 +115,14 @@ class EngineMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=r,
         )
+        self.spool_reads = Counter(
+            "mailfleet_spool_reads",
+            "Reads of the spool by the queue (page: due recipients to bring into the active set;"
+            " next-due: when the next one is due; body: a message's body for an attempt that"
+            " does not have it in memory)",
+            ["kind"],
+            registry=r,
+        )
         self.dkim = Counter(
             "mailfleet_dkim_signatures",
             "DKIM signatures made, by algorithm and result",

@@ -260,6 +260,9 @@ class QueueRunner:
         self._capped: dict[str, tuple[float, str] | None] = {}
         self._need_sweep = False
         self._last_sweep = 0.0
+        # When the loader last read a page, and whether mail was left in the spool since.
+        self._last_pass = 0.0
+        self._behind = True
         self._spool_next_due: float | None = None
         self._bounce_before: dict[str, float] = {}
         self._domain_provider: dict[str, str] = {}
@@ -355,6 +358,7 @@ class QueueRunner:
     def _left_behind(self, due: float, domains: set[str]) -> None:
         """Rows due at `due` wait in the spool: make sure the loader's passes have not gone
         beyond that time already (a commit can land behind a page just read)."""
+        self._behind = True
         at = (due, "")
         if self._cursor is not None and at < self._cursor:
             self._cursor = at
@@ -404,6 +408,7 @@ class QueueRunner:
             self._wake.set()
 
     def _due_later(self, at: float) -> None:
+        self._behind = True
         if self._spool_next_due is None or at < self._spool_next_due:
             self._spool_next_due = at
             self._load.set()
@@ -457,6 +462,10 @@ class QueueRunner:
         room = self.active_limit - len(self.active)
         if room < self._load_batch and self.active:
             return False
+        if self._nothing_to_load(now):
+            return False
+        self._last_pass = now
+        self._behind = False
         if self._need_sweep and now - self._last_sweep >= SWEEP_INTERVAL:
             self._need_sweep = False
             self._last_sweep = now
@@ -466,8 +475,22 @@ class QueueRunner:
         if plan.cursor is not None:
             self._cursor = plan.cursor
         if not plan.more:
+            self.metrics.spool_reads.labels("next-due").inc()
             self._spool_next_due = await reader.next_due(now)
         return plan.more
+
+    def _nothing_to_load(self, now: float) -> bool:
+        """Every message the spool holds is in the active set already, so a page would only
+        show rows the admission skips. Mail flowing through (accepted, delivered at once, gone)
+        then costs no spool reads: the loader used to read a page and the next due time each
+        time a message left the active set. A message left behind in the spool (`_behind`) and
+        a pass at least every SWEEP_INTERVAL keep a miscount from stranding anything."""
+        if self._behind or now - self._last_pass >= SWEEP_INTERVAL:
+            return False
+        if self.counts.messages > len(self.active):
+            return False
+        self._spool_next_due = None  # found again by the next pass that reads the spool
+        return True
 
     def _admit(
         self, rows: list[DueRow], limit: int, now: float, by_domain: bool = False
@@ -506,6 +529,7 @@ class QueueRunner:
         """A page of due rows that holds at least one whole message (a message with more due
         recipients than the page takes a bigger page)."""
         while True:
+            self.metrics.spool_reads.labels("page").inc()
             rows = await reader.due(now, after, limit, domain)
             if len(rows) < limit or rows[0].message_id != rows[-1].message_id:
                 return rows, limit
@@ -674,6 +698,7 @@ class QueueRunner:
                 c.add(c.by_domain, domain_of(r.recipient), -1)
             return
         self._need_sweep = True
+        self._behind = True
         self._cursor = None
         self._load.set()
 
@@ -691,6 +716,7 @@ class QueueRunner:
         if fresh is not None and message_id in self.active:
             return fresh
         assert self._reader is not None
+        self.metrics.spool_reads.labels("body").inc()
         got = await self._reader.message(message_id)
         return Body(*got) if got is not None else None
 

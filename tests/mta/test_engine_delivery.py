@@ -243,3 +243,36 @@ def test_provider_retry_block_overrides_the_global_retry(
         eng.metric("mailfleet_delivery_attempts_total", provider="default", result="bounced") == 0
     )
     assert eng.metric("mailfleet_dsn_generated_total") == 1
+
+
+def test_mail_flowing_through_is_not_read_back_from_the_spool(
+    mta_engine: Callable[..., EngineProc], mx: RecordingMX, sender_mx: RecordingMX
+) -> None:
+    """Accepted, delivered at once, gone: the queue neither pages through the spool for more
+    each time a message is done nor reads a body back (it kept the one it accepted)."""
+    eng = mta_engine(_config(mx, sender_mx))
+    at_start = eng.metric("mailfleet_spool_reads_total", kind="page")
+    for i in range(100):
+        eng.send("app@example.test", [f"user{i}@example.org"], message(f"flow {i}"))
+    mx.wait_for(100, timeout=60)
+    eng.wait_queue_empty()
+    # A pass over the spool at least every 30 s still runs, whatever the counts say.
+    assert eng.metric("mailfleet_spool_reads_total", kind="page") - at_start <= 4
+    assert eng.metric("mailfleet_spool_reads_total", kind="body") == 0
+    assert eng.metric("mailfleet_delivery_attempts_total", result="delivered") == 100
+
+
+def test_mail_left_in_the_spool_is_still_loaded(
+    mta_engine: Callable[..., EngineProc], mx: RecordingMX, sender_mx: RecordingMX
+) -> None:
+    """A deferred message goes back to the spool and leaves the active set: the loader reads
+    it again when it is due, and its body comes from the spool."""
+    mx.script_rcpt("451 4.3.0 try again later")
+    eng = mta_engine(_config(mx, sender_mx))
+    eng.send("app@example.test", ["late@example.org"], message("deferred once"))
+    for i in range(20):
+        eng.send("app@example.test", [f"user{i}@example.org"], message(f"flow {i}"))
+    mx.wait_for(21, timeout=60)
+    eng.wait_queue_empty()
+    assert eng.metric("mailfleet_spool_reads_total", kind="body") >= 1
+    assert eng.metric("mailfleet_delivery_attempts_total", result="delivered") == 21
