@@ -482,10 +482,15 @@ def measure_postfix(
 
 
 def compare(
-    messages: int, size: int, sessions: int, workers: int, profile: Path | None = None
+    messages: int,
+    size: int,
+    sessions: int,
+    workers: int,
+    profile: Path | None = None,
+    pin_cpu: bool = False,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    ours = measure(messages, size, sessions, workers, profile)
-    return ours, measure_postfix(messages, size, sessions)
+    ours = measure(messages, size, sessions, workers, profile, pin_cpu=pin_cpu)
+    return ours, measure_postfix(messages, size, sessions, pin_cpu)
 
 
 def lines(

@@ -7,6 +7,7 @@ in the same run. Never fails on speed.
 from __future__ import annotations
 
 import argparse
+import os
 
 from bench import backlog as backlog_bench
 from bench import dkim as dkim_bench
@@ -47,6 +48,13 @@ def main() -> None:
         for line in relay_bench.lines(ours, pf, messages, relay_size, sessions, a.workers):
             print(line, flush=True)
         theirs = theirs or pf["msg_per_s"]
+    # Per core: one engine process on a CPU of its own and the load on the other, then Postfix
+    # the same way (how a pod of N cores scales: N processes that share nothing but the port).
+    if len(os.sched_getaffinity(0)) >= 2:
+        for relay_size in (size, 100 * 1024):
+            ours, pf = relay_bench.compare(messages // 2, relay_size, sessions, 1, pin_cpu=True)
+            for line in relay_bench.lines(ours, pf, messages // 2, relay_size, sessions, 1, True):
+                print(line, flush=True)
     shaped = shaped_bench.measure(messages, size, sessions, a.workers)
     print(shaped_bench.report(shaped, a.workers), flush=True)
     print(
