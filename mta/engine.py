@@ -641,7 +641,6 @@ class Engine:
         }
 
 
-# What a signing thread is given: signer, future, queue id, sender, recipients, data, client.
 @dataclass(frozen=True)
 class _Senders:
     """Who may send a kind of report, in the words of its refusal."""
@@ -668,6 +667,7 @@ _DMARC_REPORTERS = _Senders(
     "dmarc-source",
 )
 
+# What a signing thread is given: signer, future, queue id, sender, recipients, data, client.
 _SignJob = tuple[DKIMSigner, "asyncio.Future[QueuedMessage]", str, str, list[str], bytes, str]
 
 
