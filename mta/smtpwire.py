@@ -14,14 +14,13 @@ import asyncio
 import re
 from collections import deque
 
-from mailfleet.mta.lineends import has_dot_line
+from mailfleet.mta.lineends import crlf_only, has_dot_line
 
 # Bounds the memory a server can make us hold with a reply that never ends (as aiosmtplib does).
 MAX_REPLY = 32 * 1024
 # Replies read ahead of the commands that asked for them; a transaction's group is MAIL, its
 # recipients and DATA, so more than this is a server talking by itself.
 MAX_PENDING_REPLIES = 4096
-_BARE_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -35,13 +34,10 @@ def frame_body(data: bytes, *, crlf: bool = False) -> list[bytes]:
     then the terminating `.CRLF`.
 
     `crlf`: the caller knows every line end is CRLF (a body the engine accepted this run). Any
-    other body is checked: it has only CRLF line ends exactly when it has as many CR, LF and
-    CRLF, and is rewritten only when it has not.
+    other body is checked, and rewritten only when it has a bare CR or LF.
     """
     if not crlf:
-        pairs = data.count(b"\r\n")
-        if data.count(b"\n") != pairs or data.count(b"\r") != pairs:
-            data = _BARE_LINE_END.sub(b"\r\n", data)
+        data = crlf_only(data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     if has_dot_line(data):

@@ -52,9 +52,8 @@ DISK_FULL = "452 4.3.1 Insufficient system storage, try again later"
 
 log = logging.getLogger("mailfleet.mta.submission")
 
-# Accepts a message (queue id, sender, recipients, raw bytes, client) once it is durable; raises to
-# refuse it.
-# (queue id, sender, recipients, data, client, every line end of data is CRLF)
+# Accepts a message (queue id, sender, recipients, raw bytes, client, whether every line end of
+# the bytes is a CRLF) once it is durable; raises to refuse it.
 Ingest = Callable[[str, str, list[str], bytes, str, bool], Awaitable[None]]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
