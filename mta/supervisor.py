@@ -23,7 +23,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from pydantic import ValidationError
 
+from mailfleet.mta.admin import ShapingAdoption
 from mailfleet.mta.config import ConfigError, EngineConfig, load_config, parse_hostport
 from mailfleet.mta.workers import (
     adoption_share,
@@ -137,7 +139,7 @@ class Supervisor:
             return 503, err, "application/json"
 
     async def _ask_all(self, request: web.Request) -> list[tuple[int, bytes, str]]:
-        headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+        headers = _forwarded(request)
         body = await request.read() if request.can_read_body else None
         return list(
             await asyncio.gather(
@@ -197,7 +199,7 @@ class Supervisor:
 
         async def first(request: web.Request) -> web.Response:
             # The suppression list is one file for the whole pod: any process lists it.
-            headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+            headers = _forwarded(request)
             status_, body, ctype = await self._ask(
                 0, request.method, request.path_qs, headers, None
             )
@@ -211,7 +213,7 @@ class Supervisor:
 
         async def handoff(request: web.Request) -> web.Response:
             # A draining pod's messages go to one process: to all would deliver them N times.
-            headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+            headers = _forwarded(request)
             body = await request.read()
             answer: tuple[int, bytes, str] = (503, b"{}", "application/json")
             for k in range(self.n):
@@ -223,25 +225,23 @@ class Supervisor:
             return web.Response(body=answer[1], status=answer[0], content_type=answer[2])
 
         async def adopt_shaping(request: web.Request) -> web.Response:
-            headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+            headers = _forwarded(request)
             raw = await request.read()
             try:
-                body = json.loads(raw)
-            except ValueError:
-                body = None
-            answers = await asyncio.gather(
-                *(
-                    self._ask(
-                        i,
-                        "POST",
-                        request.path_qs,
-                        headers,
-                        raw
-                        if body is None
-                        else json.dumps(adoption_share(body, i, self.n)).encode(),
-                    )
-                    for i in range(self.n)
+                adopted = ShapingAdoption.model_validate_json(raw).model_dump(by_alias=True)
+            except ValidationError:
+                # Each process refuses it (naming the field) or asks for the token first.
+                adopted = None
+
+            def share(i: int) -> bytes:
+                return (
+                    raw
+                    if adopted is None
+                    else json.dumps(adoption_share(adopted, i, self.n)).encode()
                 )
+
+            answers = await asyncio.gather(
+                *(self._ask(i, "POST", request.path_qs, headers, share(i)) for i in range(self.n))
             )
             return _merged(list(answers), "POST")
 
@@ -249,10 +249,7 @@ class Supervisor:
             answers = await self._ask_all(request)
             if all(s == 200 for s, _, _ in answers):
                 if request.path == "/v1/drain":
-                    headers = {
-                        h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers
-                    }
-                    self.drain_request = (headers, await request.read() or None)
+                    self.drain_request = (_forwarded(request), await request.read() or None)
                 elif request.path == "/v1/undrain":
                     self.drain_request = None
             return _merged(answers, request.method)
@@ -300,6 +297,11 @@ class Supervisor:
         if self._session is not None:
             await self._session.close()
         await runner.cleanup()
+
+
+def _forwarded(request: web.Request) -> dict[str, str]:
+    """The caller's headers a worker needs: its bearer token and the body's type."""
+    return {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
 
 
 def _merged(answers: list[tuple[int, bytes, str]], method: str) -> web.Response:

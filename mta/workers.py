@@ -252,18 +252,9 @@ def merge_status(statuses: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def adoption_share(body: Any, i: int, n: int) -> Any:
-    """Worker i's part of a POST /v1/shaping/adopt body (IPs moving to this pod): each warmup
-    count split as the cap is, so that the pod's workers together count what the old pod sent.
-    Shaping rows go whole: each worker clamps a rate to its own share of the limit."""
-    if not isinstance(body, dict) or not isinstance(body.get("warmup"), list):
-        return body
-    rows = [
-        {**w, "sent": split(w["sent"], n, i)}
-        if isinstance(w, dict)
-        and isinstance(w.get("sent"), int)
-        and not isinstance(w["sent"], bool)
-        else w
-        for w in body["warmup"]
-    ]
-    return {**body, "warmup": rows}
+def adoption_share(body: dict[str, Any], i: int, n: int) -> dict[str, Any]:
+    """Worker i's part of a POST /v1/shaping/adopt body (IPs moving to this pod), once it is
+    valid (`admin.ShapingAdoption`): each warmup count split as the cap is, so that the pod's
+    workers together count what the old pod sent. Shaping rows go whole: each worker clamps a
+    rate to its own share of the limit."""
+    return {**body, "warmup": [{**w, "sent": split(w["sent"], n, i)} for w in body["warmup"]]}
