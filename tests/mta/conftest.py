@@ -1,4 +1,4 @@
-"""Fixtures shared by the engine tests that run against the ISP simulator."""
+"""Fixtures shared by the engine tests: a recording MX, and DNS for the ISP simulator."""
 
 from __future__ import annotations
 
@@ -8,6 +8,14 @@ from pathlib import Path
 import pytest
 from fixtures.dnsserver import DnsServer
 from fixtures.isp import IspSimulator
+from fixtures.smtppeers import RecordingMX
+
+
+@pytest.fixture
+def mx() -> Iterator[RecordingMX]:
+    """The MX the engine under test delivers to (the recipients' domain, example.org)."""
+    with RecordingMX("127.0.0.1", hostname="mx.example.org") as m:
+        yield m
 
 
 @pytest.fixture

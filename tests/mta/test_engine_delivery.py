@@ -12,12 +12,6 @@ from fixtures.smtppeers import RecordingMX
 
 
 @pytest.fixture
-def mx() -> Iterator[RecordingMX]:
-    with RecordingMX("127.0.0.1", hostname="mx.example.org") as m:
-        yield m
-
-
-@pytest.fixture
 def sender_mx() -> Iterator[RecordingMX]:
     """The MX of the senders' domain (example.test), where DSNs arrive."""
     with RecordingMX("127.0.0.1", hostname="mx.example.test") as m:

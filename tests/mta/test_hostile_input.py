@@ -3,7 +3,7 @@ probe found, and asserts the reply a client gets and what the receiving MX got."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,12 +15,6 @@ from fixtures.rawsmtp import RawSMTP
 from fixtures.smtppeers import RecordingMX
 
 from mailfleet.mta.dkimkeys import dns_txt_record
-
-
-@pytest.fixture
-def mx() -> Iterator[RecordingMX]:
-    with RecordingMX("127.0.0.1") as m:
-        yield m
 
 
 def _route(mx: RecordingMX, **extra: Any) -> dict[str, Any]:

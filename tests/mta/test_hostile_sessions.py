@@ -9,7 +9,7 @@ import copy
 import subprocess
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,6 @@ from mailfleet.mta.dkim import DKIMSigner
 from mailfleet.mta.dkimkeys import dns_txt_record
 
 ARF = Path(__file__).parent.parent / "data" / "arf"
-
-
-@pytest.fixture
-def mx() -> Iterator[RecordingMX]:
-    with RecordingMX("127.0.0.1") as m:
-        yield m
 
 
 @pytest.fixture

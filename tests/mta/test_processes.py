@@ -27,12 +27,6 @@ TOKEN = "processes-test-token-0123456789"
 
 
 @pytest.fixture
-def mx() -> Iterator[RecordingMX]:
-    with RecordingMX("127.0.0.1", hostname="mx.example.org") as m:
-        yield m
-
-
-@pytest.fixture
 def isp() -> Iterator[IspSimulator]:
     with IspSimulator(["gmail"]) as sim:
         sim["gmail"].set_limit(None)  # the simulator only counts; the limit is ours

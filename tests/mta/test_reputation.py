@@ -8,7 +8,7 @@ import json
 import re
 import smtplib
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,6 @@ def _crlf(data: bytes) -> bytes:
 
 ROOT = Path(__file__).parent.parent.parent
 RSA_KEY = ROOT / "examples/mta/dkim/example.test.s2026a.rsa.pem"
-
-
-@pytest.fixture
-def mx() -> Iterator[RecordingMX]:
-    with RecordingMX("127.0.0.1") as m:
-        yield m
 
 
 def _config(mx: RecordingMX, **extra: Any) -> dict[str, Any]:

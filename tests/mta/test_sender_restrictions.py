@@ -6,20 +6,13 @@ affected."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from fixtures.engine import EngineProc, message
 from fixtures.smtppeers import RecordingMX
 
 IPS = ["127.0.0.2", "127.0.0.3"]
-
-
-@pytest.fixture
-def mx() -> Iterator[RecordingMX]:
-    with RecordingMX("127.0.0.1", hostname="mx.example.org") as m:
-        yield m
 
 
 def config(mx: RecordingMX, restrictions: list[dict[str, Any]]) -> dict[str, Any]:

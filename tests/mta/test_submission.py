@@ -4,7 +4,7 @@ only, size and recipient limits, PIPELINING and the other advertised extensions.
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,12 +12,6 @@ from fixtures.engine import EngineProc, message
 from fixtures.smtppeers import RecordingMX, make_self_signed_cert, swaks
 
 from mailfleet.mta.auth import hash_password
-
-
-@pytest.fixture
-def mx() -> Iterator[RecordingMX]:
-    with RecordingMX("127.0.0.1") as m:
-        yield m
 
 
 @pytest.fixture

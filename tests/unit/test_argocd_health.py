@@ -8,7 +8,6 @@ status functions), so a reason the operator starts writing differently shows up 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,14 +40,6 @@ def lua_literal(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     return json.dumps(str(value))
-
-
-@pytest.fixture(scope="module")
-def lua() -> str:
-    path = shutil.which("lua5.1")
-    if path is None:
-        pytest.fail("lua5.1 not installed (Debian package `lua5.1`: make deps)")
-    return path
 
 
 def health(lua: str, kind: str, obj: dict[str, Any], tmp_path: Path) -> tuple[str, str]:
