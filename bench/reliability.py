@@ -336,6 +336,7 @@ class World:
         cfg: dict[str, Any] = {
             "routing": {
                 "mxPort": self.mx.port,
+                "allowPrivateMX": True,  # the MX record points at loopback
                 "dns": {
                     "nameservers": ["127.0.0.1"],
                     "port": self.dns.port,

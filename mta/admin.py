@@ -4,14 +4,18 @@
 (by recipient domain).
 
 Open: /healthz, /readyz, /metrics, /v1/status (probes and Prometheus carry no credentials).
-Everything else changes state or lists recipients, and needs `Authorization: Bearer <token>`
-when the engine has an admin token. Request bodies must be JSON: a browser cannot send that (nor
-the header) to another origin without a preflight, so a web page cannot drive the API.
+Everything else changes state or lists recipients, and always needs `Authorization: Bearer
+<token>`: admin.tokenFile's, or one the engine generated beside its spool. What a web page could
+send is refused besides: a request with an Origin header (browsers add it), a body or a
+Content-Type that is not JSON (a form post), and on a loopback listener a Host that is not a
+loopback name (DNS rebinding: a page whose name now resolves to 127.0.0.1).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, Protocol
@@ -20,11 +24,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from mailfleet.mta.config import parse_hostport
+from mailfleet.mta.config import is_loopback_host, parse_hostport
 from mailfleet.mta.handoff import HandoffError, decode
 from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.spool import QueuedMessage
-from mailfleet.mta.suppression import SuppressionStore
+from mailfleet.mta.suppression import SuppressionStore, check_recipient
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/status"})
 
@@ -81,13 +85,100 @@ def authorized(token: bytes | None, header: str | None) -> bool:
         return True
     if not header or not header.startswith("Bearer "):
         return False
-    return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), token)
+    # A header of any bytes (aiohttp keeps undecodable ones as surrogates) compares unequal.
+    given = header[len("Bearer ") :].strip().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given, token)
+
+
+def _host_name(header: str) -> str:
+    """The host of a Host header: "127.0.0.1" of "127.0.0.1:8025", "::1" of "[::1]:8025"."""
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+def loopback_name(header: str) -> bool:
+    """Whether a Host header names this machine's loopback: "localhost" or a loopback IP."""
+    host = _host_name(header.strip()).rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def page_refusal(request: web.Request, loopback: bool) -> web.Response | None:
+    """Why a request that came from a web page is refused, or None. `loopback`: the listener
+    is on a loopback address, where only a loopback Host is this API (any other is a page's
+    own name, rebound to 127.0.0.1)."""
+    host = request.headers.get("Host")
+    if loopback and host is not None and not loopback_name(host):
+        return web.json_response(
+            {"error": f"Host {host[:100]!r} is not this admin API's address (a loopback name)"},
+            status=403,
+        )
+    if request.path in OPEN_PATHS:
+        return None
+    if "Origin" in request.headers:
+        return web.json_response(
+            {"error": "requests from web pages (with an Origin header) are refused"}, status=403
+        )
+    return None
+
+
+# What a web page may send another origin without a preflight (CORS's "simple" requests): a
+# form's types. aiohttp's client says application/octet-stream for an empty POST (the
+# operator's undrain), which a page cannot send cross-origin.
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
+
+
+def body_refusal(request: web.Request) -> web.Response | None:
+    """Why a request body a form could send is refused, or None: any body must be JSON, and
+    an empty one must not say it is a form's (a browser's form says so even when empty)."""
+    if request.path not in OPEN_PATHS and request.method in BODY_METHODS:
+        ctype = request.content_type
+        if "Content-Type" not in request.headers:
+            ctype = ""  # aiohttp's default for none is application/octet-stream
+        wrong = ctype != "application/json" if request.can_read_body else ctype in FORM_TYPES
+        if wrong:
+            return web.json_response(
+                {"error": "request bodies must be JSON (Content-Type: application/json)"},
+                status=415,
+            )
+    return None
+
+
+class BadBody(ValueError):
+    """A request body that is not JSON the API can take; the message says why."""
+
+
+def _constant(name: str) -> Any:
+    raise BadBody(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body (None when empty): strict JSON (no NaN or Infinity), nesting bounded by
+    the parser's recursion limit. BadBody says what is wrong."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw, parse_constant=_constant)
+    except RecursionError:
+        raise BadBody("the JSON body is nested too deeply") from None
+    except BadBody:
+        raise
+    except ValueError as e:  # UnicodeDecodeError included
+        raise BadBody(f"the body is not JSON: {str(e)[:200]}") from None
 
 
 class Engine(Protocol):
     metrics: EngineMetrics
     suppressions: SuppressionStore
-    admin_token: bytes | None
+    admin_token: bytes  # always one: admin.tokenFile's or a generated one
     config_hash: str
 
     async def suppress(self, recipient: str, reason: str, source: str) -> None: ...
@@ -105,9 +196,14 @@ class Engine(Protocol):
     ) -> tuple[bool, str]: ...
 
 
-def make_app(engine: Engine) -> web.Application:
+def make_app(engine: Engine, listen: str = "127.0.0.1:8025") -> web.Application:
+    loopback = is_loopback_host(parse_hostport(listen)[0])
+
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = page_refusal(request, loopback)
+        if refused is not None:
+            return refused
         if request.path not in OPEN_PATHS:
             if not authorized(engine.admin_token, request.headers.get("Authorization")):
                 return web.json_response(
@@ -115,12 +211,26 @@ def make_app(engine: Engine) -> web.Application:
                     status=401,
                     headers={"WWW-Authenticate": 'Bearer realm="mailfleet-admin"'},
                 )
-            if request.can_read_body and request.content_type != "application/json":
-                return web.json_response(
-                    {"error": "request bodies must be JSON (Content-Type: application/json)"},
-                    status=415,
-                )
-        return await handler(request)
+            refused = body_refusal(request)
+            if refused is not None:
+                return refused
+            if request.can_read_body:
+                try:
+                    request["json"] = parse_json(await request.read())
+                except BadBody as e:
+                    return web.json_response({"error": str(e)}, status=400)
+        try:
+            return await handler(request)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            # No route, a method it does not take, a body too large: said in JSON too.
+            allow = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
+            return web.json_response({"error": e.reason}, status=e.status, headers=allow)
+
+    def json_of(request: web.Request) -> Any:
+        """The JSON body the guard parsed (None without one)."""
+        return request.get("json")
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -139,22 +249,20 @@ def make_app(engine: Engine) -> web.Application:
         return resp
 
     async def drain(request: web.Request) -> web.Response:
-        handoff: list[str] = []
-        if request.can_read_body:
-            try:
-                body = await request.json()
-                given = body.get("handoff") if isinstance(body, dict) else None
-                if not isinstance(given, list | None) or not all(
-                    isinstance(u, str) and u.startswith(("http://", "https://"))
-                    for u in given or []
-                ):
-                    raise ValueError
-                handoff = [str(u) for u in given or []]
-            except ValueError:
-                return web.json_response(
-                    {"error": 'expected JSON {"handoff": ["http://peer:8025", ...]} or no body'},
-                    status=400,
-                )
+        b = json_of(request)  # None: no body
+        given = b.get("handoff") if isinstance(b, dict) else None
+        if (
+            not isinstance(b, dict | None)
+            or not isinstance(given, list | None)
+            or not all(
+                isinstance(u, str) and u.startswith(("http://", "https://")) for u in given or []
+            )
+        ):
+            return web.json_response(
+                {"error": 'expected JSON {"handoff": ["http://peer:8025", ...]} or no body'},
+                status=400,
+            )
+        handoff = [str(u) for u in given or []]
         return web.json_response(await engine.drain(handoff))
 
     async def undrain(_: web.Request) -> web.Response:
@@ -162,8 +270,8 @@ def make_app(engine: Engine) -> web.Application:
 
     async def handoff(request: web.Request) -> web.Response:
         try:
-            messages = decode(await request.json())
-        except (ValueError, HandoffError) as e:
+            messages = decode(json_of(request))
+        except HandoffError as e:
             return web.json_response({"error": str(e)}, status=400)
         try:
             taken = await engine.adopt(messages)
@@ -172,18 +280,13 @@ def make_app(engine: Engine) -> web.Application:
         return web.json_response({"accepted": len(messages), "new": taken})
 
     async def reload(request: web.Request) -> web.Response:
-        text: str | None = None
-        if request.can_read_body:
-            try:
-                body = await request.json()
-                text = body.get("config") if isinstance(body, dict) else None
-                if text is not None and not isinstance(text, str):
-                    raise ValueError
-            except ValueError:
-                return web.json_response(
-                    {"error": 'expected JSON {"config": "<engine.yaml text>"} or no body'},
-                    status=400,
-                )
+        b = json_of(request)  # None: no body, the config file is read again
+        text = b.get("config") if isinstance(b, dict) else None
+        if not isinstance(b, dict | None) or not isinstance(text, str | None):
+            return web.json_response(
+                {"error": 'expected JSON {"config": "<engine.yaml text>"} or no body'},
+                status=400,
+            )
         ok, message = await engine.reload(text)
         return web.json_response(
             {"reloaded": ok, "message": message, "configHash": engine.config_hash},
@@ -235,6 +338,11 @@ def make_app(engine: Engine) -> web.Application:
                 {"error": 'expected JSON {"recipient": "user@domain", "reason": "..."}'},
                 status=400,
             )
+        # Stored under its canonical spelling (suppression.normalize_recipient); what is no
+        # address could never match a RCPT.
+        problem = check_recipient(recipient)
+        if problem is not None:
+            return web.json_response({"error": problem}, status=400)
         try:
             await engine.suppress(recipient, str(body.get("reason") or "manual"), "admin-api")
         except ValueError as e:
@@ -255,8 +363,7 @@ def make_app(engine: Engine) -> web.Application:
     async def queue_action(request: web.Request) -> web.Response:
         action = request.match_info["action"]
         try:
-            body = await request.json()
-            domain = body["domain"]
+            domain = json_of(request)["domain"]
             if not isinstance(domain, str) or not domain.strip(".") or "@" in domain:
                 raise ValueError
         except (ValueError, KeyError, TypeError):
@@ -289,14 +396,17 @@ def make_app(engine: Engine) -> web.Application:
 
 class AdminServer:
     def __init__(self, engine: Engine) -> None:
-        self.runner = web.AppRunner(make_app(engine), access_log=None)
+        self.engine = engine
+        self.runner: web.AppRunner | None = None
         self.site: web.TCPSite | None = None
 
     async def start(self, listen: str) -> None:
         host, port = parse_hostport(listen)
+        self.runner = web.AppRunner(make_app(self.engine, listen), access_log=None)
         await self.runner.setup()
         self.site = web.TCPSite(self.runner, host, port, reuse_address=True)
         await self.site.start()
 
     async def stop(self) -> None:
-        await self.runner.cleanup()
+        if self.runner is not None:
+            await self.runner.cleanup()

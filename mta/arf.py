@@ -29,11 +29,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_bytes
+from email.header import Header, decode_header
 from email.message import Message
 from email.parser import BytesHeaderParser, HeaderParser
 from email.policy import compat32
 
 import dkim
+
+from mailfleet.mta.addresses import AddressError, canonical_address
 
 __all__ = [
     "ARFError",
@@ -55,7 +58,7 @@ class ARFReport:
     feedback_type: str  # abuse, fraud, virus, other, not-spam, auth-failure (lower case)
     user_agent: str | None
     version: str | None
-    original_recipient: str | None  # lower case, no <> or rfc822;
+    original_recipient: str | None  # canonical (addresses.canonical_address), lower case
     original_recipients: tuple[str, ...]  # every Original-Rcpt-To (or the fallback's addresses)
     original_mail_from: str | None
     source_ip: str | None  # normalised (ipaddress) text form
@@ -148,7 +151,7 @@ def parse_arf(data: bytes) -> ARFReport:
             recipients = [r for r in [_address(str(xmr))] if r is not None]
     if not recipients and original is not None:
         to = [str(v) for v in original.get_all("To", [])]
-        recipients = [a.lower() for _, a in email.utils.getaddresses(to) if "@" in a]
+        recipients = [_canonical(a) for _, a in email.utils.getaddresses(to) if "@" in a]
 
     source_ip, source_ip_from = None, None
     raw_ip = field("source-ip")
@@ -219,7 +222,24 @@ def _report_fields(part: Message) -> list[tuple[str, str]]:
         items = payload[0].items()
     else:
         items = HeaderParser(policy=compat32).parsestr(str(payload).lstrip("\r\n")).items()
-    return [(k.strip().lower(), _unfold(str(v)).strip()) for k, v in items]
+    return [(k.strip().lower(), _unfold(_field_text(v)).strip()) for k, v in items]
+
+
+def _field_text(value: object) -> str:
+    """A field value as text. The email package gives a field with raw 8-bit bytes as a Header
+    whose str() replaces them; an internationalised address (RFC 6533) is UTF-8."""
+    if not isinstance(value, Header):
+        return str(value)
+    out = []
+    for part, charset in decode_header(value):
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        try:
+            out.append(part.decode(charset or "utf-8", "replace"))
+        except LookupError:  # "unknown-8bit", or a name no codec has
+            out.append(part.decode("utf-8", "replace"))
+    return "".join(out)
 
 
 def _embedded_message(part: Message) -> Message | None:
@@ -239,15 +259,32 @@ def _embedded_headers(part: Message) -> Message | None:
     return BytesHeaderParser(policy=compat32).parsebytes(raw.lstrip(b"\r\n"))
 
 
+def _canonical(address: str) -> str:
+    """An address in the spelling the suppression list keys on (addresses.canonical_address,
+    lower case): a complaint for ``"victim"@Example.org`` is one for ``victim@example.org``.
+    What does not parse as an envelope address stays as written, lower case."""
+    try:
+        return canonical_address(address).lower()
+    except AddressError:
+        return address.lower()
+
+
 def _address(value: str) -> str | None:
     v = _unfold(value).strip()
     if v.lower().startswith("rfc822;"):
         v = v[7:].strip()
+    # Original-Rcpt-To is an envelope address (RFC 5965 §3.2, RFC 3461's addr-type rfc822):
+    # parsed as RFC 5321 writes it first, quoted local parts included.
+    inner = v[1:-1].strip() if v.startswith("<") and v.endswith(">") else v
+    try:
+        return canonical_address(inner).lower()
+    except AddressError:
+        pass
     addrs = [a for _, a in email.utils.getaddresses([v]) if "@" in a]
     if addrs:
-        return addrs[0].lower()
+        return _canonical(addrs[0])
     v = v.strip("<> ")
-    return v.lower() if "@" in v else None
+    return _canonical(v) if "@" in v else None
 
 
 def _ip(text: str) -> str | None:

@@ -61,6 +61,24 @@ DEFAULT_SIGNED_HEADERS = [
 ]
 
 
+# A host name as RFC 1123 allows it (letters, digits, inner hyphens; labels of at most 63
+# characters, at most 253 in all): it goes into the banner, EHLO and Received headers as is.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def _hostname(v: str) -> str:
+    if len(v) > 253 or not _HOSTNAME.fullmatch(v):
+        raise ValueError(
+            f"{v[:80]!r} is not a host name: expected letters, digits, hyphens and dots"
+            " (RFC 1123), at most 253 characters"
+        )
+    return v.rstrip(".")
+
+
+Hostname = Annotated[str, AfterValidator(_hostname)]
+
+
 class Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -97,10 +115,14 @@ class TLSFiles(Model):
 
 
 class AuthLimitsConfig(Model):
-    """AUTH failures tolerated per client IP and per user name within `window`; past them that
-    client (or user) is locked out for `lockout`: 421 4.7.0 and the connection is closed."""
+    """AUTH failures tolerated per (client IP, user name), and per client IP over all its user
+    names, within `window`; past either that pair (or client) is locked out for `lockout`:
+    421 4.7.0 and the connection is closed. Never per user name alone: failures from elsewhere
+    do not lock a user out (bcrypt's two threads already bound how fast anyone can guess)."""
 
     max_failures: int = Field(default=5, ge=1)
+    # A client address guessing many user names (or several users behind one NAT mistyping).
+    max_failures_per_client: int = Field(default=20, ge=1)
     window: Duration = 300.0
     lockout: Duration = 900.0
 
@@ -137,6 +159,17 @@ class SubmissionConfig(Model):
     # accepted ones still follow static routes.
     address_literals: Literal["refuse", "accept"] = "refuse"
     auth_limits: AuthLimitsConfig = Field(default_factory=lambda: AuthLimitsConfig())
+    # The client's header block (up to the first empty line): past either bound the message is
+    # refused at the end of DATA (552 5.3.4) before anything is queued. 1 MiB is Exim's
+    # header_maxsize; real mail has tens of fields, ARC-sealed list mail a few hundred.
+    max_header_bytes: Size = Field(default=1024 * 1024, ge=1024)
+    max_header_fields: int = Field(default=1000, ge=10)
+    # Sessions neither authenticated nor from trustedNetworks may only mail the feedback and
+    # DMARC report addresses: their messages may be this large (552 5.3.4 past it) ...
+    max_report_size: Size = Field(default=10 * 1024 * 1024, gt=0)
+    # ... and all of them together may hold this many bytes of message data at once (452 4.3.1
+    # past it, try later), so that anyone's open sessions cannot take the engine's memory.
+    untrusted_data_budget: Size = Field(default=64 * 1024 * 1024, gt=0)
 
     @field_validator("listen")
     @classmethod
@@ -259,6 +292,12 @@ class RoutingConfig(Model):
     # The port of every MX host (and domain literal). Real mail always uses 25; tests point MX
     # records at simulated providers on an unprivileged port.
     mx_port: int = Field(default=25, ge=1, le=65535)
+    # Connect to MX hosts (and address-literal recipients) whose addresses are private,
+    # loopback, link-local or otherwise not public. Off: a recipient's DNS cannot point the
+    # engine at services inside the cluster; such hosts are skipped, and a domain with only
+    # those bounces (5.4.4). Static `routes` are ours and always used as written. On only
+    # for a test world whose MX hosts live on loopback.
+    allow_private_mx: bool = Field(default=False, alias="allowPrivateMX")
 
     @field_validator("routes")
     @classmethod
@@ -277,7 +316,7 @@ IPState = Literal["active", "warming", "standby", "quarantined"]
 class SourceIP(Model):
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
     # HELO name; should match the address's PTR record.
-    hostname: str | None = None
+    hostname: Hostname | None = None
     # Set by the operator: only active and warming addresses send.
     state: IPState = "active"
     # socks5://host:port of a proxy that sends from this address (overrides delivery.egress).
@@ -654,6 +693,9 @@ class HeadersConfig(Model):
     feedback_id: str | None = None
     # Secret for {token} (HMAC of the recipient); read from this file.
     token_key_file: Path | None = None
+    # A client's own List-Unsubscribe(-Post) / Feedback-ID where a template above is set:
+    # "replace" (removed; the pool's is added) or "keep" (theirs wins, none of ours is added).
+    client_headers: Literal["replace", "keep"] = "replace"
 
 
 class DKIMKey(Model):
@@ -687,7 +729,7 @@ class LoggingConfig(Model):
 class EngineConfig(Model):
     """The whole engine configuration (`mailfleet mta --config FILE`)."""
 
-    hostname: str = "localhost"
+    hostname: Hostname = "localhost"
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
@@ -743,16 +785,51 @@ def parse_config(data: Any, source: str = "config", listen_host: str | None = No
 
 
 def read_config_text(path: str | Path) -> str:
+    from mailfleet.mta.safefiles import CONFIG_FILE_MAX, UnsafeFile, read_file
+
     p = Path(path)
     try:
-        return p.read_text()
+        return read_file(p, "the config file", CONFIG_FILE_MAX).decode()
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the config file: {e.strerror}") from None
+    except UnsafeFile as e:
+        raise ConfigError(str(e)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: the config file is not UTF-8 text") from None
+
+
+# Deeper than any engine config nests; PyYAML composes recursively.
+YAML_MAX_DEPTH = 64
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader without aliases (`*name`, `<<: *name`): each would repeat what it names
+    wherever it is used, so a few lines can stand for millions of nodes to validate ("billion
+    laughs"). Nesting is bounded too: PyYAML composes recursively."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in the engine config", mark
+            )
+        if self._depth >= YAML_MAX_DEPTH:
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {YAML_MAX_DEPTH} levels", mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def parse_config_text(text: str, source: str, listen_host: str | None = None) -> EngineConfig:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {e}") from None
     return parse_config(data, source, listen_host)

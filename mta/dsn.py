@@ -34,6 +34,9 @@ class DSNRecipient:
     remote_mta: str | None = None  # host name of the MX that answered, if one did
     last_attempt_date: float | None = None  # Unix time; default: when the report is built
     will_retry_until: float | None = None  # for action="delayed"
+    # Why the engine itself gave up without a remote reply (no usable MX, ...): said in the
+    # human-readable part; Diagnostic-Code is for what a remote MTA answered (RFC 3464 §2.3.6).
+    local_reason: str | None = None
 
     def __post_init__(self) -> None:
         if not _STATUS.match(self.status):
@@ -181,7 +184,7 @@ def _human_text(reporting_mta: str, failures: Iterable[DSNRecipient], action: DS
             "",
         ]
     for f in failures:
-        diagnostic = _one_line(f.diagnostic or "no reply from the remote side")
+        diagnostic = _one_line(f.diagnostic or f.local_reason or "no reply from the remote side")
         where = f" (host {f.remote_mta} said)" if f.remote_mta else ""
         lines.append(f"<{_one_line(f.recipient)}>:{where} {diagnostic}")
     return "\n".join(lines)

@@ -22,8 +22,12 @@ import dns.resolver
 
 from mailfleet import __version__
 from mailfleet.mta.admin import AdminServer
-from mailfleet.mta.adminclient import read_admin_token
-from mailfleet.mta.arf import ARFError, dkim_verified_domains, from_feedback_domain, parse_arf
+from mailfleet.mta.adminclient import (
+    ensure_generated_token,
+    generated_token_path,
+    read_admin_token,
+)
+from mailfleet.mta.arf import ARFError, from_feedback_domain, parse_arf
 from mailfleet.mta.auth import CredentialsError, UserDB
 from mailfleet.mta.config import (
     ConfigError,
@@ -42,7 +46,18 @@ from mailfleet.mta.headers import add_headers, has_internal_headers, load_token_
 from mailfleet.mta.lineends import crlf_only
 from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.queue import QueueRunner
+from mailfleet.mta.reportverify import Busy, HeaderTooLarge, ReportVerifier
 from mailfleet.mta.routing import Router
+from mailfleet.mta.safefiles import (
+    DKIM_KEY_MAX,
+    TLS_FILE_MAX,
+    TOKEN_KEY_MAX,
+    TOKEN_MAX,
+    USERS_FILE_MAX,
+    UnsafeFile,
+    check_file,
+    read_token,
+)
 from mailfleet.mta.spool import QueuedMessage, Spool, new_message_id
 from mailfleet.mta.submission import (
     SubmissionHandler,
@@ -62,6 +77,33 @@ CONFIG_POLL_INTERVAL = 1.0
 SIGNING_THREADS = 2
 
 
+def named_files(cfg: EngineConfig) -> list[tuple[str, Path, int]]:
+    """Every file `cfg` names: (field, path, the most it may hold)."""
+    out: list[tuple[str, Path, int]] = []
+    for i, key in enumerate(cfg.dkim.keys):
+        out.append((f"dkim.keys[{i}].keyFile", key.key_file, DKIM_KEY_MAX))
+    sub = cfg.submission
+    if sub.auth_users_file is not None:
+        out.append(("submission.authUsersFile", sub.auth_users_file, USERS_FILE_MAX))
+    if sub.tls is not None:
+        out.append(("submission.tls.certFile", sub.tls.cert_file, TLS_FILE_MAX))
+        out.append(("submission.tls.keyFile", sub.tls.key_file, TLS_FILE_MAX))
+    if cfg.headers.token_key_file is not None:
+        out.append(("headers.tokenKeyFile", cfg.headers.token_key_file, TOKEN_KEY_MAX))
+    if cfg.admin.token_file is not None:
+        out.append(("admin.tokenFile", cfg.admin.token_file, TOKEN_MAX))
+    if cfg.dmarc_reports.token_file is not None:
+        out.append(("dmarcReports.tokenFile", cfg.dmarc_reports.token_file, TOKEN_MAX))
+    return out
+
+
+def check_named_files(cfg: EngineConfig) -> None:
+    """UnsafeFile naming the field of the first file `cfg` names that is not a regular file
+    of a bounded size: refused before any reader opens it."""
+    for field, path, limit in named_files(cfg):
+        check_file(path, field, limit)
+
+
 def build_policy(cfg: EngineConfig) -> SubmissionPolicy:
     users = None
     if cfg.submission.auth_users_file is not None:
@@ -77,6 +119,8 @@ def build_policy(cfg: EngineConfig) -> SubmissionPolicy:
         drop_suppressed=cfg.suppression.on_suppressed == "drop",
         bare_newlines=cfg.submission.bare_newlines,
         accept_address_literals=cfg.submission.address_literals == "accept",
+        allow_private_literals=cfg.routing.allow_private_mx,
+        static_routes=frozenset(d.lower() for d in cfg.routing.routes),
         dmarc_addresses={
             a.address: (list(a.sources), bool(a.signed_by)) for a in cfg.dmarc_reports.addresses
         },
@@ -98,6 +142,11 @@ def prepare(cfg: EngineConfig) -> Prepared:
     """Build what `cfg` needs (users file, DKIM keys, TLS certificate and key, token key);
     ConfigError names the field when one cannot be used. `mailfleet mta --check` and a reload
     refuse exactly the same configs."""
+    try:
+        # A FIFO or a device where a key should be would block or fill whoever reads it.
+        check_named_files(cfg)
+    except UnsafeFile as e:
+        raise ConfigError(str(e)) from None
     try:
         policy = build_policy(cfg)
     except CredentialsError as e:
@@ -158,7 +207,11 @@ class Engine:
         self.cfg = cfg
         self.config_hash = config_hash
         self.listen_host = listen_host
-        self.admin_token = read_admin_token(cfg)
+        # Always a token: without admin.tokenFile one generated beside the spool, which the
+        # CLI on this host reads and a web page (DNS rebinding, a form post) cannot know.
+        self.admin_token: bytes = read_admin_token(cfg) or ensure_generated_token(
+            generated_token_path(self.spool_root)
+        )
         self.generation = 1
         self.metrics = EngineMetrics()
         self.signer = DKIMSigner(cfg.dkim)
@@ -182,6 +235,7 @@ class Engine:
         self.handler.low_on_disk = self.queue.low_on_disk
         self.handler.dmarc_reports = self.on_dmarc_report
         self.dmarc_forwarder = Forwarder()
+        self.report_verifier = ReportVerifier()
         self.submission = SubmissionServer(self.handler, self.metrics)
         self.admin = AdminServer(self)
         self.recovered = False
@@ -255,8 +309,29 @@ class Engine:
         fut: asyncio.Future[QueuedMessage] = asyncio.get_running_loop().create_future()
         if not self._signers:
             self._start_signers()
+        # From here the message is being committed, whatever the client does: once stored it
+        # is queued (and counted) exactly once, by this callback, even when the session is
+        # cancelled meanwhile (the client left after its final dot). Not committing it then
+        # is no longer possible, and storing it without queueing it left an orphan that the
+        # loader delivered later and counted out twice. The client saw no 250 and may send it
+        # again: the duplicate window of RFC 1047, kept short (the reply follows the commit).
+        fut.add_done_callback(self._stored)
         self._to_sign.put((self.signer, fut, queue_id, mail_from, recipients, data, client))
-        self.queue.add(await fut, crlf=True)
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            log.info(
+                "client gone before the reply; the message is kept and queued",
+                extra={"queue_id": queue_id},
+            )
+            raise
+
+    def _stored(self, fut: asyncio.Future[QueuedMessage]) -> None:
+        """A message's commit is over: queued once it is stored (the one place that counts it
+        in); a failed commit stored nothing, and the waiting session answers it."""
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        self.queue.add(fut.result(), crlf=True)
 
     def _start_signers(self) -> None:
         for i in range(SIGNING_THREADS):
@@ -284,9 +359,21 @@ class Engine:
         self.metrics.suppressions.labels(reason).inc()
         log.info("recipient suppressed", extra={"reason": reason, "source": source[:200]})
 
-    async def _dkim_domains(self, data: bytes) -> set[str]:
-        """The domains of the message's valid DKIM signatures (verified off the event loop)."""
-        return await asyncio.to_thread(dkim_verified_domains, data, self._txt_lookup)
+    async def _dkim_domains(
+        self, data: bytes, wanted: frozenset[str], client: str
+    ) -> tuple[set[str], str | None]:
+        """The domains under `wanted` of the message's valid DKIM signatures, verified off the
+        loop within the bounds of reportverify (a stranger's message: at most a few signatures,
+        of those domains only, a small header, a few at a time); or the reply when it cannot be
+        verified now (451 4.3.2) or ever (554 5.6.0)."""
+        try:
+            return await self.report_verifier.verify(data, wanted, client, self._txt_lookup), None
+        except Busy:
+            self.metrics.rejected.labels("report-verify-busy").inc()
+            return set(), "451 4.3.2 Too many reports being verified now, try again later"
+        except HeaderTooLarge as e:
+            self.metrics.rejected.labels("report-header").inc()
+            return set(), f"554 5.6.0 Report refused: its {e}, too large to verify"
 
     def _refuse_unverified(self, sender: _Senders, client: str, verified: set[str]) -> str:
         """A report from neither a configured network nor a configured signer: counted, logged
@@ -306,11 +393,11 @@ class Engine:
         configured feedback source: the client's network, or a valid DKIM signature of one of
         suppression.feedbackDomains."""
         if not from_source:
-            verified = await self._dkim_domains(data)
-            if (
-                from_feedback_domain(verified, frozenset(self.cfg.suppression.feedback_domains))
-                is None
-            ):
+            domains = frozenset(self.cfg.suppression.feedback_domains)
+            verified, reply = await self._dkim_domains(data, domains, client)
+            if reply is not None:
+                return reply
+            if from_feedback_domain(verified, domains) is None:
                 return self._refuse_unverified(_FEEDBACK_SOURCES, client, verified)
         try:
             report = parse_arf(data)
@@ -342,14 +429,15 @@ class Engine:
         entries = [by_address[a.lower()] for a in addresses if a.lower() in by_address]
         if not entries:
             return "451 4.3.0 The DMARC report address changed meanwhile, try again later"
-        verified: set[str] | None = None
-        for e in entries:
-            if in_networks(client, e.sources):
-                continue
-            if verified is None:
-                verified = await self._dkim_domains(data)
-            if from_feedback_domain(verified, frozenset(e.signed_by)) is None:
-                return self._refuse_unverified(_DMARC_REPORTERS, client, verified)
+        unsourced = [e for e in entries if not in_networks(client, e.sources)]
+        if unsourced:
+            signers = frozenset(d for e in unsourced for d in e.signed_by)
+            verified, reply = await self._dkim_domains(data, signers, client)
+            if reply is not None:
+                return reply
+            for e in unsourced:
+                if from_feedback_domain(verified, frozenset(e.signed_by)) is None:
+                    return self._refuse_unverified(_DMARC_REPORTERS, client, verified)
         try:
             reports = report_attachments(data)
         except NotAReport as e:
@@ -357,9 +445,12 @@ class Engine:
             return f"554 5.6.0 {e}"
         assert cfg.token_file is not None  # the config requires it with addresses
         try:
-            token = cfg.token_file.read_text().strip()
-        except OSError as e:
-            log.error("dmarcReports.tokenFile unreadable", extra={"error": e.strerror})
+            # Off the loop, a regular file of a token's size only: never a FIFO or a device.
+            token = (
+                await asyncio.to_thread(read_token, cfg.token_file, "dmarcReports.tokenFile")
+            ).decode()
+        except ValueError as e:
+            log.error("dmarcReports.tokenFile unreadable", extra={"error": str(e)})
             return "451 4.3.0 DMARC reports cannot be forwarded now, try again later"
         reply = ""
         for url in dict.fromkeys(e.forward_url for e in entries):
@@ -435,6 +526,7 @@ class Engine:
         await self.suppressions.close()
         await self.dmarc_forwarder.close()
         await self.admin.stop()
+        self.report_verifier.close()
         for _ in self._signers:
             self._to_sign.put(None)
 
@@ -466,10 +558,16 @@ class Engine:
         # the file itself does not see.
         while True:
             await asyncio.sleep(CONFIG_POLL_INTERVAL)
-            mtime = self._mtime()
-            if mtime and mtime != self._config_mtime:
-                self._config_mtime = mtime
-                await self.reload(only_if_changed=True)
+            try:
+                mtime = self._mtime()
+                if mtime and mtime != self._config_mtime:
+                    self._config_mtime = mtime
+                    await self.reload(only_if_changed=True)
+            except Exception:
+                # A watcher that died would ignore every later edit, silently: said, counted,
+                # and the next edit is tried again.
+                self.metrics.config_reloads.labels("error").inc()
+                log.exception("config watcher: reload failed unexpectedly; still watching")
 
     async def reload(
         self, text: str | None = None, *, only_if_changed: bool = False
@@ -478,15 +576,12 @@ class Engine:
         ConfigMap volume): all of it or, when anything is refused, none of it."""
         async with self._reload_lock:
             try:
-                source = "pushed config" if text is not None else str(self.config_path)
-                raw = text if text is not None else read_config_text(self.config_path)
-                digest = config_digest(raw)
-                if only_if_changed and digest == self.config_hash:
+                # Every file is read, the YAML parsed and the config validated off the loop:
+                # sessions and probes go on meanwhile, however large or slow what it names is.
+                loaded = await asyncio.to_thread(self._load, text, only_if_changed)
+                if loaded is None:
                     return True, "unchanged"
-                ready = prepare(
-                    self.worker.config(parse_config_text(raw, source, self.listen_host))
-                )
-                admin_token = read_admin_token(ready.cfg)
+                digest, ready, admin_token = loaded
             except (ConfigError, CredentialsError, ValueError, OSError) as e:
                 self.metrics.config_reloads.labels("failed").inc()
                 log.error(
@@ -503,9 +598,10 @@ class Engine:
                 notes.append("suppression changes on restart only")
             if cfg.admin.listen != old.admin.listen:
                 notes.append("admin.listen changes on restart only")
-            if admin_token is None and self.admin_token is not None:
-                # Dropping the token would leave a non-loopback admin API open until restart.
-                notes.append("admin.tokenFile removal takes effect on restart only")
+            if admin_token is None:
+                if old.admin.token_file is not None:
+                    # Dropping the token file would leave a non-loopback admin API open.
+                    notes.append("admin.tokenFile removal takes effect on restart only")
                 admin_token = self.admin_token
             if cfg.routing.mx_port != old.routing.mx_port:
                 notes.append("routing.mxPort changes on restart only")
@@ -536,6 +632,40 @@ class Engine:
             message = "; ".join(notes) or "applied"
             log.info("config reloaded", extra={"generation": self.generation, "notes": message})
             return True, message
+
+    def _load(
+        self, text: str | None, only_if_changed: bool
+    ) -> tuple[str, Prepared, bytes | None] | None:
+        """On a thread: the config file (or pushed `text`) parsed, checked and prepared, with
+        its digest and admin token; None when it is the running one and `only_if_changed`."""
+        source = "pushed config" if text is not None else str(self.config_path)
+        raw = text if text is not None else read_config_text(self.config_path)
+        digest = config_digest(raw)
+        if only_if_changed and digest == self.config_hash:
+            return None
+        cfg = self.worker.config(parse_config_text(raw, source, self.listen_host))
+        if text is not None:
+            self._check_pushed_secrets(cfg)
+        ready = prepare(cfg)
+        return digest, ready, read_admin_token(ready.cfg)
+
+    def _check_pushed_secrets(self, cfg: EngineConfig) -> None:
+        """A config pushed through the admin API names no secret file the running one does not:
+        the DMARC forward sends dmarcReports.tokenFile's content to forwardURL, which the same
+        push sets, so a new path would send any file of the host anywhere. The config file
+        (written by whoever runs the engine) may name others."""
+        old = self.cfg
+        known = {p for p in (old.admin.token_file, old.dmarc_reports.token_file) if p is not None}
+        for field, path in (
+            ("admin.tokenFile", cfg.admin.token_file),
+            ("dmarcReports.tokenFile", cfg.dmarc_reports.token_file),
+        ):
+            if path is not None and path not in known:
+                raise ConfigError(
+                    f"{field}: {path} is not a token file the running config names; a config"
+                    " pushed through the admin API may not name new secret files (change the"
+                    " config file instead)"
+                )
 
     # -- admin ---------------------------------------------------------------------------------
 
@@ -780,7 +910,7 @@ def run_engine(
             listen_host=listen_host,
             worker=worker,
         )
-    except (ConfigError, CredentialsError, ValueError) as e:
+    except (ConfigError, CredentialsError, ValueError, OSError) as e:  # OSError: the token
         print(f"mailfleet mta: {e}", file=sys.stderr)
         return 2
     setup_logging(cfg.logging.level, cfg.logging.format)

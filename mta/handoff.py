@@ -16,9 +16,11 @@ import base64
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from mailfleet.mta.addresses import AddressError, Kind, parse_path
 from mailfleet.mta.queue import QueueRunner
@@ -54,11 +56,59 @@ def encode(msg: QueuedMessage) -> dict[str, Any]:
     }
 
 
-def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
-    value = obj.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise HandoffError(f"{where}.{name}: missing or of the wrong type")
-    return value
+# Bounds of what a peer may hand over: far above real values, so that a number no spool field
+# can hold (10**30, NaN, Infinity: a message parked forever) is refused naming the field.
+MAX_ATTEMPTS = 1_000_000
+MAX_TIME = 253_402_300_799.0  # 9999-12-31, in epoch seconds
+MAX_MESSAGES = 10_000
+MAX_RECIPIENTS = 100_000
+
+Time = Annotated[float, Field(ge=0, le=MAX_TIME)]
+
+
+class _Wire(BaseModel):
+    # Strict: "3" is not a number and true is not 1; unknown keys are a newer peer's, ignored.
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+
+
+class _Recipient(_Wire):
+    recipient: str = Field(max_length=1000)
+    attempts: int = Field(ge=0, le=MAX_ATTEMPTS)
+    next_attempt: Time = Field(alias="nextAttempt")
+    last_reply: str | None = Field(None, alias="lastReply", max_length=100_000)
+
+
+class _Message(_Wire):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9]+$")
+    mail_from: str = Field(alias="mailFrom", max_length=1000)
+    received_at: Time = Field(alias="receivedAt")
+    client: str | None = Field(None, max_length=1000)
+    data: str
+    recipients: list[_Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+
+
+class _Handoff(_Wire):
+    messages: list[_Message] = Field(max_length=MAX_MESSAGES)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """messages[0].recipients[1].attempts, from pydantic's ("messages", 0, "recipients", ...)."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out or "body"
+
+
+def _problem(err: ErrorDetails) -> str:
+    """What is wrong with a field, in the words a peer's operator searches for."""
+    kind, last = err["type"], err["loc"][-1] if err["loc"] else ""
+    if last == "id" and kind != "missing":
+        return "expected a queue id"
+    if last == "recipients" and kind == "too_short":
+        return "empty"
+    if kind == "missing" or kind.endswith("_type"):
+        return "missing or of the wrong type"
+    return err["msg"]  # out of bounds, not finite: pydantic says which bound
 
 
 def _address(value: str, kind: Kind, where: str) -> str:
@@ -70,47 +120,39 @@ def _address(value: str, kind: Kind, where: str) -> str:
 
 
 def decode(body: Any) -> list[QueuedMessage]:
-    """The messages of a handoff request: {"messages": [encode(msg), ...]}."""
+    """The messages of a handoff request: {"messages": [encode(msg), ...]}. HandoffError names
+    the first field that is missing, of the wrong type or out of bounds."""
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         raise HandoffError('expected JSON {"messages": [...]}')
+    try:
+        parsed = _Handoff.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise HandoffError(f"{_where(err['loc'])}: {_problem(err)}") from None
     out = []
-    for i, m in enumerate(body["messages"]):
+    for i, m in enumerate(parsed.messages):
         where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise HandoffError(f"{where}: expected an object")
-        mid = _field(m, "id", str, where)
-        if not mid or not mid.isalnum() or len(mid) > 64:
-            raise HandoffError(f"{where}.id: expected a queue id")
         try:
-            data = base64.b64decode(_field(m, "data", str, where), validate=True)
+            data = base64.b64decode(m.data, validate=True)
         except ValueError:
             raise HandoffError(f"{where}.data: not base64") from None
-        rcpts = _field(m, "recipients", list, where)
-        if not rcpts:
-            raise HandoffError(f"{where}.recipients: empty")
-        recipients = []
-        for j, r in enumerate(rcpts):
-            rw = f"{where}.recipients[{j}]"
-            if not isinstance(r, dict):
-                raise HandoffError(f"{rw}: expected an object")
-            recipients.append(
-                QueuedRecipient(
-                    _address(_field(r, "recipient", str, rw), "recipient", f"{rw}.recipient"),
-                    int(_field(r, "attempts", int, rw)),
-                    float(_field(r, "nextAttempt", (int, float), rw)),
-                    str(r.get("lastReply") or ""),
-                )
+        recipients = [
+            QueuedRecipient(
+                _address(r.recipient, "recipient", f"{where}.recipients[{j}].recipient"),
+                r.attempts,
+                r.next_attempt,
+                r.last_reply or "",
             )
+            for j, r in enumerate(m.recipients)
+        ]
         out.append(
             QueuedMessage(
-                id=mid,
-                mail_from=_address(
-                    _field(m, "mailFrom", str, where), "sender", f"{where}.mailFrom"
-                ),
-                received_at=float(_field(m, "receivedAt", (int, float), where)),
+                id=m.id,
+                mail_from=_address(m.mail_from, "sender", f"{where}.mailFrom"),
+                received_at=m.received_at,
                 data=data,
                 recipients=recipients,
-                client=str(m.get("client") or ""),
+                client=m.client or "",
             )
         )
     return out

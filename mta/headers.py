@@ -5,14 +5,20 @@ They are added before DKIM signing, and the default signed-header list names all
 signature covers them - RFC 8058 §4 requires exactly that for one-click.
 
 Rules, as a receiving provider and a sender's own code would expect:
-- a header the sender already set is kept, never duplicated: their List-Unsubscribe wins, and a
-  List-Unsubscribe-Post is added only next to a List-Unsubscribe we wrote (we cannot know that
-  the sender's URI accepts a one-click POST);
+- a header the sender already set is never duplicated. Where a template is configured, the
+  sender's List-Unsubscribe, List-Unsubscribe-Post and Feedback-ID are removed and the pool's
+  added (headers.clientHeaders: replace, the default: one tenant must not attribute its
+  complaints to another, nor send unsubscribes past the pool's suppression list); with
+  ``keep`` theirs wins, and a List-Unsubscribe-Post is added only next to a List-Unsubscribe we
+  wrote (we cannot know that the sender's URI accepts a one-click POST);
 - ``{recipient}`` and ``{token}`` name one recipient, so a message for several gets no
   List-Unsubscribe from such a template (the result says why, for the log);
 - List-Unsubscribe-Post needs an https URI in List-Unsubscribe (RFC 8058 §3.1);
 - ``X-Mailfleet-<Name>`` headers are internal: they fill ``{name}`` in the Feedback-ID template
   and are always removed from the message (their values are returned to the caller).
+
+Every parse of a header block is linear in its size (a folded field is split by one regex
+and never grown by concatenation), and `header_block_refusal` bounds the block at DATA.
 
 Pure functions; ``load_token_key`` is the only one that reads a file.
 """
@@ -29,6 +35,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mailfleet.mta.config import HeadersConfig
+from mailfleet.mta.lineends import end_of_headers
 
 __all__ = [
     "INTERNAL_PREFIX",
@@ -36,6 +43,8 @@ __all__ = [
     "add_headers",
     "check_templates",
     "fold_header",
+    "has_internal_headers",
+    "header_block_refusal",
     "load_token_key",
     "unsubscribe_token",
     "verify_token",
@@ -50,9 +59,19 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_-]+)\}")
 _UNSUB_FIELDS = frozenset({"recipient", "token", "message_id"})
 _PERSONAL = frozenset({"recipient", "token"})
 _URI = re.compile(r"<([^<>]*)>")
-_END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
+# Where a header field ends: a line end not followed by SP or HT (RFC 5322 §2.2.3), line ends
+# being those of bytes.splitlines (CRLF, LF, CR). Found by one regex scan, so a field is sliced
+# once, never grown line by line; the CRLF-only form (every message the engine handles) starts
+# with a literal and scans several times faster.
+_FIELD_END_CRLF = re.compile(rb"\r\n(?![ \t])")
+_FIELD_END = re.compile(rb"\r\n(?![ \t])|\r(?![\n \t])|\n(?![ \t])")
 # Feedback-ID is colon-separated; a value must not add fields or break the header.
 _FEEDBACK_UNSAFE = re.compile(r"[^A-Za-z0-9._+=/@-]+")
+_CANONICAL = {
+    "list-unsubscribe": "List-Unsubscribe",
+    "list-unsubscribe-post": "List-Unsubscribe-Post",
+    "feedback-id": "Feedback-ID",
+}
 
 
 @dataclass(frozen=True)
@@ -63,10 +82,12 @@ class HeaderResult:
     notes: tuple[str, ...] = ()
     # X-Mailfleet-* fields removed from the message: lower-case name after the prefix -> value
     internal: Mapping[str, str] = field(default_factory=dict)
+    # The sender's own fields removed for the pool's (clientHeaders: replace), lower-case names
+    replaced: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
-        return bool(self.added or self.internal)
+        return bool(self.added or self.internal or self.replaced)
 
 
 def unsubscribe_token(key: bytes, recipient: str) -> str:
@@ -159,15 +180,40 @@ def _feedback_value(value: str) -> str:
 
 
 def _split_fields(block: bytes) -> list[bytes]:
-    """The header block as whole fields, each with its continuation lines and line ends."""
-    lines = block.splitlines(keepends=True)
+    """The header block as whole fields, each with its continuation lines and line ends (a
+    first line that starts with SP or HT is a field of its own)."""
+    crlf_only = block.count(b"\r") == block.count(b"\n") == block.count(b"\r\n")
     fields: list[bytes] = []
-    for line in lines:
-        if fields and line[:1] in (b" ", b"\t"):
-            fields[-1] += line
-        else:
-            fields.append(line)
+    start = 0
+    for m in (_FIELD_END_CRLF if crlf_only else _FIELD_END).finditer(block):
+        fields.append(block[start : m.end()])
+        start = m.end()
+    if start < len(block):
+        fields.append(block[start:])
     return fields
+
+
+def header_block_refusal(data: bytes, *, max_bytes: int, max_fields: int) -> str | None:
+    """Why the header block of `data` (every line end a CRLF) is too large: more than
+    `max_bytes` octets up to the first empty line (or the end), or more than `max_fields`
+    fields; None when it is within both. Looks at no more than `max_bytes` octets, each scan
+    in C."""
+    if data.startswith(b"\r\n"):
+        return None  # no header block at all
+    end = data.find(b"\r\n\r\n", 0, max_bytes + 2)
+    if end < 0 and len(data) > max_bytes:
+        return (
+            f"the header block (up to the first empty line) is more than {max_bytes} octets "
+            f"(submission.maxHeaderBytes)"
+        )
+    head = data if end < 0 else data[: end + 2]
+    # Every line end not followed by SP or HT ends a field; so does the end of the data.
+    fields = head.count(b"\r\n") - head.count(b"\r\n ") - head.count(b"\r\n\t")
+    if head and not head.endswith(b"\r\n"):
+        fields += 1
+    if fields > max_fields:
+        return f"{fields} header fields, more than {max_fields} (submission.maxHeaderFields)"
+    return None
 
 
 def _field_name(raw: bytes) -> str:
@@ -182,8 +228,8 @@ def _field_value(raw: bytes) -> str:
 
 def has_internal_headers(data: bytes) -> bool:
     """The header block has an X-Mailfleet-* field (any case), which `add_headers` removes."""
-    m = _END_OF_HEADERS.search(data)
-    head = data if m is None else data[: m.start()]
+    blank = end_of_headers(data)
+    head = data if blank is None else data[: blank[0]]
     return INTERNAL_PREFIX.encode() in head.lower()
 
 
@@ -198,12 +244,13 @@ def add_headers(
     """`data` with the configured headers added at the end of its header block and its
     X-Mailfleet-* fields removed. Line ends follow the message's own (CRLF unless it uses LF).
     """
-    m = _END_OF_HEADERS.search(data)
-    if m is None:  # a header block with no body
+    found = end_of_headers(data)
+    if found is None:  # a header block with no body
         head, blank, body = data, b"", b""
     else:
-        first = m.group().index(b"\n") + 1
-        head, blank, body = data[: m.start() + first], m.group()[first:], data[m.end() :]
+        start, end = found
+        first = data.index(b"\n", start) + 1
+        head, blank, body = data[:first], data[first:end], data[end:]
     if (
         cfg.list_unsubscribe is None
         and cfg.feedback_id is None
@@ -214,19 +261,32 @@ def add_headers(
     if head and not head.endswith(b"\n"):
         head += eol
 
-    fields = _split_fields(head)
-    present = {_field_name(f) for f in fields}
+    # The pool's templates own these fields; the sender's go (see the module's docstring).
+    owned: set[str] = set()
+    if cfg.client_headers == "replace":
+        if cfg.list_unsubscribe is not None:
+            owned |= {"list-unsubscribe", "list-unsubscribe-post"}
+        if cfg.feedback_id is not None:
+            owned.add("feedback-id")
     internal: dict[str, str] = {}
     kept: list[bytes] = []
-    for f in fields:
+    present: set[str] = set()
+    replaced: dict[str, None] = {}  # in message order, once each
+    for f in _split_fields(head):
         name = _field_name(f)
         if name.startswith(INTERNAL_PREFIX) and len(name) > len(INTERNAL_PREFIX):
             internal.setdefault(name[len(INTERNAL_PREFIX) :], _field_value(f))
+        elif name in owned:
+            replaced[name] = None
         else:
             kept.append(f)
+            present.add(name)
 
     added: list[str] = []
-    notes: list[str] = []
+    notes: list[str] = [
+        f"{_CANONICAL[n]}: the sender's was removed (headers.clientHeaders: replace)"
+        for n in replaced
+    ]
     new: list[bytes] = []
 
     if cfg.list_unsubscribe is not None:
@@ -296,7 +356,7 @@ def add_headers(
             new.append(fold_header("Feedback-ID", value, eol))
             added.append("Feedback-ID")
 
-    if not new and not internal:
+    if not new and not internal and not replaced:
         return HeaderResult(data, (), tuple(notes), {})
     out = b"".join(kept) + b"".join(new) + blank + body
-    return HeaderResult(out, tuple(added), tuple(notes), internal)
+    return HeaderResult(out, tuple(added), tuple(notes), internal, tuple(replaced))

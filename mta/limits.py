@@ -2,8 +2,8 @@
 passes the time in and acts on the answer; nothing here does I/O or reads a clock.
 
 - ``SessionLimiter``: sessions open at once, over all clients and per client IP.
-- ``AuthLimiter``: AUTH failures per client IP and per user name in a sliding window; past the
-  limit the key is locked out for a while.
+- ``AuthLimiter``: AUTH failures per (client IP, user name) and per client IP in a sliding
+  window; past the limit the key is locked out for a while.
 - ``data_deadline``: when a DATA transfer must be over, given how much has arrived (a minimum
   data rate, like Postfix's smtpd_min_data_rate, capped by a total DATA timeout).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["AuthLimiter", "SessionLimiter", "data_deadline"]
+__all__ = ["AuthLimiter", "SessionLimiter", "auth_keys", "data_deadline"]
 
 
 class SessionLimiter:
@@ -49,21 +49,43 @@ class SessionLimiter:
             self.per_client[client] = n - 1
 
 
+def auth_keys(peer_ip: str, login: str) -> tuple[str, str]:
+    """The keys an AUTH attempt counts against: its client address, and the pair (client
+    address, user). Never the user alone: failures from elsewhere would then lock the real user
+    out everywhere, a lockout switch for anyone who knows a user name."""
+    return (f"ip:{peer_ip}", f"ip-user:{peer_ip} {login.lower()}")
+
+
 @dataclass
 class AuthLimiter:
-    """``max_failures`` AUTH failures of one key ("ip:<address>" or "user:<name>") within
-    ``window`` seconds lock that key out for ``lockout`` seconds. Memory is bounded: keys whose
-    failures and lockout have expired are swept."""
+    """``max_failures`` AUTH failures of one key within ``window`` seconds lock that key out for
+    ``lockout`` seconds; a client-address key ("ip:<address>", see `auth_keys`) has a bound of
+    its own, ``max_failures_per_client`` (None: the same), so that a few users behind one NAT
+    who mistype do not lock each other out while one client guessing many users still is.
+    Memory is bounded: keys whose failures and lockout have expired are swept."""
 
     max_failures: int = 5
     window: float = 300.0
     lockout: float = 900.0
+    max_failures_per_client: int | None = None
     _failures: dict[str, deque[float]] = field(default_factory=dict)
     _locked_until: dict[str, float] = field(default_factory=dict)
     _next_sweep: float = 0.0
 
-    def configure(self, max_failures: int, window: float, lockout: float) -> None:
+    def configure(
+        self,
+        max_failures: int,
+        window: float,
+        lockout: float,
+        max_failures_per_client: int | None = None,
+    ) -> None:
         self.max_failures, self.window, self.lockout = max_failures, window, lockout
+        self.max_failures_per_client = max_failures_per_client
+
+    def _limit(self, key: str) -> int:
+        if key.startswith("ip:") and self.max_failures_per_client is not None:
+            return self.max_failures_per_client
+        return self.max_failures
 
     def locked(self, keys: tuple[str, ...], now: float) -> bool:
         return any(self._locked_until.get(k, 0.0) > now for k in keys)
@@ -77,7 +99,7 @@ class AuthLimiter:
             times.append(now)
             while times and times[0] <= now - self.window:
                 times.popleft()
-            if len(times) >= self.max_failures:
+            if len(times) >= self._limit(k):
                 self._locked_until[k] = now + self.lockout
                 times.clear()
                 locked = True

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from mailfleet.mta.config import EngineConfig
 
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 FSYNC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 ACCEPT_BUCKETS = (*FSYNC_BUCKETS, 2.5, 5, 10, 30)
+# The `domain` label of every recipient domain the config does not name.
+OTHER_DOMAIN = "other"
+
+
+class KnownDomains(Protocol):
+    """The provider table: recipient domains it names (shipped or configured)."""
+
+    def by_domain(self, domain: str) -> str | None: ...
 
 
 class EngineMetrics:
@@ -44,11 +56,16 @@ class EngineMetrics:
         )
         self.attempts = Counter(
             "mailfleet_delivery_attempts",
-            "Delivery attempts per recipient, by source IP, provider, destination domain, result"
-            " and reply class",
+            "Delivery attempts per recipient, by source IP, provider, recipient domain (only"
+            " domains the config names: shaping providers, requireTLSDomains, routes; the rest"
+            " count as other), result and reply class",
             ["source_ip", "provider", "domain", "result", "reply_class"],
             registry=r,
         )
+        # Recipient domains are unbounded and say whom the fleet mails: on an open /metrics,
+        # only domains the config names become label values (see domain_label).
+        self._named_for: EngineConfig | None = None
+        self._named: frozenset[str] = frozenset()
         self.queue_messages = Gauge(
             "mailfleet_queue_messages",
             "Messages in the spool (queued); of those, being worked on in memory (active)",
@@ -214,6 +231,21 @@ class EngineMetrics:
             registry=r,
         )
         self.ready = Gauge("mailfleet_ready", "1 when the engine accepts mail", registry=r)
+
+    def domain_label(self, domain: str, cfg: EngineConfig, providers: KnownDomains) -> str:
+        """`domain` when the config names it (a shaping provider's recipient domain, shipped or
+        configured; delivery.requireTLSDomains; a static route), else "other": the series stay
+        as many as the config makes, whatever domains the mail goes to."""
+        domain = domain.lower().rstrip(".")
+        if cfg is not self._named_for:
+            self._named_for = cfg
+            self._named = frozenset(
+                [d.lower().rstrip(".") for d in cfg.delivery.require_tls_domains]
+                + [d for d in cfg.routing.routes if d != "*"]
+            )
+        if domain in self._named or providers.by_domain(domain) is not None:
+            return domain
+        return OTHER_DOMAIN
 
     def observe_commit(self, seconds: float, batch: int) -> None:
         self.fsync.observe(seconds)

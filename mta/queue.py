@@ -874,7 +874,11 @@ class QueueRunner:
                 status = "4.4.7"
                 line = f"message expired after {attempts} attempts; last reply: {line}"
             self.metrics.attempts.labels(
-                result.source_ip or "", provider, job.domain, outcome, reply_class
+                result.source_ip or "",
+                provider,
+                self.metrics.domain_label(job.domain, self.cfg, self.shaper.table),
+                outcome,
+                reply_class,
             ).inc()
             self._log_attempt(
                 job, result, reply, outcome, reply_class, now - started, attempts, provider
@@ -895,6 +899,7 @@ class QueueRunner:
                         recipient=reply.recipient,
                         status=status if status[0] in "45" else "5.0.0",
                         diagnostic=line if result.destination else None,
+                        local_reason=None if result.destination else line,
                         remote_mta=mx,
                         last_attempt_date=now,
                     )

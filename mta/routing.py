@@ -2,6 +2,11 @@
 
 `Router.resolve(domain)` returns the destinations to try in order, or raises `RouteError` saying
 whether the failure is permanent (bounce now) or temporary (retry later) and with which reply.
+
+Unless `routing.allowPrivateMX` is on, the addresses of MX hosts and address-literal recipients
+outside the public unicast space are never used: whoever controls a recipient domain's DNS must
+not be able to aim the engine at services inside the cluster. Static routes are the operator's
+own and are used as written.
 """
 
 from __future__ import annotations
@@ -109,6 +114,51 @@ def address_literal(domain: str) -> str | None:
         return None
 
 
+# RFC 6052's well-known NAT64 prefix: a DNS64 resolver synthesises these for IPv4-only hosts,
+# and the NAT64 gateway connects to the IPv4 address in the last 32 bits.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# IANA special-purpose space that not every Python's ipaddress tables cover.
+_SPECIAL = (ipaddress.IPv4Network("192.0.0.0/24"),)
+_PRIVATE_HINT = "mail is not sent to non-public addresses (routing.allowPrivateMX is off)"
+
+
+def non_public_reason(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why the engine must not connect to `address` for a recipient ("loopback", "private",
+    ...), or None for a public unicast address.
+
+    An IPv6 address that carries an IPv4 one the packets end up at (IPv4-mapped, NAT64, 6to4)
+    is judged by that IPv4 address, so ::ffff:10.0.0.1 is as private as 10.0.0.1 and a DNS64
+    answer for a public host stays usable.
+    """
+    try:
+        ip = address if not isinstance(address, str) else ipaddress.ip_address(address)
+    except ValueError:
+        return "not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return non_public_reason(embedded)
+        if ip.is_site_local:  # deprecated fec0::/10: neither private nor global to ipaddress
+            return "site-local"
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_multicast:
+        return "multicast"
+    if ip.is_private:
+        return "private"
+    if ip.is_reserved or any(ip in net for net in _SPECIAL):
+        return "reserved"
+    if not ip.is_global:  # e.g. 100.64.0.0/10, carrier-grade NAT and some clouds' internals
+        return "non-public"
+    return None
+
+
 def _ip_or_none(host: str) -> str | None:
     try:
         return str(ipaddress.ip_address(host.strip("[]")))
@@ -164,6 +214,13 @@ class Router:
             return await self._static(route)
         literal = address_literal(domain)
         if literal is not None:
+            reason = None if self._cfg.allow_private_mx else non_public_reason(literal)
+            if reason is not None:
+                raise permanent(
+                    f"address literal {domain} is {reason}; {_PRIVATE_HINT}",
+                    550,
+                    "5.4.4",
+                )
             return [Destination(literal, literal, self._mx_port, 0)]
         if domain.startswith("["):
             raise permanent(f"unusable address literal {domain}", 501, "5.1.3")
@@ -204,21 +261,35 @@ class Router:
         )
         destinations: list[Destination] = []
         failures: list[str] = []
+        refused: list[str] = []
+        dns_failed = False
         for (pref, host), result in zip(ordered, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, _TemporaryDNSError):
                     raise result
                 failures.append(f"{host}: {result}")
+                dns_failed = True
                 continue
-            destinations.extend(Destination(host, a, self._mx_port, pref) for a in result)
+            usable = self._usable(host, result, refused)
+            destinations.extend(Destination(host, a, self._mx_port, pref) for a in usable)
             if not result:
                 failures.append(f"{host}: no address")
         if destinations:
             return destinations
+        if refused and not dns_failed:
+            # The domain's own DNS names only hosts we will not connect to: asking again
+            # gives the same answer, so bounce now rather than after days of retries.
+            raise permanent(
+                f"no usable MX host for {domain}: {'; '.join(refused + failures)}; "
+                + _PRIVATE_HINT,
+                550,
+                "5.4.4",
+            )
         # MX hosts that do not resolve are usually a transient mistake in the recipient's DNS;
         # retrying until the message expires costs little and bounces the same in the end.
         raise temporary(
-            f"no MX host of {domain} has an address ({'; '.join(failures)})", enhanced="4.4.4"
+            f"no MX host of {domain} has an address ({'; '.join(refused + failures)})",
+            enhanced="4.4.4",
         )
 
     async def _implicit_mx(self, domain: str) -> list[Destination]:
@@ -229,7 +300,30 @@ class Router:
             raise temporary(f"address lookup for {domain} failed: {e}") from None
         if not addresses:
             raise permanent(f"domain {domain} has no MX, A or AAAA record", 550, "5.4.4")
-        return [Destination(domain, a, self._mx_port, 0) for a in addresses]
+        refused: list[str] = []
+        usable = self._usable(domain, addresses, refused)
+        if not usable:
+            raise permanent(
+                f"no usable mail host for {domain} (no MX, its own address):"
+                f" {'; '.join(refused)}; {_PRIVATE_HINT}",
+                550,
+                "5.4.4",
+            )
+        return [Destination(domain, a, self._mx_port, 0) for a in usable]
+
+    def _usable(self, host: str, addresses: list[str], refused: list[str]) -> list[str]:
+        """The `addresses` of a recipient's mail host the engine may connect to; each one it
+        may not is described in `refused`."""
+        if self._cfg.allow_private_mx:
+            return addresses
+        usable: list[str] = []
+        for address in addresses:
+            reason = non_public_reason(address)
+            if reason is None:
+                usable.append(address)
+            else:
+                refused.append(f"{host} {address} is {reason}")
+        return usable
 
     async def _host_addresses(self, host: str) -> list[str]:
         ip = _ip_or_none(host)

@@ -38,7 +38,9 @@ from mailfleet.mta.addresses import (
 )
 from mailfleet.mta.auth import UserDB
 from mailfleet.mta.config import SubmissionConfig, parse_hostport
-from mailfleet.mta.limits import AuthLimiter, SessionLimiter, data_deadline
+from mailfleet.mta.dkim import from_header_domain
+from mailfleet.mta.headers import header_block_refusal
+from mailfleet.mta.limits import AuthLimiter, SessionLimiter, auth_keys, data_deadline
 from mailfleet.mta.lineends import (
     has_bare_newline,
     has_dot_line,
@@ -46,6 +48,7 @@ from mailfleet.mta.lineends import (
     normalize_newlines,
 )
 from mailfleet.mta.metrics import EngineMetrics
+from mailfleet.mta.routing import address_literal, non_public_reason
 from mailfleet.mta.spool import new_message_id
 
 DISK_FULL = "452 4.3.1 Insufficient system storage, try again later"
@@ -86,6 +89,10 @@ class SubmissionPolicy:
     drop_suppressed: bool = False
     bare_newlines: Literal["reject", "normalize"] = "reject"
     accept_address_literals: bool = False
+    # Literals in non-public ranges can never be delivered unless routing.allowPrivateMX says
+    # so or a static route carries them: refused at RCPT instead of bounced after a 250.
+    allow_private_literals: bool = False
+    static_routes: frozenset[str] = frozenset()
     # DMARC report address -> the networks that may mail reports to it, and whether a report
     # DKIM-signed by a configured reporter may come from elsewhere (checked at DATA).
     dmarc_addresses: dict[str, tuple[list[Network], bool]] = field(default_factory=dict)
@@ -110,6 +117,23 @@ def in_networks(peer_ip: str, networks: list[Network]) -> bool:
 _UNSAFE_IN_REPLY = re.compile(r"[^\x20-\x7e]+")
 
 
+def private_literal_reason(domain: str, policy: SubmissionPolicy) -> str | None:
+    """Why mail to the address literal `domain` could never leave (a non-public address, no
+    static route for it, routing.allowPrivateMX off), or None."""
+    if policy.allow_private_literals or "*" in policy.static_routes:
+        return None
+    if domain.lower() in policy.static_routes:
+        return None
+    literal = address_literal(domain)
+    reason = non_public_reason(literal) if literal is not None else None
+    if reason is None:
+        return None
+    return (
+        f"the address literal is {reason}; mail is not sent to non-public addresses"
+        " (routing.allowPrivateMX is off)"
+    )
+
+
 def reply_text(text: str, limit: int = 200) -> str:
     """Text safe inside one SMTP reply line: printable ASCII only (a CR or LF would end the reply
     and start one the client takes for the next command's), and not too long."""
@@ -130,9 +154,44 @@ def _peer_ip(session: Session) -> str:
     return str(peer or "")
 
 
+def _auth_user(session: Session) -> str | None:
+    if session.authenticated and isinstance(session.auth_data, LoginPassword):
+        return session.auth_data.login.decode(errors="replace")
+    return None
+
+
+def _report_too_big(limit: int) -> str:
+    return (
+        f"552 5.3.4 Message too big for a report address: at most {limit} bytes"
+        " (submission.maxReportSize) without authentication"
+    )
+
+
+UNTRUSTED_BUDGET = (
+    "452 4.3.1 Too much mail from unauthenticated clients in progress, try again later"
+)
+
+
 def _has_header(head: bytes, name: bytes) -> bool:
+    # A line starts with `name:` (two scans in C, not a Python step per line).
     prefix = name.lower() + b":"
-    return any(line.lower().startswith(prefix) for line in head.split(b"\n"))
+    lower = head.lower()
+    return lower.startswith(prefix) or b"\n" + prefix in lower
+
+
+_DEFAULT_SUBMISSION = SubmissionConfig()
+NUL_REFUSAL = (
+    "550 5.6.0 Message refused: NUL character in the message data (RFC 5322 allows none;"
+    " send binary content encoded, e.g. base64)"
+)
+
+
+def _header_limits(server: SMTP) -> dict[str, int]:
+    """submission.maxHeaderBytes and maxHeaderFields of the listener `server` serves."""
+    cfg = getattr(getattr(server, "owner", None), "cfg", None)
+    if not isinstance(cfg, SubmissionConfig):
+        cfg = _DEFAULT_SUBMISSION
+    return {"max_bytes": int(cfg.max_header_bytes), "max_fields": cfg.max_header_fields}
 
 
 def trace_headers(
@@ -142,6 +201,14 @@ def trace_headers(
     (RFC 6409 §8.3, as an MSA may)."""
     head, _, _ = data.partition(b"\r\n\r\n")
     with_ = "ESMTPSA" if user else ("ESMTPS" if tls else "ESMTP")
+    # Defence in depth: each name is checked where it is taken (EHLO, the config), but this
+    # header is trusted as CRLF clean from here on, so nothing that could end, fold or break it
+    # goes in, whatever a caller passed (issue 21: a CR in an IPv6 zone id got this far).
+    helo = helo if valid_helo(helo) else ""
+    hostname, peer_ip, queue_id = (
+        re.sub(r"[^A-Za-z0-9._:%-]", "?", v)[:255] or "unknown"
+        for v in (hostname, peer_ip, queue_id)
+    )
     received = (
         f"Received: from {helo or 'unknown'} ([{peer_ip}])\r\n"
         f"\tby {hostname} (mailfleet) with {with_} id {queue_id};\r\n"
@@ -206,10 +273,41 @@ class SubmissionHandler:
             return self._refuse("draining", "421 4.3.2 Service shutting down, try another server")
         if self.low_on_disk():
             return self._refuse("disk-full", DISK_FULL)
+        user = _auth_user(session)
+        if user is not None and address and address != "<>":
+            refusal = self._sender_refusal(session, user, domain_of(address), f"<{address}>")
+            if refusal is not None:
+                return refusal
+        if not self._exempt(session):
+            # Only the report addresses take mail from such a session: their limit, told early.
+            cfg = getattr(getattr(server, "owner", None), "cfg", None)
+            limit = cfg.max_report_size if isinstance(cfg, SubmissionConfig) else 0
+            size = next((o[5:] for o in mail_options if o.upper().startswith("SIZE=")), "")
+            if limit and size.isdigit() and int(size) > limit:
+                return self._refuse("report-size", _report_too_big(limit))
         # aiosmtpd takes an empty mail_from for "no MAIL yet", so the null path stays "<>" here.
         envelope.mail_from = address or "<>"
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
+
+    def _exempt(self, session: Session) -> bool:
+        """Authenticated, or from trustedNetworks: its data counts against no report budget."""
+        return bool(session.authenticated) or self.policy.is_trusted(_peer_ip(session))
+
+    def _sender_refusal(self, session: Session, user: str, domain: str, what: str) -> str | None:
+        """550 5.7.1 when authenticated `user` may not send for `domain` (authUsersFile's third
+        field); None when it may, or when the client is in trustedNetworks anyway."""
+        users = self.policy.users
+        if users is None or self.policy.is_trusted(_peer_ip(session)):
+            return None
+        if users.may_send_for(user, domain):
+            return None
+        return self._refuse(
+            "sender-domain",
+            f"550 5.7.1 {what}: user {reply_text(user, 64)} may not send for domain"
+            f" {reply_text(domain, 100) or '(none)'} (the domains listed for the user in"
+            " submission.authUsersFile)",
+        )
 
     async def handle_RCPT(
         self,
@@ -249,11 +347,16 @@ class SubmissionHandler:
             if policy.users is not None:
                 return self._refuse("auth-required", "530 5.7.0 Authentication required")
             return self._refuse("relay-denied", "554 5.7.1 Relay access denied")
-        if is_address_literal(domain_of(address)) and not policy.accept_address_literals:
-            return self._refuse(
-                "address-literal",
-                f"550 5.7.1 <{address}>: recipients at address literals are not accepted here",
-            )
+        domain = domain_of(address)
+        if is_address_literal(domain):
+            if not policy.accept_address_literals:
+                return self._refuse(
+                    "address-literal",
+                    f"550 5.7.1 <{address}>: recipients at address literals are not accepted here",
+                )
+            why = private_literal_reason(domain, policy)
+            if why is not None:
+                return self._refuse("address-literal", f"550 5.7.1 <{address}>: {why}")
         if self.suppressed is not None:
             why = await self.suppressed(address)
             if why is not None:
@@ -291,9 +394,19 @@ class SubmissionHandler:
                 )
             # Normalised before anything is added or signed: what is signed is what is sent.
             data = normalize_newlines(data)
-        user = ""
-        if session.authenticated and isinstance(session.auth_data, LoginPassword):
-            user = session.auth_data.login.decode(errors="replace")
+        # Content no next hop should get, refused before anything is parsed, added or queued.
+        if b"\x00" in data:
+            return self._refuse("nul-character", NUL_REFUSAL)
+        too_large = header_block_refusal(data, **_header_limits(server))
+        if too_large is not None:
+            return self._refuse("header-too-large", f"552 5.3.4 Message refused: {too_large}")
+        user = _auth_user(session) or ""
+        if user:
+            # What the pool's keys would sign is the From header's domain: the user's to send.
+            domain = from_header_domain(data) or ""
+            refusal = self._sender_refusal(session, user, domain, "From header")
+            if refusal is not None:
+                return refusal
         queue_id = new_message_id()
         peer_ip = _peer_ip(session)
         rcpts = list(envelope.rcpt_tos)
@@ -354,10 +467,11 @@ class SubmissionHandler:
 
     async def check_login(self, peer_ip: str, auth_data: LoginPassword) -> AuthOutcome:
         """AUTH PLAIN/LOGIN (only after STARTTLS): "ok", "failed" (535), or "locked" (421, too
-        many failures from this client or for this user within the window)."""
+        many failures from this client, or from this client for this user, within the window;
+        never for the user from everywhere: see `auth_keys`)."""
         users = self.policy.users
         login = auth_data.login.decode(errors="replace")
-        keys = (f"ip:{peer_ip}", f"user:{login.lower()}")
+        keys = auth_keys(peer_ip, login)
         if self.auth_limiter.locked(keys, time.monotonic()):
             self.metrics.rejected.labels("auth-locked").inc()
             log.warning("authentication locked out", extra={"user": login, "peer": peer_ip})
@@ -458,6 +572,10 @@ class SubmissionSMTP(SMTP):
         self._data_start = 0.0
         self._data_bytes = 0
         self._deadline = 0.0
+        # Not authenticated nor trusted: its DATA counts against the untrusted budget.
+        self._untrusted = False
+        self._counting = False
+        self._held_bytes = 0
 
     # -- sessions: limits and the gauge --------------------------------------------------------
 
@@ -505,9 +623,26 @@ class SubmissionSMTP(SMTP):
             )
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's own reply names the exception and repeats its text ("500 Error:
+        # (ValueError) ..."): internals, for the client to read. The log gets them instead, and
+        # the session ends: after an unexpected error its state (mid-DATA even) is not known.
+        log.error(
+            "SMTP session error",
+            exc_info=error,
+            extra={"peer": _peer_ip(self.session) if self.session is not None else ""},
+        )
+        transport = self.transport
+        if transport is not None:
+            self.loop.call_soon(transport.close)  # once the reply below is written
+        return f"421 4.3.0 {self.hostname} Internal error, closing the connection"
+
     def data_received(self, data: bytes) -> None:
         if self._in_data:
             self._data_bytes += len(data)
+            if self._counting:
+                self._held_bytes += len(data)
+                self.owner.untrusted_held += len(data)
             self._extend_deadline()
         super().data_received(data)
 
@@ -552,8 +687,16 @@ class SubmissionSMTP(SMTP):
             if arg:
                 await self.push("501 Syntax: DATA")
                 return
+            assert self.session is not None
+            self._untrusted = self._counting = not self.owner.handler._exempt(self.session)
             await self.push("354 End data with <CR><LF>.<CR><LF>")
             content, refusal = await self._read_data()
+            # The data is in: the data-rate deadline is over. The client now waits for the reply
+            # (RFC 5321 §4.5.3.2.6 gives it 10 minutes); a deadline firing now would say 421
+            # while the message may be committed all the same.
+            self._in_data = False
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
             if refusal is not None:
                 await self.push(refusal)
                 self._set_post_data_state()  # type: ignore[no-untyped-call]
@@ -565,14 +708,32 @@ class SubmissionSMTP(SMTP):
             await self.push("250 OK" if status is MISSING else status)
         finally:
             self._in_data = False
+            self._release_held()
+            if self.envelope is not None:
+                # A session cancelled mid-handler keeps its envelope until it is collected.
+                self.envelope.content = self.envelope.original_content = None
             if self.transport is not None:
                 self._reset_timeout()
+
+    def _release_held(self) -> None:
+        """What this session held no longer counts (and what it still reads will not)."""
+        self._counting = False
+        self.owner.untrusted_held -= self._held_bytes
+        self._held_bytes = 0
 
     async def _read_data(self) -> tuple[bytes, str | None]:
         """The message up to <CRLF>.<CRLF> (or "." on the first line): (content, None), or
         (b"", the reply) when it was too long or had a line too long."""
         reader = self._reader
-        limit = self.data_size_limit
+        limit = self.data_size_limit or 0
+        cfg = self.owner.cfg
+        budget = cfg.untrusted_data_budget if cfg is not None and self._untrusted else 0
+        report_limit = (
+            cfg is not None and self._untrusted and (not limit or cfg.max_report_size < limit)
+        )
+        if report_limit:
+            assert cfg is not None
+            limit = cfg.max_report_size
         parts: list[bytes] = []
         size = 0
         tail = b"\r\n"  # the data starts at the start of a line
@@ -594,8 +755,20 @@ class SubmissionSMTP(SMTP):
                 if refusal is None:
                     parts.append(chunk)
                     if limit and size - (3 if tail == b"\r\n.\r\n" else 0) > limit:
-                        refusal = _data_refusal(b"".join(parts))
+                        refusal = (
+                            _report_too_big(limit)
+                            if report_limit
+                            else _data_refusal(b"".join(parts))
+                        )
                         parts.clear()
+                        self._release_held()
+                    elif budget and self.owner.untrusted_held > budget:
+                        # Counted as they arrive (data_received): in the reader's buffer, then
+                        # here, until the reply.
+                        self.owner.metrics.rejected.labels("untrusted-budget").inc()
+                        refusal = UNTRUSTED_BUDGET
+                        parts.clear()
+                        self._release_held()
                 if tail == b"\r\n.\r\n":
                     break
         finally:
@@ -725,8 +898,9 @@ class SubmissionSMTP(SMTP):
 
 SessionCounter = SubmissionSMTP  # the former name
 
-# Longest line in DATA, CRLF included (RFC 5321 §4.5.3.1.6, aiosmtpd's line_length_limit).
-MAX_LINE = SMTP.line_length_limit
+# Longest line in DATA, CRLF included (RFC 5321 §4.5.3.1.6: 1000 octets). Not aiosmtpd's
+# line_length_limit (1001, for command lines), which let a 999-octet text line through.
+MAX_LINE = 1000
 LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 TOO_MUCH_DATA = "552 Error: Too much mail data"
 # DATA is read in chunks of at most this (each ends at a ".<CRLF>" or here).
@@ -783,6 +957,8 @@ class SubmissionServer:
         self.tls: ssl.SSLContext | None = None
         self.cfg: SubmissionConfig | None = None
         self.sessions = SessionLimiter(1000, 50)
+        # Message bytes held right now by sessions neither authenticated nor trusted.
+        self.untrusted_held = 0
         self._hooks: dict[str, Callable[..., Any]] = {}
         self._hooks_of: SubmissionHandler | None = None
 
@@ -833,7 +1009,9 @@ class SubmissionServer:
         self.cfg, self.tls = cfg, tls
         self.sessions.configure(cfg.max_sessions, cfg.max_sessions_per_client)
         limits = cfg.auth_limits
-        self.handler.auth_limiter.configure(limits.max_failures, limits.window, limits.lockout)
+        self.handler.auth_limiter.configure(
+            limits.max_failures, limits.window, limits.lockout, limits.max_failures_per_client
+        )
 
     def stop_listening(self) -> None:
         if self.server is not None:

@@ -5,7 +5,8 @@ SIGTERM and SIGHUP on, and serves the configured admin address as if it were one
 Worker i runs with `spool.path/<i>`, its share of every limit (mailfleet.mta.workers) and an
 admin API on a loopback port of its own. State-changing admin calls go to every worker with the
 caller's Authorization header (each worker checks the token, as one engine would), and their
-answers are merged.
+answers are merged. What only the caller's request shows (its Host, an Origin header) is checked
+here, as an engine checks it: the workers see the supervisor's requests.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,15 @@ import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
-from mailfleet.mta.admin import ShapingAdoption
-from mailfleet.mta.config import ConfigError, EngineConfig, load_config, parse_hostport
+from mailfleet.mta.admin import ShapingAdoption, body_refusal, page_refusal
+from mailfleet.mta.adminclient import ensure_generated_token, generated_token_path
+from mailfleet.mta.config import (
+    ConfigError,
+    EngineConfig,
+    is_loopback_host,
+    load_config,
+    parse_hostport,
+)
 from mailfleet.mta.workers import (
     adoption_share,
     merge_metrics,
@@ -254,7 +263,18 @@ class Supervisor:
                     self.drain_request = None
             return _merged(answers, request.method)
 
-        app = web.Application()
+        loopback = is_loopback_host(parse_hostport(self.cfg.admin.listen)[0])
+
+        @web.middleware
+        async def guard(
+            request: web.Request,
+            handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        ) -> web.StreamResponse:
+            # The token is each process's to check; a page's request is refused here already.
+            refused = page_refusal(request, loopback) or body_refusal(request)
+            return refused if refused is not None else await handler(request)
+
+        app = web.Application(middlewares=[guard])
         app.add_routes(
             [
                 web.get("/healthz", healthz),
@@ -339,6 +359,13 @@ def run_supervisor(config_path: Path, processes: int, listen_host: str | None = 
     except ConfigError as e:
         print(f"mailfleet mta: {e}", file=sys.stderr)
         return 2
+    if cfg.admin.token_file is None:
+        # Made once before the processes start, so that they all find (and check) the same one.
+        try:
+            ensure_generated_token(generated_token_path(cfg.spool.path))
+        except OSError as e:
+            print(f"mailfleet mta: cannot write the admin token: {e}", file=sys.stderr)
+            return 2
     setup_logging(cfg.logging.level, cfg.logging.format)
     n = usable_processes(cfg, processes)
     if n < processes:

@@ -12,7 +12,13 @@ looks every RCPT up in it. Two backends behind one protocol:
   one engine is seen by every other at its next RCPT; on loopback or in-cluster that is well
   under a millisecond.
 
-Addresses are normalised to lower case, local part included (``normalize_recipient``).
+Every address is stored and looked up under one key (``normalize_recipient``): the canonical
+spelling of ``addresses.canonical_address`` - a quoted local part unquoted where the quotes are
+unnecessary (``"victim"@x`` and ``"vic\\tim"@x`` are ``victim@x``), a source route dropped, the
+domain as A-labels - in lower case, local part included. Without that, any of those spellings at
+RCPT reached a suppressed mailbox. Entries stored under another spelling by an older version
+are rewritten when a SQLite list opens; a Redis list is still read and cleared under the old
+key (``_legacy_key``).
 RFC 5321 §2.4 lets a server treat local parts case-sensitively, but no mailbox provider of
 consequence does, and a suppression list that misses ``Jane@x`` after ``jane@x`` complained would
 mail a complainer again. Folding case can only over-suppress a mailbox that differs by case
@@ -33,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from mailfleet.mta.addresses import AddressError, canonical_address
 from mailfleet.mta.config import SuppressionConfig
 
 if TYPE_CHECKING:
@@ -45,6 +52,7 @@ __all__ = [
     "SuppressionStore",
     "SuppressionStoreError",
     "check_reason",
+    "check_recipient",
     "normalize_recipient",
     "open_store",
     "redis_key",
@@ -106,9 +114,14 @@ def check_reason(reason: str) -> str:
     return reason
 
 
-def normalize_recipient(recipient: str) -> str:
-    """The key an address is stored under: stripped of <>, whitespace and a trailing dot of the
-    domain, all lower case (see the module docstring for why the local part too)."""
+# A dot-string local part and an LDH domain: canonical once in lower case, no parsing needed
+# (nearly every lookup at RCPT).
+_PLAIN = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+")
+
+
+def _legacy_key(recipient: str) -> str:
+    """The key of an older version: stripped of <>, whitespace, "rfc822;" and a trailing dot of
+    the domain, all lower case."""
     r = recipient.strip()
     if r.startswith("<") and r.endswith(">"):
         r = r[1:-1].strip()
@@ -120,6 +133,29 @@ def normalize_recipient(recipient: str) -> str:
     return r.lower()
 
 
+def normalize_recipient(recipient: str) -> str:
+    """The key an address is stored under: its canonical spelling (module docstring), in lower
+    case. Text that is no mailbox keeps the plain lower-cased form, so it can still be looked
+    up and removed."""
+    r = _legacy_key(recipient)
+    if _PLAIN.fullmatch(r):
+        return r
+    try:
+        return canonical_address(r).lower()
+    except AddressError:
+        return r
+
+
+def check_recipient(recipient: str) -> str | None:
+    """Why `recipient` (as the admin API takes it: "user@domain", "<user@domain>") is not an
+    envelope address, in words for a 400; None when it is one."""
+    try:
+        canonical_address(_legacy_key(recipient) if "@" in recipient else recipient)
+    except AddressError as e:
+        return f"recipient: not an envelope address (RFC 5321): {e.reply.partition(': ')[2]}"
+    return None
+
+
 def _check_limit(limit: int) -> int:
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
@@ -127,6 +163,29 @@ def _check_limit(limit: int) -> int:
 
 
 # --- SQLite ----------------------------------------------------------------------------------
+
+
+def _rekey(db: sqlite3.Connection, members: set[str]) -> set[str]:
+    """Rows stored under a key that is not canonical now (an older version kept quoted local
+    parts and U-labels) moved to their canonical key, the first entry kept; the new key set."""
+    stale = {m: k for m in members if (k := normalize_recipient(m)) != m}
+    if not stale:
+        return members
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for old, new in stale.items():
+            db.execute(
+                "INSERT OR IGNORE INTO suppressions SELECT ?, reason, source, created_at"
+                " FROM suppressions WHERE recipient = ?",
+                (new, old),
+            )
+            db.execute("DELETE FROM suppressions WHERE recipient = ?", (old,))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return (members - stale.keys()) | set(stale.values())
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS suppressions (
@@ -175,6 +234,7 @@ class SQLiteSuppressions:
             db.execute("PRAGMA busy_timeout=5000")
             db.execute(_SCHEMA)
             members = {row[0] for row in db.execute("SELECT recipient FROM suppressions")}
+            members = _rekey(db, members)
         except sqlite3.Error as e:
             raise SuppressionStoreError(f"cannot open suppression list {self.path}: {e}") from e
         self._db = db
@@ -382,13 +442,21 @@ class RedisSuppressions:
         return self._entry(key, str(stored))
 
     async def remove(self, recipient: str) -> bool:
-        key = normalize_recipient(recipient)
-        n = await self._call("remove", self._remove(keys=[self.key, self.index_key], args=[key]))
-        return int(n) > 0
+        removed = False
+        for key in dict.fromkeys((normalize_recipient(recipient), _legacy_key(recipient))):
+            n = await self._call(
+                "remove", self._remove(keys=[self.key, self.index_key], args=[key])
+            )
+            removed = removed or int(n) > 0
+        return removed
 
     async def get(self, recipient: str) -> Suppression | None:
         key = normalize_recipient(recipient)
         raw = await self._call("get", self._redis.hget(self.key, key))
+        legacy = _legacy_key(recipient)
+        if raw is None and legacy != key:
+            # An entry an older version stored under the spelling it was given.
+            raw = await self._call("get", self._redis.hget(self.key, legacy))
         return None if raw is None else self._entry(key, str(raw))
 
     async def list(self, limit: int = 100, after: str | None = None) -> list[Suppression]:

@@ -348,6 +348,11 @@ class Routing(CRDModel):
     mx_port: int = Field(default=25, ge=1, le=65535)
     """The port of every MX host; only a test world uses another than 25."""
     dns: DNS = DNS()
+    allow_private_mx: bool = Field(default=False, alias="allowPrivateMX")
+    """Connect to MX hosts (and address-literal recipients) at private, loopback, link-local
+    or other non-public addresses. Off: a recipient domain whose DNS points there bounces
+    (5.4.4) instead of reaching services inside the cluster. Only a test world whose MX hosts
+    live on loopback turns it on; static routes are used as written either way."""
 
     cel_rules = (
         Rule(
@@ -369,7 +374,9 @@ class Submission(CRDModel):
     trusted_cidrs: list[CIDR] = Field(default=[], max_length=64, alias="trustedCIDRs")
     """Networks allowed to relay without AUTH."""
     auth_secret_ref: ObjectName | None = None
-    """Secret with a `users` key of user:bcrypt-hash lines; needs tlsSecretRef."""
+    """Secret with a `users` key of `user:bcrypt-hash[:domains]` lines, the optional third
+    field the From domains the user may send for (comma-separated, `*` for any; without it, the
+    login's own domain when the login is an address); needs tlsSecretRef."""
     tls_secret_ref: ObjectName | None = None
     """kubernetes.io/tls Secret for STARTTLS."""
     max_message_size: Size = 25 * 1024 * 1024

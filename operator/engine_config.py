@@ -75,6 +75,7 @@ def render_engine_config(
                 "nameservers": [str(a) for a in spec.routing.dns.nameservers],
                 "port": spec.routing.dns.port,
             },
+            "allowPrivateMX": spec.routing.allow_private_mx,
         },
         "spool": {"path": SPOOL_DIR},
         "delivery": {

@@ -258,6 +258,7 @@ def test_a_throttling_provider_slows_the_pods_and_they_recover_when_it_stops(
         manifest["spec"]["routing"] = {
             "mxPort": isp.port,
             "dns": {"nameservers": [dns.host], "port": dns.port},
+            "allowPrivateMX": True,  # the simulated providers' MX hosts are on loopback
         }
         apply(kube, manifest)
         pod_ip = wait_pods(kube, ns, "thr", 1)[0]["status"]["podIP"]

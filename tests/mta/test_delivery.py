@@ -509,7 +509,8 @@ async def test_router_and_client_fall_back_through_real_mx_records(
     routing = RoutingConfig(
         dns=DNSConfig.model_validate(
             {"nameservers": [dns_server.host], "port": dns_server.port, "timeout": 2}
-        )
+        ),
+        allow_private_mx=True,  # the MX hosts are on loopback
     )
     destinations = await Router(routing, mx_port=mx.port).resolve("remote.test")
     assert [d.hostname for d in destinations] == ["mx1.remote.test", "mx2.remote.test"]

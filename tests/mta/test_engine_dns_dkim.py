@@ -33,7 +33,11 @@ def _engine(
     mta_engine: Callable[..., EngineProc], dns: DnsServer, mx_port: int, keys: list[DKIMKey]
 ) -> EngineProc:
     cfg: dict[str, Any] = {
-        "routing": {"mxPort": mx_port, "dns": {"nameservers": [dns.host], "port": dns.port}},
+        "routing": {
+            "mxPort": mx_port,
+            "dns": {"nameservers": [dns.host], "port": dns.port},
+            "allowPrivateMX": True,  # the MX hosts are on loopback
+        },
         "retry": {"initial": "1s"},
         "dkim": {"keys": [k.model_dump(mode="json", by_alias=True) for k in keys]},
     }

@@ -132,7 +132,7 @@ def test_admin_api_lists_adds_and_removes(
             eng.url(path),
             method=method,
             data=json.dumps(body).encode() if body is not None else None,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {eng.token()}"},
         )
         try:
             with urllib.request.urlopen(req, timeout=5) as r:

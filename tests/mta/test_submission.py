@@ -67,7 +67,7 @@ def test_auth_only_after_starttls_and_wrong_password_refused(
     tls_files: tuple[Path, Path],
 ) -> None:
     users = tmp_path / "users"
-    users.write_text(f"app:{hash_password('s3cret-pass', rounds=4)}\n")
+    users.write_text(f"app:{hash_password('s3cret-pass', rounds=4)}:example.test\n")
     cert, key = tls_files
     eng = mta_engine(
         {

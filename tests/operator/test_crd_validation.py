@@ -118,7 +118,12 @@ def test_examples_apply_as_is_and_get_server_defaults(examples: Any) -> None:
     # Defaults come from the schema, not from the operator.
     assert spec["autoscaling"]["enabled"] is True  # as the example says
     assert spec["egress"] == {"mode": "bind"}
-    assert spec["routing"] == {"routes": {}, "mxPort": 25, "dns": {"nameservers": [], "port": 53}}
+    assert spec["routing"] == {
+        "routes": {},
+        "mxPort": 25,
+        "dns": {"nameservers": [], "port": 53},
+        "allowPrivateMX": False,  # MX answers in private ranges are refused unless asked for
+    }
     assert spec["ips"][0]["standby"] is False
     assert spec["submission"]["maxRecipients"] == 100
     assert spec["health"]["quarantine"]["minAttempts"] == 200

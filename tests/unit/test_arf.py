@@ -220,3 +220,30 @@ def test_received_ip_takes_the_top_most_field_naming_an_ip() -> None:
         )
         == "192.0.2.1"
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "recipient"),
+    [
+        ('<"victim"@Example.org>', "victim@example.org"),
+        ('rfc822;"vic\\tim"@example.org', "victim@example.org"),
+        ('"victim"@EXAMPLE.ORG', "victim@example.org"),
+        ("<Victim@b\u00fccher.example>", "victim@xn--bcher-kva.example"),
+        ('<"vic tim"@example.org>', '"vic tim"@example.org'),
+    ],
+)
+def test_original_rcpt_to_is_canonical(field: str, recipient: str) -> None:
+    # Issue 21: a complaint for a quoted spelling was stored quoted, and the address stayed
+    # deliverable: the recipient is now the key the suppression list uses.
+    data = sample("rfc5965-b2.eml").replace(
+        b"Original-Rcpt-To: <user@example.com>", f"Original-Rcpt-To: {field}".encode()
+    )
+    r = parse_arf(data)
+    assert r.original_recipient == recipient
+    assert r.original_recipients == (recipient,)
+
+
+def test_embedded_to_fallback_is_canonical() -> None:
+    data = sample("rfc5965-b2.eml").replace(b"Original-Rcpt-To: <user@example.com>\n", b"")
+    data = data.replace(b"To: <Undisclosed Recipients>", b'To: <"victim"@Example.org>')
+    assert parse_arf(data).original_recipient == "victim@example.org"

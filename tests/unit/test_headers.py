@@ -137,20 +137,77 @@ def test_several_recipients_with_impersonal_template_get_it() -> None:
     assert "List-Unsubscribe-Post" in r.added
 
 
-def test_sender_set_list_unsubscribe_is_kept_and_not_duplicated() -> None:
+def test_keep_sender_set_list_unsubscribe_is_kept_and_not_duplicated() -> None:
     theirs = b"List-Unsubscribe: <mailto:leave@shop.example>\r\n"
     data = theirs + MESSAGE
-    r = add(data)
+    r = add(data, config=cfg(clientHeaders="keep"))
     assert header(r.data, "List-Unsubscribe") == ["<mailto:leave@shop.example>"]
     # no one-click next to a URI we did not write
     assert header(r.data, "List-Unsubscribe-Post") == []
     assert any("sender set one" in n for n in r.notes)
 
 
-def test_sender_set_feedback_id_is_kept() -> None:
-    r = add(b"Feedback-ID: a:b:c:theirs\r\n" + MESSAGE)
+def test_keep_sender_set_feedback_id_is_kept() -> None:
+    r = add(b"Feedback-ID: a:b:c:theirs\r\n" + MESSAGE, config=cfg(clientHeaders="keep"))
     assert header(r.data, "Feedback-ID") == ["a:b:c:theirs"]
     assert "Feedback-ID" not in r.added
+
+
+def test_keep_sender_set_one_click_is_kept() -> None:
+    r = add(
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" + MESSAGE,
+        config=cfg(clientHeaders="keep"),
+    )
+    assert header(r.data, "List-Unsubscribe-Post") == ["List-Unsubscribe=One-Click"]
+    assert "List-Unsubscribe" in r.added and "List-Unsubscribe-Post" not in r.added
+
+
+SENDER_SET = (
+    b"Feedback-ID: x:other-tenant:marketing:mailfleet\r\n"
+    b"List-Unsubscribe: <https://elsewhere.example/u>\r\n"
+    b"list-unsubscribe-post: List-Unsubscribe=One-Click\r\n"
+    b"List-Unsubscribe: <mailto:second@elsewhere.example>\r\n"
+)
+
+
+def test_replace_is_the_default_the_senders_fields_give_way_to_the_pools() -> None:
+    r = add(SENDER_SET + MESSAGE)
+    token = unsubscribe_token(KEY, "jane@example.org")
+    assert header(r.data, "List-Unsubscribe") == [
+        "<mailto:unsub@shop.example?subject=unsubscribe:jane%40example.org>, "
+        f"<https://shop.example/u/{token}>"
+    ]
+    assert header(r.data, "List-Unsubscribe-Post") == ["List-Unsubscribe=One-Click"]
+    assert header(r.data, "Feedback-ID") == ["spring26:cust42:marketing:mailfleet"]
+    assert b"elsewhere" not in r.data and b"other-tenant" not in r.data
+    assert r.replaced == ("feedback-id", "list-unsubscribe", "list-unsubscribe-post")
+    assert r.added == ("List-Unsubscribe", "List-Unsubscribe-Post", "Feedback-ID")
+    assert sum("headers.clientHeaders: replace" in n for n in r.notes) == 3
+
+
+def test_replace_removes_the_senders_list_unsubscribe_even_when_ours_cannot_be_written() -> None:
+    # Two recipients and a personal template: none of ours, and none of theirs either (else a
+    # second recipient would be a way around the replacement).
+    r = add(SENDER_SET + MESSAGE, recipients=["a@example.org", "b@example.org"])
+    assert header(r.data, "List-Unsubscribe") == []
+    assert header(r.data, "List-Unsubscribe-Post") == []
+    assert any("2 recipients" in n for n in r.notes)
+
+
+def test_replace_leaves_fields_without_a_template_alone() -> None:
+    r = add(SENDER_SET + MESSAGE, config=cfg(listUnsubscribe=None))
+    assert header(r.data, "List-Unsubscribe") == [
+        "<https://elsewhere.example/u>",
+        "<mailto:second@elsewhere.example>",
+    ]
+    assert header(r.data, "List-Unsubscribe-Post") == ["List-Unsubscribe=One-Click"]
+    assert header(r.data, "Feedback-ID") == ["spring26:cust42:marketing:mailfleet"]
+
+
+def test_replace_with_one_click_off_removes_the_senders_one_click() -> None:
+    r = add(SENDER_SET + MESSAGE, config=cfg(oneClick=False))
+    assert "List-Unsubscribe" in r.added
+    assert header(r.data, "List-Unsubscribe-Post") == []
 
 
 def test_sender_set_one_click_is_not_duplicated() -> None:

@@ -158,7 +158,7 @@ HEAD = b"Subject: x\r\n\r\n"
         ),
         ([b".", b".x\r\n", b".\r\n"], b"\r\n.x\r\n"),
         ([HEAD + b"a line.\r\n..\r\n.\r\n"], HEAD + b"a line.\r\n.\r\n"),
-        ([HEAD + b"x" * 999 + b"\r\n.\r\n"], HEAD + b"x" * 999 + b"\r\n"),
+        ([HEAD + b"x" * 998 + b"\r\n.\r\n"], HEAD + b"x" * 998 + b"\r\n"),
         ([b".\r\n"], b""),  # an empty message
     ],
 )
