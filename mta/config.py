@@ -748,9 +748,18 @@ class EngineConfig(Model):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(
-            self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False
+        return yaml.dump(
+            self.model_dump(mode="json", by_alias=True, exclude_none=True),
+            Dumper=_NoAliasDumper,
+            sort_keys=False,
         )
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Never anchors and aliases: load_config refuses them (billion laughs)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 class ConfigError(Exception):

@@ -130,7 +130,17 @@ def render_engine_config(
 
 # libyaml when present: the same text as EngineConfig.to_yaml() at a fifth of the cost, which a
 # thousand pools re-rendered on every StatefulSet status change notice.
-_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_BASE_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _Dumper(_BASE_DUMPER):  # type: ignore[misc]
+    """Never anchors and aliases: the engine refuses aliases in its config (billion laughs)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+_DUMPER: Any = _Dumper
 
 
 def config_yaml(config: EngineConfig) -> str:
