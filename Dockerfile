@@ -7,7 +7,10 @@
 #
 # Build stage: wheels for mailfleet and every dependency, so the runtime stage needs no compiler
 # and no network beyond what pip already fetched here.
-FROM python:3.11-slim AS build
+# BASE: any image with Python 3.11 and pip on PATH. Without Docker, hack/image.sh (make node-image)
+# follows these steps with buildah on a Debian bookworm base made here by debootstrap.
+ARG BASE=python:3.11-slim
+FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -16,7 +19,7 @@ COPY operator ./operator
 COPY mta ./mta
 RUN pip wheel --wheel-dir /wheels .
 
-FROM python:3.11-slim
+FROM ${BASE}
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \

@@ -37,6 +37,11 @@ $(STAMP): pyproject.toml
 test: deps ## run the whole test suite against real peers
 	$(VENV)/bin/pytest tests
 
+# tests/unit: no cluster, no peers (the chart tests run helm, promtool and lua5.1 from make deps).
+.PHONY: test-unit
+test-unit: $(STAMP) ## the fast loop: tests/unit only, about a minute (UNIT_ARGS=-k NAME, -x ...)
+	$(VENV)/bin/pytest -q tests/unit $(UNIT_ARGS)
+
 .PHONY: lint
 lint: $(STAMP) ## ruff, mypy and the import-layer contracts
 	$(VENV)/bin/ruff check .

@@ -127,7 +127,7 @@ class Engine:
         self.runs += 1
         t0 = time.perf_counter()
         self.proc = Proc(
-            [MAILFLEET, "mta", "--config", str(self.workdir / "engine.yaml")],
+            [MAILFLEET, "mta", "--config", str(self.workdir / "engine.yaml"), "--processes", "1"],
             name=f"engine-{self.runs}",
             log_dir=self.workdir,
         )

@@ -128,7 +128,7 @@ def start_engines(
         )
         procs.append(
             Proc(
-                [MAILFLEET, "mta", "--config", str(wdir / "engine.yaml")],
+                [MAILFLEET, "mta", "--config", str(wdir / "engine.yaml"), "--processes", "1"],
                 name=f"engine{w}",
                 log_dir=wdir,
             )

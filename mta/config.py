@@ -441,7 +441,9 @@ class PerIPLimitsConfig(Model):
     # 20, like Postfix's default_destination_concurrency_limit; policies set less for providers
     # that want less.
     max_connections: int = Field(default=20, ge=1)
-    max_messages_per_connection: int = Field(default=50, ge=1)
+    # Fewer messages per connection than delivery.maxMessagesPerConnection for this provider;
+    # None: that engine-wide cap alone (the operator renders the policy's, default 50).
+    max_messages_per_connection: int | None = Field(default=None, ge=1)
     max_message_rate: Rate | None = None
 
 

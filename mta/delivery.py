@@ -6,10 +6,12 @@ raises for anything the network or the peer does; failures come back as replies 
 ones when no destination could be reached), so the queue runner has a single path.
 
 Connections are pooled per (source IP, destination address, port) and reused for up to
-`max_messages_per_connection` messages, at most `max_connections_per_host` at a time per
-destination. A pooled connection that went stale is replaced before MAIL FROM, so a message is
-never sent twice because of the pool; a connection lost after the message was sent is reported as
-a 4xx and the message may arrive twice, which is what RFC 5321 §6.1 accepts over losing it.
+`max_messages_per_connection` messages, or fewer when the provider's policy says so (its
+`perIP.maxMessagesPerConnection`, passed to each `deliver()`), at most
+`max_connections_per_host` at a time per destination. A pooled connection that went stale is
+replaced before MAIL FROM, so a message is never sent twice because of the pool; a connection
+lost after the message was sent is reported as a 4xx and the message may arrive twice, which is
+what RFC 5321 §6.1 accepts over losing it.
 
 aiosmtplib opens each session (connect, EHLO, STARTTLS); the transactions then run on
 `smtpwire.Wire`: MAIL, every RCPT and DATA go in one write where the server offers PIPELINING
@@ -38,6 +40,7 @@ from python_socks.async_.asyncio import Proxy
 
 from mailfleet.mta.classify import QMAIL_ENHANCED
 from mailfleet.mta.config import DeliveryConfig
+from mailfleet.mta.metrics import OUTBOUND_CONNECTIONS
 from mailfleet.mta.routing import Destination
 from mailfleet.mta.smtpwire import Wire, WireLost, command, frame_body
 
@@ -154,6 +157,12 @@ async def _socks5_connect(proxy: str, dest: Destination, connect_timeout: float)
     return sock
 
 
+def connection_uses(engine_cap: int, provider_cap: int | None) -> int:
+    """Messages one connection may carry: the engine's delivery.maxMessagesPerConnection, or
+    the provider policy's perIP.maxMessagesPerConnection when that is lower."""
+    return engine_cap if provider_cap is None else max(1, min(engine_cap, provider_cap))
+
+
 def same_family(source_ip: str | None, address: str) -> bool:
     """Whether a socket bound to `source_ip` can reach `address` (IPv4 cannot reach IPv6)."""
     if source_ip is None:
@@ -194,6 +203,8 @@ class _Conn:
     extensions: frozenset[str]  # EHLO keywords, lower case
     tls: bool
     uses: int = 0  # transactions started, successful or not
+    # Transactions it may carry: the lower of the engine's cap and the last sender's policy.
+    max_uses: int = 1
     # A transaction may still be open on the server (MAIL accepted, DATA not answered).
     dirty: bool = False
     closed: bool = False
@@ -296,13 +307,17 @@ class DeliveryClient:
         require_tls: bool = False,
         domain: str | None = None,
         crlf: bool = False,
+        max_messages: int | None = None,
     ) -> AttemptResult:
         """Try `destinations` in order; per-recipient replies from the first that takes a session.
 
         `domain` (default: the first recipient's) selects per-domain TLS requirements. `crlf`:
         every line end of `data` is known to be CRLF (it is not scanned again to frame it).
+        `max_messages`: the provider's messages per connection (None: only the engine's cap);
+        a pooled connection that has carried that many is closed rather than reused.
         """
         helo = helo or self._hostname
+        limit = connection_uses(self._cfg.max_messages_per_connection, max_messages)
         policy = tls_policy(self._cfg, domain or _domain_of(recipients), require_tls)
         if not data.endswith(b"\n"):
             data += b"\r\n"
@@ -312,10 +327,13 @@ class DeliveryClient:
             # A stale pooled connection gets one fresh replacement to the same destination.
             for reuse in (True, False):
                 try:
-                    conn = await self._checkout(source_ip, helo, dest, policy, reuse=reuse)
+                    conn = await self._checkout(
+                        source_ip, helo, dest, policy, reuse=reuse, limit=limit
+                    )
                 except _SessionFailure as f:
                     failures.append((dest, f))
                     break
+                conn.max_uses = limit
                 try:
                     replies = await self._transaction(conn, mail_from, recipients, data, crlf)
                 except _Stale:
@@ -478,12 +496,13 @@ class DeliveryClient:
         policy: TLSPolicy,
         *,
         reuse: bool,
+        limit: int,
     ) -> _Conn:
         key: PoolKey = (source_ip, dest.address, dest.port)
         host_key: HostKey = (dest.address, dest.port)
         while True:
             if reuse:
-                conn = self._take_idle(key, helo, policy)
+                conn = self._take_idle(key, helo, policy, limit)
                 if conn is not None:
                     return conn
             # Looked up after _take_idle: closing the last connection drops the entry.
@@ -514,7 +533,7 @@ class DeliveryClient:
             self._free_slot(host_key)
             raise
 
-    def _take_idle(self, key: PoolKey, helo: str, policy: TLSPolicy) -> _Conn | None:
+    def _take_idle(self, key: PoolKey, helo: str, policy: TLSPolicy, limit: int) -> _Conn | None:
         conns = self._idle.get(key)
         while conns:
             conn = conns.pop()
@@ -526,6 +545,8 @@ class DeliveryClient:
                 and conn.wire.quiet
                 and conn.helo == helo
                 and (conn.tls or policy != "required")
+                # Another provider's mail may have left it past this provider's share.
+                and conn.uses < limit
             ):
                 return conn
             self._close_now(conn)
@@ -539,7 +560,11 @@ class DeliveryClient:
 
     def _release(self, conn: _Conn) -> None:
         """Back to the pool, or closed if it has done its share or the client is closing."""
-        if self._closed or not conn.alive or conn.uses >= self._cfg.max_messages_per_connection:
+        if (
+            self._closed
+            or not conn.alive
+            or conn.uses >= min(conn.max_uses, self._cfg.max_messages_per_connection)
+        ):
             self._discard(conn, polite=True)
             return
         self._idle.setdefault(conn.key, []).append(conn)
@@ -572,6 +597,7 @@ class DeliveryClient:
             task.add_done_callback(self._closing.discard)
         else:
             conn.wire.close()
+            OUTBOUND_CONNECTIONS.closed()
 
     def _close_now(self, conn: _Conn) -> None:
         """Like _discard for a connection already taken out of the idle list."""
@@ -585,6 +611,7 @@ class DeliveryClient:
             pass
         finally:
             conn.wire.close()
+            OUTBOUND_CONNECTIONS.closed()
 
     def _free_slot(self, host_key: HostKey) -> None:
         host = self._hosts[host_key]
@@ -683,7 +710,7 @@ class DeliveryClient:
         if transport is None or transport.is_closing():
             smtp.close()
             raise _SessionFailure(451, "4.4.2", "lost connection during setup")
-        return _Conn(
+        conn = _Conn(
             key=key,
             helo=helo,
             dest=dest,
@@ -691,6 +718,8 @@ class DeliveryClient:
             extensions=frozenset(smtp.esmtp_extensions),
             tls=tls,
         )
+        OUTBOUND_CONNECTIONS.opened()
+        return conn
 
     @staticmethod
     async def _hello(smtp: aiosmtplib.SMTP) -> None:
@@ -759,6 +788,7 @@ __all__ = [
     "AttemptResult",
     "DeliveryClient",
     "RecipientReply",
+    "connection_uses",
     "make_reply",
     "needs_8bitmime",
     "needs_smtputf8",

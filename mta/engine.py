@@ -197,6 +197,7 @@ class Engine:
         config_hash: str = "",
         listen_host: str | None = None,
         worker: Worker | None = None,
+        pod_name: str | None = None,
     ) -> None:
         self.config_path = config_path
         self.worker = worker or Worker()
@@ -227,7 +228,14 @@ class Engine:
         self.suppressions = open_store(cfg.suppression, self.spool_root)
         self.token_key = token_key(cfg)
         self.queue = QueueRunner(
-            cfg, self.spool, self.router, self.client, self.metrics, self.inject, self.suppress
+            cfg,
+            self.spool,
+            self.router,
+            self.client,
+            self.metrics,
+            self.inject,
+            self.suppress,
+            pod_name=pod_name,
         )
         self.handler = SubmissionHandler(
             build_policy(cfg), self.ingest, self.metrics, self.is_suppressed, self.on_feedback
@@ -895,8 +903,13 @@ def _stop_with_parent(engine: Engine) -> None:
 
 
 def run_engine(
-    config_path: Path, listen_host: str | None = None, worker: Worker | None = None
+    config_path: Path,
+    listen_host: str | None = None,
+    worker: Worker | None = None,
+    pod_name: str | None = None,
 ) -> int:
+    """Run one engine until SIGTERM. `pod_name`: the pod it runs in (POD_NAME, read by the
+    CLI), which decides the addresses it may send from; None outside a pod."""
     from mailfleet.mta.logs import setup_logging
 
     try:
@@ -909,6 +922,7 @@ def run_engine(
             config_hash=config_digest(text),
             listen_host=listen_host,
             worker=worker,
+            pod_name=pod_name,
         )
     except (ConfigError, CredentialsError, ValueError, OSError) as e:  # OSError: the token
         print(f"mailfleet mta: {e}", file=sys.stderr)

@@ -15,6 +15,27 @@ ACCEPT_BUCKETS = (*FSYNC_BUCKETS, 2.5, 5, 10, 30)
 OTHER_DOMAIN = "other"
 
 
+class OpenConnections:
+    """Outbound SMTP connections open in this process, over every DeliveryClient: a config
+    reload replaces the client while the old one's connections finish their transactions, and
+    mailfleet_outbound_connections counts both (it reads `count` when scraped)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def opened(self) -> None:
+        self.count += 1
+
+    def closed(self) -> None:
+        self.count -= 1
+
+    def __call__(self) -> float:
+        return float(self.count)
+
+
+OUTBOUND_CONNECTIONS = OpenConnections()
+
+
 class KnownDomains(Protocol):
     """The provider table: recipient domains it names (shipped or configured)."""
 
@@ -152,6 +173,7 @@ class EngineMetrics:
         self.connections = Gauge(
             "mailfleet_outbound_connections", "Open outbound SMTP connections", registry=r
         )
+        self.connections.set_function(OUTBOUND_CONNECTIONS)
         self.sessions = Gauge(
             "mailfleet_submission_sessions", "Open submission sessions", registry=r
         )

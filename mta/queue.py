@@ -13,7 +13,6 @@ import contextlib
 import heapq
 import itertools
 import logging
-import os
 import random
 import time
 from collections import defaultdict, deque
@@ -27,7 +26,7 @@ from mailfleet.mta.delivery import AttemptResult, DeliveryClient, RecipientReply
 from mailfleet.mta.dsn import DSNRecipient, build_dsn, should_send_dsn
 from mailfleet.mta.metrics import EngineMetrics
 from mailfleet.mta.providers import DEFAULT
-from mailfleet.mta.retry import next_attempt_at, outcome_for_reply
+from mailfleet.mta.retry import decide_outcome, next_attempt_at
 from mailfleet.mta.routing import RouteError, Router
 from mailfleet.mta.senderips import SENDER_RESTRICTED, SenderRestrictions, sender_domain
 from mailfleet.mta.shaping import CONNECTION_LIMIT, RuleHit, Shaper, Wait
@@ -220,16 +219,21 @@ class QueueRunner:
         metrics: EngineMetrics,
         inject: Inject,
         suppress: Suppress | None = None,
+        *,
+        pod_name: str | None = None,
     ) -> None:
         self.cfg = cfg
+        # This engine's pod (the CLI reads POD_NAME once): IPs assigned to another pod are not
+        # used, and fleet-wide limits are kept per pod. None: not in a pod, any IP is ours.
+        self.pod_name = pod_name
         self.spool = spool
         self.router = router
         self.client = client
         self.metrics = metrics
         self.inject = inject
         self.suppress = suppress
-        self.shaper = Shaper(cfg, os.environ.get("POD_NAME"))
-        self.fleet = FleetLimiter(cfg.fleet, os.environ.get("POD_NAME"), on_mode=self._fleet_mode)
+        self.shaper = Shaper(cfg, pod_name)
+        self.fleet = FleetLimiter(cfg.fleet, pod_name, on_mode=self._fleet_mode)
         self.shaper.pool_gate = self.fleet
         self._fleet_mode(self.fleet.mode)
         self._fleet_ips: set[str] = set()
@@ -284,7 +288,7 @@ class QueueRunner:
 
     def update_config(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
-        self.shaper.update_config(cfg, os.environ.get("POD_NAME"))
+        self.shaper.update_config(cfg, self.pod_name)
         self._fleet_config(cfg)
         senders = SenderRestrictions(cfg.delivery.sender_restrictions)
         if senders != self.senders:
@@ -565,7 +569,7 @@ class QueueRunner:
             self.metrics.fleet_limits_mode.labels(m).set(1 if m == mode else 0)
 
     def _fleet_config(self, cfg: EngineConfig) -> None:
-        self.fleet.configure(cfg.fleet, os.environ.get("POD_NAME"))
+        self.fleet.configure(cfg.fleet, self.pod_name)
         now = time.time()
         owned = {ip for ip, _, state in self.shaper.ips if state in ("active", "warming")}
         for ip in sorted(owned - self._fleet_ips):
@@ -808,6 +812,7 @@ class QueueRunner:
                 data=body.data,
                 domain=job.domain,
                 crlf=body.crlf,
+                max_messages=self.shaper.settings(provider).per_ip.max_messages_per_connection,
             )
         finally:
             self.shaper.release(grant)
@@ -855,24 +860,19 @@ class QueueRunner:
         mx = result.destination.hostname if result.destination else None
         soon: list[str] = []
         for reply in result.replies:
-            outcome = outcome_for_reply(reply.code)
-            line = reply.reply
-            reply_class = classify(reply.code, line.partition(" ")[2], self._class_rules)
-            status = reply.enhanced or f"{reply.code // 100}.0.0"
             hit = hits.get(reply.recipient)
-            if hit is not None:
-                if hit.action == "bounce":
-                    outcome = "bounced"
-                elif hit.action in ("retry", "throttle", "suspend", "quarantine"):
-                    # The IP or the pace was the problem, not the message: try again, and for
-                    # shaping actions at once (the shaper holds it until a pair may send).
-                    outcome = "deferred"
-                    if hit.action != "retry":
-                        soon.append(reply.recipient)
-            if outcome == "deferred" and retry_at is None:
-                outcome = "bounced"
-                status = "4.4.7"
-                line = f"message expired after {attempts} attempts; last reply: {line}"
+            decided = decide_outcome(
+                reply.code,
+                reply.enhanced,
+                reply.reply,
+                hit.action if hit is not None else None,
+                retry_at,
+                attempts,
+            )
+            outcome, line = decided.outcome, decided.reason
+            reply_class = classify(reply.code, reply.reply.partition(" ")[2], self._class_rules)
+            if decided.at_once:
+                soon.append(reply.recipient)
             self.metrics.attempts.labels(
                 result.source_ip or "",
                 provider,
@@ -897,7 +897,7 @@ class QueueRunner:
                 bounces.append(
                     DSNRecipient(
                         recipient=reply.recipient,
-                        status=status if status[0] in "45" else "5.0.0",
+                        status=decided.status,
                         diagnostic=line if result.destination else None,
                         local_reason=None if result.destination else line,
                         remote_mta=mx,
@@ -905,10 +905,10 @@ class QueueRunner:
                     )
                 )
             else:
-                assert retry_at is not None
+                assert decided.retry_at is not None
                 retry.append(reply.recipient)
                 updates.append(
-                    RecipientUpdate(reply.recipient, False, attempts, retry_at, line[:500])
+                    RecipientUpdate(reply.recipient, False, attempts, decided.retry_at, line[:500])
                 )
         if bounces:
             if body is None:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -55,6 +56,122 @@ STOP_TIMEOUT = 60.0
 READ_TIMEOUT = aiohttp.ClientTimeout(total=10)
 WORKER_TIMEOUT = aiohttp.ClientTimeout(total=120)
 FORWARDED_HEADERS = ("Authorization", "Content-Type")
+
+
+# `--processes auto`: one engine process per CPU this process may use.
+AUTO = "auto"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# A limit a hair under a whole CPU (1999m as 1.999) is not one CPU fewer.
+_CPU_SLACK = 1e-9
+
+
+def _quota(text: str, period_text: str | None = None) -> float | None:
+    """CPUs from a cgroup quota: v2 `cpu.max` ("max 100000", "200000 100000") when
+    `period_text` is None, else v1 `cpu.cfs_quota_us` (-1: none) and `cpu.cfs_period_us`."""
+    try:
+        if period_text is None:
+            fields = text.split()
+            if not fields or fields[0] == "max":
+                return None
+            quota, period = float(fields[0]), float(fields[1]) if len(fields) > 1 else 100000.0
+        else:
+            quota, period = float(text.strip()), float(period_text.strip())
+    except ValueError:
+        return None  # unreadable: no limit known, the affinity decides
+    if quota <= 0 or period <= 0:
+        return None
+    return quota / period
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _ancestors(mount: Path, cgroup_path: str) -> list[Path]:
+    """The process's cgroup directory under `mount` and every parent up to the mount (each may
+    cap the CPU). A path that is not under the mount (a container's view of cgroup v1 shows the
+    host's path) leaves the mount itself: the container's own cgroup."""
+    parts = [p for p in cgroup_path.strip().split("/") if p and p != ".."]
+    dirs = [mount]
+    for i in range(len(parts)):
+        d = mount.joinpath(*parts[: i + 1])
+        if not d.is_dir():
+            break
+        dirs.append(d)
+    return dirs
+
+
+def cgroup_cpu_limit(root: Path, proc_cgroup: str) -> float | None:
+    """The CPUs the cgroup allows (the smallest quota from this process's cgroup up to the
+    root), or None when nothing limits it. `root`: where cgroups are mounted (/sys/fs/cgroup);
+    `proc_cgroup`: the text of /proc/self/cgroup. Reads cgroup v2 `cpu.max`, and v1
+    `cpu.cfs_quota_us`/`cpu.cfs_period_us` (hybrid hosts: both; the smaller wins)."""
+    limits: list[float] = []
+    for line in proc_cgroup.splitlines():
+        hier, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hier == "0" and controllers == "":
+            mounts = [root, root / "unified"]
+            for mount in mounts:
+                for d in _ancestors(mount, path):
+                    text = _read(d / "cpu.max")
+                    q = _quota(text) if text is not None else None
+                    if q is not None:
+                        limits.append(q)
+        elif "cpu" in controllers.split(","):
+            for mount in dict.fromkeys([root / "cpu", root / controllers, root / "cpu,cpuacct"]):
+                for d in _ancestors(mount, path):
+                    quota = _read(d / "cpu.cfs_quota_us")
+                    period = _read(d / "cpu.cfs_period_us")
+                    q = _quota(quota, period) if quota is not None and period is not None else None
+                    if q is not None:
+                        limits.append(q)
+    return min(limits) if limits else None
+
+
+def cpus_for_processes(limit: float | None, affinity: int) -> int:
+    """Engine processes for `affinity` CPUs this process may run on and a cgroup quota of
+    `limit` CPUs (None: none): one per whole CPU, at least one. A fraction of a CPU is better
+    used by one process than by two that the quota throttles (as the operator counts a pod's
+    request)."""
+    cpus = max(affinity, 1)
+    if limit is not None:
+        cpus = min(cpus, int(limit + _CPU_SLACK))
+    return max(cpus, 1)
+
+
+def available_cpus(root: Path = CGROUP_ROOT) -> int:
+    """The whole CPUs this process may use: its CPU affinity, capped by its cgroup's quota."""
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        affinity = os.cpu_count() or 1
+    proc_cgroup = _read(Path("/proc/self/cgroup")) or ""
+    return cpus_for_processes(cgroup_cpu_limit(root, proc_cgroup), affinity)
+
+
+def choose_processes(requested: int | str, cpus: int, cfg: EngineConfig) -> tuple[int, str | None]:
+    """How many engine processes to run, and why fewer than asked (None: as asked).
+
+    `requested`: --processes (a number, or "auto": one per CPU, `cpus`). More than one process
+    share the submission port with SO_REUSEPORT: under "auto", a config that sets
+    `submission.reusePort: false` itself gets one process (an explicit --processes N sets it, as
+    it always has). And never more processes than the smallest connection limit."""
+    if requested == AUTO:
+        wanted = cpus
+        # Set to false in the config (not merely left at its default): no port sharing.
+        explicit = "reuse_port" in cfg.submission.model_fields_set
+        if wanted > 1 and explicit and not cfg.submission.reuse_port:
+            return 1, "submission.reusePort is false: one process (no port sharing)"
+    else:
+        wanted = int(requested)
+    n = usable_processes(cfg, wanted)
+    if n < wanted:
+        return n, "a connection limit is smaller than the processes asked for"
+    return n, None
 
 
 def _loopback_port() -> int:
@@ -348,8 +465,16 @@ def _json(body: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def run_supervisor(config_path: Path, processes: int, listen_host: str | None = None) -> int:
-    from mailfleet.mta.engine import check_config
+def run_supervisor(
+    config_path: Path,
+    processes: int | str,
+    listen_host: str | None = None,
+    pod_name: str | None = None,
+) -> int:
+    """`mailfleet mta --processes N|auto`. When one process is what runs (one CPU, a connection
+    limit of one, reusePort: false under auto), the engine runs here, as without --processes:
+    on `spool.path` itself and the configured admin address."""
+    from mailfleet.mta.engine import check_config, run_engine
     from mailfleet.mta.logs import setup_logging
 
     try:
@@ -359,6 +484,16 @@ def run_supervisor(config_path: Path, processes: int, listen_host: str | None = 
     except ConfigError as e:
         print(f"mailfleet mta: {e}", file=sys.stderr)
         return 2
+    setup_logging(cfg.logging.level, cfg.logging.format)
+    cpus = available_cpus() if processes == AUTO else 0
+    n, why = choose_processes(processes, cpus, cfg)
+    if why is not None:
+        log.warning(
+            "fewer engine processes than asked",
+            extra={"asked": processes, "cpus": cpus or None, "processes": n, "reason": why},
+        )
+    if n == 1:
+        return run_engine(config_path, listen_host, pod_name=pod_name)
     if cfg.admin.token_file is None:
         # Made once before the processes start, so that they all find (and check) the same one.
         try:
@@ -366,12 +501,9 @@ def run_supervisor(config_path: Path, processes: int, listen_host: str | None = 
         except OSError as e:
             print(f"mailfleet mta: cannot write the admin token: {e}", file=sys.stderr)
             return 2
-    setup_logging(cfg.logging.level, cfg.logging.format)
-    n = usable_processes(cfg, processes)
-    if n < processes:
-        log.warning(
-            "fewer engine processes than asked: a connection limit is smaller",
-            extra={"asked": processes, "processes": n},
-        )
+    log.info(
+        "engine processes",
+        extra={"asked": processes, "cpus": cpus or None, "processes": n},
+    )
     asyncio.run(Supervisor(config_path, cfg, n, listen_host).run())
     return 0

@@ -37,6 +37,13 @@ def wanted_replicas(queued: int, target_per_pod: int, low: int, high: int) -> in
     return max(low, min(high, want))
 
 
+def autoscaling_floor(low: int, high: int) -> int:
+    """The fewest pods the autoscaler runs: replicas.min, but at least one. A pool without pods
+    takes no mail and reports no queue, so nothing would ever scale it up again; replicas.min 0
+    lets a person stop the pool (autoscaling off, kubectl scale --replicas=0), not the queue."""
+    return max(low, min(1, high))
+
+
 def decide(
     current: int,
     queued: int | None,
@@ -51,7 +58,9 @@ def decide(
 
     `current` is what runs now; `queued` the messages the pods reported (None: no pod
     answered, so nothing is decided); `history` the recommendations of earlier looks.
+    Never fewer than one pod, whatever `low` says (`autoscaling_floor`).
     """
+    low = autoscaling_floor(low, high)
     window = timedelta(seconds=stabilization)
     inside = tuple(r for r in history if now - r.at <= window)
     # The newest look from before the window is kept only as proof that a whole window was seen.

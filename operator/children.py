@@ -252,6 +252,12 @@ def render_pdb(pool: SendingPool) -> dict[str, Any]:
 # and the pool's own pods (handoff while draining). The submission port stays open: who may
 # relay is the engine's decision (trusted networks, AUTH).
 ADMIN_CLIENTS = ("mailfleet-operator", "prometheus")
+# The chart's operator pods by labels its nameOverride and fullnameOverride do not change (their
+# app.kubernetes.io/name becomes <nameOverride>-operator).
+OPERATOR_POD_LABELS = {
+    "app.kubernetes.io/part-of": "mailfleet",
+    "app.kubernetes.io/component": "operator",
+}
 
 
 def render_network_policy(pool: SendingPool) -> dict[str, Any]:
@@ -281,6 +287,10 @@ def render_network_policy(pool: SendingPool) -> dict[str, Any]:
                                         }
                                     ]
                                 },
+                            },
+                            {
+                                "namespaceSelector": {},
+                                "podSelector": {"matchLabels": dict(OPERATOR_POD_LABELS)},
                             },
                         ],
                     },

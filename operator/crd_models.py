@@ -72,7 +72,11 @@ QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
     r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
-SOCKS5_PATTERN = r"^socks5h?://[^\s/@]+(:[0-9]{1,5})$"
+_PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+# socks5://host:port as the engine takes it (mailfleet.mta.config.EgressConfig): a DNS name, an
+# IPv4 address or a bracketed IPv6 address, and a port from 1 to 65535. The scheme is checked by
+# a rule of its own (Egress), whose message says why socks5h:// is refused.
+SOCKS5_PATTERN = rf"^[a-z0-9]+://(({_LABEL}\.)*{_LABEL}|\[({_IPV6})\]):{_PORT}$"
 # host:port, the host a DNS name, an IPv4 address or a bracketed IPv6 address.
 HOSTPORT_PATTERN = rf"^(({_LABEL}\.)*{_LABEL}|\[[0-9A-Fa-f:.]+\]):[0-9]{{1,5}}$"
 ROUTE_DOMAIN_PATTERN = rf"^(\*|({_LABEL}\.)*{_LABEL})$"
@@ -254,12 +258,15 @@ class Replicas(CRDModel):
     """How many MTA pods the pool runs.
 
     `desired` is the target of the scale subresource (`kubectl scale`, HPA, KEDA), clamped to
-    [min, max]. It always has a value (default 1, so a new pool runs `min` pods): the API server
-    can only serve GET /scale, which every HPA does first, when the field exists.
+    [min, max]. It always has a value (default 1, so a new pool runs one pod, or `min` when that
+    is more): the API server can only serve GET /scale, which every HPA does first, when the
+    field exists.
     """
 
     min: int = Field(default=1, ge=0, le=1000)
-    """The fewest pods; 0 stops the pool."""
+    """The fewest pods. 0 lets the pool be stopped: replicas.desired 0 (kubectl scale
+    --replicas=0) with the autoscaler off. The autoscaler keeps at least one pod: a pool without
+    pods takes no mail and reports no queue to scale up from."""
     max: int = Field(ge=1, le=1000)
     """The most pods."""
     desired: int | None = Field(default=1, ge=0, le=1000)
@@ -308,9 +315,17 @@ class Egress(CRDModel):
     mode: Literal["bind", "socks5"] = "bind"
     """bind: the pod binds the address itself; socks5: through a SOCKS5 egress proxy."""
     proxy: str | None = Field(default=None, max_length=253, pattern=SOCKS5_PATTERN)
-    """socks5://host:port (or socks5h://), required with mode socks5."""
+    """socks5://host:port, required with mode socks5. Not socks5h://: the engine resolves MX
+    hosts itself and asks the proxy for their addresses."""
 
     cel_rules = (
+        Rule(
+            "!has(self.proxy) || self.proxy.startsWith('socks5://')",
+            "egress.proxy must be socks5://host:port (socks5h:// and other schemes are not "
+            "supported: the engine resolves MX hosts itself and connects to their addresses)",
+            lambda e: e.proxy is None or e.proxy.startswith("socks5://"),
+            field_path=".proxy",
+        ),
         Rule(
             "self.mode != 'socks5' || has(self.proxy)",
             "egress.proxy is required when egress.mode is socks5",
@@ -681,13 +696,15 @@ class SendingPoolStatus(CRDModel):
     handoff_left: int | None = None
     """Messages the draining pods still hold."""
     scale_reason: str | None = Field(default=None, max_length=1024)
-    """Why the pod count last changed, with the numbers behind it."""
+    """Why the pod count last changed, with the numbers behind it: the autoscaler's, or
+    "external: ..." when replicas.desired or the bounds moved it."""
     last_scale_time: datetime | None = None
     """When the pod count last changed."""
     active_ips: int | None = Field(default=None, alias="activeIPs")
     """Pool IPs that send (state active or warming)."""
     quarantined_ips: int | None = Field(default=None, alias="quarantinedIPs")
-    """Pool IPs some engine has quarantined for at least one provider (reply rules)."""
+    """Pool IPs out of rotation: quarantined by the health check (ips[].state), or by some
+    engine for at least one provider (engineQuarantines, reply rules)."""
     ips: list[IPStatus] = Field(default=[], max_length=256)
     """Each pool IP: its state, why, since when and the pod that sends from it."""
     engine_quarantines: list[EngineQuarantine] = Field(default=[], max_length=1024)

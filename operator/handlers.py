@@ -2,7 +2,8 @@
 
 Watch events only (no on.create/update handlers), so Kopf stores nothing on our objects and
 puts no finalizers on them; children go with their pool by ownerReference garbage collection.
-All logic and memory is in reconciler.Operator, built at startup with the real clients.
+All logic and memory is in reconciler.Operator, built at startup with the real clients from
+the settings the command line put into Kopf's memo (settings.Memo): no module globals.
 """
 
 from __future__ import annotations
@@ -11,19 +12,15 @@ import dataclasses
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from mailfleet.operator import dmarcserver, kube, naming, pods
-from mailfleet.operator.conditions import now_utc
 from mailfleet.operator.crd_models import GROUP, VERSION
 from mailfleet.operator.domainmetrics import DomainMetrics
 from mailfleet.operator.domains import DomainController
 from mailfleet.operator.engine_admin import EngineAdmin
-from mailfleet.operator.events import event_object
-from mailfleet.operator.metrics import OperatorMetrics
 from mailfleet.operator.reconciler import (
     Indexes,
     LiveStatefulSet,
@@ -32,39 +29,11 @@ from mailfleet.operator.reconciler import (
     live_statefulset,
     slim,
 )
+from mailfleet.operator.settings import Memo
 
 log = logging.getLogger("mailfleet.operator")
 
-DEFAULT_IMAGE = "ghcr.io/mailfleet/mailfleet:0.1.0"
 MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGER}
-
-
-@dataclass
-class Settings:
-    """What the command line sets before Kopf starts."""
-
-    image: str = DEFAULT_IMAGE
-    peering_mandatory: bool = False
-    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    operator: Operator | None = None
-    domains: DomainController | None = None
-    # (host, port, token) of the DMARC report upload endpoint; None: off.
-    dmarc: tuple[str, int, str] | None = None
-    dmarc_runner: Any = None
-    # The URL engines reach that endpoint at (--dmarc-url): they forward reports mailed to them.
-    dmarc_url: str | None = None
-    # --dns-nameservers/--dns-port: for SendingDomains whose spec.dns names none.
-    dns: tuple[tuple[str, ...], int] = ((), 53)
-    settings: kopf.OperatorSettings | None = None
-    instance: str = ""
-
-
-SETTINGS = Settings()
-
-
-def the_operator() -> Operator:
-    assert SETTINGS.operator is not None, "the operator starts in configure()"
-    return SETTINGS.operator
 
 
 def login_fn(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
@@ -85,39 +54,14 @@ def in_cluster_server(env: Mapping[str, str], default: str) -> str:
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
-def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    """Posted in the background through the operator's own client: events come from watch
-    handlers and from the pods' poll loop alike (Kopf's own poster only serves its handlers)."""
-    SETTINGS.metrics.events.labels(type_, reason).inc()
-    op = SETTINGS.operator
-    if op is not None:
-        obj = event_object(
-            body, type_, reason, message, now_utc(), naming.MANAGER, SETTINGS.instance
-        )
-        op.spawn(op.guarded("Event", _create_event(op, obj)))
-    level = logging.WARNING if type_ == "Warning" else logging.INFO
-    meta = body.get("metadata", {})
-    log.log(
-        level,
-        "%s %s/%s: %s: %s",
-        body.get("kind"),
-        meta.get("namespace"),
-        meta.get("name"),
-        reason,
-        message,
-    )
-
-
-async def _create_event(op: Operator, obj: dict[str, Any]) -> None:
-    await op.api.create(kube.EVENTS, obj)
-
-
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    SETTINGS.settings = settings
+async def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
+    """Builds the operator from what the command line put into the memo (kopf.run(memo=...))."""
+    conf = memo.settings
+    conf.kopf_settings = settings
     settings.posting.reporting_component = naming.MANAGER
     settings.posting.reporting_instance = os.environ.get("POD_NAME") or os.uname().nodename
-    SETTINGS.instance = settings.posting.reporting_instance
+    conf.instance = settings.posting.reporting_instance
     # Watches end server-side after 5 minutes and are re-established; a silent connection is
     # dropped after 10.
     settings.watching.server_timeout = 300
@@ -131,41 +75,42 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # The CRDs are installed before the operator: no CRD or namespace watch (nor the RBAC).
     settings.scanning.disabled = True
     settings.execution.max_workers = 4
-    settings.peering.mandatory = SETTINGS.peering_mandatory
+    settings.peering.mandatory = conf.peering_mandatory
     # Events are posted explicitly (post_event); Kopf's own per-object INFO logs stay logs.
     settings.posting.level = logging.WARNING
 
     async def login() -> kopf.ConnectionInfo | None:
-        return login_fn(SETTINGS.settings or kopf.OperatorSettings())
+        return login_fn(conf.kopf_settings or kopf.OperatorSettings())
 
     op = Operator(
-        kube.KubeClient(login, SETTINGS.metrics),
-        post_event,
+        kube.KubeClient(login, conf.metrics),
+        conf.post_event,
         engines=EngineAdmin(),
-        metrics=SETTINGS.metrics,
-        image=SETTINGS.image,
+        metrics=conf.metrics,
+        image=conf.image,
     )
-    SETTINGS.operator = op
-    op.dmarc_url = SETTINGS.dmarc_url if SETTINGS.dmarc is not None else None
-    SETTINGS.domains = DomainController(
-        op.api, post_event, DomainMetrics(SETTINGS.metrics.registry), default_dns=SETTINGS.dns
+    conf.operator = op
+    op.dmarc_url = conf.dmarc_url if conf.dmarc is not None else None
+    conf.domains = DomainController(
+        op.api, conf.post_event, DomainMetrics(conf.metrics.registry), default_dns=conf.dns
     )
     op.start()
-    if SETTINGS.dmarc is not None:
-        host, port, token = SETTINGS.dmarc
-        SETTINGS.dmarc_runner = await dmarcserver.start(SETTINGS.domains, host, port, token)
+    if conf.dmarc is not None:
+        host, port, token = conf.dmarc
+        conf.dmarc_runner = await dmarcserver.start(conf.domains, host, port, token)
 
 
 @kopf.on.cleanup()
-async def cleanup(**_: Any) -> None:
-    op = SETTINGS.operator
+async def cleanup(memo: Memo, **_: Any) -> None:
+    conf = memo.settings
+    op = conf.operator
     if op is None:
         return
     await op.close()
-    if SETTINGS.dmarc_runner is not None:
-        await SETTINGS.dmarc_runner.cleanup()
-    if SETTINGS.domains is not None:
-        await SETTINGS.domains.close()
+    if conf.dmarc_runner is not None:
+        await conf.dmarc_runner.cleanup()
+    if conf.domains is not None:
+        await conf.domains.close()
     if isinstance(op.api, kube.KubeClient):
         await op.api.close()
     if isinstance(op.engines, EngineAdmin):
@@ -243,8 +188,12 @@ def domain_index(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, 
     return {namespace or "": slim(body)}
 
 
-def _indexes(kwargs: Mapping[str, Any]) -> Indexes:
-    return the_operator().use(
+def _operator(memo: Memo) -> Operator:
+    return memo.settings.the_operator()
+
+
+def _indexes(memo: Memo, kwargs: Mapping[str, Any]) -> Indexes:
+    return _operator(memo).use(
         Indexes(
             pools=kwargs["pool_index"],
             policies=kwargs["policy_index"],
@@ -262,32 +211,44 @@ def _indexes(kwargs: Mapping[str, Any]) -> Indexes:
 
 
 @kopf.on.event(GROUP, VERSION, "sendingpools")
-async def pool_event(event: kopf.RawEvent, namespace: str | None, name: str, **kwargs: Any) -> None:
-    idx = _indexes(kwargs)
-    await the_operator().on_pool(idx, event["type"], namespace or "", name, kwargs["meta"])
+async def pool_event(
+    event: kopf.RawEvent, namespace: str | None, name: str, memo: Memo, **kwargs: Any
+) -> None:
+    idx = _indexes(memo, kwargs)
+    await _operator(memo).on_pool(idx, event["type"], namespace or "", name, kwargs["meta"])
 
 
 @kopf.on.event(GROUP, VERSION, "deliverypolicies")
 async def policy_event(
-    event: kopf.RawEvent, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any
+    event: kopf.RawEvent,
+    namespace: str | None,
+    name: str,
+    body: kopf.Body,
+    memo: Memo,
+    **kwargs: Any,
 ) -> None:
-    idx = _indexes(kwargs)
-    await the_operator().on_policy(idx, event["type"], namespace or "", name, body)
+    idx = _indexes(memo, kwargs)
+    await _operator(memo).on_policy(idx, event["type"], namespace or "", name, body)
 
 
 @kopf.on.event(GROUP, VERSION, "ipwarmups")
 async def warmup_event(
-    event: kopf.RawEvent, namespace: str | None, name: str, spec: kopf.Spec, **kwargs: Any
+    event: kopf.RawEvent,
+    namespace: str | None,
+    name: str,
+    spec: kopf.Spec,
+    memo: Memo,
+    **kwargs: Any,
 ) -> None:
-    idx = _indexes(kwargs)
+    idx = _indexes(memo, kwargs)
     pool = str(spec.get("poolRef", ""))
-    await the_operator().on_warmup(idx, event["type"], namespace or "", name, pool, kwargs["meta"])
+    await _operator(memo).on_warmup(idx, event["type"], namespace or "", name, pool, kwargs["meta"])
 
 
 @kopf.on.event("v1", "secrets")
-async def secret_event(namespace: str | None, name: str, **kwargs: Any) -> None:
-    idx = _indexes(kwargs)
-    await the_operator().on_secret(idx, namespace or "", name)
+async def secret_event(namespace: str | None, name: str, memo: Memo, **kwargs: Any) -> None:
+    idx = _indexes(memo, kwargs)
+    await _operator(memo).on_secret(idx, namespace or "", name)
 
 
 @kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
@@ -297,15 +258,21 @@ async def statefulset_event(
     name: str,
     meta: kopf.Meta,
     status: kopf.Status,
+    memo: Memo,
     **kwargs: Any,
 ) -> None:
-    idx = _indexes(kwargs)
-    await the_operator().on_statefulset(idx, event["type"], namespace or "", name, meta, status)
+    idx = _indexes(memo, kwargs)
+    await _operator(memo).on_statefulset(idx, event["type"], namespace or "", name, meta, status)
 
 
 @kopf.on.event("v1", "pods", labels=MANAGED)
 async def pod_event(
-    event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **kwargs: Any
+    event: kopf.RawEvent,
+    namespace: str | None,
+    labels: kopf.Labels,
+    body: kopf.Body,
+    memo: Memo,
+    **kwargs: Any,
 ) -> None:
     if event["type"] is None:
         return
@@ -314,18 +281,26 @@ async def pod_event(
         return
     ref = pods.pod_ref(body)
     if event["type"] == "DELETED" or ref.ready or ref.deleting:
-        idx = _indexes(kwargs)
-        await the_operator().on_pod(idx, namespace or "", str(pool))
+        idx = _indexes(memo, kwargs)
+        await _operator(memo).on_pod(idx, namespace or "", str(pool))
 
 
 @kopf.on.event(GROUP, VERSION, "sendingdomains")
 async def domain_event(
-    event: kopf.RawEvent, namespace: str | None, name: str, meta: kopf.Meta, **kwargs: Any
+    event: kopf.RawEvent,
+    namespace: str | None,
+    name: str,
+    meta: kopf.Meta,
+    memo: Memo,
+    **kwargs: Any,
 ) -> None:
-    assert SETTINGS.domains is not None, "the domain controller starts in configure()"
-    SETTINGS.domains.on_event(event["type"], namespace or "", name, meta)
+    domains = memo.settings.domains
+    assert domains is not None, "the domain controller starts in configure()"
+    domains.on_event(event["type"], namespace or "", name, meta)
     # The pools sign with the domain's active keys: re-render those of the namespace (a
     # reconcile with nothing new writes nothing).
-    idx = _indexes(kwargs)
-    op = the_operator()
+    idx = _indexes(memo, kwargs)
+    op = _operator(memo)
+    if event["type"] == "DELETED":
+        op.on_domain_deleted(namespace or "", name)
     await op.reconcile_all(idx, op.pool_keys(idx, namespace or ""))

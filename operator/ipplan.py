@@ -81,7 +81,10 @@ def clock_of(warmup: IPWarmup, pool: SendingPool | None, now: datetime) -> wu.Wa
         wu.final_day(schedule),
         advancing=_base_phase(warmup, pool) in ("Warming", "Holding"),
         verdict=wu.gate_verdict(
-            warmup.spec.gates, day_figures(warmup), wu.cap_for_day(schedule, day)
+            warmup.spec.gates,
+            day_figures(warmup),
+            wu.cap_for_day(schedule, day),
+            wu.capped_addresses(warmup, pool),
         ),
         step_back=warmup.spec.gates.on_fail == "stepBack",
     )

@@ -8,8 +8,12 @@ import logging
 import re
 import secrets
 import sys
+from typing import TYPE_CHECKING
 
 import kopf
+
+if TYPE_CHECKING:
+    from mailfleet.operator.settings import WebhookOptions
 
 DEFAULT_PEERING = "mailfleet"
 
@@ -131,8 +135,8 @@ def add_webhook_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def webhook_options(args: argparse.Namespace) -> str | None:
-    """Sets mailfleet.operator.webhook.OPTIONS (registering its handlers); an error to print."""
+def webhook_options(args: argparse.Namespace) -> WebhookOptions | str | None:
+    """The webhook's options from the command line (None: no webhook), or an error to print."""
     if args.webhook_listen is None:
         return None
     import os
@@ -151,9 +155,9 @@ def webhook_options(args: argparse.Namespace) -> str | None:
         names = service_names(args.webhook_service, namespace) + names
     if args.webhook_tls_secret and not names:
         return "--webhook-tls-secret needs --webhook-service or --webhook-san (the names)"
-    from mailfleet.operator import webhook
+    from mailfleet.operator.settings import WebhookOptions
 
-    webhook.OPTIONS = webhook.WebhookOptions(
+    return WebhookOptions(
         host=host.strip("[]") or "0.0.0.0",
         port=int(port),
         cert_dir=Path(args.webhook_cert_dir) if args.webhook_cert_dir else None,
@@ -163,7 +167,6 @@ def webhook_options(args: argparse.Namespace) -> str | None:
         work_dir=Path(args.webhook_work_dir),
         configuration=args.webhook_configuration,
     )
-    return None
 
 
 def _quiet_success(record: logging.LogRecord) -> bool:
@@ -185,11 +188,13 @@ def main(argv: list[str]) -> int:
     logging.getLogger("mailfleet.operator").setLevel(
         logging.DEBUG if args.verbose else logging.INFO
     )
-    # Registers the handlers with Kopf's default registry.
-    from mailfleet.operator import handlers
+    # Registers the handlers with Kopf's default registry; they read `settings` from the memo.
+    from mailfleet.operator import handlers  # noqa: F401
+    from mailfleet.operator.settings import Memo, Settings
 
+    settings = Settings()
     if args.engine_image:
-        handlers.SETTINGS.image = args.engine_image
+        settings.image = args.engine_image
     if (args.dmarc_listen is None) != (args.dmarc_token_file is None):
         print(
             "mailfleet operator: --dmarc-listen and --dmarc-token-file go together", file=sys.stderr
@@ -209,7 +214,7 @@ def main(argv: list[str]) -> int:
                 file=sys.stderr,
             )
             return 2
-        handlers.SETTINGS.dmarc = (host.strip("[]") or "0.0.0.0", int(port), token)
+        settings.dmarc = (host.strip("[]") or "0.0.0.0", int(port), token)
     if args.dmarc_url is not None:
         if args.dmarc_listen is None or not re.fullmatch(r"https?://[^\s/]+/?", args.dmarc_url):
             print(
@@ -217,7 +222,7 @@ def main(argv: list[str]) -> int:
                 file=sys.stderr,
             )
             return 2
-        handlers.SETTINGS.dmarc_url = args.dmarc_url.rstrip("/")
+        settings.dmarc_url = args.dmarc_url.rstrip("/")
     if args.dns_nameservers:
         servers = tuple(s.strip() for s in args.dns_nameservers.split(",") if s.strip())
         try:
@@ -229,17 +234,21 @@ def main(argv: list[str]) -> int:
         if not 0 < args.dns_port < 65536:
             print("mailfleet operator: --dns-port must be 1 to 65535", file=sys.stderr)
             return 2
-        handlers.SETTINGS.dns = (servers, args.dns_port)
-    problem = webhook_options(args)
-    if problem is not None:
-        print(f"mailfleet operator: {problem}", file=sys.stderr)
+        settings.dns = (servers, args.dns_port)
+    webhook = webhook_options(args)
+    if isinstance(webhook, str):
+        print(f"mailfleet operator: {webhook}", file=sys.stderr)
         return 2
+    if webhook is not None:
+        from mailfleet.operator import webhook as _  # noqa: F401  (registers its handlers)
+
+        settings.webhook = webhook
     if args.metrics_port is not None:
-        handlers.SETTINGS.metrics.serve(args.metrics_port, args.metrics_addr)
+        settings.metrics.serve(args.metrics_port, args.metrics_addr)
     namespaces: list[str] = args.namespace
     peering_name = args.peering or DEFAULT_PEERING
     # An explicitly named peering must exist; the default one is used only if it does.
-    handlers.SETTINGS.peering_mandatory = args.peering is not None
+    settings.peering_mandatory = args.peering is not None
     try:
         kopf.run(
             standalone=args.standalone,
@@ -248,6 +257,7 @@ def main(argv: list[str]) -> int:
             clusterwide=not namespaces,
             priority=args.priority if args.priority is not None else 1 + secrets.randbelow(2**30),
             liveness_endpoint=liveness_url(args.liveness),
+            memo=Memo(settings),
         )
     except KeyboardInterrupt:
         return 130

@@ -1,63 +1,80 @@
-"""The operator's reconcile logic and all of its memory, in one object with its I/O injected.
+"""The operator's coordinator: watch events in, the loops' decisions acted on.
 
-Every decision is in the pure modules (render, drift, statuses, pods); here we read (indexes,
-GETs of children), compare, and write only what differs: children by server-side apply when
-their hash or content drifted, status by merge patch when it changed. Kopf wiring lives in
-handlers.py; tests drive this object directly with an in-memory API.
+The work is in modules of their own, each returning what it decided instead of calling back:
+childsync (render inputs, children applied, their events, the merged status), podpoll (config
+pushes, autoscale, IP moves, drain), healthloop (health checks and when their figures are
+written) and statuswriters (every status write and the echo of the operator's own). What the
+operator remembers is in poolmemory: one PoolMemory per pool, one ObjectMemory per other object,
+forgotten when they are deleted. Kopf wiring lives in handlers.py; tests drive this object
+directly with an in-memory API.
 
 A reconcile with nothing new sends no request: the operator remembers the hash and version of
-each child it applied or checked (`known`), sees StatefulSets through a watch, and reads the
-other children only when it has no such memory of them (after a restart) or when a resync
-interval has passed (someone may have edited them by hand). At most `concurrency` reconciles
-talk to the API server at once, so a thousand new pools queue instead of timing out.
-
-Running pods are polled over their admin API: what they report (queue, config hash, warmup
-counts, quarantines) goes into the pool's and warmups' status, and a pod that runs another
-config than the one rendered gets it pushed at once with an authenticated reload.
+each child it applied or checked, sees StatefulSets through a watch, and reads the other
+children only when it has no such memory of them (after a restart) or when a resync interval
+has passed (someone may have edited them by hand). At most `concurrency` reconciles talk to the
+API server at once, so a thousand new pools queue instead of timing out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
-import secrets
 import time
-from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from pydantic import ValidationError
-
 from mailfleet.operator import (
-    autoscale,
-    conditions,
-    domainplan,
+    childsync,
     drift,
-    ipmoves,
+    healthloop,
     kube,
     naming,
+    podpoll,
     pods,
     policy_merge,
-    quarantine,
     render,
     statuses,
+    statuswriters,
 )
 from mailfleet.operator.blocklist import BlocklistChecker
-from mailfleet.operator.conditions import now_utc, timestamp
+from mailfleet.operator.conditions import now_utc
 from mailfleet.operator.crd_models import (
-    GROUP,
     DeliveryPolicy,
     IPWarmup,
     KubeObject,
     SendingDomain,
     SendingPool,
-    SendingPoolStatus,
-    parse_object,
 )
 from mailfleet.operator.healthcheck import HealthChecker
 from mailfleet.operator.metrics import OperatorMetrics
+from mailfleet.operator.outcomes import Event, PoolKey
+from mailfleet.operator.podpoll import EngineApi
+from mailfleet.operator.poolmemory import Memory, PoolMemory
+from mailfleet.operator.promql import PrometheusApi
+from mailfleet.operator.watched import (
+    Indexes,
+    LiveStatefulSet,
+    bodies,
+    live_statefulset,
+    owner_pool,
+    slim,
+    statefulset_is_news,
+)
+
+__all__ = [
+    "EngineApi",
+    "EventSink",
+    "Indexes",
+    "KubeApi",
+    "LiveStatefulSet",
+    "Operator",
+    "PoolKey",
+    "live_statefulset",
+    "owner_pool",
+    "slim",
+    "statefulset_is_news",
+]
 
 log = logging.getLogger("mailfleet.operator")
 
@@ -72,12 +89,8 @@ POD_POLL_SECONDS = 5.0
 POD_POLL_CONCURRENCY = 32
 # How often pools are looked at for a due health check (each has its own spec.health.interval).
 HEALTH_TICK_SECONDS = 1.0
-HEALTH_STATUS_MAX_PERIOD = 300.0
 POLICY_STATUS_QUIET = 1.0
 POLICY_STATUS_MAX_DELAY = 5.0
-
-PoolKey = tuple[str, str]
-ChildKey = tuple[str, str, str]  # namespace, kind, name
 
 
 class KubeApi(Protocol):
@@ -89,106 +102,12 @@ class KubeApi(Protocol):
     ) -> dict[str, Any] | None: ...
 
 
-class EngineApi(Protocol):
-    async def status(self, ip: str) -> dict[str, Any] | None: ...
-    async def metrics(self, ip: str) -> str | None: ...
-    async def reload(self, ip: str, token: str, config_text: str) -> tuple[bool, str]: ...
-    async def drain(self, ip: str, token: str, handoff: list[str]) -> dict[str, Any] | None: ...
-    async def undrain(self, ip: str, token: str) -> bool: ...
-    async def adopt_shaping(self, ip: str, token: str, body: Mapping[str, Any]) -> bool: ...
-
-
 # (body of the object the event is about, type, reason, message)
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
 
 
-@dataclass(frozen=True)
-class LiveStatefulSet:
-    child: drift.LiveChild
-    replicas: int
-    ready: int
-    spec_replicas: int | None = None  # what it was last asked to run
-
-    def status(self) -> dict[str, int]:
-        return {"replicas": self.replicas, "readyReplicas": self.ready}
-
-
-def live_statefulset(
-    meta: Mapping[str, Any], status: Mapping[str, Any], spec: Mapping[str, Any] | None = None
-) -> LiveStatefulSet:
-    wanted = (spec or {}).get("replicas")
-    return LiveStatefulSet(
-        child=drift.live_child("StatefulSet", meta),
-        replicas=int(status.get("replicas") or 0),
-        ready=int(status.get("readyReplicas") or 0),
-        spec_replicas=int(wanted) if wanted is not None else None,
-    )
-
-
-def statefulset_is_news(
-    event_type: str | None,
-    live: LiveStatefulSet,
-    seen: tuple[int, int] | None,
-    known: drift.Known | None,
-) -> bool:
-    """Whether a StatefulSet watch event can change anything: it is gone, its status is not
-    the one the pool's status was rendered from, or it is not the version the operator applied
-    or checked (someone else wrote it)."""
-    if event_type == "DELETED" or known is None:
-        return True
-    if seen != (live.replicas, live.ready):
-        return True
-    return bool(drift.child_action(known[0], live.child, known) != "skip")
-
-
-def slim(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A body to keep in an index: without managedFields and kubectl's last-applied copy, which
-    are most of a status-patched object and nothing the operator reads."""
-    out = {k: copy.deepcopy(v) for k, v in body.items() if k != "metadata"}
-    meta = {k: copy.deepcopy(v) for k, v in body.get("metadata", {}).items()}
-    meta.pop("managedFields", None)
-    annotations = dict(meta.get("annotations") or {})
-    if annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None) is not None:
-        meta["annotations"] = annotations
-    out["metadata"] = meta
-    return out
-
-
-def owner_pool(owners: Iterable[Mapping[str, Any]]) -> str | None:
-    for ref in owners:
-        if ref.get("kind") == "SendingPool" and str(ref.get("apiVersion", "")).startswith(GROUP):
-            return str(ref["name"])
-    return None
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return -1
-
-
-def _bodies(index: Mapping[Any, Collection[Any]], key: Any) -> list[Any]:
-    return list(index.get(key, []))
-
-
-@dataclass(frozen=True)
-class Indexes:
-    """What the watches hold (Kopf indexes in the operator, plain dicts in tests)."""
-
-    pools: Mapping[PoolKey, Collection[dict[str, Any]]]
-    policies: Mapping[str, Collection[dict[str, Any]]]
-    warmups: Mapping[PoolKey, Collection[dict[str, Any]]]
-    secrets: Mapping[str, Collection[str]]
-    statefulsets: Mapping[PoolKey, Collection[LiveStatefulSet]]
-    admin_tokens: Mapping[PoolKey, Collection[str]]
-    pods: Mapping[PoolKey, Collection[pods.PodRef]]
-    # SendingDomains by namespace: their active DKIM keys are added to the pools they list.
-    domains: Mapping[str, Collection[dict[str, Any]]] = field(default_factory=dict)
-
-
 class Operator:
-    """The reconcile logic and everything it remembers between events."""
+    """The entry points (watch events, loops) and the acting on what the loops decided."""
 
     def __init__(
         self,
@@ -216,53 +135,12 @@ class Operator:
         self.clock = clock
         self.indexes: Indexes | None = None
         self.semaphore = asyncio.Semaphore(concurrency)
-        self.locks: dict[PoolKey, asyncio.Lock] = {}
-        # Policies each pool selected at its last render: a policy that stops matching a pool
-        # re-renders it too.
-        self.selected: dict[PoolKey, frozenset[str]] = {}
-        # The pool each warmup named when last seen: moving a warmup re-renders both pools.
-        self.warmup_pools: dict[PoolKey, str] = {}
-        self.failures: dict[PoolKey, int] = {}
-        self.retries: dict[PoolKey, asyncio.TimerHandle] = {}
-        # Re-renders when a warmup moves to its next day.
-        self.advances: dict[PoolKey, asyncio.TimerHandle] = {}
-        # The hash and marker of each child as the operator last applied or read it, and when.
-        self.known: dict[ChildKey, tuple[drift.Known, float]] = {}
-        # The pool each child belongs to, for forgetting a deleted pool's children.
-        self.child_pools: dict[ChildKey, str] = {}
-        # The pool status the operator last wrote and its resourceVersion: the index may lag
-        # behind it, and the watch event it causes is no news.
-        self.written: dict[PoolKey, tuple[int, dict[str, Any]]] = {}
-        # The StatefulSet status (replicas, readyReplicas) the pool's status was rendered from.
-        self.sts_seen: dict[PoolKey, tuple[int, int]] = {}
-        # The engine config last rendered for each pool: (hash, text), pushed to pods.
-        self.configs: dict[PoolKey, tuple[str, str]] = {}
-        # What the pods last reported, as written into the pool's status.
-        self.pod_status: dict[PoolKey, dict[str, Any]] = {}
-        # resourceVersions of the operator's own status writes to policies and warmups: their
-        # watch events are no news.
-        self.own_status_writes: dict[tuple[str, str, str], int] = {}
+        self.memory = Memory()
+        # Namespaces whose policies' status waits for a burst of reconciles to pause.
         self.pending_policy_status: dict[str, float] = {}
-        self.parsed: dict[str, tuple[str, KubeObject | None]] = {}
-        # Pools whose pods are being asked right now: a second poll would only repeat it.
-        self.polling: set[PoolKey] = set()
-        # The built-in autoscaler: its count per pool and the recommendations behind it.
-        self.autoscaled: dict[PoolKey, int] = {}
-        self.scale_history: dict[PoolKey, tuple[autoscale.Recommendation, ...]] = {}
-        self.scale_note: dict[PoolKey, tuple[str, datetime]] = {}
-        # Pods from this ordinal up have handed off their queue: the StatefulSet may shrink.
-        self.drained_to: dict[PoolKey, int] = {}
-        # IPs moving between pods and the pods' fleet-limits modes.
-        self.ipmoves = ipmoves.IPMoves()
         self.tasks: set[asyncio.Task[None]] = set()
-        # When each pool's status last took the health figures (monotonic).
-        self.health_written: dict[PoolKey, float] = {}
-        # IP health: pods' counters, blocklists, quarantine verdicts (healthcheck.py).
-        self.health = (
-            HealthChecker(engines, blocklists or BlocklistChecker(), self.metrics)
-            if engines is not None
-            else None
-        )
+        self.blocklists = blocklists or BlocklistChecker()
+        self.prometheus = PrometheusApi()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -273,17 +151,20 @@ class Operator:
             self.spawn(self._health_loop())
 
     async def close(self) -> None:
-        for handle in [*self.retries.values(), *self.advances.values()]:
-            handle.cancel()
+        self.memory.cancel_all()
         for task in list(self.tasks):
             task.cancel()
-        if self.health is not None:
-            await self.health.prometheus.close()
+        await self.prometheus.close()
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None], pool: PoolKey | None = None) -> None:
+        """Run `work` in the background; work for a pool ends when the pool is forgotten."""
         task = asyncio.ensure_future(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        mem = self.memory.pools.get(pool) if pool is not None else None
+        if mem is not None:
+            mem.tasks.add(task)
+            task.add_done_callback(mem.tasks.discard)
 
     def use(self, idx: Indexes) -> Indexes:
         self.indexes = idx
@@ -292,38 +173,39 @@ class Operator:
     # -- reading watched objects ---------------------------------------------------------------
 
     def parse(self, body: Mapping[str, Any]) -> KubeObject | None:
-        """A mailfleet object from a watched body, cached by uid and resourceVersion."""
-        meta = body.get("metadata", {})
-        uid, version = str(meta.get("uid", "")), str(meta.get("resourceVersion", ""))
-        cached = self.parsed.get(uid)
-        if uid and version and cached is not None and cached[0] == version:
-            return cached[1]
-        obj = _parse(body)
-        if uid and version:
-            self.parsed[uid] = (version, obj)
-        return obj
+        """A mailfleet object from a watched body, kept until it changes or is deleted."""
+        return self.memory.parse(body)
 
     def pools_in(self, idx: Indexes, namespace: str) -> list[SendingPool]:
         out = []
         for key in self.pool_keys(idx, namespace):
-            for b in _bodies(idx.pools, key):
+            for b in bodies(idx.pools, key):
                 if isinstance(p := self.parse(b), SendingPool):
                     out.append(p)
         return out
+
+    def pool_of(self, idx: Indexes, key: PoolKey) -> tuple[Mapping[str, Any], SendingPool] | None:
+        found = bodies(idx.pools, key)
+        pool = self.parse(found[0]) if found else None
+        return (found[0], pool) if isinstance(pool, SendingPool) else None
 
     @staticmethod
     def pool_keys(idx: Indexes, namespace: str) -> list[PoolKey]:
         return sorted(k for k in idx.pools if k[0] == namespace)
 
+    def post(self, body: Mapping[str, Any], events: Iterable[Event]) -> None:
+        for ev in events:
+            self.post_event(body, ev.type, ev.reason, ev.message)
+
     # -- reconciling a pool --------------------------------------------------------------------
 
     async def reconcile_pool(self, idx: Indexes, namespace: str, name: str) -> None:
         key = (namespace, name)
-        lock = self.locks.setdefault(key, asyncio.Lock())
-        async with lock, self.semaphore:
+        mem = self.memory.pool(key)
+        async with mem.lock, self.semaphore:
             t0 = time.monotonic()
             try:
-                changed = await self._reconcile_pool(idx, namespace, name)
+                changed = await self._reconcile_pool(idx, mem)
             except Exception as e:
                 self.metrics.reconciles.labels("SendingPool", "error").inc()
                 self.metrics.errors.labels("SendingPool", type(e).__name__).inc()
@@ -335,37 +217,35 @@ class Operator:
                     type(e).__name__,
                     str(e) or repr(e),
                 )
-                self._schedule_retry(key)
+                self._schedule_retry(mem)
                 return
             finally:
                 self.metrics.duration.labels("SendingPool").observe(time.monotonic() - t0)
-            self.failures.pop(key, None)
-            handle = self.retries.pop(key, None)
-            if handle is not None:
-                handle.cancel()
+            mem.failures = 0
+            if mem.retry is not None:
+                mem.retry.cancel()
+                mem.retry = None
             result = "changed" if changed else "unchanged"
             self.metrics.reconciles.labels("SendingPool", result).inc()
 
-    def _schedule_retry(self, key: PoolKey) -> None:
+    def _schedule_retry(self, mem: PoolMemory) -> None:
         """Watch events are not redelivered: a failed reconcile retries itself, backing off."""
-        n = self.failures.get(key, 0)
-        self.failures[key] = n + 1
-        delay = RETRY_DELAYS[min(n, len(RETRY_DELAYS) - 1)]
-        self._reconcile_later(self.retries, key, delay)
+        delay = RETRY_DELAYS[min(mem.failures, len(RETRY_DELAYS) - 1)]
+        mem.failures += 1
+        self._reconcile_later(mem, "retry", delay)
 
-    def _reconcile_later(
-        self, timers: dict[PoolKey, asyncio.TimerHandle], key: PoolKey, delay: float
-    ) -> None:
-        old = timers.pop(key, None)
+    def _reconcile_later(self, mem: PoolMemory, timer: str, delay: float) -> None:
+        """Reconcile the pool after `delay` on its `retry` or `advance` timer (replacing it)."""
+        old: asyncio.TimerHandle | None = getattr(mem, timer)
         if old is not None:
             old.cancel()
 
         def fire() -> None:
-            timers.pop(key, None)
-            if self.indexes is not None and key in self.indexes.pools:
-                self.spawn(self.reconcile_pool(self.indexes, *key))
+            setattr(mem, timer, None)
+            if self.indexes is not None and mem.key in self.indexes.pools:
+                self.spawn(self.reconcile_pool(self.indexes, *mem.key), mem.key)
 
-        timers[key] = asyncio.get_running_loop().call_later(max(delay, 0.0), fire)
+        setattr(mem, timer, asyncio.get_running_loop().call_later(max(delay, 0.0), fire))
 
     async def _resync_loop(self) -> None:
         """Every pool once per resync interval, spread over it: unwatched children the operator
@@ -382,276 +262,130 @@ class Operator:
                     await self.reconcile_pool(idx, ns, name)
                 await asyncio.sleep(pause)
 
-    def _known(self, key: ChildKey) -> drift.Known | None:
-        """What the operator last applied or read of a child, unless that is too old to trust
-        (StatefulSets are watched: their memory does not expire)."""
-        entry = self.known.get(key)
-        if entry is None:
-            return None
-        known, since = entry
-        if key[1] != "StatefulSet" and time.monotonic() - since > self.resync_seconds:
-            return None
-        return known
-
-    def _remember(
-        self, namespace: str, kind: str, desired_hash: str, live: Mapping[str, Any]
-    ) -> None:
-        meta = live.get("metadata", {})
-        self.known[(namespace, kind, str(meta.get("name", "")))] = (
-            (desired_hash, drift.child_marker(kind, meta)),
-            time.monotonic(),
-        )
-
     def forget_pool(self, namespace: str, name: str) -> None:
-        key = (namespace, name)
         self.metrics.forget_pool(namespace, name)
-        for k in [k for k, pool in self.child_pools.items() if k[0] == namespace and pool == name]:
-            self.known.pop(k, None)
-            del self.child_pools[k]
-        self.written.pop(key, None)
-        self.sts_seen.pop(key, None)
-        self.configs.pop(key, None)
-        self.pod_status.pop(key, None)
-        self.autoscaled.pop(key, None)
-        self.scale_history.pop(key, None)
-        self.scale_note.pop(key, None)
-        self.drained_to.pop(key, None)
-        if self.health is not None:
-            self.health.forget(key)
-        self.health_written.pop(key, None)
-        self.ipmoves.forget(key)
-        self.selected.pop(key, None)
-        self.locks.pop(key, None)
-        self.failures.pop(key, None)
-        for timers in (self.retries, self.advances):
-            handle = timers.pop(key, None)
-            if handle is not None:
-                handle.cancel()
+        self.memory.forget_pool((namespace, name))
 
-    def _old_status(
-        self, key: PoolKey, body: Mapping[str, Any]
-    ) -> tuple[dict[str, Any] | None, bool]:
-        """The pool's live status: the index's, unless it has not yet seen the operator's own
-        last write (then that, and True)."""
-        written = self.written.get(key)
-        if written is not None:
-            if _int(body.get("metadata", {}).get("resourceVersion")) < written[0]:
-                return written[1], True
-            del self.written[key]
-        status = body.get("status")
-        return (dict(status) if isinstance(status, Mapping) else None), False
-
-    async def _ensure_admin_secret(self, idx: Indexes, pool: SendingPool) -> bool:
-        """The pool's admin token Secret, created once with a random token and never rewritten
-        (its pods read it at start). Returns whether it was created."""
-        namespace, name = naming.pool_namespace(pool), naming.pool_name(pool)
-        secret = naming.admin_secret_name(name)
-        if secret in idx.secrets.get(namespace, []):
-            return False
-        obj = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": secret,
-                "namespace": namespace,
-                "labels": {**naming.child_labels(name), naming.ADMIN_TOKEN_LABEL: name},
-                "ownerReferences": [naming.owner_reference(pool)],
-            },
-            "type": "Opaque",
-            "stringData": {naming.ADMIN_TOKEN_KEY: secrets.token_hex(32)},
-        }
-        created = await self.api.create(kube.SECRETS, obj)
-        return created is not None
-
-    async def _reconcile_pool(self, idx: Indexes, namespace: str, name: str) -> bool:
-        key = (namespace, name)
-        bodies = _bodies(idx.pools, key)
-        if not bodies:
-            return False
-        body = bodies[0]
-        pool = self.parse(body)
-        if not isinstance(pool, SendingPool):
-            return False
-        old_status, fresher_than_index = self._old_status(key, body)
-        if fresher_than_index and old_status is not None:
-            try:
-                fresher = SendingPoolStatus.model_validate(old_status)
-            except ValidationError:
-                fresher = None
-            if fresher is not None:
-                pool = pool.model_copy(update={"status": fresher})
-        policies = [
-            p
-            for b in _bodies(idx.policies, namespace)
-            if isinstance(p := self.parse(b), DeliveryPolicy)
-        ]
-        warmups = [w for b in _bodies(idx.warmups, key) if isinstance(w := self.parse(b), IPWarmup)]
-        domains = [
-            d
-            for b in _bodies(idx.domains, namespace)
-            if isinstance(d := self.parse(b), SendingDomain)
-        ]
-        sts_list = list(idx.statefulsets.get(key, []))
-        sts = sts_list[0] if sts_list else None
-        now = self.clock()
-        rendered = render.render_pool(
-            render.PoolInputs(
-                pool=pool,
-                policies=policies,
-                warmups=warmups,
-                secrets=frozenset(idx.secrets.get(namespace, [])),
-                statefulset_status=sts.status() if sts is not None else None,
-                image=self.image,
-                now=now,
-                autoscaled=self.autoscaled.get(key),
-                live_replicas=sts.spec_replicas if sts is not None else None,
-                drained_to=self.drained_to.get(key),
-                domain_keys=domainplan.domain_dkim_keys(name, domains),
-                verdicts=self.health.verdicts.get(key) if self.health is not None else None,
-                sender_restrictions=domainplan.sender_restrictions(name, domains),
-                dmarc_addresses=domainplan.dmarc_report_addresses(name, domains, self.dmarc_url),
-                senders=self.ipmoves.of(key).senders,
-                pending_moves=frozenset(self.ipmoves.of(key).pending),
-                fleet_modes=self.ipmoves.of(key).modes,
-            )
+    def _sources(self, idx: Indexes, key: PoolKey) -> childsync.Sources:
+        namespace = key[0]
+        return childsync.Sources(
+            policies=[
+                p
+                for b in bodies(idx.policies, namespace)
+                if isinstance(p := self.parse(b), DeliveryPolicy)
+            ],
+            warmups=[
+                w for b in bodies(idx.warmups, key) if isinstance(w := self.parse(b), IPWarmup)
+            ],
+            domains=[
+                d
+                for b in bodies(idx.domains, namespace)
+                if isinstance(d := self.parse(b), SendingDomain)
+            ],
+            secrets=frozenset(idx.secrets.get(namespace, [])),
+            statefulset=idx.statefulset(key),
+            image=self.image,
+            now=self.clock(),
+            dmarc_url=self.dmarc_url,
         )
-        self.ipmoves.rendered(key, rendered.status.get("ips", []))
-        self.sts_seen[key] = (sts.replicas, sts.ready) if sts is not None else (0, 0)
-        if rendered.config_hash is not None:
-            self.configs[key] = (rendered.config_hash, rendered.config_text)
+
+    async def _reconcile_pool(self, idx: Indexes, mem: PoolMemory) -> bool:
+        found = self.pool_of(idx, mem.key)
+        if found is None:
+            return False
+        body, pool = found
+        old_status, fresher = statuswriters.old_status(mem, body)
+        if fresher:
+            pool = statuswriters.with_fresher_status(pool, old_status)
+        src = self._sources(idx, mem.key)
+        rendered = render.render_pool(childsync.render_inputs(pool, mem, src))
+        if childsync.remember_render(mem, rendered, src.statefulset):
+            self.schedule_policy_statuses(idx, mem.key[0])
         if rendered.next_warmup_advance is not None:
-            delay = (rendered.next_warmup_advance - now).total_seconds()
-            self._reconcile_later(self.advances, key, delay + 1.0)
-        before = self.selected.get(key)
-        self.selected[key] = frozenset(rendered.policies)
-        if before != self.selected[key]:
-            self.schedule_policy_statuses(idx, namespace)
-        generation = body["metadata"].get("generation")
-        # Never reconciled (no status, no StatefulSet): its children are applied without
-        # reading them first.
-        new_pool = old_status is None and sts is None
-        created_secret = await self._ensure_admin_secret(idx, pool)
-
-        async def sync(child: dict[str, Any]) -> tuple[str, bool] | None:
-            """Apply one child if it needs it: None, or (what, whether it existed)."""
-            kind = child["kind"]
-            res = kube.BY_KIND[kind]
-            child_name = child["metadata"]["name"]
-            ckey = (namespace, kind, child_name)
-            self.child_pools[ckey] = name
-            want = child["metadata"]["annotations"][naming.HASH_ANNOTATION]
-            if kind == "StatefulSet":
-                action = drift.child_action(
-                    want, sts.child if sts is not None else None, self._known(ckey)
-                )
-            else:
-                known = self._known(ckey)
-                action = "skip" if known is not None and known[0] == want else "check"
-                if action == "check" and new_pool:
-                    action = "apply"
-            if action == "skip":
-                return None
-            live: dict[str, Any] | None = None
-            if action == "check" or (
-                action == "apply" and kind == "StatefulSet" and sts is not None
-            ):
-                live = await self.api.get(res, namespace, child_name)
-                if action == "check" and live is not None and not drift.needs_apply(child, live):
-                    self._remember(namespace, kind, want, live)
-                    return None
-            existed = live is not None or (kind == "StatefulSet" and sts is not None)
-            to_apply, ignored = drift.keep_immutable(child, live)
-            applied = await self.api.apply(res, to_apply)
-            self._remember(namespace, kind, want, applied)
-            if kind == "ConfigMap":
-                self.post_event(
-                    body,
-                    "Normal",
-                    "ConfigRendered",
-                    f"{'Updated' if existed else 'Created'} ConfigMap {child_name}: engine.yaml "
-                    f"{rendered.config_hash} rendered for generation {generation} "
-                    f"(policies: {', '.join(rendered.policies) or 'none'})",
-                )
-            if ignored:
-                self.post_event(
-                    body,
-                    "Warning",
-                    "ImmutableFieldChanged",
-                    f"StatefulSet {child_name}: {', '.join(ignored)} cannot change in place; "
-                    "delete the StatefulSet with --cascade=orphan to apply it",
-                )
-            return f"{kind} {child_name}", existed
-
-        # What the pods use (ServiceAccount, ConfigMap, Services, PDB) at once, then the
-        # StatefulSet that makes them: one round trip of latency instead of five.
-        first = [c for c in rendered.children if c["kind"] != "StatefulSet"]
-        last = [c for c in rendered.children if c["kind"] == "StatefulSet"]
-        results: list[tuple[str, bool] | BaseException | None] = []
-        for group in (first, last):
-            results += await asyncio.gather(*(sync(c) for c in group), return_exceptions=True)
-            errors = [e for e in results if isinstance(e, BaseException)]
-            if errors:
-                raise errors[0]
-        done = [x for x in results if isinstance(x, tuple)]
+            delay = (rendered.next_warmup_advance - src.now).total_seconds()
+            self._reconcile_later(mem, "advance", delay + 1.0)
+        created_secret = await childsync.ensure_admin_secret(self.api, pool, src.secrets)
+        sync = await childsync.sync_children(
+            self.api,
+            mem,
+            rendered,
+            src.statefulset,
+            # Never reconciled (no status, no StatefulSet): applied without reading first.
+            new_pool=old_status is None and src.statefulset is None,
+            generation=body["metadata"].get("generation"),
+            resync_seconds=self.resync_seconds,
+        )
         if created_secret:
-            done.insert(0, (f"Secret {naming.admin_secret_name(name)}", False))
-        changed = bool(done)
-        created = [what for what, existed in done if not existed]
-        updated = [what for what, existed in done if existed]
-        # One event per verb and reconcile, not one per child: each is a write.
-        if created:
-            self.post_event(body, "Normal", "Created", "Created " + ", ".join(created))
-        if updated:
-            self.post_event(body, "Normal", "Updated", "Updated " + ", ".join(updated))
-        new_status = rendered.status
-        note = self.scale_note.get(key)
-        if note is not None:
-            new_status = {**new_status, "scaleReason": note[0], "lastScaleTime": timestamp(note[1])}
-        if self.health is not None and key in self.health.fields:
-            new_status = {**new_status, **self.health.fields[key]}
-        if rendered.config_hash is not None and key in self.pod_status:
-            # The pods' own report, recounted against the config rendered now.
-            new_status = {**new_status, **self.pod_status[key]}
-            new_status["updatedPods"] = pods.updated_pods(
-                self.pod_status[key]["pods"], rendered.config_hash
-            )
-        self.metrics.set_pool(namespace, name, {**(old_status or {}), **new_status})
-        if drift.status_changed(old_status, new_status):
-            result = await self.api.patch_status(kube.SENDINGPOOLS, namespace, name, new_status)
-            if result is None:
-                return changed
-            changed = True
-            self.written[key] = (
-                _int(result.get("metadata", {}).get("resourceVersion")),
-                dict(result.get("status") or new_status),
-            )
-            for ev in statuses.pool_events(old_status, new_status):
-                self.post_event(body, ev.type, ev.reason, ev.message)
-        if warmups:
-            await self.update_warmup_statuses(idx, namespace, name)
-            if any(w.status is None or w.status.start_time is None for w in warmups):
+            sync.done.insert(0, (f"Secret {naming.admin_secret_name(mem.key[1])}", False))
+        self.post(body, sync.summary())
+        if sync.error is not None:
+            raise sync.error
+        new_status = childsync.merged_status(
+            mem,
+            rendered,
+            healthloop.health_fields(mem),
+            pool=pool,
+            old_status=old_status,
+            now=src.now,
+        )
+        written = await self._write_pool_status(mem, body, old_status, new_status)
+        if written is False:
+            return sync.changed
+        if src.warmups:
+            await self.update_warmup_statuses(idx, *mem.key)
+            if any(w.status is None or w.status.start_time is None for w in src.warmups):
                 # A warmup just started: render again once its startTime is in the index, so
                 # the engines count its days from it.
-                self._reconcile_later(self.advances, key, 2.0)
+                self._reconcile_later(mem, "advance", 2.0)
         if rendered.config_hash is not None and self.engines is not None:
-            self.spawn(self.guarded("SendingPool", self.poll_pool(idx, namespace, name)))
-        return changed
+            self.spawn(self.guarded("SendingPool", self.poll_pool(idx, *mem.key)), mem.key)
+        return sync.changed or bool(written)
+
+    async def _write_pool_status(
+        self,
+        mem: PoolMemory,
+        body: Mapping[str, Any],
+        old_status: Mapping[str, Any] | None,
+        new_status: dict[str, Any],
+        *,
+        condition_events: bool = True,
+    ) -> bool | None:
+        """The pool's gauges, and its status when it changed: True when written, False when
+        the pool is gone, None when there was nothing to write. Posts the events the change
+        of its conditions calls for."""
+        self.metrics.set_pool(*mem.key, {**(old_status or {}), **new_status})
+        if not drift.status_changed(old_status, new_status):
+            return None
+        if await statuswriters.write_pool_status(self.api, mem, new_status) is None:
+            return False
+        if condition_events:
+            found = statuses.pool_events(old_status, new_status)
+            self.post(body, (Event(e.type, e.reason, e.message) for e in found))
+        return True
 
     # -- IP health -----------------------------------------------------------------------------
+
+    def _checker(self, mem: PoolMemory) -> HealthChecker | None:
+        if self.engines is None:
+            return None
+        if mem.health is None:
+            mem.health = HealthChecker(
+                self.engines, self.blocklists, self.metrics, prometheus=self.prometheus
+            )
+        return mem.health
 
     async def _health_loop(self) -> None:
         """Each pool's health check when its spec.health.interval has passed."""
         while True:
             await asyncio.sleep(HEALTH_TICK_SECONDS)
             idx = self.indexes
-            if idx is None or self.health is None:
+            if idx is None or self.engines is None:
                 continue
             now = self.clock()
             due = []
             for key in sorted(idx.pools):
-                bodies = _bodies(idx.pools, key)
-                pool = self.parse(bodies[0]) if bodies else None
-                if isinstance(pool, SendingPool) and self.health.due(key, pool, now):
+                found = self.pool_of(idx, key)
+                if found is not None and healthloop.due(self.memory.pool(key), found[1], now):
                     due.append(key)
             for i in range(0, len(due), POD_POLL_CONCURRENCY):
                 await asyncio.gather(
@@ -665,80 +399,31 @@ class Operator:
         """One health check: verdicts that changed re-render the pool (the engines stop
         sending from a quarantined IP with the next config), figures go into the pool's and
         its warmups' status, decisions into events."""
-        if self.health is None:
+        found = self.pool_of(idx, key)
+        mem = self.memory.pool(key)
+        checker = self._checker(mem)
+        if found is None or checker is None:
             return
-        bodies = _bodies(idx.pools, key)
-        pool = self.parse(bodies[0]) if bodies else None
-        if not isinstance(pool, SendingPool):
-            return
-        old_status, _ = self._old_status(key, bodies[0])
-        ready = conditions.condition(old_status, "IPsHealthy")
-        result = await self.health.check(
-            key,
-            pool,
-            list(idx.pods.get(key, [])),
-            self.clock(),
-            prior_no_healthy=ready is not None and ready.get("reason") == quarantine.NO_HEALTHY,
+        body, pool = found
+        old_status, _ = statuswriters.old_status(mem, body)
+        outcome = await healthloop.check(
+            checker, mem, pool, list(idx.pods.get(key, [])), old_status, self.clock()
         )
-        for n in result.notices:
-            self.post_event(bodies[0], n.type, n.reason, n.message)
-        if result.changed:
+        self.post(body, outcome.events)
+        if outcome.rerender:
             await self.reconcile_pool(idx, *key)
-        elif drift.status_changed(old_status, result.status) and self._health_write_due(
-            key, pool, old_status, result.status
-        ):
-            written = await self.api.patch_status(kube.SENDINGPOOLS, *key, result.status)
-            if written is not None:
-                self.written[key] = (
-                    _int(written.get("metadata", {}).get("resourceVersion")),
-                    dict(written.get("status") or {}),
-                )
-        if result.delta:
-            await self._count_warmup_days(idx, key, result.delta)
+        elif outcome.status is not None:
+            await statuswriters.write_pool_status(self.api, mem, outcome.status)
+        if outcome.delta:
+            delta = outcome.delta
 
-    def _health_write_due(
-        self,
-        key: PoolKey,
-        pool: SendingPool,
-        old_status: Mapping[str, Any] | None,
-        fields: Mapping[str, Any],
-    ) -> bool:
-        """Figures move with every message: the status takes them at most every ten intervals
-        (at most 5 min; the operator's metrics have them at every check), a change of listing at
-        once."""
+            def today(warmup: IPWarmup, _: Mapping[str, Any]) -> dict[str, Any] | None:
+                counted = statuses.warmup_today(warmup, delta)
+                return {"today": counted} if counted is not None else None
 
-        def listed(items: Any) -> list[Any]:
-            return [(h.get("address"), h.get("listedOn")) for h in items or []]
-
-        now = time.monotonic()
-        last = self.health_written.get(key)
-        period = min(10 * pool.spec.health.interval, HEALTH_STATUS_MAX_PERIOD)
-        if (
-            last is None
-            or now - last >= period
-            or listed((old_status or {}).get("health")) != listed(fields.get("health"))
-        ):
-            self.health_written[key] = now
-            return True
-        return False
-
-    async def _count_warmup_days(
-        self, idx: Indexes, key: PoolKey, delta: Mapping[tuple[str, str], Any]
-    ) -> None:
-        """Adds what the warmups' addresses did since the last check to their status.today,
-        which the gates judge when the day ends."""
-        for b in _bodies(idx.warmups, key):
-            warmup = self.parse(b)
-            if not isinstance(warmup, IPWarmup):
-                continue
-            today = statuses.warmup_today(warmup, delta)
-            if today is None:
-                continue
-            result = await self.api.patch_status(
-                kube.IPWARMUPS, key[0], b["metadata"]["name"], {"today": today}
+            await statuswriters.write_warmup_counts(
+                self.api, self.memory, bodies(idx.warmups, key), key[0], today
             )
-            if result is not None:
-                self._note_own_write("IPWarmup", result)
 
     # -- pods ----------------------------------------------------------------------------------
 
@@ -758,197 +443,49 @@ class Operator:
     async def poll_pool(self, idx: Indexes, namespace: str, name: str) -> None:
         """Ask each running pod how it is; push the current config where it is behind; write
         what changed into the pool's and its warmups' status."""
-        key = (namespace, name)
-        if self.engines is None or key in self.polling:
+        mem = self.memory.pool((namespace, name))
+        if self.engines is None or mem.polling:
             return
-        self.polling.add(key)
+        mem.polling = True
         try:
-            await self._poll_pool(idx, key, self.engines)
+            await self._poll_pool(idx, mem, self.engines)
         finally:
-            self.polling.discard(key)
+            mem.polling = False
 
-    async def _poll_pool(self, idx: Indexes, key: PoolKey, engines: EngineApi) -> None:
-        namespace, name = key
-        refs = pods.pollable(list(idx.pods.get(key, [])))
-        if not refs and key not in self.pod_status:
-            return
-        answers = await asyncio.gather(*(engines.status(p.ip or "") for p in refs))
-        reports = [pods.PodReport(p, a) for p, a in zip(refs, answers, strict=True)]
-        desired = self.configs.get(key)
-        tokens = list(idx.admin_tokens.get(key, []))
-        if desired is not None and tokens:
-            behind = [r for r in reports if pods.needs_push(r, desired[0])]
-            results = await asyncio.gather(
-                *(engines.reload(r.pod.ip or "", tokens[0], desired[1]) for r in behind)
-            )
-            for r, (ok, message) in zip(behind, results, strict=True):
-                if ok:
-                    log.info("pushed config %s to pod %s/%s", desired[0], namespace, r.pod.name)
-                    fresh = await engines.status(r.pod.ip or "")
-                    reports[reports.index(r)] = pods.PodReport(r.pod, fresh)
-                else:
-                    log.warning(
-                        "pod %s/%s refused config %s: %s",
-                        namespace,
-                        r.pod.name,
-                        desired[0],
-                        message,
-                    )
-        fields = pods.pods_status(reports, desired[0] if desired else None)
-        bodies = _bodies(idx.pools, key)
-        pool = self.parse(bodies[0]) if bodies else None
-        if not isinstance(pool, SendingPool):
-            return
-        rerender = self._autoscale(key, pool, bodies[0], reports, idx)
-        pool_body = bodies[0]
-        if await self.ipmoves.observe(
-            key,
-            reports,
-            engines,
-            tokens[0] if tokens else None,
-            lambda t, r, m: self.post_event(pool_body, t, r, m),
-        ):
-            rerender = True
-        fields.update(await self._drain(key, pool, bodies[0], reports, idx, tokens, engines))
-        if plan_ready := (
-            key in self.drained_to and self._live_replicas(idx, key) != self.drained_to[key]
-        ):
-            rerender = rerender or plan_ready
-        old_status, _ = self._old_status(key, bodies[0])
-        for q in pods.new_engine_quarantines(
-            (old_status or {}).get("engineQuarantines"), fields["engineQuarantines"]
-        ):
-            self.post_event(
-                bodies[0],
-                "Warning",
-                "EngineQuarantined",
-                f"{q['address']} quarantined for {q['provider']} by pod {q['pod']}: "
-                f"{q.get('reason') or 'a reply rule'}",
-            )
-        self.pod_status[key] = fields
-        self.metrics.set_pool(namespace, name, {**(old_status or {}), **fields})
-        if drift.status_changed(old_status, fields):
-            result = await self.api.patch_status(kube.SENDINGPOOLS, namespace, name, fields)
-            if result is not None:
-                self.written[key] = (
-                    _int(result.get("metadata", {}).get("resourceVersion")),
-                    dict(result.get("status") or {}),
-                )
-        rows = pods.warmup_rows(reports)
-        for b in _bodies(idx.warmups, key):
-            warmup = self.parse(b)
-            if not isinstance(warmup, IPWarmup):
-                continue
-            sent = {"sentToday": statuses.warmup_sent_today(warmup, rows)}
-            if drift.status_changed(b.get("status"), sent):
-                meta = b["metadata"]
-                result = await self.api.patch_status(kube.IPWARMUPS, namespace, meta["name"], sent)
-                if result is not None:
-                    self._note_own_write("IPWarmup", result)
-        if rerender:
-            self.spawn(self.reconcile_pool(idx, namespace, name))
-
-    def _live_replicas(self, idx: Indexes, key: PoolKey) -> int | None:
-        sts = list(idx.statefulsets.get(key, []))
-        return sts[0].spec_replicas if sts else None
-
-    def _autoscale(
-        self,
-        key: PoolKey,
-        pool: SendingPool,
-        body: Mapping[str, Any],
-        reports: list[pods.PodReport],
-        idx: Indexes,
-    ) -> bool:
-        """The built-in autoscaler's look at the queue; True when the pod count changes."""
-        spec = pool.spec
-        if not spec.autoscaling.enabled:
-            self.autoscaled.pop(key, None)
-            self.scale_history.pop(key, None)
-            return False
-        current = self.autoscaled.get(key)
-        if current is None:
-            current = self._live_replicas(idx, key) or render.target_replicas(pool, None)
-        depths = [
-            q for r in reports if r.status is not None and (q := pods.queued(r.status)) is not None
-        ]
-        now = self.clock()
-        decision = autoscale.decide(
-            current,
-            sum(depths) if depths else None,
-            spec.autoscaling.target_queue_per_pod,
-            spec.replicas.min,
-            spec.replicas.max,
-            self.scale_history.get(key, ()),
-            now,
-            spec.autoscaling.scale_down_stabilization,
+    async def _poll_pool(self, idx: Indexes, mem: PoolMemory, engines: EngineApi) -> None:
+        key = mem.key
+        sts = idx.statefulset(key)
+        view = podpoll.PodsView(
+            refs=list(idx.pods.get(key, [])),
+            token=idx.token(key),
+            live_replicas=sts.spec_replicas if sts is not None else None,
         )
-        self.scale_history[key] = decision.history
-        self.autoscaled[key] = decision.replicas
-        if not decision.changed:
-            return False
-        self.scale_note[key] = (decision.reason, now)
-        verb = "ScaledUp" if decision.replicas > current else "ScaledDown"
-        self.post_event(body, "Normal", verb, decision.reason)
-        return True
+        reports = await podpoll.ask(engines, mem, view)
+        found = self.pool_of(idx, key)
+        if reports is None or found is None:
+            return
+        body, pool = found
+        outcome = await podpoll.decide(engines, mem, pool, view, reports, self.clock())
+        self.post(body, outcome.events)
+        old_status, _ = statuswriters.old_status(mem, body)
+        self.post(body, podpoll.engine_quarantine_events(old_status, outcome.fields))
+        # The QUARANTINED column counts the health check's quarantines (status.ips) too.
+        outcome.fields["quarantinedIPs"] = statuses.quarantined_ip_count(
+            {**(old_status or {}), **outcome.fields}
+        )
+        mem.pod_status = outcome.fields
+        await self._write_pool_status(mem, body, old_status, outcome.fields, condition_events=False)
+        rows = pods.warmup_rows(outcome.reports)
 
-    async def _drain(
-        self,
-        key: PoolKey,
-        pool: SendingPool,
-        body: Mapping[str, Any],
-        reports: list[pods.PodReport],
-        idx: Indexes,
-        tokens: list[str],
-        engines: EngineApi,
-    ) -> dict[str, Any]:
-        """Scale-down without losing mail: the leaving pods hand their queue to the pods that
-        stay before the StatefulSet shrinks; a scale-down called off undrains them. Everything
-        it needs is in the pods' own answers and the StatefulSet, so an operator restarted in
-        the middle of a drain carries on where it was."""
-        target = render.target_replicas(pool, self.autoscaled.get(key))
-        live = self._live_replicas(idx, key)
-        plan = pods.drain_plan(reports, target, live, naming.ADMIN_PORT)
-        token = tokens[0] if tokens else None
-        if token is not None:
-            for r in plan.drain:
-                queued = pods.queued(r.status) if r.status is not None else None
-                state = await engines.drain(r.pod.ip or "", token, plan.handoff)
-                if state is not None:
-                    to = ", ".join(u.split("//")[1] for u in plan.handoff) or "nobody: it delivers"
-                    self.post_event(
-                        body,
-                        "Normal",
-                        "Draining",
-                        f"pod {r.pod.name} drains before the scale-down to {target}: "
-                        f"{queued if queued is not None else '?'} messages handed to {to}",
-                    )
-            for r in plan.undrain:
-                if await engines.undrain(r.pod.ip or "", token):
-                    self.post_event(
-                        body,
-                        "Normal",
-                        "DrainCancelled",
-                        f"pod {r.pod.name} takes mail again: the pool scales to {target}",
-                    )
-        if plan.drained:
-            if self.drained_to.get(key) != target:
-                self.drained_to[key] = target
-                self.post_event(
-                    body,
-                    "Normal",
-                    "Drained",
-                    f"{', '.join(plan.leaving)} handed off every message: "
-                    f"scaling the StatefulSet from {live} to {target}",
-                )
-        elif live is None or live <= target:
-            self.drained_to.pop(key, None)
-        out: dict[str, Any] = {"drainingPods": plan.leaving}
-        if plan.left is not None and plan.leaving:
-            out["handoffLeft"] = plan.left
-        elif not plan.leaving:
-            out["handoffLeft"] = 0
-        return out
+        def sent_today(warmup: IPWarmup, b: Mapping[str, Any]) -> dict[str, Any] | None:
+            sent = {"sentToday": statuses.warmup_sent_today(warmup, rows)}
+            return sent if drift.status_changed(b.get("status"), sent) else None
+
+        await statuswriters.write_warmup_counts(
+            self.api, self.memory, bodies(idx.warmups, key), key[0], sent_today
+        )
+        if outcome.rerender:
+            self.spawn(self.reconcile_pool(idx, *key), key)
 
     # -- policy and warmup status --------------------------------------------------------------
 
@@ -974,73 +511,30 @@ class Operator:
         self.spawn(run())
 
     def own_write(self, kind: str, meta: Mapping[str, Any]) -> bool:
-        key = (kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
-        return self.own_status_writes.get(key) == _int(meta.get("resourceVersion"))
-
-    def _note_own_write(self, kind: str, result: Mapping[str, Any]) -> None:
-        rmeta = result.get("metadata", {})
-        self.own_status_writes[(kind, str(rmeta.get("namespace")), str(rmeta.get("name")))] = _int(
-            rmeta.get("resourceVersion")
-        )
-
-    async def _write_status_if_changed(
-        self,
-        res: kube.Resource,
-        body: Mapping[str, Any],
-        compute: Callable[[Mapping[str, Any]], dict[str, Any] | None],
-    ) -> tuple[Mapping[str, Any], dict[str, Any]] | None:
-        """Patch the status `compute` gives for the object when it differs from the live one;
-        when the index has an older version, compute again from the live object
-        (lastTransitionTime and startTime come from the status they replace). Returns the
-        live object and the status written, when one was."""
-        new_status = compute(body)
-        if new_status is None or not drift.status_changed(body.get("status"), new_status):
-            return None
-        meta = body["metadata"]
-        live = await self.api.get(res, meta["namespace"], meta["name"])
-        if live is None:
-            return None
-        new_status = compute(live)
-        if new_status is None or not drift.status_changed(live.get("status"), new_status):
-            return None
-        result = await self.api.patch_status(res, meta["namespace"], meta["name"], new_status)
-        if result is None:
-            return None
-        self._note_own_write(res.kind, result)
-        return live, new_status
+        return statuswriters.is_own_write(self.memory, kind, meta)
 
     async def update_policy_statuses(self, idx: Indexes, namespace: str) -> None:
-        pools = self.pools_in(idx, namespace)
-        now = self.clock()
-
-        def compute(body: Mapping[str, Any]) -> dict[str, Any] | None:
-            policy = self.parse(body)
-            if not isinstance(policy, DeliveryPolicy):
-                return None
-            return statuses.policy_status(policy, pools, now)
-
-        for b in _bodies(idx.policies, namespace):
-            await self._write_status_if_changed(kube.DELIVERYPOLICIES, b, compute)
+        await statuswriters.write_policy_statuses(
+            self.api,
+            self.memory,
+            bodies(idx.policies, namespace),
+            self.pools_in(idx, namespace),
+            self.clock(),
+        )
 
     async def update_warmup_statuses(self, idx: Indexes, namespace: str, pool: str) -> None:
         pools = [p for p in self.pools_in(idx, namespace) if naming.pool_name(p) == pool]
-        now = self.clock()
-
-        def compute(body: Mapping[str, Any]) -> dict[str, Any] | None:
-            warmup = self.parse(body)
-            if not isinstance(warmup, IPWarmup):
-                return None
-            status = statuses.warmup_status(warmup, pools[0] if pools else None, now)
-            name = str(warmup.metadata.get("name", ""))
-            self.metrics.set_warmup(namespace, name, pool, status)
-            return status
-
-        for b in _bodies(idx.warmups, (namespace, pool)):
-            written = await self._write_status_if_changed(kube.IPWARMUPS, b, compute)
-            if written is not None:
-                live, new_status = written
-                for ev in statuses.warmup_events(live.get("status"), new_status):
-                    self.post_event(live, ev.type, ev.reason, ev.message)
+        written = await statuswriters.write_warmup_statuses(
+            self.api,
+            self.memory,
+            self.metrics,
+            bodies(idx.warmups, (namespace, pool)),
+            (namespace, pool),
+            pools[0] if pools else None,
+            self.clock(),
+        )
+        for live, ev in written:
+            self.post(live, [ev])
 
     async def reconcile_all(self, idx: Indexes, keys: Iterable[PoolKey]) -> None:
         await asyncio.gather(
@@ -1069,24 +563,25 @@ class Operator:
         key = (namespace, name)
         if event_type == "DELETED":
             self.forget_pool(namespace, name)
-            self.parsed.pop(str(meta.get("uid", "")), None)
             self.schedule_policy_statuses(idx, namespace)
             await self.guarded("IPWarmup", self.update_warmup_statuses(idx, namespace, name))
             return
-        written = self.written.get(key)
-        if written is not None and _int(meta.get("resourceVersion")) == written[0]:
-            # The echo of the operator's own status write: nothing new.
-            return
+        if statuswriters.is_own_pool_write(self.memory.pools.get(key), meta):
+            return  # the echo of the operator's own status write: nothing new
         await self.reconcile_pool(idx, namespace, name)
 
     def _selects(self, idx: Indexes, key: PoolKey, labels: Mapping[str, str]) -> bool:
-        for b in _bodies(idx.pools, key):
+        for b in bodies(idx.pools, key):
             pool = self.parse(b)
             if isinstance(pool, SendingPool) and policy_merge.selector_matches(
                 pool.spec.policy_selector, labels
             ):
                 return True
         return False
+
+    def _selected_by(self, key: PoolKey, policy: str) -> bool:
+        mem = self.memory.pools.get(key)
+        return mem is not None and mem.selected is not None and policy in mem.selected
 
     async def on_policy(
         self,
@@ -1101,15 +596,16 @@ class Operator:
             # its status can be written now (every pool is in the index already).
             await self.guarded("DeliveryPolicy", self.update_policy_statuses(idx, namespace))
             return
-        if event_type != "DELETED" and self.own_write("DeliveryPolicy", body.get("metadata", {})):
+        deleted = event_type == "DELETED"
+        if deleted:
+            self.memory.forget_object(("DeliveryPolicy", namespace, name))
+        elif self.own_write("DeliveryPolicy", body.get("metadata", {})):
             return
         labels = dict(body.get("metadata", {}).get("labels") or {})
-        deleted = event_type == "DELETED"
         affected = [
             key
             for key in self.pool_keys(idx, namespace)
-            if name in self.selected.get(key, frozenset())
-            or (not deleted and self._selects(idx, key, labels))
+            if self._selected_by(key, name) or (not deleted and self._selects(idx, key, labels))
         ]
         await self.reconcile_all(idx, affected)
         self.metrics.reconciles.labels(
@@ -1128,12 +624,14 @@ class Operator:
     ) -> None:
         if event_type != "DELETED" and self.own_write("IPWarmup", meta):
             return
-        before = self.warmup_pools.get((namespace, name))
+        okey = ("IPWarmup", namespace, name)
+        known = self.memory.objects.get(okey)
+        before = known.pool if known is not None else None
         if event_type == "DELETED":
-            self.warmup_pools.pop((namespace, name), None)
+            self.memory.forget_object(okey)
             self.metrics.forget_warmup(namespace, name)
         else:
-            self.warmup_pools[(namespace, name)] = pool
+            self.memory.object(okey).pool = pool
         names = {p for p in (pool, before) if p}
         await self.reconcile_all(
             idx, [(namespace, p) for p in names if (namespace, p) in idx.pools]
@@ -1143,6 +641,9 @@ class Operator:
         ).inc()
         for p in names:
             await self.guarded("IPWarmup", self.update_warmup_statuses(idx, namespace, p))
+
+    def on_domain_deleted(self, namespace: str, name: str) -> None:
+        self.memory.forget_object(("SendingDomain", namespace, name))
 
     @staticmethod
     def references(pool: SendingPool, secret: str) -> bool:
@@ -1173,17 +674,17 @@ class Operator:
         pool = owner_pool(meta.get("ownerReferences") or [])
         if pool is None or (namespace, pool) not in idx.pools:
             return
-        ckey = (namespace, "StatefulSet", name)
         if event_type is None:
             # The initial listing: the pool's own first event reconciles it.
             return
+        mem = self.memory.pool((namespace, pool))
         if event_type == "DELETED":
-            self.known.pop(ckey, None)
+            mem.known.pop(("StatefulSet", name), None)
         elif not statefulset_is_news(
             event_type,
             live_statefulset(meta, status),
-            self.sts_seen.get((namespace, pool)),
-            self._known(ckey),
+            mem.sts_seen,
+            mem.known_child("StatefulSet", name, self.resync_seconds),
         ):
             return
         await self.reconcile_pool(idx, namespace, pool)
@@ -1193,26 +694,3 @@ class Operator:
         next poll, so a new pod gets its config and the status its numbers."""
         if self.engines is not None and (namespace, pool) in idx.pools:
             await self.guarded("SendingPool", self.poll_pool(idx, namespace, pool))
-
-
-def _parse(body: Mapping[str, Any]) -> KubeObject | None:
-    """A status we cannot read is dropped; a spec we cannot read skips the object (the API
-    server validates it, so that means a newer schema than ours)."""
-    data = copy.deepcopy(dict(body))
-    try:
-        return parse_object(data)
-    except (ValidationError, ValueError):
-        pass
-    data.pop("status", None)
-    try:
-        return parse_object(data)
-    except (ValidationError, ValueError) as e:
-        meta = data.get("metadata", {})
-        log.error(
-            "cannot read %s %s/%s: %s",
-            data.get("kind"),
-            meta.get("namespace"),
-            meta.get("name"),
-            str(e).splitlines()[0],
-        )
-        return None

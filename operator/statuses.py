@@ -65,6 +65,55 @@ def pool_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[E
     return events
 
 
+def quarantined_ip_count(status: Mapping[str, Any]) -> int:
+    """status.quarantinedIPs (the QUARANTINED column) of a pool status with its parts merged:
+    pool IPs out of rotation, whether the health check quarantined them (status.ips, state
+    quarantined) or an engine did for at least one provider (status.engineQuarantines)."""
+    out = {
+        str(ip.get("address")) for ip in status.get("ips") or [] if ip.get("state") == "quarantined"
+    }
+    out |= {
+        str(q.get("address")) for q in status.get("engineQuarantines") or [] if q.get("address")
+    }
+    return len(out)
+
+
+EXTERNAL_SCALE = "external"
+
+
+def scale_status(
+    pool: SendingPool,
+    note: tuple[str, datetime] | None,
+    target: int,
+    old: Mapping[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """status.scaleReason and lastScaleTime for a pool whose target pod count is `target`.
+
+    The built-in autoscaler's own note (reason, when) while it is on. Otherwise, when the target
+    moved since the last status (replicas.desired set by kubectl scale, an HPA, KEDA or the
+    manifest; replicas.min/max moving the clamp), a reason that starts with "external" and now;
+    else nothing, so what the status says stands. A note from an autoscaler since switched off
+    is not repeated."""
+    spec = pool.spec
+    if spec.autoscaling.enabled and note is not None:
+        return {"scaleReason": note[0], "lastScaleTime": timestamp(note[1])}
+    before = (old or {}).get("desiredReplicas")
+    if before is None or before == target:
+        return {}
+    r = spec.replicas
+    if spec.autoscaling.enabled:
+        why = f"replicas [{r.min}, {r.max}] before the autoscaler's first look"
+    elif r.desired is not None and r.desired == target:
+        why = "replicas.desired (kubectl scale, an HPA, KEDA or the manifest)"
+    else:
+        why = f"replicas.desired {r.desired} clamped to replicas [{r.min}, {r.max}]"
+    return {
+        "scaleReason": f"{EXTERNAL_SCALE}: {why} moved the target from {before} to {target} pods",
+        "lastScaleTime": timestamp(now),
+    }
+
+
 def policy_status(
     policy: DeliveryPolicy, pools: Sequence[SendingPool], now: datetime
 ) -> dict[str, Any]:

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from mailfleet.operator.crd_models import WarmupGates, WarmupPreset, WarmupSchedule
+from mailfleet.operator.crd_models import (
+    IPWarmup,
+    SendingPool,
+    WarmupGates,
+    WarmupPreset,
+    WarmupSchedule,
+)
 from mailfleet.operator.health import ALL, Counts
 
 Outcome = Literal["advanced", "held", "steppedBack", "complete"]
@@ -70,9 +76,22 @@ class DayVerdict:
 ADVANCE = DayVerdict(True, "gates passed")
 
 
-def gate_verdict(gates: WarmupGates, today: Mapping[str, Counts], cap: int) -> DayVerdict:
+def capped_addresses(warmup: IPWarmup, pool: SendingPool | None) -> int:
+    """How many of the warmup's addresses send under its per-IP cap: those in the pool's spec
+    (at least one, so a day is never judged against no cap at all)."""
+    if pool is None:
+        return max(1, len(warmup.spec.addresses))
+    in_pool = {ip.address for ip in pool.spec.ips}
+    return max(1, sum(1 for a in set(warmup.spec.addresses) if a in in_pool))
+
+
+def gate_verdict(
+    gates: WarmupGates, today: Mapping[str, Counts], cap: int, addresses: int = 1
+) -> DayVerdict:
     """Whether a finished day lets the warmup move on: each provider with at least
-    gates.minAttempts attempts under every rate gate, and delivered >= minUsage x cap."""
+    gates.minAttempts attempts under every rate gate, and delivered >= minUsage x cap x
+    addresses. `cap` is one IP's (the schedule's days are per IP) and `today` sums every
+    address of the warmup, so the usage is judged against all of their caps together."""
     for provider, c in sorted(today.items()):
         if provider == ALL or c.attempts < gates.min_attempts:
             continue
@@ -87,12 +106,15 @@ def gate_verdict(gates: WarmupGates, today: Mapping[str, Counts], cap: int) -> D
                     f"({c.attempts} attempts)"
                 )  # fmt: skip
     delivered = today.get(ALL, Counts()).delivered
-    if delivered < gates.min_usage * cap:
+    n = max(1, addresses)
+    total = cap * n
+    of = f"{total}" if n == 1 else f"{total} ({n} IPs at {cap})"
+    if delivered < gates.min_usage * total:
         return DayVerdict(
-            False, f"{delivered} of the day's cap of {cap} delivered, under minUsage "
+            False, f"{delivered} of the day's cap of {of} delivered, under minUsage "
             f"{gates.min_usage}"
         )  # fmt: skip
-    return DayVerdict(True, f"{delivered} of {cap} delivered, gates passed")
+    return DayVerdict(True, f"{delivered} of {of} delivered, gates passed")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The validating admission webhook: Kopf's webhook server (TLS) and its handlers, which run the
 cross-object checks of mailfleet.operator.admission on objects read from the API server.
 
-Imported (and so registered with Kopf) only when `mailfleet operator --webhook-listen` is given.
+Imported (and so registered with Kopf) only when `mailfleet operator --webhook-listen` is given;
+its options are read from Kopf's memo at startup (settings.Settings.webhook), so they can be set
+any time before Kopf runs, and with none set the webhook server stays off.
 The ValidatingWebhookConfiguration is the chart's (templates/webhook.yaml); the operator never
 creates one. The certificate is either provided (cert-manager's Secret mounted as a directory:
 tls.crt, tls.key, ca.crt; cert-manager injects the CA) or managed here: a CA and a server
@@ -15,7 +17,6 @@ import asyncio
 import base64
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ import kopf
 from mailfleet.operator import admission, kube, naming, webhookcerts
 from mailfleet.operator.conditions import now_utc
 from mailfleet.operator.crd_models import GROUP, VERSION
-from mailfleet.operator.handlers import SETTINGS, login_fn
+from mailfleet.operator.handlers import login_fn
+from mailfleet.operator.settings import Memo, WebhookOptions, WebhookRuntime
 
 log = logging.getLogger("mailfleet.operator.webhook")
 
@@ -32,23 +34,7 @@ WEBHOOK_CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1/validatingwebhoo
 CHECK_EVERY = 6 * 3600.0
 
 
-@dataclass
-class WebhookOptions:
-    host: str
-    port: int
-    # Provided certificate (cert-manager): a directory with tls.crt, tls.key and ca.crt.
-    cert_dir: Path | None = None
-    # Managed certificate: the Secret (in `namespace`) shared by the replicas, the names it is
-    # issued for, and where its files are written for the TLS server.
-    tls_secret: str | None = None
-    namespace: str = "default"
-    names: list[str] = field(default_factory=list)
-    work_dir: Path = Path("/tmp/mailfleet-webhook")
-    # The ValidatingWebhookConfiguration whose caBundle the operator keeps (managed mode).
-    configuration: str | None = None
-
-
-OPTIONS: WebhookOptions | None = None
+__all__ = ["WebhookOptions"]
 
 
 # --- certificate ---------------------------------------------------------------------------
@@ -195,25 +181,23 @@ async def _renewals(api: kube.KubeClient, opts: WebhookOptions) -> None:
             log.error("webhook certificate renewal failed: %s: %s", type(e).__name__, e)
 
 
-_TASKS: list[asyncio.Task[None]] = []
-_CLIENTS: list[kube.KubeClient] = []
-
-
 @kopf.on.startup()
-async def serve_webhooks(settings: kopf.OperatorSettings, **_: Any) -> None:
-    opts = OPTIONS
-    assert opts is not None, "mailfleet.operator.main sets webhook.OPTIONS before importing"
+async def serve_webhooks(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
+    conf = memo.settings
+    opts = conf.webhook
+    if opts is None:
+        log.info("no webhook options (--webhook-listen): the admission webhook is off")
+        return
 
     async def login() -> kopf.ConnectionInfo | None:
         return login_fn(settings)
 
-    api = kube.KubeClient(login, SETTINGS.metrics)
-    _CLIENTS.append(api)
+    runtime = conf.webhook_runtime = WebhookRuntime(kube.KubeClient(login, conf.metrics))
     if opts.cert_dir is not None:
         files = opts.cert_dir
     else:
-        await refresh_certificate(api, opts)
-        _TASKS.append(asyncio.create_task(_renewals(api, opts)))
+        await refresh_certificate(runtime.api, opts)
+        runtime.tasks.append(asyncio.create_task(_renewals(runtime.api, opts)))
         files = opts.work_dir
     settings.admission.server = kopf.WebhookServer(
         addr=opts.host,
@@ -227,11 +211,13 @@ async def serve_webhooks(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.on.cleanup()
-async def stop_webhooks(**_: Any) -> None:
-    for task in _TASKS:
+async def stop_webhooks(memo: Memo, **_: Any) -> None:
+    runtime = memo.settings.webhook_runtime
+    if runtime is None:
+        return
+    for task in runtime.tasks:
         task.cancel()
-    for api in _CLIENTS:
-        await api.close()
+    await runtime.api.close()
 
 
 # --- handlers ------------------------------------------------------------------------------
@@ -243,32 +229,37 @@ async def stop_webhooks(**_: Any) -> None:
 POOLS_EVERYWHERE = "/apis/mailfleet.io/v1alpha1/sendingpools"
 
 
-def _api() -> kube.KubeClient:
-    assert _CLIENTS, "serve_webhooks() makes the client at startup"
-    return _CLIENTS[0]
+def _api(memo: Memo) -> kube.KubeClient:
+    runtime = memo.settings.webhook_runtime
+    assert runtime is not None, "serve_webhooks() makes the client at startup"
+    return runtime.api
 
 
-async def _items(path: str) -> list[dict[str, Any]]:
-    _, payload = await _api().request("GET", path)
+async def _items(api: kube.KubeClient, path: str) -> list[dict[str, Any]]:
+    _, payload = await api.request("GET", path)
     items = payload.get("items") if isinstance(payload, dict) else None
     return list(items or [])
 
 
-async def _pools(namespace: str, everywhere: bool = False) -> list[dict[str, Any]]:
+async def _pools(
+    api: kube.KubeClient, namespace: str, everywhere: bool = False
+) -> list[dict[str, Any]]:
     if everywhere:
         try:
-            return await _items(POOLS_EVERYWHERE)
+            return await _items(api, POOLS_EVERYWHERE)
         except kube.ApiError as e:
             if e.status != 403:
                 raise
             # A namespaced installation may not list other namespaces: its own then.
-    return await _items(kube.SENDINGPOOLS.path(namespace))
+    return await _items(api, kube.SENDINGPOOLS.path(namespace))
 
 
-async def _existing_secrets(namespace: str, names: Iterable[str]) -> list[str]:
+async def _existing_secrets(
+    api: kube.KubeClient, namespace: str, names: Iterable[str]
+) -> list[str]:
     out = []
     for name in sorted(set(names)):
-        if await _api().get(kube.SECRETS, namespace, name) is not None:
+        if await api.get(kube.SECRETS, namespace, name) is not None:
             out.append(name)
     return out
 
@@ -292,14 +283,15 @@ def _secret_refs(body: Mapping[str, Any]) -> list[str]:
 
 @kopf.on.validate(GROUP, VERSION, "sendingpools", id="sendingpool", operations=["CREATE", "UPDATE"])
 async def validate_pool(
-    body: kopf.Body, namespace: str | None, warnings: list[str], **kwargs: Any
+    body: kopf.Body, namespace: str | None, warnings: list[str], memo: Memo, **kwargs: Any
 ) -> None:
+    api = _api(memo)
     ns = _namespace(body, namespace)
     old = kwargs.get("old")
-    pools = await _pools(ns, everywhere=True)
-    policies = await _items(kube.DELIVERYPOLICIES.path(ns))
+    pools = await _pools(api, ns, everywhere=True)
+    policies = await _items(api, kube.DELIVERYPOLICIES.path(ns))
     refs = _secret_refs(body) + (_secret_refs(old) if old else [])
-    secrets = await _existing_secrets(ns, refs)
+    secrets = await _existing_secrets(api, ns, refs)
     verdict = admission.check_pool(body, pools, policies, secrets)
     before = admission.check_pool(old, pools, policies, secrets) if old else None
     _verdict(admission.on_update(verdict, before), warnings)
@@ -307,13 +299,14 @@ async def validate_pool(
 
 @kopf.on.validate(GROUP, VERSION, "ipwarmups", id="ipwarmup", operations=["CREATE", "UPDATE"])
 async def validate_warmup(
-    body: kopf.Body, namespace: str | None, warnings: list[str], **kwargs: Any
+    body: kopf.Body, namespace: str | None, warnings: list[str], memo: Memo, **kwargs: Any
 ) -> None:
+    api = _api(memo)
     ns = _namespace(body, namespace)
 
     async def pool(b: Mapping[str, Any]) -> Any:
         ref = str((b.get("spec") or {}).get("poolRef", ""))
-        return await _api().get(kube.SENDINGPOOLS, ns, ref) if ref else None
+        return await api.get(kube.SENDINGPOOLS, ns, ref) if ref else None
 
     old = kwargs.get("old")
     verdict = admission.check_warmup(body, await pool(body))
@@ -325,18 +318,18 @@ async def validate_warmup(
     GROUP, VERSION, "deliverypolicies", id="deliverypolicy", operations=["CREATE", "UPDATE"]
 )
 async def validate_policy(
-    body: kopf.Body, namespace: str | None, warnings: list[str], **_: Any
+    body: kopf.Body, namespace: str | None, warnings: list[str], memo: Memo, **_: Any
 ) -> None:
     ns = _namespace(body, namespace)
-    _verdict(admission.check_policy(body, await _pools(ns)), warnings)
+    _verdict(admission.check_policy(body, await _pools(_api(memo), ns)), warnings)
 
 
 @kopf.on.validate(
     GROUP, VERSION, "sendingdomains", id="sendingdomain", operations=["CREATE", "UPDATE"]
 )
 async def validate_domain(
-    body: kopf.Body, namespace: str | None, warnings: list[str], **_: Any
+    body: kopf.Body, namespace: str | None, warnings: list[str], memo: Memo, **_: Any
 ) -> None:
     ns = _namespace(body, namespace)
-    names = [str(b.get("metadata", {}).get("name")) for b in await _pools(ns)]
+    names = [str(b.get("metadata", {}).get("name")) for b in await _pools(_api(memo), ns)]
     _verdict(admission.check_domain(body, names), warnings)

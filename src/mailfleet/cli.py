@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from pathlib import Path
+
+# `--processes auto`: one engine process per CPU (mailfleet.mta.supervisor.AUTO, not imported
+# here so that `mailfleet --help` does not load the engine).
+AUTO = "auto"
 
 
 def _mta(args: argparse.Namespace) -> int:
@@ -21,19 +26,46 @@ def _mta(args: argparse.Namespace) -> int:
             return 2
         print(f"{args.config}: ok")
         return 0
+    # The pod this engine runs in, read here once and passed in: which of the pool's addresses
+    # are its own. Unset outside a pod.
+    pod_name = os.environ.get("POD_NAME") or None
     if args.worker:
         from mailfleet.mta.engine import Worker, run_engine
 
         index, count = (int(x) for x in args.worker.split("/"))
         worker = Worker(index, count, args.worker_admin or "127.0.0.1:0")
-        return run_engine(Path(args.config), args.listen_address, worker)
-    if args.processes > 1:
+        return run_engine(Path(args.config), args.listen_address, worker, pod_name=pod_name)
+    processes = default_processes(args.processes, pod_name)
+    if processes != 1:
         from mailfleet.mta.supervisor import run_supervisor
 
-        return run_supervisor(Path(args.config), args.processes, args.listen_address)
+        return run_supervisor(Path(args.config), processes, args.listen_address, pod_name)
     from mailfleet.mta.engine import run_engine
 
-    return run_engine(Path(args.config), args.listen_address)
+    return run_engine(Path(args.config), args.listen_address, pod_name=pod_name)
+
+
+def default_processes(given: int | str | None, pod_name: str | None) -> int | str:
+    """--processes as given; without it, one per CPU ("auto") when started by hand, and one in
+    a pod: the operator passes the count it derives from the pod's CPU request (a pod without a
+    CPU limit would otherwise start a process for every core of its node)."""
+    if given is not None:
+        return given
+    return 1 if pod_name else AUTO
+
+
+def _processes(text: str) -> int | str:
+    if text == AUTO:
+        return AUTO
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of processes (at least 1) or {AUTO!r}, got {text!r}"
+        )
+    return n
 
 
 def _hash_password(args: argparse.Namespace) -> int:
@@ -91,10 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mta.add_argument(
         "--processes",
-        type=int,
-        default=1,
+        type=_processes,
+        default=None,
+        metavar="N|auto",
         help="engine processes sharing the submission port (SO_REUSEPORT), each with its share "
-        "of every limit and spool.path/<i>; the admin API answers for all of them",
+        "of every limit and spool.path/<i>; the admin API answers for all of them. 'auto': one "
+        "per CPU this process may use (its CPU affinity, capped by its cgroup's CPU quota). "
+        "Default: auto when started by hand, 1 in a pod (POD_NAME set; the operator passes N)",
     )
     # How the supervisor starts one of its processes: "i/N", and its loopback admin address.
     mta.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -143,8 +178,6 @@ def main(argv: list[str] | None = None) -> int:
             return _drain(args)
         if not args.config:
             parser.error("mta: --config FILE is required")
-        if args.processes < 1:
-            parser.error("mta: --processes must be at least 1")
         return _mta(args)
     parser.error(f"unknown command {args.command}")
     return 2

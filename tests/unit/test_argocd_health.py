@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from mailfleet.operator import statuses
+from mailfleet.operator.conditions import Cond
 from mailfleet.operator.crd_models import DeliveryPolicy, IPWarmup, SendingPool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,7 +159,13 @@ POOL_CASES = [
     ),
     (
         "NoHealthyIP said by the operator",
-        {"observedGeneration": 2, "conditions": [cond("False", "NoHealthyIP", "all quarantined")]},
+        {
+            "observedGeneration": 2,
+            "conditions": [
+                cond("True", "PodsReady"),
+                cond("False", "NoHealthyIP", "all quarantined", type_="IPsHealthy"),
+            ],
+        },
         "Degraded",
     ),
 ]
@@ -318,3 +325,48 @@ def test_the_checks_use_only_what_argocds_sandbox_offers() -> None:
         src = (HEALTH / f"{kind}.lua").read_text()
         for banned in ("os.", "io.", "require", "dofile", "loadstring"):
             assert banned not in src, f"{kind}.lua uses {banned}"
+
+
+def test_no_healthy_ip_as_the_operator_posts_it_is_degraded(lua: str, tmp_path: Path) -> None:
+    """The operator says NoHealthyIP on IPsHealthy (render.ips_healthy), not on Ready: with
+    noHealthyIP keepSending the last IP stays active and the pods stay Ready."""
+    from mailfleet.operator.quarantine import NO_HEALTHY, Verdicts
+    from mailfleet.operator.render import ips_healthy
+
+    c = ips_healthy(Verdicts({}, no_healthy_ip="every IP crossed a threshold", checked_at=NOW))
+    assert (c.type, c.status, c.reason) == ("IPsHealthy", "False", NO_HEALTHY)
+    status = {
+        "observedGeneration": 2,
+        "conditions": [
+            cond("True", "PodsReady", "2/2 pods ready"),
+            cond(c.status, c.reason, c.message, type_=c.type),
+        ],
+        "ips": ips("active", "quarantined"),
+    }
+    got, message = health(lua, "SendingPool", obj("SendingPool", status), tmp_path)
+    assert (got, message.split(":")[0]) == ("Degraded", "NoHealthyIP")
+
+
+def test_a_pending_dkim_rotation_is_progressing(lua: str, tmp_path: Path) -> None:
+    """RotationPending is DKIMPublished's reason (True: the old key still signs), and Ready is
+    True meanwhile (domainplan.ready), so the check reads DKIMPublished too."""
+    from mailfleet.operator.domainplan import Selector, ready
+
+    published = Cond(
+        "DKIMPublished", "True", "RotationPending", "new selector mf2 waits for its record"
+    )
+    selectors = [
+        Selector("mf1", "rsa-sha256", "active", NOW),
+        Selector("mf2", "rsa-sha256", "pending", NOW),
+    ]
+    r = ready([published], selectors, [])
+    assert r.status == "True"
+    status = {
+        "observedGeneration": 2,
+        "conditions": [
+            cond(r.status, r.reason, r.message),
+            cond(published.status, published.reason, published.message, type_=published.type),
+        ],
+    }
+    got, message = health(lua, "SendingDomain", obj("SendingDomain", status), tmp_path)
+    assert (got, message.split(":")[0]) == ("Progressing", "RotationPending")

@@ -442,7 +442,8 @@ def series(metric: str, *bases: dict[str, str], **labels: str) -> str:
 
 
 NOT_READY = {"type": "Ready", "status": "False"}
-# Engine series as the PodMonitor labels them (pod label mailfleet.io/pool, sanitized).
+# Engine series as the PodMonitor labels them (mailfleet_io_pool from the pods' instance label:
+# tests/unit/test_false_promises.py derives it from a pod the operator renders).
 ENGINE = {"namespace": "mail", "mailfleet_io_pool": "transactional"}
 
 # promtool unit tests: each alert fires on its situation (after its `for`) and not otherwise.

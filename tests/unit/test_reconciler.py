@@ -140,6 +140,12 @@ def make(api: MemoryApi, engines: MemoryEngines | None = None) -> tuple[Operator
     return op, events
 
 
+def config_of(op: Operator, key: tuple[str, str]) -> tuple[str, str]:
+    config = op.memory.pools[key].config
+    assert config is not None
+    return config
+
+
 def pool_body(name: str = "transactional") -> dict[str, Any]:
     doc = pool_doc()
     doc["metadata"].update(name=name, uid=f"uid-{name}")
@@ -176,10 +182,10 @@ async def test_a_failed_reconcile_retries_itself_with_backoff() -> None:
     op, _ = make(api)
     idx = op.use(world.indexes())
     await op.reconcile_pool(idx, "ns1", "transactional")
-    assert op.failures[("ns1", "transactional")] == 1
-    assert ("ns1", "transactional") in op.retries
+    mem = op.memory.pools[("ns1", "transactional")]
+    assert mem.failures == 1 and mem.retry is not None
     await op.reconcile_pool(idx, "ns1", "transactional")
-    assert op.failures == {} and op.retries == {}
+    assert mem.failures == 0 and mem.retry is None
     await op.close()
 
 
@@ -191,7 +197,7 @@ async def test_pods_behind_get_the_current_config_and_the_status_their_numbers()
     op, _ = make(api, engines)
     idx = op.use(world.indexes())
     await op.reconcile_pool(idx, "ns1", "transactional")
-    desired = op.configs[("ns1", "transactional")][0]
+    desired = config_of(op, ("ns1", "transactional"))[0]
     world.pods[("ns1", "transactional")] = [
         pods.PodRef("transactional-0", "127.10.0.2", True),
         pods.PodRef("transactional-1", "127.10.0.3", True),
@@ -250,9 +256,11 @@ async def test_a_deleted_pool_is_forgotten(event: str) -> None:
     op, _ = make(api)
     idx = op.use(world.indexes())
     await op.reconcile_pool(idx, "ns1", "transactional")
-    assert op.known and op.configs
+    mem = op.memory.pools[("ns1", "transactional")]
+    assert mem.known and mem.config
+    del world.pools[("ns1", "transactional")]  # Kopf's index drops it before the event
     await op.on_pool(idx, event, "ns1", "transactional", {"uid": "uid-transactional"})
-    assert not op.known and not op.configs and not op.child_pools
+    assert op.memory.pools == {} and op.memory.objects == {}
     await op.close()
 
 
@@ -305,7 +313,7 @@ async def test_a_scale_down_waits_for_the_leaving_pod_to_hand_off() -> None:
         pods.PodRef("transactional-0", "127.10.0.2", True),
         pods.PodRef("transactional-1", "127.10.0.3", True),
     ]
-    desired = op.configs[("ns1", "transactional")][0]
+    desired = config_of(op, ("ns1", "transactional"))[0]
     engines.status_of["127.10.0.2"] = {"configHash": desired, "queue": {"messages": 1}}
     engines.status_of["127.10.0.3"] = {"configHash": desired, "queue": {"messages": 9}}
     await op.poll_pool(idx, "ns1", "transactional")
@@ -315,7 +323,8 @@ async def test_a_scale_down_waits_for_the_leaving_pod_to_hand_off() -> None:
     assert status["drainingPods"] == ["transactional-1"]
     # The next look sees it empty: the StatefulSet may shrink now.
     await op.poll_pool(idx, "ns1", "transactional")
-    assert ("Normal", "Drained") in events and op.drained_to[("ns1", "transactional")] == 1
+    assert ("Normal", "Drained") in events
+    assert op.memory.pools[("ns1", "transactional")].drained_to == 1
     await asyncio.gather(*list(op.tasks))
     assert api.objects[("StatefulSet", "ns1", "transactional")]["spec"]["replicas"] == 1
     assert engines.status_of["127.10.0.2"]["queue"]["messages"] == 10  # nothing lost

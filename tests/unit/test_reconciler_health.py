@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import generate_latest
-from unit.test_reconciler import MemoryApi, MemoryEngines, World, make, pool_body
+from unit.test_reconciler import MemoryApi, MemoryEngines, World, config_of, make, pool_body
 
 from mailfleet.mta.config import parse_config_text
 from mailfleet.mta.metrics import EngineMetrics
@@ -57,7 +57,7 @@ async def test_bounces_quarantine_the_ip_and_promote_the_standby() -> None:
     attempts = engines.registry.attempts
     attempts.labels(A, "gmail", "gmail.com", "delivered", "ok").inc(150)
     attempts.labels(A, "gmail", "gmail.com", "bounced", "invalid-recipient").inc(50)
-    op.health.last_check.clear()  # type: ignore[union-attr]
+    op.memory.pools[KEY].health.last_check.clear()  # type: ignore[union-attr]
     world.sync_pool_status(*KEY)
     await op.check_health(world.indexes(), KEY)
 
@@ -70,7 +70,7 @@ async def test_bounces_quarantine_the_ip_and_promote_the_standby() -> None:
     cond = next(c for c in status["conditions"] if c["type"] == "IPsHealthy")
     assert (cond["status"], cond["reason"]) == ("False", "Quarantined")
     assert ("Warning", "IPQuarantined") in events and ("Normal", "StandbyPromoted") in events
-    config = parse_config_text(op.configs[KEY][1], "engine.yaml")
+    config = parse_config_text(config_of(op, KEY)[1], "engine.yaml")
     sources = {str(s.address): s.state for s in config.delivery.source_ips}
     assert sources[A] == "quarantined" and sources[STANDBY] == "active"
     # The operator's own metrics carry the window's figures per (IP, provider).

@@ -665,8 +665,18 @@ def test_network_policy_keeps_the_admin_port_to_the_operator_prometheus_and_peer
     submission, admin = spec["ingress"]
     assert submission == {"ports": [{"port": 2525, "protocol": "TCP"}]}  # the engine decides
     assert admin["ports"] == [{"port": naming.ADMIN_PORT, "protocol": "TCP"}]
-    peers, clients = admin["from"]
+    peers, clients, operator_pods = admin["from"]
     assert peers == {"podSelector": {"matchLabels": naming.selector_labels("transactional")}}
     (expr,) = clients["podSelector"]["matchExpressions"]
     assert expr["values"] == ["mailfleet-operator", "prometheus"]
     assert clients["namespaceSelector"] == {}
+    # Matched by labels a chart's nameOverride does not change.
+    assert operator_pods == {
+        "namespaceSelector": {},
+        "podSelector": {
+            "matchLabels": {
+                "app.kubernetes.io/part-of": "mailfleet",
+                "app.kubernetes.io/component": "operator",
+            }
+        },
+    }

@@ -9,17 +9,25 @@ if gen ~= nil and (st.observedGeneration == nil or st.observedGeneration < gen) 
   hs.message = "Waiting for the operator to reconcile generation " .. gen
   return hs
 end
-local waiting = {AwaitingPublication = true, RotationPending = true, DNSError = true}
+local waiting = {AwaitingPublication = true, DNSError = true}
+local ready, published = nil, nil
 if st.conditions ~= nil then
   for _, c in ipairs(st.conditions) do
-    if c.type == "Ready" then
-      local why = (c.reason or "") .. ": " .. (c.message or "")
-      if c.status == "True" then return {status = "Healthy", message = why} end
-      if c.status == "Unknown" or waiting[c.reason] then
-        return {status = "Progressing", message = why}
-      end
-      return {status = "Degraded", message = why}
-    end
+    if c.type == "Ready" then ready = c end
+    if c.type == "DKIMPublished" then published = c end
   end
 end
-return hs
+if ready == nil then return hs end
+local why = (ready.reason or "") .. ": " .. (ready.message or "")
+if ready.status == "True" then
+  -- A rotation's new selector waits for its TXT record (DKIMPublished True, RotationPending):
+  -- the old key still signs, and someone has to publish the new one.
+  if published ~= nil and published.reason == "RotationPending" then
+    return {status = "Progressing", message = "RotationPending: " .. (published.message or "")}
+  end
+  return {status = "Healthy", message = why}
+end
+if ready.status == "Unknown" or waiting[ready.reason] then
+  return {status = "Progressing", message = why}
+end
+return {status = "Degraded", message = why}

@@ -7,19 +7,24 @@ if gen ~= nil and (st.observedGeneration == nil or st.observedGeneration < gen) 
   hs.message = "Waiting for the operator to reconcile generation " .. gen
   return hs
 end
-local ready = nil
+local ready, ipsHealthy = nil, nil
 if st.conditions ~= nil then
   for _, c in ipairs(st.conditions) do
     if c.type == "Ready" then ready = c end
+    if c.type == "IPsHealthy" then ipsHealthy = c end
   end
 end
 if ready == nil then return hs end
 local why = (ready.reason or "") .. ": " .. (ready.message or "")
 -- Conditions the operator cannot fix alone: a user or an IP has to change.
-local broken = {DKIMSecretMissing = true, SecretMissing = true, RenderFailed = true,
-                NoHealthyIP = true}
+local broken = {DKIMSecretMissing = true, SecretMissing = true, RenderFailed = true}
 if ready.status == "False" and broken[ready.reason] then
   return {status = "Degraded", message = why}
+end
+-- The health check found no IP left healthy (IPsHealthy, not Ready: with noHealthyIP
+-- keepSending the last IP still sends, so the pods stay Ready while mail goes out from it).
+if ipsHealthy ~= nil and ipsHealthy.status == "False" and ipsHealthy.reason == "NoHealthyIP" then
+  return {status = "Degraded", message = "NoHealthyIP: " .. (ipsHealthy.message or "")}
 end
 -- Every address quarantined or standby: nothing sends, whatever the pods say.
 if st.ips ~= nil and #st.ips > 0 then

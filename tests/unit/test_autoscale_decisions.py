@@ -7,7 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mailfleet.operator.autoscale import Recommendation, decide, wanted_replicas
+from mailfleet.operator.autoscale import (
+    Recommendation,
+    autoscaling_floor,
+    decide,
+    wanted_replicas,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TARGET = 100
@@ -36,6 +41,7 @@ def test_invariants_over_the_input_space(
 ) -> None:
     for history in ((), (Recommendation(at(-WINDOW - 1), current),)):
         d = decide(current, queued, TARGET, low, high, history, at(0), WINDOW)
+        low = autoscaling_floor(low, high)
         assert low <= d.replicas <= high
         assert d.changed == (d.replicas != current)
         if d.changed:

@@ -1,0 +1,1 @@
+"""hack/node: a real Kubernetes node on this machine (see node.py)."""

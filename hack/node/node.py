@@ -1,0 +1,541 @@
+"""A real node beside the local control plane: containerd + runc, kubelet, kube-proxy, CNI.
+
+The control plane is hack/cluster.py's (etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler), started here with ``node=False`` (no node agent) in this node's own state
+directory, so it never meets a cluster that ``make cluster-up`` or a test started. Then, all on
+this machine, all stopped by PID:
+
+- a bridge ``mfbr0`` holding NODE_IP (the node's InternalIP and the pods' gateway) and the routes
+  for the pod and Service CIDRs, so nothing addressed to them leaves the machine even when
+  kube-proxy is not running;
+- containerd (Debian's, 1.6, CRI v1) with its own root, state, socket and config under
+  ``<state>/containerd``; runc; the pause image built by hack/nodebuild.sh;
+- the kubelet (KubeletConfiguration in ``<state>/kubelet/config.json``; the node client
+  certificate cluster.py issues for system:node:mailfleet-node; a serving certificate for NODE_IP);
+- kube-proxy in iptables mode, NodePorts on NODE_IP only, no route_localnet, no conntrack sysctls;
+- the CNI conflist (bridge + host-local + portmap; containerd adds loopback itself).
+
+Standard library only. CLI: ``python3 hack/node up|down|status|clean|load-image``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HACK = Path(__file__).resolve().parent.parent
+if str(HACK) not in sys.path:
+    sys.path.insert(0, str(HACK))
+
+import cluster  # noqa: E402  (hack/cluster.py)
+
+REPO_ROOT = HACK.parent
+NODEBUILD_SH = HACK / "nodebuild.sh"
+IMAGE_SH = HACK / "image.sh"
+NODE_NAME = cluster.NODE_NAME
+# kind's default pod CIDR; the host has nothing in 10.0.0.0/8 but the Service CIDR we add.
+POD_CIDR = "10.244.0.0/16"
+BRIDGE = "mfbr0"
+NODE_IP = "10.244.0.1"  # on the bridge: the pods' gateway and the node's InternalIP
+SERVICE_CIDR = cluster.SERVICE_CIDR
+CLUSTER_DOMAIN = "cluster.local"
+PAUSE_IMAGE = "mailfleet.local/pause:3.10.1"  # = hack/nodebuild.sh
+NODE_COMPONENTS = ("containerd", "kubelet", "kube-proxy")
+K8S_NS = "k8s.io"  # containerd namespace of the CRI
+
+
+class NodeError(RuntimeError):
+    pass
+
+
+def _run(*argv: str, check: bool = True, timeout: float = 120.0, **kw: Any) -> str:
+    proc = subprocess.run(
+        list(argv), capture_output=True, text=True, timeout=timeout, check=False, **kw
+    )
+    if check and proc.returncode != 0:
+        raise NodeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+    return proc.stdout
+
+
+def build_node_binaries(*, build: bool = True) -> Path:
+    """The cache dir of hack/nodebuild.sh (kubelet, kube-proxy, crictl, CNI plugins, pause)."""
+    args = [str(NODEBUILD_SH)] + ([] if build else ["--check"])
+    proc = subprocess.run(args, stdout=subprocess.PIPE, text=True, check=False)
+    if proc.returncode != 0:
+        raise NodeError("hack/nodebuild.sh failed" if build else "node binaries not built")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class NodePorts:
+    kubelet: int = 0
+    kubelet_healthz: int = 0
+    proxy_healthz: int = 0
+    proxy_metrics: int = 0
+
+    def fill(self) -> None:
+        taken: set[int] = set()
+        for name, port in asdict(self).items():
+            if port == 0 or cluster.port_in_use(port):
+                new = cluster.free_port()
+                while new in taken:
+                    new = cluster.free_port()
+                setattr(self, name, new)
+            taken.add(getattr(self, name))
+
+
+@dataclass
+class Node:
+    """The control plane (cluster.ControlPlane, node=False, + kube-scheduler) and a real node."""
+
+    state_dir: Path
+    cp_bin: Path
+    node_dir: Path  # hack/nodebuild.sh's cache: bin/, cni/bin/, images/pause.tar
+    ports: NodePorts = field(default_factory=NodePorts)
+    cp: cluster.ControlPlane = field(init=False, repr=False)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir).resolve()
+        loaded = cluster.ControlPlane.load(self.state_dir)
+        if loaded is not None:
+            loaded.bin_dir = Path(self.cp_bin).resolve()
+            self.cp = loaded
+        else:
+            self.cp = cluster.ControlPlane(self.cp_bin, self.state_dir, node=False)
+        meta = self.state_dir / "node.json"
+        if meta.exists() and not any(asdict(self.ports).values()):
+            self.ports = NodePorts(**json.loads(meta.read_text())["ports"])
+
+    # paths -----------------------------------------------------------------
+    @property
+    def pki(self) -> Path:
+        return self.cp.pki
+
+    @property
+    def ctr_dir(self) -> Path:
+        return self.state_dir / "containerd"
+
+    @property
+    def socket(self) -> Path:
+        return self.ctr_dir / "containerd.sock"
+
+    @property
+    def kubelet_dir(self) -> Path:
+        return self.state_dir / "kubelet"
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        return self.state_dir / "cni" / "net.d"
+
+    def pid_file(self, c: str) -> Path:
+        return self.state_dir / "run" / f"{c}.pid"
+
+    def log_file(self, c: str) -> Path:
+        return self.state_dir / "log" / f"{c}.log"
+
+    def running(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in (*NODE_COMPONENTS, "kube-scheduler"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(self.pid_file(c).read_text().strip())
+                if cluster._pid_runs(pid, c):
+                    out[c] = pid
+        return out
+
+    # tools -----------------------------------------------------------------
+    def ctr(self, *args: str, check: bool = True, timeout: float = 300.0) -> str:
+        return _run(
+            "ctr", f"--address={self.socket}", "-n", K8S_NS, *args, check=check, timeout=timeout
+        )
+
+    def crictl(self, *args: str, check: bool = True, timeout: float = 120.0) -> str:
+        ep = f"unix://{self.socket}"
+        return _run(
+            str(self.node_dir / "bin" / "crictl"),
+            f"--runtime-endpoint={ep}",
+            f"--image-endpoint={ep}",
+            "--timeout=30s",
+            *args,
+            check=check,
+            timeout=timeout,
+        )
+
+    def load_image(self, tar: Path) -> float:
+        """Import a docker-archive into the CRI's namespace; returns the seconds it took."""
+        t0 = time.monotonic()
+        self.ctr("images", "import", "--no-unpack=false", str(tar))
+        return time.monotonic() - t0
+
+    # config files ------------------------------------------------------------
+    def _issue_certs(self) -> None:
+        cluster.ensure_pki(self.pki)
+        leaves = [
+            # The kubelet's serving certificate for NODE_IP (cluster.py's node-serving is for
+            # 127.0.0.1, which the kubelet refuses as a node IP).
+            ("node-real-serving", f"/O=system:nodes/CN=system:node:{NODE_NAME}",
+             [f"IP:{NODE_IP}", f"DNS:{NODE_NAME}"], False),
+            # Bound to system:node-proxier by the API server's bootstrap RBAC.
+            ("kube-proxy-client", "/CN=system:kube-proxy", [], True),
+        ]  # fmt: skip
+        for name, subject, sans, client in leaves:
+            if not (self.pki / f"{name}.crt").exists():
+                cluster._issue(self.pki, name, subject, sans=sans, client=client)
+                (self.pki / f"{name}.key").chmod(0o600)
+
+    def _write_configs(self) -> None:
+        for d in ("run", "log", "containerd", "kubelet", "cni/net.d", "cni/ipam", "pod-logs"):
+            (self.state_dir / d).mkdir(parents=True, exist_ok=True)
+        server = self.cp.server
+        cluster.write_kubeconfig(
+            self.state_dir / "kubelet.kubeconfig",
+            server=server,
+            pki=self.pki,
+            user=f"system:node:{NODE_NAME}",
+            cert="node-client",
+        )
+        cluster.write_kubeconfig(
+            self.state_dir / "kube-proxy.kubeconfig",
+            server=server,
+            pki=self.pki,
+            user="system:kube-proxy",
+            cert="kube-proxy-client",
+        )
+        cd = self.ctr_dir
+        cri = 'plugins."io.containerd.grpc.v1.cri"'
+        root, state, ttrpc, opt, runc_root = (
+            cd / "root",
+            cd / "state",
+            cd / "containerd.sock.ttrpc",
+            cd / "opt",
+            cd / "runc",
+        )
+        cni_bin = self.node_dir / "cni" / "bin"
+        (cd / "config.toml").write_text(
+            f"""# Written by hack/node; containerd {_containerd_version()} (CRI v1).
+version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+[grpc]
+  address = "{self.socket}"
+[ttrpc]
+  address = "{ttrpc}"
+[debug]
+  level = "info"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+[{cri}]
+  sandbox_image = "{PAUSE_IMAGE}"
+  # Non-root pods may bind ports below 1024 (as containerd 2 and kind do).
+  enable_unprivileged_ports = true
+  enable_unprivileged_icmp = true
+  device_ownership_from_security_context = true
+  # This machine withholds CAP_SYS_RESOURCE even from root: runc cannot lower oom_score_adj
+  # (the pause container's -998), so keep every container at or above containerd's own.
+  restrict_oom_score_adj = true
+  [{cri}.containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [{cri}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [{cri}.containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "{runc_root}"
+  [{cri}.cni]
+    bin_dir = "{cni_bin}"
+    conf_dir = "{self.cni_conf_dir}"
+    max_conf_num = 1
+"""
+        )
+        conflist = {
+            "cniVersion": "1.0.0",
+            "name": "mailfleet",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": BRIDGE,
+                    "isGateway": True,
+                    "ipMasq": False,  # pods never reach beyond this machine
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": POD_CIDR, "gateway": NODE_IP}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": str(self.state_dir / "cni" / "ipam"),
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+            ],
+        }
+        (self.cni_conf_dir / "10-mailfleet.conflist").write_text(json.dumps(conflist, indent=2))
+        # No nameserver: pods resolve nothing until cluster DNS exists (nothing leaves the host).
+        (self.state_dir / "resolv.conf").write_text("options ndots:1\n")
+        kubelet_cfg = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "address": NODE_IP,
+            "port": self.ports.kubelet,
+            "readOnlyPort": 0,
+            "healthzBindAddress": cluster.LOOPBACK,
+            "healthzPort": self.ports.kubelet_healthz,
+            "tlsCertFile": str(self.pki / "node-real-serving.crt"),
+            "tlsPrivateKeyFile": str(self.pki / "node-real-serving.key"),
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": True},
+                "x509": {"clientCAFile": str(self.pki / "ca.crt")},
+            },
+            "authorization": {"mode": "Webhook"},
+            "containerRuntimeEndpoint": f"unix://{self.socket}",
+            "imageServiceEndpoint": f"unix://{self.socket}",
+            "cgroupDriver": "cgroupfs",
+            # This machine has cgroup v1; kubelet 1.34 still runs there when told to.
+            "failCgroupV1": False,
+            "failSwapOn": False,
+            "clusterDomain": CLUSTER_DOMAIN,
+            "resolvConf": str(self.state_dir / "resolv.conf"),
+            "podLogsDir": str(self.state_dir / "pod-logs"),
+            "volumePluginDir": str(self.kubelet_dir / "volume-plugins"),
+            "staticPodPath": "",
+            "rotateCertificates": False,
+            "serverTLSBootstrap": False,
+            "registerNode": True,
+            # A shared test machine: never evict or garbage-collect images for disk.
+            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
+                             "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "maxPods": 250,
+            "serializeImagePulls": False,
+            "nodeStatusReportFrequency": "10s",
+            "syncFrequency": "10s",
+            "fileCheckFrequency": "20s",
+        }  # fmt: skip
+        (self.state_dir / "kubelet-config.json").write_text(json.dumps(kubelet_cfg, indent=2))
+        proxy_cfg = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(self.state_dir / "kube-proxy.kubeconfig")},
+            "hostnameOverride": NODE_NAME,
+            "mode": "iptables",
+            "clusterCIDR": POD_CIDR,
+            "detectLocalMode": "ClusterCIDR",
+            "bindAddress": NODE_IP,
+            "healthzBindAddress": f"{cluster.LOOPBACK}:{self.ports.proxy_healthz}",
+            "metricsBindAddress": f"{cluster.LOOPBACK}:{self.ports.proxy_metrics}",
+            # NodePorts only on the node's own address; never on the host's loopback or eth0.
+            "nodePortAddresses": [f"{NODE_IP}/32"],
+            "iptables": {"localhostNodePorts": False, "minSyncPeriod": "1s", "syncPeriod": "30s"},
+            # Leave the host's conntrack sysctls alone.
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s",
+                          "tcpCloseWaitTimeout": "0s"},
+        }  # fmt: skip
+        (self.state_dir / "kube-proxy-config.json").write_text(json.dumps(proxy_cfg, indent=2))
+
+    # network -----------------------------------------------------------------
+    def _ensure_bridge(self) -> None:
+        if _run("ip", "-br", "link", "show", BRIDGE, check=False).strip() == "":
+            _run("ip", "link", "add", BRIDGE, "type", "bridge")
+        prefix = POD_CIDR.split("/")[1]
+        if f"{NODE_IP}/" not in _run("ip", "-br", "addr", "show", BRIDGE):
+            _run("ip", "addr", "add", f"{NODE_IP}/{prefix}", "dev", BRIDGE)
+        _run("ip", "link", "set", BRIDGE, "up")
+        # ClusterIPs that kube-proxy has not (yet) translated go into the bridge, not out eth0.
+        _run("ip", "route", "replace", SERVICE_CIDR, "dev", BRIDGE)
+
+    def _remove_kubelet_chains(self) -> None:
+        """The kubelet's own iptables chains (KUBE-FIREWALL drops non-loopback sources to
+        127.0.0.0/8; the canaries and hint are empty); kube-proxy --cleanup leaves them."""
+        for tool in ("iptables", "ip6tables"):
+            for chain in ("INPUT", "OUTPUT"):
+                _run(tool, "-t", "filter", "-D", chain, "-j", "KUBE-FIREWALL", check=False)
+            for table, chain in (
+                ("filter", "KUBE-FIREWALL"),
+                ("filter", "KUBE-KUBELET-CANARY"),
+                ("nat", "KUBE-KUBELET-CANARY"),
+                ("mangle", "KUBE-KUBELET-CANARY"),
+                ("mangle", "KUBE-IPTABLES-HINT"),
+            ):
+                _run(tool, "-t", table, "-F", chain, check=False)
+                _run(tool, "-t", table, "-X", chain, check=False)
+
+    def _remove_bridge(self) -> None:
+        _run("ip", "route", "del", SERVICE_CIDR, "dev", BRIDGE, check=False)
+        _run("ip", "link", "del", BRIDGE, check=False)
+
+    # processes ---------------------------------------------------------------
+    def _spawn(self, c: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        log = self.log_file(c).open("ab")
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.state_dir,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.procs[c] = proc
+        self.pid_file(c).write_text(f"{proc.pid}\n")
+
+    def _alive(self, c: str) -> None:
+        proc = self.procs.get(c)
+        if proc is not None and proc.poll() is not None:
+            raise NodeError(f"{c} exited ({proc.returncode}); last lines of {self.log_file(c)}:\n"
+                            f"{cluster._tail(self.log_file(c))}")  # fmt: skip
+
+    def _wait(self, what: str, ok: Any, timeout: float, watch: tuple[str, ...]) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            for c in watch:
+                self._alive(c)
+            with contextlib.suppress(Exception):
+                if ok():
+                    return time.monotonic() - t0
+            time.sleep(0.25)
+        tails = "\n".join(f"--- {c}:\n{cluster._tail(self.log_file(c), 25)}" for c in watch)
+        raise NodeError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
+
+    def _has_image(self, ref: str) -> bool:
+        return ref in self.ctr("images", "list", "-q", check=False).split()
+
+    def up(self, *, timeout: float = 240.0, image_tar: Path | None = None) -> dict[str, float]:
+        """Start what does not run; returns timings (seconds)."""
+        figures: dict[str, float] = {}
+        t0 = time.monotonic()
+        self.cp.start(timeout=timeout)
+        figures["control_plane"] = time.monotonic() - t0
+        running = self.running()
+        if "kube-scheduler" not in running:
+            self._spawn("kube-scheduler", [str(self.cp.binary("kube-scheduler")),
+                                           *self.cp._scheduler_args()])  # fmt: skip
+        self._issue_certs()
+        if not running.keys() & set(NODE_COMPONENTS):
+            self.ports.fill()
+        (self.state_dir / "node.json").write_text(
+            json.dumps({"ports": asdict(self.ports), "node_dir": str(self.node_dir),
+                        "node_ip": NODE_IP, "pod_cidr": POD_CIDR}, indent=2) + "\n"
+        )  # fmt: skip
+        self._write_configs()
+        self._ensure_bridge()
+        t1 = time.monotonic()
+        if "containerd" not in running:
+            env = {**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+            self._spawn(
+                "containerd", ["containerd", f"--config={self.ctr_dir / 'config.toml'}"], env
+            )
+        self._wait("containerd's socket", lambda: self.ctr("version", timeout=5) != "", 30,
+                   ("containerd",))  # fmt: skip
+        if not self._has_image(PAUSE_IMAGE):
+            self.load_image(self.node_dir / "images" / "pause.tar")
+        if image_tar is not None:
+            figures["image_load"] = self.load_image(image_tar)
+        if "kubelet" not in running:
+            self._spawn("kubelet", [
+                str(self.node_dir / "bin" / "kubelet"),
+                f"--config={self.state_dir / 'kubelet-config.json'}",
+                f"--kubeconfig={self.state_dir / 'kubelet.kubeconfig'}",
+                f"--root-dir={self.kubelet_dir}",
+                f"--cert-dir={self.kubelet_dir / 'pki'}",
+                f"--hostname-override={NODE_NAME}",
+                f"--node-ip={NODE_IP}",
+                "--v=1",
+            ])  # fmt: skip
+        if "kube-proxy" not in running:
+            self._spawn("kube-proxy", [
+                str(self.node_dir / "bin" / "kube-proxy"),
+                f"--config={self.state_dir / 'kube-proxy-config.json'}",
+                "--v=1",
+            ])  # fmt: skip
+        self._wait(f"Node {NODE_NAME} Ready and schedulable", self.cp._node_schedulable,
+                   timeout, ("containerd", "kubelet", "kube-proxy"))  # fmt: skip
+        figures["node_ready"] = time.monotonic() - t1
+        return figures
+
+    def down(self) -> list[str]:
+        """kube-proxy and the kubelet, then every pod sandbox (CNI DEL, shims exit), then
+        containerd, then the control plane; all by PID."""
+        stopped: list[str] = []
+        for c in ("kube-proxy", "kubelet"):
+            if self._stop(c):
+                stopped.append(c)
+        if "containerd" in self.running():
+            with contextlib.suppress(NodeError, subprocess.TimeoutExpired):
+                self.crictl("rmp", "--all", "--force", timeout=180)
+        if self._stop("containerd"):
+            stopped.append("containerd")
+        stopped += self.cp.stop()
+        self.pid_file("kube-scheduler").unlink(missing_ok=True)
+        return stopped
+
+    def _stop(self, c: str) -> bool:
+        pid: int | None = None
+        proc = self.procs.pop(c, None)
+        if proc is not None:
+            pid = proc.pid
+        else:
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(self.pid_file(c).read_text().strip())
+        done = pid is not None and cluster.stop_pid(pid, c, timeout=30.0)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        self.pid_file(c).unlink(missing_ok=True)
+        return done
+
+    def clean(self) -> None:
+        """down, kube-proxy's iptables rules, the bridge, and the state (mounts first)."""
+        self.down()
+        if self.running():
+            raise NodeError("refusing to clean: components still running")
+        proxy = self.node_dir / "bin" / "kube-proxy"
+        if proxy.exists():
+            _run(str(proxy), "--cleanup", "--v=0", check=False)
+        self._remove_kubelet_chains()
+        self._remove_bridge()
+        # The kubelet's volumes (tmpfs for secrets) and containerd's mounts, deepest first.
+        mounts = [
+            line.split()[1]
+            for line in Path("/proc/self/mounts").read_text().splitlines()
+            if line.split()[1].startswith(str(self.state_dir) + "/")
+        ]
+        for m in sorted(mounts, key=len, reverse=True):
+            _run("umount", m, check=False)
+        still = [
+            line.split()[1]
+            for line in Path("/proc/self/mounts").read_text().splitlines()
+            if line.split()[1].startswith(str(self.state_dir) + "/")
+        ]
+        if still:
+            raise NodeError(f"still mounted, not removing {self.state_dir}: {still[:5]}")
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _containerd_version() -> str:
+    try:
+        return _run("containerd", "--version", timeout=10).split()[2]
+    except (NodeError, OSError, IndexError):
+        return "?"
+
+
+def default_state_dir() -> Path:
+    return REPO_ROOT / ".local" / "realnode"
+
+
+def make_node(state_dir: Path | None = None, *, build: bool = True) -> Node:
+    sd = Path(state_dir) if state_dir else default_state_dir()
+    return Node(sd, cluster.ensure_binaries(build=build), build_node_binaries(build=build))
