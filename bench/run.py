@@ -14,6 +14,7 @@ from bench import dkim as dkim_bench
 from bench import headers as headers_bench
 from bench import health as health_bench
 from bench import operator as operator_bench
+from bench import operator_poll as operator_poll_bench
 from bench import relay as relay_bench
 from bench import shaped as shaped_bench
 from bench import shaping as shaping_bench
@@ -76,6 +77,9 @@ def main() -> None:
         print(backlog_bench.report(backlog_bench.measure(n, size, drain_seconds=drain)), flush=True)
     if not a.skip_operator:
         print(operator_bench.summary(operator_bench.measure(pools, steady)), flush=True)
+        # The 5 s pod status poll, in CPU per pod (real engines and a stand-in replaying one).
+        for line in operator_poll_bench.lines(operator_poll_bench.measure(pools)):
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

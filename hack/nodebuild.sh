@@ -14,7 +14,7 @@
 #                                  github.com/containernetworking/plugins, hack/node/gomod
 #   images/pause.tar               build/pause/linux/pause.c from the same Kubernetes module,
 #                                  compiled here (gcc -static), committed by buildah as PAUSE_IMAGE
-# containerd and runc are Debian's packages (see hack/node/README.md).
+# containerd and runc are Debian's packages (see hack/node/node.py and docs/tutorial.md).
 set -euo pipefail
 
 K8S_VERSION=v1.34.4                          # = hack/envtest.sh, hack/controlplane/go.mod

@@ -7,3 +7,13 @@ crds: $(STAMP) ## regenerate crds/ and charts/mailfleet/crds/ from the pydantic 
 .PHONY: crds-check
 crds-check: $(STAMP) ## fail if crds/ or charts/mailfleet/crds/ drifted from the models
 	$(PY) -m mailfleet.operator.crdgen --check
+
+# The operations guide's tables of events, condition reasons and metrics: from the code.
+
+.PHONY: docs
+docs: $(STAMP) ## regenerate docs/operations.md's tables (events, conditions, metrics) from the code
+	$(PY) -m mailfleet.operator.docgen
+
+.PHONY: docs-check
+docs-check: $(STAMP) ## fail if docs/operations.md's generated tables drifted from the code
+	$(PY) -m mailfleet.operator.docgen --check

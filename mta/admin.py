@@ -22,8 +22,17 @@ from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import ValidationError
 
+from mailfleet.mta.adminapi import (
+    AdoptResult,
+    DrainState,
+    EngineStatus,
+    HandoffResult,
+    QueueActionResult,
+    ReloadResult,
+    ShapingAdoption,
+)
 from mailfleet.mta.config import is_loopback_host, parse_hostport
 from mailfleet.mta.handoff import HandoffError, decode
 from mailfleet.mta.metrics import EngineMetrics
@@ -33,43 +42,6 @@ from mailfleet.mta.suppression import SuppressionStore, check_recipient
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/status"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class _MovedRow(BaseModel):
-    """One (IP, provider) row of /v1/status "shaping": what the shaper takes over of it (the
-    other fields a row shows are read-only views, ignored here)."""
-
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
-
-    ip: StrictStr
-    provider: StrictStr
-    rate: float | None = Field(None, ge=0)
-    peak: float | None = Field(None, ge=0)
-    ceiling: float | None = Field(None, ge=0)
-    last_event: float | None = Field(None, alias="lastEvent")
-    suspended_until: float | None = Field(None, alias="suspendedUntil")
-    quarantined_until: float | None = Field(None, alias="quarantinedUntil")
-    reason: StrictStr | None = None
-
-
-class _MovedCount(BaseModel):
-    """One row of /v1/status "warmup": messages an IP sent a provider today."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    ip: StrictStr
-    provider: StrictStr
-    sent: StrictInt = Field(ge=0)
-
-
-class ShapingAdoption(BaseModel):
-    """POST /v1/shaping/adopt: the shaping rows (as /v1/status "shaping") and today's warmup
-    counts (as /v1/status "warmup") of IPs moving here from another pod."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    shaping: list[_MovedRow] = []
-    warmup: list[_MovedCount] = []
 
 
 def first_error(e: ValidationError) -> str:
@@ -183,10 +155,10 @@ class Engine(Protocol):
 
     async def suppress(self, recipient: str, reason: str, source: str) -> None: ...
     def readiness(self) -> tuple[bool, str]: ...
-    async def queue_action(self, action: str, domain: str) -> dict[str, Any]: ...
-    def status(self) -> dict[str, Any]: ...
-    async def drain(self, handoff: list[str] | None = None) -> dict[str, Any]: ...
-    async def undrain(self) -> dict[str, Any]: ...
+    async def queue_action(self, action: str, domain: str) -> QueueActionResult: ...
+    def status(self) -> EngineStatus: ...
+    async def drain(self, handoff: list[str] | None = None) -> DrainState: ...
+    async def undrain(self) -> DrainState: ...
     async def adopt(self, messages: list[QueuedMessage]) -> int: ...
     async def adopt_shaping(
         self, pairs: list[dict[str, Any]], warmup: list[dict[str, Any]]
@@ -240,7 +212,7 @@ def make_app(engine: Engine, listen: str = "127.0.0.1:8025") -> web.Application:
         return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
 
     async def status(_: web.Request) -> web.Response:
-        return web.json_response(engine.status())
+        return web.json_response(engine.status().wire())
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(engine.metrics.registry)
@@ -263,10 +235,10 @@ def make_app(engine: Engine, listen: str = "127.0.0.1:8025") -> web.Application:
                 status=400,
             )
         handoff = [str(u) for u in given or []]
-        return web.json_response(await engine.drain(handoff))
+        return web.json_response((await engine.drain(handoff)).wire())
 
     async def undrain(_: web.Request) -> web.Response:
-        return web.json_response(await engine.undrain())
+        return web.json_response((await engine.undrain()).wire())
 
     async def handoff(request: web.Request) -> web.Response:
         try:
@@ -277,7 +249,7 @@ def make_app(engine: Engine, listen: str = "127.0.0.1:8025") -> web.Application:
             taken = await engine.adopt(messages)
         except RuntimeError as e:
             return web.json_response({"error": str(e)}, status=503)
-        return web.json_response({"accepted": len(messages), "new": taken})
+        return web.json_response(HandoffResult(accepted=len(messages), new=taken).wire())
 
     async def reload(request: web.Request) -> web.Response:
         b = json_of(request)  # None: no body, the config file is read again
@@ -288,10 +260,8 @@ def make_app(engine: Engine, listen: str = "127.0.0.1:8025") -> web.Application:
                 status=400,
             )
         ok, message = await engine.reload(text)
-        return web.json_response(
-            {"reloaded": ok, "message": message, "configHash": engine.config_hash},
-            status=200 if ok else 422,
-        )
+        answer = ReloadResult(reloaded=ok, message=message, config_hash=engine.config_hash)
+        return web.json_response(answer.wire(), status=200 if ok else 422)
 
     async def adopt_shaping(request: web.Request) -> web.Response:
         """IPs moving here from another pod: their shaping rows and today's warmup counts."""
@@ -307,7 +277,7 @@ def make_app(engine: Engine, listen: str = "127.0.0.1:8025") -> web.Application:
             [p.model_dump(by_alias=True) for p in body.shaping],
             [w.model_dump() for w in body.warmup],
         )
-        return web.json_response({"adopted": n})
+        return web.json_response(AdoptResult(adopted=n).wire())
 
     async def suppressions(request: web.Request) -> web.Response:
         try:
@@ -370,7 +340,7 @@ def make_app(engine: Engine, listen: str = "127.0.0.1:8025") -> web.Application:
             return web.json_response(
                 {"error": 'expected JSON {"domain": "example.com"}'}, status=400
             )
-        return web.json_response(await engine.queue_action(action, domain))
+        return web.json_response((await engine.queue_action(action, domain)).wire())
 
     app = web.Application(middlewares=[guard])
     app.add_routes(

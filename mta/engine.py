@@ -22,6 +22,18 @@ import dns.resolver
 
 from mailfleet import __version__
 from mailfleet.mta.admin import AdminServer
+from mailfleet.mta.adminapi import (
+    ConnectionCount,
+    DrainState,
+    EngineStatus,
+    FleetLimits,
+    HandoffProgress,
+    QueueActionResult,
+    QueueStatus,
+    ShapingRow,
+    SubmissionState,
+    WarmupRow,
+)
 from mailfleet.mta.adminclient import (
     ensure_generated_token,
     generated_token_path,
@@ -686,7 +698,7 @@ class Engine:
             return False, "not listening"
         return True, "ready"
 
-    async def queue_action(self, action: str, domain: str) -> dict[str, Any]:
+    async def queue_action(self, action: str, domain: str) -> QueueActionResult:
         """retry: what waits for a retry at `domain` is due now; bounce: what is queued for it
         now goes back to its senders as DSNs."""
         if action == "bounce":
@@ -694,9 +706,9 @@ class Engine:
         else:
             result = await self.queue.retry_now(domain)
         log.info(f"queue {action} by domain", extra=result)
-        return {"action": action, **result}
+        return QueueActionResult.model_validate({"action": action, **result})
 
-    async def drain(self, handoff: list[str] | None = None) -> dict[str, Any]:
+    async def drain(self, handoff: list[str] | None = None) -> DrainState:
         """Take no more mail; hand the queue to `handoff` peers (admin URLs) or deliver it."""
         if not self.draining:
             self.draining = True
@@ -718,15 +730,19 @@ class Engine:
             self._handoff_task = asyncio.create_task(self.handoff.run(), name="handoff")
         return self.drain_state()
 
-    def drain_state(self) -> dict[str, Any]:
-        return {
-            "draining": self.draining,
-            "queue": self.queue.status(),
-            "empty": self.queue.empty,
-            "handoff": self.handoff.state.as_dict() if self.handoff is not None else None,
-        }
+    def drain_state(self) -> DrainState:
+        return DrainState(
+            draining=self.draining,
+            queue=QueueStatus.model_validate(self.queue.status()),
+            empty=self.queue.empty,
+            handoff=(
+                HandoffProgress.model_validate(self.handoff.state.as_dict())
+                if self.handoff is not None
+                else None
+            ),
+        )
 
-    async def undrain(self) -> dict[str, Any]:
+    async def undrain(self) -> DrainState:
         """Take mail again (a scale-down called off): what was not handed off stays here."""
         if self._handoff_task is not None:
             self._handoff_task.cancel()
@@ -757,26 +773,33 @@ class Engine:
         """Shaping state and warmup counts of IPs the operator moves here from another pod."""
         return await self.queue.adopt_shaping(pairs, warmup)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> EngineStatus:
         ready, reason = self.readiness()
         stats = getattr(self.client, "stats", None)
-        return {
-            "version": __version__,
-            "hostname": self.cfg.hostname,
-            "ready": ready,
-            "reason": reason,
-            "draining": self.draining,
-            "configGeneration": self.generation,
-            "configHash": self.config_hash,
-            "uptimeSeconds": round(time.time() - self.started_at, 1),
-            "submission": {"listen": self.submission.listen, "accepting": self.handler.accepting},
-            "queue": self.queue.status(),
-            "shaping": self.queue.shaping_status(),
-            "warmup": self.queue.shaper.warmup_today(time.time()),
-            "sourceIPs": self.queue.sending_ips(),
-            "fleetLimits": self.queue.fleet.status(),
-            "connections": stats() if callable(stats) else {},
-        }
+        return EngineStatus(
+            version=__version__,
+            hostname=self.cfg.hostname,
+            ready=ready,
+            reason=reason,
+            draining=self.draining,
+            config_generation=self.generation,
+            config_hash=self.config_hash,
+            uptime_seconds=round(time.time() - self.started_at, 1),
+            submission=SubmissionState(
+                listen=self.submission.listen, accepting=self.handler.accepting
+            ),
+            queue=QueueStatus.model_validate(self.queue.status()),
+            shaping=[ShapingRow.model_validate(r) for r in self.queue.shaping_status()],
+            warmup=[
+                WarmupRow.model_validate(r) for r in self.queue.shaper.warmup_today(time.time())
+            ],
+            source_ips=self.queue.sending_ips(),
+            fleet_limits=FleetLimits.model_validate(self.queue.fleet.status()),
+            connections={
+                k: ConnectionCount.model_validate(v)
+                for k, v in (stats() if callable(stats) else {}).items()
+            },
+        )
 
 
 @dataclass(frozen=True)

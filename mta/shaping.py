@@ -46,7 +46,7 @@ def _rule(
 
 
 # What the big providers answer when a sender goes too fast or has lost their trust (sources in
-# the README, "Shaping and reputation"). Configured rules come first; these apply to every
+# docs/architecture.md, "Shaping and reputation"). Configured rules come first; these apply to every
 # provider after them. A volume deferral slows the pair down (throttle) rather than idling it for
 # hours; only replies that say retrying will not help suspend or quarantine.
 DEFAULT_RULES: tuple[ReplyRuleConfig, ...] = (

@@ -22,13 +22,24 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
-from mailfleet.mta.admin import ShapingAdoption, body_refusal, page_refusal
+from mailfleet.mta.admin import body_refusal, page_refusal
+from mailfleet.mta.adminapi import (
+    AdoptResult,
+    Answer,
+    DrainState,
+    EngineStatus,
+    ErrorAnswer,
+    QueueActionResult,
+    ReloadResult,
+    ShapingAdoption,
+    WorkerState,
+)
 from mailfleet.mta.adminclient import ensure_generated_token, generated_token_path
 from mailfleet.mta.config import (
     ConfigError,
@@ -294,21 +305,26 @@ class Supervisor:
 
         async def status(request: web.Request) -> web.Response:
             answers = await self._ask_all(request)
-            statuses = [_json(b) if s == 200 else {} for s, b, _ in answers]
-            merged = merge_status(statuses)
-            merged["workers"] = [
-                {
-                    "process": i,
-                    "pid": p.pid if p is not None else None,
-                    "restarts": self.restarts[i],
-                    "ready": bool(statuses[i].get("ready")),
-                    "reason": statuses[i].get("reason", "no answer"),
-                }
+            statuses = [
+                _answer(EngineStatus, b) if s == 200 else EngineStatus() for s, b, _ in answers
+            ]
+            merged = _merge(EngineStatus, statuses)
+            merged.processes = len(statuses)
+            merged.workers = [
+                WorkerState(
+                    process=i,
+                    pid=p.pid if p is not None else None,
+                    restarts=self.restarts[i],
+                    ready=statuses[i].ready,
+                    reason=statuses[i].reason
+                    if "reason" in statuses[i].model_fields_set
+                    else "no answer",
+                )
                 for i, p in enumerate(self.procs)
             ]
             if any(s != 200 for s, _, _ in answers):
-                merged["ready"] = False
-            return web.json_response(merged)
+                merged.ready = False
+            return web.json_response(merged.wire())
 
         async def metrics(request: web.Request) -> web.Response:
             answers = await self._ask_all(request)
@@ -369,7 +385,7 @@ class Supervisor:
             answers = await asyncio.gather(
                 *(self._ask(i, "POST", request.path_qs, headers, share(i)) for i in range(self.n))
             )
-            return _merged(list(answers), "POST")
+            return _merged(list(answers), "POST", request.path)
 
         async def every(request: web.Request) -> web.Response:
             answers = await self._ask_all(request)
@@ -378,7 +394,7 @@ class Supervisor:
                     self.drain_request = (_forwarded(request), await request.read() or None)
                 elif request.path == "/v1/undrain":
                     self.drain_request = None
-            return _merged(answers, request.method)
+            return _merged(answers, request.method, request.path)
 
         loopback = is_loopback_host(parse_hostport(self.cfg.admin.listen)[0])
 
@@ -441,7 +457,7 @@ def _forwarded(request: web.Request) -> dict[str, str]:
     return {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
 
 
-def _merged(answers: list[tuple[int, bytes, str]], method: str) -> web.Response:
+def _merged(answers: list[tuple[int, bytes, str]], method: str, path: str) -> web.Response:
     codes = [s for s, _, _ in answers]
     if method == "DELETE" and 200 in codes and set(codes) <= {200, 404}:
         # Removed from the file by the first process; the others only dropped their cache.
@@ -452,9 +468,43 @@ def _merged(answers: list[tuple[int, bytes, str]], method: str) -> web.Response:
         # the failing process said.
         s, b, ctype = next(a for a in answers if a[0] == worst)
         return web.Response(body=b, status=s, content_type=ctype)
-    merged = merge_status([_json(b) for _, b, _ in answers])
+    kind = _ANSWERS.get(path, ErrorAnswer)
+    if kind is ErrorAnswer:
+        # An answer without a model (a suppression added): merged as the JSON it is.
+        merged = merge_status([_json(b) for _, b, _ in answers])
+        merged.pop("processes", None)
+        return web.json_response(merged, status=codes[0])
+    typed = _merge(kind, [_answer(kind, b) for _, b, _ in answers])
+    return web.json_response(typed.wire(), status=codes[0])
+
+
+A = TypeVar("A", bound=Answer)
+
+# The state-changing calls every process answers, by path: their answers are merged as one.
+_ANSWERS: dict[str, type[Answer]] = {
+    "/v1/drain": DrainState,
+    "/v1/undrain": DrainState,
+    "/v1/reload": ReloadResult,
+    "/v1/queue/retry": QueueActionResult,
+    "/v1/queue/bounce": QueueActionResult,
+    "/v1/shaping/adopt": AdoptResult,
+}
+
+
+def _answer(kind: type[A], body: bytes) -> A:
+    """One process's answer as its model (a body that is no JSON object reads as empty)."""
+    try:
+        return kind.parse(_json(body))
+    except ValidationError:
+        return kind()
+
+
+def _merge(kind: type[A], answers: list[A]) -> A:
+    """The processes' answers as one (workers.merge_values: counts summed, `ready` all, times
+    the latest, the same pair's rows one row), typed again."""
+    merged = merge_status([a.wire() for a in answers])
     merged.pop("processes", None)
-    return web.json_response(merged, status=codes[0])
+    return kind.model_validate(merged)
 
 
 def _json(body: bytes) -> dict[str, Any]:

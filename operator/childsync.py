@@ -18,6 +18,7 @@ from mailfleet.operator import domainplan, drift, kube, naming, pods, render, st
 from mailfleet.operator.crd_models import DeliveryPolicy, IPWarmup, SendingDomain, SendingPool
 from mailfleet.operator.outcomes import Event
 from mailfleet.operator.poolmemory import PoolMemory
+from mailfleet.operator.reasons import EventReason
 from mailfleet.operator.watched import LiveStatefulSet
 
 
@@ -44,7 +45,7 @@ class Sources:
 def render_inputs(pool: SendingPool, mem: PoolMemory, src: Sources) -> render.PoolInputs:
     name = naming.pool_name(pool)
     sts = src.statefulset
-    verdicts = mem.health.verdicts.get(mem.key) if mem.health is not None else None
+    verdicts = mem.health.verdicts if mem.health is not None else None
     return render.PoolInputs(
         pool=pool,
         policies=src.policies,
@@ -71,7 +72,7 @@ def remember_render(
 ) -> bool:
     """What the operator keeps of a render; True when the policies the pool selects changed
     (their status counts pools)."""
-    mem.ipmoves().rendered(mem.key, rendered.status.get("ips", []))
+    mem.moves.rendered(rendered.status.get("ips", []))
     mem.sts_seen = (sts.replicas, sts.ready) if sts is not None else (0, 0)
     if rendered.config_hash is not None:
         mem.config = (rendered.config_hash, rendered.config_text)
@@ -98,9 +99,9 @@ class ChildrenSync:
         if self.error is not None:
             return out
         if created:
-            out.append(Event("Normal", "Created", "Created " + ", ".join(created)))
+            out.append(Event("Normal", EventReason.Created, "Created " + ", ".join(created)))
         if updated:
-            out.append(Event("Normal", "Updated", "Updated " + ", ".join(updated)))
+            out.append(Event("Normal", EventReason.Updated, "Updated " + ", ".join(updated)))
         return out
 
 
@@ -170,7 +171,7 @@ async def _sync_child(
         out.events.append(
             Event(
                 "Normal",
-                "ConfigRendered",
+                EventReason.ConfigRendered,
                 f"{'Updated' if existed else 'Created'} ConfigMap {child_name}: engine.yaml "
                 f"{rendered.config_hash} rendered for generation {plan.generation} "
                 f"(policies: {', '.join(rendered.policies) or 'none'})",
@@ -180,7 +181,7 @@ async def _sync_child(
         out.events.append(
             Event(
                 "Warning",
-                "ImmutableFieldChanged",
+                EventReason.ImmutableFieldChanged,
                 f"StatefulSet {child_name}: {', '.join(ignored)} cannot change in place; "
                 "delete the StatefulSet with --cascade=orphan to apply it",
             )

@@ -31,6 +31,7 @@ from mailfleet.operator.crd_models import (
     SendingPool,
 )
 from mailfleet.operator.dkimrecords import dkim_name, same_key, tags
+from mailfleet.operator.reasons import ConditionReason, ConditionType, EventReason
 
 # --- keys --------------------------------------------------------------------------------------
 
@@ -95,7 +96,7 @@ def plan_keys(
             events.append(
                 Event(
                     "Warning",
-                    "DKIMKeyLost",
+                    EventReason.DKIMKeyLost,
                     f"the private key of selector {s.selector} ({s.state}) is no longer in the "
                     "Secret; the selector is dropped",
                 )
@@ -104,7 +105,7 @@ def plan_keys(
             events.append(
                 Event(
                     "Normal",
-                    "DKIMKeyRemoved",
+                    EventReason.DKIMKeyRemoved,
                     f"selector {s.selector} ({s.algorithm}) retired after the grace period: "
                     f"its record {dkim_name(s.selector, name)} may be deleted from DNS",
                 )
@@ -113,7 +114,7 @@ def plan_keys(
             events.append(
                 Event(
                     "Normal",
-                    "DKIMKeyRemoved",
+                    EventReason.DKIMKeyRemoved,
                     f"selector {s.selector} removed: {s.algorithm} is no longer wanted",
                 )
             )
@@ -122,7 +123,7 @@ def plan_keys(
             events.append(
                 Event(
                     "Normal",
-                    "DKIMKeyRetiring",
+                    EventReason.DKIMKeyRetiring,
                     f"selector {s.selector} stops signing ({s.algorithm} is no longer wanted); "
                     "it stays published for the grace period",
                 )
@@ -140,7 +141,7 @@ def plan_keys(
                 events.append(
                     Event(
                         "Normal",
-                        "DKIMKeyRetiring",
+                        EventReason.DKIMKeyRetiring,
                         f"selector {old.selector} ({algorithm}) replaced by {new.selector}; it "
                         "stays published for the grace period",
                     )
@@ -149,7 +150,7 @@ def plan_keys(
             events.append(
                 Event(
                     "Normal",
-                    "DKIMKeyActivated",
+                    EventReason.DKIMKeyActivated,
                     f"selector {new.selector} ({algorithm}) is published in DNS and signs now",
                 )
             )
@@ -161,7 +162,7 @@ def plan_keys(
             events.append(
                 Event(
                     "Normal",
-                    "DKIMKeyGenerated",
+                    EventReason.DKIMKeyGenerated,
                     f"{what} {algorithm} key with selector {sel.selector}: publish "
                     f"{dkim_name(sel.selector, name)} TXT (status.records); it signs once DNS "
                     "serves it",
@@ -350,30 +351,35 @@ def check_dkim(
             waiting.append(s.selector)
         elif not keys:
             problems.append(
-                ("KeyNotPublished", f"{name} has no DKIM key record ({s.state} selector)")
+                (
+                    ConditionReason.KeyNotPublished,
+                    f"{name} has no DKIM key record ({s.state} selector)",
+                )
             )
         else:
             problems.append(
                 (
-                    "KeyMismatch",
+                    ConditionReason.KeyMismatch,
                     f"{name} publishes another key than the one in the Secret "
                     f"({s.state} selector): publish the value in status.records",
                 )
             )
     if failures:
-        return Cond("DKIMPublished", "Unknown", "DNSError", "; ".join(failures)), published
+        return Cond(
+            ConditionType.DKIMPublished, "Unknown", ConditionReason.DNSError, "; ".join(failures)
+        ), published
     if problems:
         return Cond(
-            "DKIMPublished", "False", problems[0][0], "; ".join(p[1] for p in problems)
+            ConditionType.DKIMPublished, "False", problems[0][0], "; ".join(p[1] for p in problems)
         ), published
     live = [s.selector for s in selectors if s.state != "pending"]
     if not live:
         names = ", ".join(dkim_name(s, domain) for s in waiting)
         return (
             Cond(
-                "DKIMPublished",
+                ConditionType.DKIMPublished,
                 "False",
-                "AwaitingPublication",
+                ConditionReason.AwaitingPublication,
                 f"publish {names} TXT (status.records); the key signs once DNS serves it",
             ),
             published,
@@ -381,8 +387,10 @@ def check_dkim(
     msg = f"selectors {', '.join(live)} published and matching their keys"
     if waiting:
         msg += f"; new selector {', '.join(waiting)} waits for its record (rotation)"
-        return Cond("DKIMPublished", "True", "RotationPending", msg), published
-    return Cond("DKIMPublished", "True", "Published", msg), published
+        return Cond(
+            ConditionType.DKIMPublished, "True", ConditionReason.RotationPending, msg
+        ), published
+    return Cond(ConditionType.DKIMPublished, "True", ConditionReason.Published, msg), published
 
 
 SPF_LOOKUP_LIMIT = 10
@@ -399,13 +407,14 @@ class _SPFError(Exception):
 def _spf_of(domain: str, dns: _Lookups) -> str:
     a = dns.get(domain, "TXT")
     if a.failed:
-        raise _SPFError("DNSError", _dns_failure(f"{domain} TXT", a))
+        raise _SPFError(ConditionReason.DNSError, _dns_failure(f"{domain} TXT", a))
     spf = [r for r in a.records if r.lower() == "v=spf1" or r.lower().startswith("v=spf1 ")]
     if not spf:
-        raise _SPFError("NoSPFRecord", f"{domain} has no SPF record (TXT v=spf1 ...)")
+        raise _SPFError(ConditionReason.NoSPFRecord, f"{domain} has no SPF record (TXT v=spf1 ...)")
     if len(spf) > 1:
         raise _SPFError(
-            "MultipleSPFRecords", f"{domain} has {len(spf)} SPF records; one is allowed"
+            ConditionReason.MultipleSPFRecords,
+            f"{domain} has {len(spf)} SPF records; one is allowed",
         )
     return spf[0]
 
@@ -415,7 +424,7 @@ def _addresses(name: str, dns: _Lookups) -> list[str]:
     for rtype in ("A", "AAAA"):
         a = dns.get(name, rtype)  # type: ignore[arg-type]
         if a.failed:
-            raise _SPFError("DNSError", _dns_failure(f"{name} {rtype}", a))
+            raise _SPFError(ConditionReason.DNSError, _dns_failure(f"{name} {rtype}", a))
         out += a.records
     return out
 
@@ -425,7 +434,9 @@ def _spf_networks(
 ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """The networks an SPF record passes (+ mechanisms), following include and redirect."""
     if depth > 10:
-        raise _SPFError("SPFLoop", f"SPF of {domain}: includes nest too deep (a loop?)")
+        raise _SPFError(
+            ConditionReason.SPFLoop, f"SPF of {domain}: includes nest too deep (a loop?)"
+        )
     record = _spf_of(domain, dns)
     nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     redirect: str | None = None
@@ -447,7 +458,9 @@ def _spf_networks(
         if "/" in mech:
             mech, _, arg_cidr = mech.partition("/")
         if mech not in _SPF_MECHANISMS:
-            raise _SPFError("SPFSyntaxError", f"SPF of {domain}: unknown term {term!r}")
+            raise _SPFError(
+                ConditionReason.SPFSyntaxError, f"SPF of {domain}: unknown term {term!r}"
+            )
         if mech in ("include", "a", "mx", "ptr", "exists"):
             counter[0] += 1
         if mech == "all":
@@ -458,18 +471,21 @@ def _spf_networks(
                 net = ipaddress.ip_network(arg, strict=False)
             except ValueError:
                 raise _SPFError(
-                    "SPFSyntaxError", f"SPF of {domain}: bad address in {term!r}"
+                    ConditionReason.SPFSyntaxError, f"SPF of {domain}: bad address in {term!r}"
                 ) from None
             if net.version != int(mech[-1]):
                 raise _SPFError(
-                    "SPFSyntaxError", f"SPF of {domain}: {term!r} is the wrong IP version"
+                    ConditionReason.SPFSyntaxError,
+                    f"SPF of {domain}: {term!r} is the wrong IP version",
                 )
             if qualifier == "+":
                 nets.append(net)
             continue
         if mech == "include":
             if not arg:
-                raise _SPFError("SPFSyntaxError", f"SPF of {domain}: include needs a domain")
+                raise _SPFError(
+                    ConditionReason.SPFSyntaxError, f"SPF of {domain}: include needs a domain"
+                )
             inner = _spf_networks(arg, dns, counter, depth + 1)
             if qualifier == "+":
                 nets += inner
@@ -482,7 +498,7 @@ def _spf_networks(
             if mech == "mx":
                 mx = dns.get(target, "MX")
                 if mx.failed:
-                    raise _SPFError("DNSError", _dns_failure(f"{target} MX", mx))
+                    raise _SPFError(ConditionReason.DNSError, _dns_failure(f"{target} MX", mx))
                 hosts = list(mx.records)
             for h in hosts:
                 for addr in _addresses(h, dns):
@@ -513,12 +529,12 @@ def check_spf(
         status: Literal["False", "Unknown"] = "Unknown" if e.reason == "DNSError" else "False"
         if verdicts is not None and status == "Unknown":
             verdicts.ip_unknown.update(i.address for i in ips)
-        return Cond("SPFValid", status, e.reason, e.message)
+        return Cond(ConditionType.SPFValid, status, e.reason, e.message)
     if counter[0] > SPF_LOOKUP_LIMIT:
         return Cond(
-            "SPFValid",
+            ConditionType.SPFValid,
             "False",
-            "TooManyLookups",
+            ConditionReason.TooManyLookups,
             f"SPF of {domain} needs {counter[0]} DNS lookups; receivers allow {SPF_LOOKUP_LIMIT}",
         )
     active = [i for i in ips if not i.standby]
@@ -531,12 +547,15 @@ def check_spf(
     if missing:
         what = ", ".join(f"{i.address} (pool {i.pool})" for i in missing)
         return Cond(
-            "SPFValid", "False", "IPNotAuthorized", f"SPF of {domain} does not authorise {what}"
+            ConditionType.SPFValid,
+            "False",
+            ConditionReason.IPNotAuthorized,
+            f"SPF of {domain} does not authorise {what}",
         )
     return Cond(
-        "SPFValid",
+        ConditionType.SPFValid,
         "True",
-        "Valid",
+        ConditionReason.Valid,
         f"SPF of {domain} authorises all {len(active)} sending IPs ({counter[0]} DNS lookups)",
     )
 
@@ -545,29 +564,34 @@ def check_dmarc(spec: SendingDomainSpec, dns: _Lookups) -> Cond:
     name = f"_dmarc.{spec.domain}"
     a = dns.get(name, "TXT")
     if a.failed:
-        return Cond("DMARCAligned", "Unknown", "DNSError", _dns_failure(f"{name} TXT", a))
+        return Cond(
+            ConditionType.DMARCAligned,
+            "Unknown",
+            ConditionReason.DNSError,
+            _dns_failure(f"{name} TXT", a),
+        )
     found = [r for r in a.records if tags(r).get("v", "").upper() == "DMARC1"]
     if not found:
         return Cond(
-            "DMARCAligned",
+            ConditionType.DMARCAligned,
             "False",
-            "NoDMARCRecord",
+            ConditionReason.NoDMARCRecord,
             f"{name} has no DMARC record (TXT v=DMARC1; p=...)",
         )
     if len(found) > 1:
         return Cond(
-            "DMARCAligned",
+            ConditionType.DMARCAligned,
             "False",
-            "MultipleDMARCRecords",
+            ConditionReason.MultipleDMARCRecords,
             f"{name} has {len(found)} DMARC records",
         )
     t = tags(found[0])
     policy = t.get("p", "").lower()
     if policy != spec.dmarc.expected_policy:
         return Cond(
-            "DMARCAligned",
+            ConditionType.DMARCAligned,
             "False",
-            "PolicyMismatch",
+            ConditionReason.PolicyMismatch,
             f"{name} says p={policy or '(none given)'}; expected p={spec.dmarc.expected_policy}",
         )
     if spec.dmarc.report_address:
@@ -575,15 +599,15 @@ def check_dmarc(spec: SendingDomainSpec, dns: _Lookups) -> Cond:
         rua = [u.split("!")[0].lower() for u in t.get("rua", "").split(",") if u]
         if want not in rua:
             return Cond(
-                "DMARCAligned",
+                ConditionType.DMARCAligned,
                 "False",
-                "ReportAddressMissing",
+                ConditionReason.ReportAddressMissing,
                 f"{name} rua={t.get('rua', '') or '(none)'} does not include {want}",
             )
     return Cond(
-        "DMARCAligned",
+        ConditionType.DMARCAligned,
         "True",
-        "Aligned",
+        ConditionReason.Aligned,
         f"{name} has p={policy}; mail is signed with d={spec.domain} (aligned)",
     )
 
@@ -593,7 +617,9 @@ def check_reverse_dns(
 ) -> Cond:
     """ReverseDNS; `verdicts` collects each IP's failure (or unknown verdict)."""
     if not ips:
-        return Cond("ReverseDNS", "True", "NoPoolIPs", "no pool IPs to check")
+        return Cond(
+            ConditionType.ReverseDNS, "True", ConditionReason.NoPoolIPs, "no pool IPs to check"
+        )
     problems: list[tuple[str, str]] = []
     failures: list[str] = []
     for ip in ips:
@@ -605,13 +631,17 @@ def check_reverse_dns(
             if len(failures) > n_failures:
                 verdicts.ip_unknown.add(ip.address)
     if problems:
-        return Cond("ReverseDNS", "False", problems[0][0], "; ".join(p[1] for p in problems))
+        return Cond(
+            ConditionType.ReverseDNS, "False", problems[0][0], "; ".join(p[1] for p in problems)
+        )
     if failures:
-        return Cond("ReverseDNS", "Unknown", "DNSError", "; ".join(failures))
+        return Cond(
+            ConditionType.ReverseDNS, "Unknown", ConditionReason.DNSError, "; ".join(failures)
+        )
     return Cond(
-        "ReverseDNS",
+        ConditionType.ReverseDNS,
         "True",
-        "ForwardConfirmed",
+        ConditionReason.ForwardConfirmed,
         f"all {len(ips)} pool IPs have a PTR to their HELO name, which resolves back",
     )
 
@@ -631,13 +661,16 @@ def _reverse_dns_of(
         return
     if not ptr.records:
         problems.append(
-            ("NoPTR", f"{ip.address} (pool {ip.pool}) has no PTR record; want {ip.hostname}")
+            (
+                ConditionReason.NoPTR,
+                f"{ip.address} (pool {ip.pool}) has no PTR record; want {ip.hostname}",
+            )
         )
         return
     if ip.hostname not in ptr.records:
         problems.append(
             (
-                "PTRMismatch",
+                ConditionReason.PTRMismatch,
                 f"PTR of {ip.address} (pool {ip.pool}) is {', '.join(ptr.records)}, "
                 f"not its HELO name {ip.hostname}",
             )
@@ -653,7 +686,7 @@ def _reverse_dns_of(
     elif not any(ipaddress.ip_address(r) == addr for r in fwd.records):
         problems.append(
             (
-                "ForwardMismatch",
+                ConditionReason.ForwardMismatch,
                 f"{ip.hostname} {rtype} is {', '.join(fwd.records) or 'missing'}, not "
                 f"{ip.address} (pool {ip.pool}): reverse DNS is not forward-confirmed",
             )
@@ -731,7 +764,7 @@ def plan_stops(
                 events.append(
                     Event(
                         "Warning",
-                        "SendingStopped",
+                        EventReason.SendingStopped,
                         f"mail of {name} is no longer sent from {ip.address} (pool {ip.pool}): "
                         f"{message}",
                         ip.pool,
@@ -744,7 +777,7 @@ def plan_stops(
             events.append(
                 Event(
                     "Normal",
-                    "SendingResumed",
+                    EventReason.SendingResumed,
                     f"mail of {name} is sent from {ip.address} (pool {ip.pool}) again: {why}",
                     ip.pool,
                 )
@@ -757,7 +790,7 @@ def plan_stops(
             events.append(
                 Event(
                     "Warning",
-                    "NoSendingIP",
+                    EventReason.NoSendingIP,
                     f"none of pool {pool}'s IPs may send mail of {name}: it waits in the queue "
                     "(deferred) until DNS is fixed",
                     pool,
@@ -771,15 +804,25 @@ def ready(
 ) -> Cond:
     if missing_pools:
         return Cond(
-            "Ready", "False", "PoolNotFound", f"SendingPool {', '.join(missing_pools)} not found"
+            ConditionType.Ready,
+            "False",
+            ConditionReason.PoolNotFound,
+            f"SendingPool {', '.join(missing_pools)} not found",
         )
     for c in conds:
         if c.status != "True":
-            return Cond("Ready", "False", c.reason, f"{c.type}: {c.message}")
+            return Cond(ConditionType.Ready, "False", c.reason, f"{c.type}: {c.message}")
     active = [s.selector for s in selectors if s.state == "active"]
     if not active:
-        return Cond("Ready", "False", "NoActiveKey", "no DKIM key signs yet")
-    return Cond("Ready", "True", "Ready", f"signing with {', '.join(active)}; DNS checks pass")
+        return Cond(
+            ConditionType.Ready, "False", ConditionReason.NoActiveKey, "no DKIM key signs yet"
+        )
+    return Cond(
+        ConditionType.Ready,
+        "True",
+        ConditionReason.Ready,
+        f"signing with {', '.join(active)}; DNS checks pass",
+    )
 
 
 # --- pools -------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from mailfleet.operator.conditions import merge_conditions, now_utc, timestamp
 from mailfleet.operator.crd_models import API_VERSION, SendingDomain, SendingPool
 from mailfleet.operator.domainmetrics import DomainMetrics
 from mailfleet.operator.naming import MANAGER
+from mailfleet.operator.reasons import EventReason
 
 log = logging.getLogger("mailfleet.operator")
 
@@ -375,13 +376,13 @@ class DomainController:
             f"{report.messages} messages, {failed} failing DMARC"
         )
         post = self.post_event
-        post(body, "Normal", "DMARCReport", summary)
+        post(body, "Normal", EventReason.DMARCReport, summary)
         if foreign:
             shown = ", ".join(foreign[:10]) + (" ..." if len(foreign) > 10 else "")
             post(
                 body,
                 "Warning",
-                "DMARCForeignSources",
+                EventReason.DMARCForeignSources,
                 f"report {rid}: {len(foreign)} source IPs that are not the pools' sent as "
                 f"{domain}: {shown}",
             )

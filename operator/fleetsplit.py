@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
 
+from mailfleet.mta.adminapi import EngineStatus
 from mailfleet.mta.config import PodShareConfig
 from mailfleet.operator.conditions import Cond
 from mailfleet.operator.ipplan import IPPlan
 from mailfleet.operator.policy_merge import MergedPolicies
+from mailfleet.operator.reasons import ConditionReason, ConditionType
 
 DEFAULT_PROVIDER = "default"  # the engine's name for domains no provider matches
 
@@ -83,12 +84,12 @@ def has_pool_limits(merged: MergedPolicies) -> bool:
     )
 
 
-def senders(reports: Mapping[str, Mapping[str, Any] | None]) -> dict[str, frozenset[str]]:
+def senders(reports: Mapping[str, EngineStatus | None]) -> dict[str, frozenset[str]]:
     """IP -> the pods whose engine says it sends from it (/v1/status sourceIPs)."""
     out: dict[str, set[str]] = {}
     for pod, status in reports.items():
-        for ip in (status or {}).get("sourceIPs") or []:
-            out.setdefault(str(ip), set()).add(pod)
+        for ip in status.source_ips if status is not None else []:
+            out.setdefault(ip, set()).add(pod)
     return {ip: frozenset(pods) for ip, pods in out.items()}
 
 
@@ -136,27 +137,32 @@ def fleet_condition(redis: bool, modes: Mapping[str, tuple[str, str | None]], po
     because Redis does not answer."""
     if not redis:
         return Cond(
-            "FleetLimits",
+            ConditionType.FleetLimits,
             "True",
-            "Split",
+            ConditionReason.Split,
             f"pool-wide limits are split between the {pods} sending pods "
             "(no spec.fleetLimits.redisURL)",
         )
     split = sorted(p for p, (mode, _) in modes.items() if mode != "shared")
     if not modes:
-        return Cond("FleetLimits", "Unknown", "NoReport", "no pod has reported its mode yet")
+        return Cond(
+            ConditionType.FleetLimits,
+            "Unknown",
+            ConditionReason.NoReport,
+            "no pod has reported its mode yet",
+        )
     if split:
         errors = sorted({e for p, (_, e) in modes.items() if p in split and e})
         why = f": {errors[0]}" if errors else ""
         return Cond(
-            "FleetLimits",
+            ConditionType.FleetLimits,
             "False",
-            "RedisUnreachable",
+            ConditionReason.RedisUnreachable,
             f"{', '.join(split)} keep to their split share of the pool-wide limits{why}",
         )
     return Cond(
-        "FleetLimits",
+        ConditionType.FleetLimits,
         "True",
-        "Shared",
+        ConditionReason.Shared,
         f"pool-wide limits and warmup counts shared through Redis by {len(modes)} pods",
     )

@@ -1,8 +1,9 @@
 """The health check of a pool's IPs, every spec.health.interval: read each pod's /metrics, keep
 the window of counter differences, ask the blocklists, and decide (quarantine.decide).
 
-Its memory (the last scrape of each pod, the window, the last verdicts) lives here; the verdicts
-also go into the pool's status.ips, from which an operator that restarts takes them back.
+One HealthChecker per pool, in its PoolMemory: its memory (the last scrape of each pod, the
+window, the last verdicts) is plain fields, gone with the pool. The verdicts also go into the
+pool's status.ips, from which an operator that restarts takes them back.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from typing import Any, Protocol
 from mailfleet.operator import health, quarantine
 from mailfleet.operator.blocklist import BlocklistChecker, Listing
 from mailfleet.operator.crd_models import SendingPool
-from mailfleet.operator.metrics import OperatorMetrics
+from mailfleet.operator.metrics import OperatorMetrics, PoolSeries
 from mailfleet.operator.pods import PodRef, pollable
 from mailfleet.operator.promql import PrometheusApi
 
 log = logging.getLogger("mailfleet.operator")
 
-PoolKey = tuple[str, str]
+PoolKey = tuple[str, str]  # namespace, name: for logs and metric labels only
 
 
 class MetricsSource(Protocol):
@@ -46,29 +47,25 @@ class HealthChecker:
         blocklists: BlocklistChecker,
         metrics: OperatorMetrics,
         prometheus: PrometheusApi | None = None,
+        series: PoolSeries | None = None,
     ) -> None:
         self.engines = engines
         self.prometheus = prometheus or PrometheusApi()
         self.blocklists = blocklists
         self.metrics = metrics
-        self.last_scrape: dict[tuple[PoolKey, str], dict[health.PairKey, health.Counts]] = {}
-        self.windows: dict[PoolKey, health.Window] = {}
-        self.verdicts: dict[PoolKey, quarantine.Verdicts] = {}
-        self.last_check: dict[PoolKey, datetime] = {}
+        # The pool's exported series (its PoolMemory's): the pool's forgetting removes them.
+        self.series = series if series is not None else PoolSeries()
+        # Pod name -> its counters at the last check.
+        self.last_scrape: dict[str, dict[health.PairKey, health.Counts]] = {}
+        self.window = health.Window()
+        self.verdicts: quarantine.Verdicts | None = None
+        self.last_check: datetime | None = None
         # The pool status fields of the last check (status.health), merged into each render.
-        self.fields: dict[PoolKey, dict[str, Any]] = {}
+        self.fields: dict[str, Any] | None = None
 
-    def due(self, key: PoolKey, pool: SendingPool, now: datetime) -> bool:
-        last = self.last_check.get(key)
+    def due(self, pool: SendingPool, now: datetime) -> bool:
+        last = self.last_check
         return last is None or now - last >= timedelta(seconds=pool.spec.health.interval)
-
-    def forget(self, key: PoolKey) -> None:
-        for k in [k for k in self.last_scrape if k[0] == key]:
-            del self.last_scrape[k]
-        self.windows.pop(key, None)
-        self.verdicts.pop(key, None)
-        self.last_check.pop(key, None)
-        self.fields.pop(key, None)
 
     async def _scrape(
         self, key: PoolKey, pods: Sequence[PodRef]
@@ -85,12 +82,12 @@ class HealthChecker:
             except ValueError as e:
                 log.warning("pod %s/%s: unreadable /metrics: %s", key[0], pod.name, e)
                 continue
-            d = health.scrape_delta(self.last_scrape.get((key, pod.name)), counts)
-            self.last_scrape[(key, pod.name)] = counts
+            d = health.scrape_delta(self.last_scrape.get(pod.name), counts)
+            self.last_scrape[pod.name] = counts
             for k, c in d.items():
                 delta[k] = delta.get(k, health.Counts()) + c
-        seen = {(key, p.name) for p in refs}
-        for old in [k for k in self.last_scrape if k[0] == key and k not in seen]:
+        seen = {p.name for p in refs}
+        for old in [k for k in self.last_scrape if k not in seen]:
             del self.last_scrape[old]
         return delta
 
@@ -137,11 +134,11 @@ class HealthChecker:
         now: datetime,
         prior_no_healthy: bool,
     ) -> CheckResult:
-        self.last_check[key] = now
+        self.last_check = now
         spec = pool.spec.health
         delta = await self._scrape(key, pods)
-        win = health.slide(self.windows.get(key, health.Window()), now, delta, spec.window)
-        self.windows[key] = win
+        win = health.slide(self.window, now, delta, spec.window)
+        self.window = win
         totals = dict(win.totals)
         if spec.prometheus is not None:
             totals = await self._from_prometheus(pool, spec.prometheus.url) or totals
@@ -150,10 +147,10 @@ class HealthChecker:
         listed = {
             addr: [a.describe() for a in answers if a.listed] for addr, answers in listings.items()
         }
-        before = self.verdicts.get(key)
+        before = self.verdicts
         prior = before.ips if before is not None else quarantine.prior_verdicts(pool)
         verdicts = quarantine.decide(pool, prior, per_ip, listed, now)
-        self.verdicts[key] = verdicts
+        self.verdicts = verdicts
         notices = quarantine.verdict_events(prior, verdicts, prior_no_healthy)
         changed = (
             before is None
@@ -165,6 +162,6 @@ class HealthChecker:
                               listed.get(str(ip.address), []))
             for ip in pool.spec.ips
         ]  # fmt: skip
-        self.metrics.set_health(key[0], key[1], totals, listed)
-        self.fields[key] = {"health": summary}
-        return CheckResult(verdicts, notices, changed, delta, self.fields[key])
+        self.metrics.set_health(key[0], key[1], totals, listed, self.series)
+        self.fields = {"health": summary}
+        return CheckResult(verdicts, notices, changed, delta, self.fields)

@@ -33,7 +33,7 @@ class HealthOutcome:
 
 
 def due(mem: PoolMemory, pool: SendingPool, now: datetime) -> bool:
-    return mem.health is None or mem.health.due(mem.key, pool, now)
+    return mem.health is None or mem.health.due(pool, now)
 
 
 async def check(
@@ -91,4 +91,4 @@ def health_fields(mem: PoolMemory) -> dict[str, Any] | None:
     """The last check's status fields, merged into each render."""
     if mem.health is None:
         return None
-    return mem.health.fields.get(mem.key)
+    return mem.health.fields

@@ -14,10 +14,9 @@ from typing import Any, Protocol
 
 from mailfleet.operator import fleetsplit
 from mailfleet.operator.pods import PodReport
+from mailfleet.operator.reasons import EventReason
 
 log = logging.getLogger("mailfleet.operator.ipmoves")
-
-PoolKey = tuple[str, str]
 
 
 class ShapingAdopter(Protocol):
@@ -26,6 +25,8 @@ class ShapingAdopter(Protocol):
 
 @dataclass
 class PoolMoves:
+    """One pool's moves: plain fields in its PoolMemory (nothing here is keyed by pool)."""
+
     owners: dict[str, str | None] = field(default_factory=dict)  # as last rendered
     senders: dict[str, frozenset[str]] = field(default_factory=dict)
     pending: dict[str, str] = field(default_factory=dict)  # IP -> the pod it leaves
@@ -33,26 +34,14 @@ class PoolMoves:
     state: dict[str, tuple[list[Any], list[Any]]] = field(default_factory=dict)
     modes: dict[str, tuple[str, str | None]] = field(default_factory=dict)
 
-
-@dataclass
-class IPMoves:
-    pools: dict[PoolKey, PoolMoves] = field(default_factory=dict)
-
-    def of(self, key: PoolKey) -> PoolMoves:
-        return self.pools.setdefault(key, PoolMoves())
-
-    def forget(self, key: PoolKey) -> None:
-        self.pools.pop(key, None)
-
-    def rendered(self, key: PoolKey, status_ips: Sequence[Mapping[str, Any]]) -> None:
+    def rendered(self, status_ips: Sequence[Mapping[str, Any]]) -> None:
         """The owners the render just gave each sending IP (the pool status's ips[].pod)."""
-        self.of(key).owners = {
+        self.owners = {
             str(ip["address"]): ip.get("pod") for ip in status_ips if ip.get("state") != "standby"
         }
 
     async def observe(
         self,
-        key: PoolKey,
         reports: Sequence[PodReport],
         engines: ShapingAdopter,
         token: str | None,
@@ -60,13 +49,12 @@ class IPMoves:
     ) -> bool:
         """Take in a poll's reports; hand over the IPs whose old owner stopped sending from
         them. True when the pool must be rendered again (held IPs or modes changed)."""
-        m = self.of(key)
         by_pod = {r.pod.name: r.status for r in reports}
         sending = fleetsplit.senders(by_pod)
         for ip, pods in sending.items():
             for pod in pods:
-                status = by_pod.get(pod) or {}
-                m.state[ip] = (
+                status: Any = by_pod.get(pod) or {}
+                self.state[ip] = (
                     [r for r in status.get("shaping") or [] if r.get("ip") == ip],
                     [
                         {"ip": ip, "provider": w["provider"], "sent": int(w.get("sent") or 0)}
@@ -74,8 +62,8 @@ class IPMoves:
                         if w.get("ip") == ip
                     ],
                 )
-        held_before = fleetsplit.held_ips(m.owners, m.senders, m.pending)
-        pending, ready = fleetsplit.moves(m.owners, sending, m.pending, m.senders)
+        held_before = fleetsplit.held_ips(self.owners, self.senders, self.pending)
+        pending, ready = fleetsplit.moves(self.owners, sending, self.pending, self.senders)
         ips_of = {r.pod.name: r.pod.ip for r in reports if r.status is not None}
         for ip, frm, to in ready:
             if to is None:
@@ -84,7 +72,7 @@ class IPMoves:
             target = ips_of.get(to)
             if target is None or token is None:
                 continue  # the new owner does not answer yet: the IP stays held
-            shaping, warmup = m.state.get(ip, ([], []))
+            shaping, warmup = self.state.get(ip, ([], []))
             if not await engines.adopt_shaping(
                 target, token, {"shaping": shaping, "warmup": warmup}
             ):
@@ -96,18 +84,18 @@ class IPMoves:
             quarantined = [r["provider"] for r in shaping if r.get("quarantinedUntil")]
             event(
                 "Normal",
-                "IPOwnerChanged",
+                EventReason.IPOwnerChanged,
                 f"{ip} moved from {frm} to {to} with its shaping state ("
                 f"{len(shaping)} provider rates, suspended for {', '.join(blocked) or 'none'}, "
                 f"quarantined for {', '.join(quarantined) or 'none'}) and {sent} warmup sends "
                 "today; no pod sent from it in between",
             )
-        m.pending, m.senders = pending, sending
+        self.pending, self.senders = pending, sending
         modes = {
             pod: (str(fl.get("mode")), fl.get("redisError"))
             for pod, status in by_pod.items()
             if status is not None and isinstance(fl := status.get("fleetLimits"), dict)
         }
-        changed_modes = modes != m.modes
-        m.modes = modes
-        return changed_modes or fleetsplit.held_ips(m.owners, sending, pending) != held_before
+        changed_modes = modes != self.modes
+        self.modes = modes
+        return changed_modes or fleetsplit.held_ips(self.owners, sending, pending) != held_before

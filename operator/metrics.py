@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+Series = list[tuple[Gauge, tuple[str, ...]]]
+
+
+@dataclasses.dataclass
+class PoolSeries:
+    """The label sets last exported for one pool, kept in its PoolMemory: a new status drops
+    the ones it no longer has, forgetting the pool drops them all."""
+
+    status: Series = dataclasses.field(default_factory=list)
+    health: Series = dataclasses.field(default_factory=list)
 
 
 class OperatorMetrics:
@@ -107,14 +119,12 @@ class OperatorMetrics:
             ["pool_namespace", "pool", "address", "listing"],
             registry=self.registry,
         )
-        self._health_series: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
-        # The label sets last exported per pool, to drop the ones a new status no longer has.
-        self._series: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
         self._warmups: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
 
-    def set_pool(self, namespace: str, pool: str, status: Mapping[str, Any]) -> None:
+    def set_pool(
+        self, namespace: str, pool: str, status: Mapping[str, Any], exported: PoolSeries
+    ) -> None:
         """The pool's status as gauges; series the status no longer holds are removed."""
-        key = (namespace, pool)
         now: list[tuple[Gauge, tuple[str, ...]]] = []
         for c in status.get("conditions") or []:
             cond = (namespace, pool, str(c["type"]), str(c["status"]), str(c.get("reason", "")))
@@ -134,10 +144,10 @@ class OperatorMetrics:
             if status.get(field) is not None:
                 self.pool_replicas.labels(namespace, pool, kind).set(status[field])
                 now.append((self.pool_replicas, (namespace, pool, kind)))
-        for g, old in self._series.get(key, []):
+        for g, old in exported.status:
             if (g, old) not in now:
                 g.remove(*old)
-        self._series[key] = now
+        exported.status = now
 
     def set_warmup(self, namespace: str, warmup: str, pool: str, status: Mapping[str, Any]) -> None:
         """A warmup's phase, day and cap as gauges (the alert on a warmup held for a day)."""
@@ -165,6 +175,7 @@ class OperatorMetrics:
         pool: str,
         totals: Mapping[tuple[str, str], Any],
         listed: Mapping[str, Sequence[str]],
+        exported: PoolSeries,
     ) -> None:
         """The health check's window figures (health.Counts per (IP, provider)) and listings;
         series of pairs gone from the window are removed."""
@@ -188,16 +199,15 @@ class OperatorMetrics:
                 listed_labels = (namespace, pool, address, listing[:200])
                 self.ip_listed.labels(*listed_labels).set(1)
                 now.append((self.ip_listed, listed_labels))
-        for g, old in self._health_series.get((namespace, pool), []):
+        for g, old in exported.health:
             if (g, old) not in now:
                 g.remove(*old)
-        self._health_series[(namespace, pool)] = now
+        exported.health = now
 
-    def forget_pool(self, namespace: str, pool: str) -> None:
-        for g, old in self._series.pop((namespace, pool), []):
+    def forget_pool(self, exported: PoolSeries) -> None:
+        for g, old in exported.status + exported.health:
             g.remove(*old)
-        for g, old in self._health_series.pop((namespace, pool), []):
-            g.remove(*old)
+        exported.status, exported.health = [], []
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """/metrics on a background thread (prometheus_client's own server)."""

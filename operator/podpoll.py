@@ -15,19 +15,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from mailfleet.mta.adminapi import DrainState, EngineStatus
 from mailfleet.operator import autoscale, naming, pods, render
 from mailfleet.operator.crd_models import SendingPool
 from mailfleet.operator.outcomes import Event
 from mailfleet.operator.poolmemory import PoolMemory
+from mailfleet.operator.reasons import EventReason
 
 log = logging.getLogger("mailfleet.operator")
 
 
 class EngineApi(Protocol):
-    async def status(self, ip: str) -> dict[str, Any] | None: ...
+    async def status(self, ip: str) -> EngineStatus | None: ...
     async def metrics(self, ip: str) -> str | None: ...
     async def reload(self, ip: str, token: str, config_text: str) -> tuple[bool, str]: ...
-    async def drain(self, ip: str, token: str, handoff: list[str]) -> dict[str, Any] | None: ...
+    async def drain(self, ip: str, token: str, handoff: list[str]) -> DrainState | None: ...
     async def undrain(self, ip: str, token: str) -> bool: ...
     async def adopt_shaping(self, ip: str, token: str, body: Mapping[str, Any]) -> bool: ...
 
@@ -102,7 +104,7 @@ async def decide(
     def moved(type_: str, reason: str, message: str) -> None:
         out.events.append(Event(type_, reason, message))
 
-    if await mem.ipmoves().observe(mem.key, reports, engines, view.token, moved):
+    if await mem.moves.observe(reports, engines, view.token, moved):
         out.rerender = True
     out.fields.update(await drain(engines, mem, pool, reports, view, out.events))
     if mem.drained_to is not None and view.live_replicas != mem.drained_to:
@@ -143,7 +145,7 @@ def autoscale_pool(
     if not decision.changed:
         return None
     mem.scale_note = (decision.reason, now)
-    verb = "ScaledUp" if decision.replicas > current else "ScaledDown"
+    verb = EventReason.ScaledUp if decision.replicas > current else EventReason.ScaledDown
     return Event("Normal", verb, decision.reason)
 
 
@@ -170,7 +172,7 @@ async def drain(
             events.append(
                 Event(
                     "Normal",
-                    "Drained",
+                    EventReason.Drained,
                     f"{', '.join(plan.leaving)} handed off every message: "
                     f"scaling the StatefulSet from {live} to {target}",
                 )
@@ -196,7 +198,7 @@ async def _hand_off(
             events.append(
                 Event(
                     "Normal",
-                    "Draining",
+                    EventReason.Draining,
                     f"pod {r.pod.name} drains before the scale-down to {target}: "
                     f"{queued if queued is not None else '?'} messages handed to {to}",
                 )
@@ -206,7 +208,7 @@ async def _hand_off(
             events.append(
                 Event(
                     "Normal",
-                    "DrainCancelled",
+                    EventReason.DrainCancelled,
                     f"pod {r.pod.name} takes mail again: the pool scales to {target}",
                 )
             )
@@ -220,7 +222,7 @@ def engine_quarantine_events(
     return [
         Event(
             "Warning",
-            "EngineQuarantined",
+            EventReason.EngineQuarantined,
             f"{q['address']} quarantined for {q['provider']} by pod {q['pod']}: "
             f"{q.get('reason') or 'a reply rule'}",
         )

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mailfleet.mta.adminapi import EngineStatus
+
 
 @dataclass(frozen=True)
 class PodRef:
@@ -25,7 +27,12 @@ class PodRef:
 @dataclass(frozen=True)
 class PodReport:
     pod: PodRef
-    status: Mapping[str, Any] | None  # the engine's /v1/status; None: it did not answer
+    status: EngineStatus | None  # the engine's /v1/status; None: it did not answer
+
+    def __post_init__(self) -> None:
+        # A decoded answer (a test's, an engine client's) is read as the typed one.
+        if self.status is not None and not isinstance(self.status, EngineStatus):
+            object.__setattr__(self, "status", EngineStatus.parse(self.status))
 
 
 def pod_ref(body: Mapping[str, Any]) -> PodRef:
@@ -53,25 +60,22 @@ def needs_push(report: PodReport, desired_hash: str | None) -> bool:
     kubelet's ConfigMap sync can take a minute; a reload carries the text at once)."""
     if desired_hash is None or report.status is None:
         return False
-    if report.status.get("draining"):
+    if report.status.draining:
         return False
-    return report.status.get("configHash") != desired_hash
+    return report.status.config_hash != desired_hash
 
 
-def queued(status: Mapping[str, Any] | None) -> int | None:
-    if status is None:
-        return None
-    value = (status.get("queue") or {}).get("messages")
-    return int(value) if isinstance(value, int) else None
+def queued(status: EngineStatus | None) -> int | None:
+    return status.queued if status is not None else None
 
 
 def quarantined_ips(reports: Sequence[PodReport]) -> list[str]:
     """Addresses some engine has quarantined for at least one provider."""
     out: set[str] = set()
     for r in reports:
-        for row in (r.status or {}).get("shaping", []) or []:
-            if row.get("quarantinedUntil") and row.get("ip"):
-                out.add(str(row["ip"]))
+        for row in r.status.shaping if r.status is not None else []:
+            if row.quarantined_until and row.ip:
+                out.add(row.ip)
     return sorted(out)
 
 
@@ -80,14 +84,14 @@ def engine_quarantines(reports: Sequence[PodReport]) -> list[dict[str, Any]]:
     with the pod, until when (epoch seconds) and the reply that did it."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for r in sorted(reports, key=lambda r: r.pod.name):
-        for row in (r.status or {}).get("shaping", []) or []:
-            until = row.get("quarantinedUntil")
-            if not until or not row.get("ip"):
+        for row in r.status.shaping if r.status is not None else []:
+            until = row.quarantined_until
+            if not until or not row.ip:
                 continue
-            key = (str(row["ip"]), str(row.get("provider", "")))
+            key = (row.ip, row.provider)
             item = {"address": key[0], "provider": key[1], "pod": r.pod.name, "until": int(until)}
-            if row.get("reason"):
-                item["reason"] = str(row["reason"])[:1024]
+            if row.reason:
+                item["reason"] = row.reason[:1024]
             if key not in out or out[key]["until"] < item["until"]:
                 out[key] = item
     return [out[k] for k in sorted(out)]
@@ -102,7 +106,8 @@ def new_engine_quarantines(
 
 
 def warmup_rows(reports: Sequence[PodReport]) -> list[Mapping[str, Any]]:
-    return [row for r in reports for row in (r.status or {}).get("warmup", []) or []]
+    """Every pod's warmup rows, as /v1/status "warmup" shows them."""
+    return [row.wire() for r in reports if r.status is not None for row in r.status.warmup]
 
 
 def updated_pods(pods: Sequence[Mapping[str, Any]], desired_hash: str | None) -> int:
@@ -120,12 +125,12 @@ def pods_status(reports: Sequence[PodReport], desired_hash: str | None) -> dict[
         if r.pod.ip:
             item["ip"] = r.pod.ip
         if r.status is not None:
-            if r.status.get("configHash"):
-                item["configHash"] = r.status["configHash"]
+            if r.status.config_hash:
+                item["configHash"] = r.status.config_hash
             depth = queued(r.status)
             if depth is not None:
                 item["queued"] = depth
-            item["draining"] = bool(r.status.get("draining"))
+            item["draining"] = r.status.draining
         pods.append(item)
     depths = [q for r in reports if (q := queued(r.status)) is not None]
     out: dict[str, Any] = {
@@ -177,14 +182,13 @@ def drain_plan(
     handoff = [
         admin_url(r.pod.ip, admin_port)
         for r in staying
-        if r.pod.ready and r.pod.ip and r.status is not None and not r.status.get("draining")
+        if r.pod.ready and r.pod.ip and r.status is not None and not r.status.draining
     ]
-    drain = [r for r in leaving if r.status is not None and not r.status.get("draining")]
-    undrain = [r for r in staying if r.status is not None and r.status.get("draining")]
+    drain = [r for r in leaving if r.status is not None and not r.status.draining]
+    undrain = [r for r in staying if r.status is not None and r.status.draining]
     answered = [r for r in leaving if r.status is not None]
     drained = shrinking and all(
-        r.status is not None and bool(r.status.get("draining")) and queued(r.status) == 0
-        for r in leaving
+        r.status is not None and r.status.draining and queued(r.status) == 0 for r in leaving
     )
     left = sum(queued(r.status) or 0 for r in answered) if answered else None
     return DrainPlan(

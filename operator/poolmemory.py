@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from mailfleet.operator import autoscale, drift
 from mailfleet.operator.crd_models import KubeObject, parse_object
 from mailfleet.operator.healthcheck import HealthChecker
-from mailfleet.operator.ipmoves import IPMoves, PoolMoves
+from mailfleet.operator.ipmoves import PoolMoves
+from mailfleet.operator.metrics import PoolSeries
 from mailfleet.operator.outcomes import ObjectKey, PoolKey
 
 log = logging.getLogger("mailfleet.operator")
@@ -63,12 +64,10 @@ class PoolMemory:
     moves: PoolMoves = field(default_factory=PoolMoves)
     # IP health (last scrapes, window, verdicts); made by the Operator when it has engines.
     health: HealthChecker | None = None
+    # The gauges exported for it: removed when it is forgotten.
+    series: PoolSeries = field(default_factory=PoolSeries)
     # Work started for this pool (polls, re-renders): cancelled when it is forgotten.
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    def ipmoves(self) -> IPMoves:
-        """ipmoves' view of this pool's moves (its functions take a pool key)."""
-        return IPMoves({self.key: self.moves})
 
     def known_child(self, kind: str, name: str, max_age: float) -> drift.Known | None:
         """What was last applied or read of a child, unless older than `max_age` (StatefulSets

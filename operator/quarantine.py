@@ -23,9 +23,10 @@ from typing import Literal
 
 from mailfleet.operator.crd_models import Health, SendingPool
 from mailfleet.operator.health import Counts
+from mailfleet.operator.reasons import ConditionReason, EventReason
 
 VerdictState = Literal["quarantined", "promoted", "kept"]
-NO_HEALTHY = "NoHealthyIP"
+NO_HEALTHY = ConditionReason.NoHealthyIP
 
 
 @dataclass(frozen=True)
@@ -172,10 +173,14 @@ def verdict_events(
         if before is not None and before.state == v.state:
             continue
         if v.state == "quarantined":
-            events.append(Notice("Warning", "IPQuarantined", f"{addr} quarantined: {v.reason}"))
+            events.append(
+                Notice("Warning", EventReason.IPQuarantined, f"{addr} quarantined: {v.reason}")
+            )
         elif v.state == "promoted":
             events.append(
-                Notice("Normal", "StandbyPromoted", f"standby {addr} promoted: {v.reason}")
+                Notice(
+                    "Normal", EventReason.StandbyPromoted, f"standby {addr} promoted: {v.reason}"
+                )
             )
     for addr, before in prior.items():
         after = now.ips.get(addr)
@@ -185,14 +190,14 @@ def verdict_events(
             events.append(
                 Notice(
                     "Normal",
-                    "IPRecovered",
+                    EventReason.IPRecovered,
                     f"{addr} back in rotation: delisted, under the thresholds and quarantined "
                     f"since {before.since.isoformat()}",
                 )
             )
         elif before.state == "promoted" and after is None:
             events.append(
-                Notice("Normal", "StandbyReleased", f"{addr} back to standby: not needed")
+                Notice("Normal", EventReason.StandbyReleased, f"{addr} back to standby: not needed")
             )
     if now.no_healthy_ip is not None and not prior_no_healthy:
         events.append(Notice("Warning", NO_HEALTHY, now.no_healthy_ip))

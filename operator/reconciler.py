@@ -263,7 +263,9 @@ class Operator:
                 await asyncio.sleep(pause)
 
     def forget_pool(self, namespace: str, name: str) -> None:
-        self.metrics.forget_pool(namespace, name)
+        mem = self.memory.pools.get((namespace, name))
+        if mem is not None:
+            self.metrics.forget_pool(mem.series)
         self.memory.forget_pool((namespace, name))
 
     def _sources(self, idx: Indexes, key: PoolKey) -> childsync.Sources:
@@ -353,7 +355,7 @@ class Operator:
         """The pool's gauges, and its status when it changed: True when written, False when
         the pool is gone, None when there was nothing to write. Posts the events the change
         of its conditions calls for."""
-        self.metrics.set_pool(*mem.key, {**(old_status or {}), **new_status})
+        self.metrics.set_pool(*mem.key, {**(old_status or {}), **new_status}, mem.series)
         if not drift.status_changed(old_status, new_status):
             return None
         if await statuswriters.write_pool_status(self.api, mem, new_status) is None:
@@ -370,7 +372,11 @@ class Operator:
             return None
         if mem.health is None:
             mem.health = HealthChecker(
-                self.engines, self.blocklists, self.metrics, prometheus=self.prometheus
+                self.engines,
+                self.blocklists,
+                self.metrics,
+                prometheus=self.prometheus,
+                series=mem.series,
             )
         return mem.health
 

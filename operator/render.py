@@ -54,6 +54,7 @@ from mailfleet.operator.ipplan import (
 from mailfleet.operator.naming import dkim_secrets, pool_name, pool_namespace, selector_string
 from mailfleet.operator.policy_merge import merge_policies, select_policies
 from mailfleet.operator.quarantine import NO_HEALTHY, Verdicts, prior_verdicts
+from mailfleet.operator.reasons import ConditionReason, ConditionType
 
 
 @dataclass(frozen=True)
@@ -137,17 +138,24 @@ def run_replicas(target: int, live: int | None, drained_to: int | None) -> int:
 def ips_healthy(verdicts: Verdicts | None) -> Cond:
     """The IPsHealthy condition: Unknown until the first health check."""
     if verdicts is None or (verdicts.checked_at is None and not verdicts.ips):
-        return Cond("IPsHealthy", "Unknown", "NotChecked", "no health check yet")
+        return Cond(
+            ConditionType.IPsHealthy, "Unknown", ConditionReason.NotChecked, "no health check yet"
+        )
     if verdicts.no_healthy_ip is not None:
-        return Cond("IPsHealthy", "False", NO_HEALTHY, verdicts.no_healthy_ip)
+        return Cond(ConditionType.IPsHealthy, "False", NO_HEALTHY, verdicts.no_healthy_ip)
     out = {a: v for a, v in verdicts.ips.items() if v.state == "quarantined"}
     if out:
         promoted = [a for a, v in verdicts.ips.items() if v.state == "promoted"]
         message = "; ".join(f"{a}: {v.reason}" for a, v in sorted(out.items()))
         if promoted:
             message += f"; promoted {', '.join(promoted)}"
-        return Cond("IPsHealthy", "False", "Quarantined", message[:32768])
-    return Cond("IPsHealthy", "True", "Healthy", "every IP under the thresholds, listed nowhere")
+        return Cond(ConditionType.IPsHealthy, "False", ConditionReason.Quarantined, message[:32768])
+    return Cond(
+        ConditionType.IPsHealthy,
+        "True",
+        ConditionReason.Healthy,
+        "every IP under the thresholds, listed nowhere",
+    )
 
 
 def render_pool(inp: PoolInputs) -> RenderedPool:
@@ -190,9 +198,9 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
         config_text = config_yaml(config)
         conds.append(
             Cond(
-                "ConfigRendered",
+                ConditionType.ConfigRendered,
                 "True",
-                "Rendered",
+                ConditionReason.Rendered,
                 f"engine.yaml for generation {generation}: "
                 f"{plural(len(merged.providers), 'provider')}, "
                 f"{plural(len(caps), 'warmup cap')}, {plural(len(plans), 'source IP')}",
@@ -202,14 +210,21 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
         config, config_text = None, ""
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        conds.append(Cond("ConfigRendered", "False", "RenderFailed", f"{where}: {first['msg']}"))
+        conds.append(
+            Cond(
+                ConditionType.ConfigRendered,
+                "False",
+                ConditionReason.RenderFailed,
+                f"{where}: {first['msg']}",
+            )
+        )
 
     if not selected:
         conds.append(
             Cond(
-                "PoliciesResolved",
+                ConditionType.PoliciesResolved,
                 "False",
-                "NoPolicySelected",
+                ConditionReason.NoPolicySelected,
                 "no DeliveryPolicy in the namespace matches spec.policySelector; "
                 "the engine's default shaping applies",
             )
@@ -217,18 +232,18 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
     elif merged.conflicts:
         conds.append(
             Cond(
-                "PoliciesResolved",
+                ConditionType.PoliciesResolved,
                 "True",
-                "PolicyConflict",
+                ConditionReason.PolicyConflict,
                 f"merged {', '.join(merged.sources)} by name: " + "; ".join(merged.conflicts),
             )
         )
     else:
         conds.append(
             Cond(
-                "PoliciesResolved",
+                ConditionType.PoliciesResolved,
                 "True",
-                "Resolved",
+                ConditionReason.Resolved,
                 f"{', '.join(merged.sources)}: {plural(len(merged.providers), 'provider')}",
             )
         )
@@ -245,37 +260,62 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
     if missing:
         parts = [f"{role} Secret {', '.join(names)}" for role, names in missing.items()]
         conds.append(
-            Cond("SecretsFound", "False", "SecretMissing", "not found: " + "; ".join(parts))
+            Cond(
+                ConditionType.SecretsFound,
+                "False",
+                ConditionReason.SecretMissing,
+                "not found: " + "; ".join(parts),
+            )
         )
     else:
-        conds.append(Cond("SecretsFound", "True", "Found", "every referenced Secret exists"))
+        conds.append(
+            Cond(
+                ConditionType.SecretsFound,
+                "True",
+                ConditionReason.Found,
+                "every referenced Secret exists",
+            )
+        )
 
     if "dkim" in missing:
         ready = Cond(
-            "Ready",
+            ConditionType.Ready,
             "False",
-            "DKIMSecretMissing",
+            ConditionReason.DKIMSecretMissing,
             f"DKIM Secret {', '.join(missing['dkim'])} not found in namespace "
             f"{pool_namespace(pool)}",
         )
     elif missing:
         role, names = next(iter(missing.items()))
         ready = Cond(
-            "Ready",
+            ConditionType.Ready,
             "False",
-            "SecretMissing",
+            ConditionReason.SecretMissing,
             f"{role} Secret {', '.join(names)} not found in namespace {pool_namespace(pool)}",
         )
     elif config is None:
-        ready = Cond("Ready", "False", "RenderFailed", conds[0].message)
+        ready = Cond(ConditionType.Ready, "False", ConditionReason.RenderFailed, conds[0].message)
     elif replicas == 0:
-        ready = Cond("Ready", "True", "ScaledToZero", "spec.replicas asks for no pods")
+        ready = Cond(
+            ConditionType.Ready,
+            "True",
+            ConditionReason.ScaledToZero,
+            "spec.replicas asks for no pods",
+        )
     elif ready_pods < replicas:
         ready = Cond(
-            "Ready", "False", "PodsNotReady", f"{ready_pods}/{replicas} pods ready ({pods} exist)"
+            ConditionType.Ready,
+            "False",
+            ConditionReason.PodsNotReady,
+            f"{ready_pods}/{replicas} pods ready ({pods} exist)",
         )
     else:
-        ready = Cond("Ready", "True", "PodsReady", f"{ready_pods}/{replicas} pods ready")
+        ready = Cond(
+            ConditionType.Ready,
+            "True",
+            ConditionReason.PodsReady,
+            f"{ready_pods}/{replicas} pods ready",
+        )
     conds.insert(0, ready)
 
     before = next(
@@ -283,7 +323,9 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
     )
     if inp.verdicts is None and before is not None:
         # No check since the operator started: what the last one said stands.
-        conds.append(Cond("IPsHealthy", before["status"], before["reason"], before["message"]))
+        conds.append(
+            Cond(ConditionType.IPsHealthy, before["status"], before["reason"], before["message"])
+        )
     else:
         conds.append(ips_healthy(verdicts))
     old_ips = {ip["address"]: ip for ip in old_status.get("ips", [])}

@@ -18,6 +18,7 @@ from mailfleet.operator.crd_models import (
 from mailfleet.operator.ipplan import clock_of, warmup_phase
 from mailfleet.operator.naming import pool_name, pool_namespace
 from mailfleet.operator.policy_merge import selector_matches
+from mailfleet.operator.reasons import ConditionReason, ConditionType, EventReason
 
 
 @dataclass(frozen=True)
@@ -39,17 +40,19 @@ def pool_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[E
     if after_ready["reason"] == "DKIMSecretMissing" and (
         before_ready is None or before_ready.get("message") != after_ready["message"]
     ):
-        events.append(EventSpec("Warning", "DKIMSecretMissing", after_ready["message"]))
+        events.append(EventSpec("Warning", EventReason.DKIMSecretMissing, after_ready["message"]))
     elif after_secrets["status"] == "False" and (
         before_secrets is None or before_secrets.get("message") != after_secrets["message"]
     ):
-        events.append(EventSpec("Warning", "SecretMissing", after_secrets["message"]))
+        events.append(EventSpec("Warning", EventReason.SecretMissing, after_secrets["message"]))
     if (
         after_secrets["status"] == "True"
         and before_secrets is not None
         and before_secrets.get("status") == "False"
     ):
-        events.append(EventSpec("Normal", "SecretsFound", "every referenced Secret exists now"))
+        events.append(
+            EventSpec("Normal", EventReason.SecretsFound, "every referenced Secret exists now")
+        )
     before_pol = condition(old, "PoliciesResolved")
     after_pol = condition(new, "PoliciesResolved")
     if (
@@ -57,11 +60,11 @@ def pool_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[E
         and after_pol["reason"] == "PolicyConflict"
         and (before_pol is None or before_pol.get("message") != after_pol["message"])
     ):
-        events.append(EventSpec("Warning", "PolicyConflict", after_pol["message"]))
+        events.append(EventSpec("Warning", EventReason.PolicyConflict, after_pol["message"]))
     if after_ready["reason"] == "RenderFailed" and (
         before_ready is None or before_ready.get("message") != after_ready["message"]
     ):
-        events.append(EventSpec("Warning", "RenderFailed", after_ready["message"]))
+        events.append(EventSpec("Warning", EventReason.RenderFailed, after_ready["message"]))
     return events
 
 
@@ -128,9 +131,19 @@ def policy_status(
     generation = policy.metadata.get("generation")
     old = policy.status.model_dump(mode="json", by_alias=True) if policy.status else {}
     ready = (
-        Cond("Ready", "True", "InUse", f"selected by {plural(len(using), 'pool')}")
+        Cond(
+            ConditionType.Ready,
+            "True",
+            ConditionReason.InUse,
+            f"selected by {plural(len(using), 'pool')}",
+        )
         if using
-        else Cond("Ready", "True", "Unused", "no SendingPool selects this policy")
+        else Cond(
+            ConditionType.Ready,
+            "True",
+            ConditionReason.Unused,
+            "no SendingPool selects this policy",
+        )
     )
     return {
         "observedGeneration": generation,
@@ -151,9 +164,9 @@ def warmup_status(warmup: IPWarmup, pool: SendingPool | None, now: datetime) -> 
     ns = str(warmup.metadata.get("namespace", "default"))
     if pool is None:
         ready = Cond(
-            "Ready",
+            ConditionType.Ready,
             "False",
-            "PoolNotFound",
+            ConditionReason.PoolNotFound,
             f"SendingPool {warmup.spec.pool_ref} not found in {ns}",
         )
     else:
@@ -161,21 +174,24 @@ def warmup_status(warmup: IPWarmup, pool: SendingPool | None, now: datetime) -> 
         outside = [str(a) for a in warmup.spec.addresses if a not in pool_ips]
         if len(outside) == len(warmup.spec.addresses):
             ready = Cond(
-                "Ready",
+                ConditionType.Ready,
                 "False",
-                "AddressesNotInPool",
+                ConditionReason.AddressesNotInPool,
                 f"none of the addresses is in SendingPool {warmup.spec.pool_ref}",
             )
         elif outside:
             ready = Cond(
-                "Ready",
+                ConditionType.Ready,
                 "True",
                 phase,
                 f"not in SendingPool {warmup.spec.pool_ref}: {', '.join(outside)}",
             )
         else:
             ready = Cond(
-                "Ready", "True", phase, f"day {day} of {wu.final_day(warmup.spec.schedule)}"
+                ConditionType.Ready,
+                "True",
+                phase,
+                f"day {day} of {wu.final_day(warmup.spec.schedule)}",
             )
     status: dict[str, Any] = {
         "observedGeneration": generation,
@@ -203,18 +219,28 @@ def warmup_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list
     day, before = int(new.get("day") or 1), int(old.get("day") or 1)
     if new.get("phase") == "Complete":
         return [
-            EventSpec("Normal", "WarmupComplete", f"warmup complete after day {day}: {verdict}")
+            EventSpec(
+                "Normal", EventReason.WarmupComplete, f"warmup complete after day {day}: {verdict}"
+            )
         ]
     if new.get("lastAdvanceTime") == old.get("lastAdvanceTime"):
         return []
     cap = new.get("todayCap")
     if day > before:
-        return [EventSpec("Normal", "WarmupAdvanced", f"day {day} (cap {cap}): {verdict}")]
+        return [
+            EventSpec("Normal", EventReason.WarmupAdvanced, f"day {day} (cap {cap}): {verdict}")
+        ]
     if day < before:
         return [
-            EventSpec("Warning", "WarmupSteppedBack", f"back to day {day} (cap {cap}): {verdict}")
+            EventSpec(
+                "Warning",
+                EventReason.WarmupSteppedBack,
+                f"back to day {day} (cap {cap}): {verdict}",
+            )
         ]
-    return [EventSpec("Warning", "WarmupHeld", f"day {day} repeated (cap {cap}): {verdict}")]
+    return [
+        EventSpec("Warning", EventReason.WarmupHeld, f"day {day} repeated (cap {cap}): {verdict}")
+    ]
 
 
 def warmup_sent_today(warmup: IPWarmup, reports: Sequence[Mapping[str, Any]]) -> dict[str, int]:

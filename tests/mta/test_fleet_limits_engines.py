@@ -5,8 +5,8 @@ it; a warming IP moved between engines mid-day (Redis stopped and started under 
 in tests/e2e/test_fleet_limits.py, with the operator).
 
 Figures (`pytest -s`): `fleet limits: pods P, limit L/min, observed max M/min, warmup cap C,
-sent S`. The bound asserted is the one the README states: the limit in any 60 s window, plus one
-message of bucket per pod.
+sent S`. The bound asserted is the one docs/reference/resources.md states: the limit in any 60 s
+window, plus one message of bucket per pod.
 """
 
 from __future__ import annotations

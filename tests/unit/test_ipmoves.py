@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mailfleet.operator.ipmoves import IPMoves
+from mailfleet.operator.ipmoves import PoolMoves
 from mailfleet.operator.pods import PodRef, PodReport
-
-KEY = ("ns", "pool")
 
 
 class Adopter:
@@ -33,39 +31,39 @@ def report(pod: str, ip: str, sending: list[str], sent: int = 0) -> PodReport:
     return PodReport(PodRef(pod, ip, True), status)
 
 
-def owned_by(moves: IPMoves, pod: str) -> None:
-    moves.rendered(KEY, [{"address": "10.0.0.1", "state": "warming", "pod": pod}])
+def owned_by(moves: PoolMoves, pod: str) -> None:
+    moves.rendered([{"address": "10.0.0.1", "state": "warming", "pod": pod}])
 
 
 async def test_a_moved_ip_is_held_until_its_old_owner_stops_then_handed_over() -> None:
-    moves, engines, events = IPMoves(), Adopter(), []
+    moves, engines, events = PoolMoves(), Adopter(), []
 
     def event(*e: str) -> None:
         events.append(e)
 
     owned_by(moves, "p0")
     p0 = report("p0", "127.10.0.1", ["10.0.0.1"], sent=12)
-    assert await moves.observe(KEY, [p0], engines, "t", event)  # the mode is news
-    assert not await moves.observe(KEY, [p0], engines, "t", event)
+    assert await moves.observe([p0], engines, "t", event)  # the mode is news
+    assert not await moves.observe([p0], engines, "t", event)
     owned_by(moves, "p1")  # a rescale gave it to p1; p0 has not reloaded yet
     p1 = report("p1", "127.10.0.2", [])
-    assert await moves.observe(KEY, [p0, p1], engines, "t", event)
-    assert moves.of(KEY).pending == {"10.0.0.1": "p0"} and not engines.calls
+    assert await moves.observe([p0, p1], engines, "t", event)
+    assert moves.pending == {"10.0.0.1": "p0"} and not engines.calls
     # p0 runs the new config: nobody sends from it; p1 gets p0's state, then it is released.
-    assert await moves.observe(KEY, [report("p0", "127.10.0.1", []), p1], engines, "t", event)
+    assert await moves.observe([report("p0", "127.10.0.1", []), p1], engines, "t", event)
     ((ip, body),) = engines.calls
     assert ip == "127.10.0.2"
     assert body["warmup"] == [{"ip": "10.0.0.1", "provider": "*", "sent": 12}]
     assert body["shaping"][0]["rate"] == 1.5
-    assert moves.of(KEY).pending == {}
+    assert moves.pending == {}
     assert events[-1][1] == "IPOwnerChanged" and "from p0 to p1" in events[-1][2]
 
 
 async def test_a_refused_handover_keeps_the_ip_held() -> None:
-    moves, engines = IPMoves(), Adopter(ok=False)
+    moves, engines = PoolMoves(), Adopter(ok=False)
     owned_by(moves, "p0")
-    await moves.observe(KEY, [report("p0", "127.10.0.1", ["10.0.0.1"])], engines, "t", print)
+    await moves.observe([report("p0", "127.10.0.1", ["10.0.0.1"])], engines, "t", print)
     owned_by(moves, "p1")
     # p0 went away between two looks: the move is seen all the same.
-    await moves.observe(KEY, [report("p1", "127.10.0.2", [])], engines, "t", print)
-    assert engines.calls and moves.of(KEY).pending == {"10.0.0.1": "p0"}
+    await moves.observe([report("p1", "127.10.0.2", [])], engines, "t", print)
+    assert engines.calls and moves.pending == {"10.0.0.1": "p0"}

@@ -332,16 +332,19 @@ async def test_a_scale_down_waits_for_the_leaving_pod_to_hand_off() -> None:
 
 
 def test_pool_gauges_follow_the_status_and_drop_what_it_no_longer_says() -> None:
-    from mailfleet.operator.metrics import OperatorMetrics
+    from mailfleet.operator.metrics import OperatorMetrics, PoolSeries
 
-    m = OperatorMetrics()
+    m, exported = OperatorMetrics(), PoolSeries()
 
     def sample(name: str, **labels: str) -> float | None:
         return m.registry.get_sample_value(name, labels)
 
     ready = {"type": "Ready", "status": "False", "reason": "PodsNotReady"}
     m.set_pool(
-        "mail", "p", {"conditions": [ready], "ips": [{"address": "192.0.2.1", "state": "active"}]}
+        "mail",
+        "p",
+        {"conditions": [ready], "ips": [{"address": "192.0.2.1", "state": "active"}]},
+        exported,
     )
     base = {"pool_namespace": "mail", "pool": "p"}
     assert (
@@ -361,6 +364,7 @@ def test_pool_gauges_follow_the_status_and_drop_what_it_no_longer_says() -> None
             "desiredReplicas": 1,
             "replicas": 2,
         },
+        exported,
     )
     assert (
         sample(
@@ -373,7 +377,7 @@ def test_pool_gauges_follow_the_status_and_drop_what_it_no_longer_says() -> None
     assert sample("mailfleet_pool_draining_pods", **base) == 1
     assert sample("mailfleet_pool_handoff_left", **base) == 12
     assert sample("mailfleet_pool_replicas", **base, kind="running") == 2
-    m.forget_pool("mail", "p")
+    m.forget_pool(exported)
     assert sample("mailfleet_pool_replicas", **base, kind="running") is None
 
 

@@ -57,7 +57,7 @@ async def test_bounces_quarantine_the_ip_and_promote_the_standby() -> None:
     attempts = engines.registry.attempts
     attempts.labels(A, "gmail", "gmail.com", "delivered", "ok").inc(150)
     attempts.labels(A, "gmail", "gmail.com", "bounced", "invalid-recipient").inc(50)
-    op.memory.pools[KEY].health.last_check.clear()  # type: ignore[union-attr]
+    op.memory.pools[KEY].health.last_check = None  # type: ignore[union-attr]
     world.sync_pool_status(*KEY)
     await op.check_health(world.indexes(), KEY)
 
