@@ -14,7 +14,6 @@ loopback name (DNS rebinding: a page whose name now resolves to 127.0.0.1).
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -71,13 +70,7 @@ def _host_name(header: str) -> str:
 
 def loopback_name(header: str) -> bool:
     """Whether a Host header names this machine's loopback: "localhost" or a loopback IP."""
-    host = _host_name(header.strip()).rstrip(".").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(_host_name(header.strip()).rstrip(".").lower())
 
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -26,7 +26,6 @@ import email.utils
 import ipaddress
 import quopri
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.header import Header, decode_header
@@ -34,14 +33,11 @@ from email.message import Message
 from email.parser import BytesHeaderParser, HeaderParser
 from email.policy import compat32
 
-import dkim
-
 from mailfleet.mta.addresses import AddressError, canonical_address
 
 __all__ = [
     "ARFError",
     "ARFReport",
-    "dkim_verified_domains",
     "from_feedback_domain",
     "is_arf",
     "parse_arf",
@@ -346,23 +342,6 @@ def received_ip(received: list[str] | str) -> str | None:
             if ip is not None:
                 return ip
     return None
-
-
-def dkim_verified_domains(data: bytes, txt_lookup: Callable[..., bytes | None]) -> set[str]:
-    """The d= domains (lower case) of the DKIM signatures of `data` that verify, public keys
-    fetched with `txt_lookup(name: bytes, timeout=...)` (dkimpy's dnsfunc). Blocking when the
-    lookup is: run it in a thread."""
-    verifier = dkim.DKIM(data)
-    count = sum(1 for name, _ in verifier.headers if name.strip().lower() == b"dkim-signature")
-    found: set[str] = set()
-    for idx in range(count):
-        try:
-            ok = verifier.verify(idx=idx, dnsfunc=txt_lookup)
-        except (dkim.DKIMException, ValueError, IndexError, UnicodeError):
-            continue
-        if ok and verifier.domain:
-            found.add(verifier.domain.decode("ascii", "replace").lower())
-    return found
 
 
 def from_feedback_domain(verified: set[str], domains: frozenset[str] | set[str]) -> str | None:
