@@ -4,7 +4,6 @@ probe found, and asserts the reply a client gets and what the receiving MX got."
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from fixtures.dkimverify import dkim_verify
@@ -12,26 +11,11 @@ from fixtures.dnsserver import DnsServer
 from fixtures.engine import EngineProc
 from fixtures.keys import RSA_KEY
 from fixtures.rawsmtp import RawSMTP
+from fixtures.rawsmtp import ehlo_session as _session
+from fixtures.rawsmtp import route_all_to as _route
 from fixtures.smtppeers import RecordingMX
 
 from mailfleet.mta.dkimkeys import dns_txt_record
-
-
-def _route(mx: RecordingMX, **extra: Any) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "routing": {"routes": {"*": f"{mx.host}:{mx.port}"}},
-        "retry": {"initial": "1s"},
-    }
-    for k, v in extra.items():
-        cfg[k] = {**cfg.get(k, {}), **v}
-    return cfg
-
-
-def _session(eng: EngineProc, helo: str = "client.test") -> RawSMTP:
-    c = RawSMTP("127.0.0.1", eng.smtp_port)
-    assert c.cmd(f"EHLO {helo}").startswith("250")
-    return c
-
 
 BODY = b"From: <app@example.test>\r\nTo: <x@example.org>\r\nSubject: t\r\n\r\nhello\r\n"
 
