@@ -4,7 +4,6 @@ reports, session limits and timeouts. Each asserts what a client (or the operato
 
 from __future__ import annotations
 
-import base64
 import copy
 import subprocess
 import threading
@@ -18,6 +17,8 @@ from fixtures.dnsserver import DnsServer
 from fixtures.engine import MAILFLEET, EngineProc
 from fixtures.keys import RSA_KEY
 from fixtures.rawsmtp import RawSMTP
+from fixtures.rawsmtp import auth_plain as _plain
+from fixtures.rawsmtp import tls_session as _tls_session
 from fixtures.smtppeers import RecordingMX, make_self_signed_cert
 
 from mailfleet.mta.auth import hash_password
@@ -56,19 +57,6 @@ def _auth_engine(
             }
         }
     )
-
-
-def _plain(user: str, password: str | bytes) -> str:
-    pw = password.encode() if isinstance(password, str) else password
-    return "AUTH PLAIN " + base64.b64encode(b"\0" + user.encode() + b"\0" + pw).decode()
-
-
-def _tls_session(eng: EngineProc, source: str | None = None) -> RawSMTP:
-    c = RawSMTP("127.0.0.1", eng.smtp_port, source=source)
-    assert c.cmd("EHLO client.test").startswith("250")
-    assert c.starttls().startswith("220")
-    assert c.cmd("EHLO client.test").startswith("250")
-    return c
 
 
 # -- 6: AUTH ------------------------------------------------------------------------------------

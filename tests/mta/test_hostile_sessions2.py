@@ -5,7 +5,6 @@ asserts what a client (or the operator) sees."""
 
 from __future__ import annotations
 
-import base64
 import socket
 import sqlite3
 import time
@@ -16,6 +15,8 @@ from typing import Any
 import pytest
 from fixtures.engine import EngineProc
 from fixtures.rawsmtp import RawSMTP
+from fixtures.rawsmtp import auth_plain as _plain
+from fixtures.rawsmtp import tls_session as _tls_session
 from fixtures.smtppeers import RecordingMX, make_self_signed_cert
 
 from mailfleet.mta.auth import hash_password
@@ -28,18 +29,6 @@ def tls_files(tmp_path: Path) -> tuple[Path, Path]:
 
 def _route(mx: RecordingMX) -> dict[str, Any]:
     return {"routing": {"routes": {"*": f"{mx.host}:{mx.port}"}}}
-
-
-def _plain(user: str, password: str) -> str:
-    return "AUTH PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()).decode()
-
-
-def _tls_session(eng: EngineProc, source: str | None = None) -> RawSMTP:
-    c = RawSMTP("127.0.0.1", eng.smtp_port, source=source)
-    assert c.cmd("EHLO client.test").startswith("250")
-    assert c.starttls().startswith("220")
-    assert c.cmd("EHLO client.test").startswith("250")
-    return c
 
 
 def _auth_engine(
