@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from bench.operator import operator_command, pool_manifest
+from bench.operator import operator_command, pool_manifest, stop_process
 
 POLL_SECONDS = 5.0
 ENGINE_NET = "127.78.0.{}"
@@ -101,17 +101,7 @@ def standin(port: int, answer: bytes, count: int, workdir: Path) -> Iterator[Non
             raise RuntimeError(f"the stand-in did not start (exit {proc.wait(10)})")
         yield
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 # --------------------------------------------------------------------------- real engines
@@ -151,7 +141,7 @@ def engines(count: int, port: int, workdir: Path) -> Iterator[list[str]]:
         yield hosts
     finally:
         for proc in procs:
-            _stop(proc)
+            stop_process(proc)
 
 
 def _wait_ready(host: str, port: int, proc: subprocess.Popen[bytes]) -> None:
