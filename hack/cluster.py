@@ -1,14 +1,23 @@
 #!/usr/bin/env python3
-"""A real local Kubernetes cluster on loopback: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler, and a local node (hack/nodeagent, a stand-in kubelet running pods as processes).
+"""A real local Kubernetes cluster on this machine: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler, and one node, either
 
-No containers: the same API server, controllers and scheduler as a real cluster, for tests and
-for users without Docker. Standard library only, so both ``make cluster-up`` and the pytest
-fixture (tests/fixtures/kube.py) use this one implementation.
+- ``node="real"``: containerd + runc, the kubelet, kube-proxy and the CNI plugins
+  (hack/realnode.py);
+  pods are containers of images loaded into the node's containerd, each in its own network
+  namespace on the bridge mfbr0 (pods 10.244.0.0/16, Services 10.0.0.0/16); the API server
+  listens on the node's address 10.244.0.1 so pods reach it through the ``kubernetes`` Service;
+- ``node="agent"``: hack/nodeagent, the stand-in kubelet that runs pods as local processes on
+  loopback addresses (the tests whose world lives on 127.0.0.0/8 still use it);
+- ``node="none"``: no scheduler and no node (pods stay Pending), e.g. for operator benchmarks.
+
+Standard library only, so both ``make cluster-up`` and the pytest fixtures
+(tests/fixtures/kube.py, tests/fixtures/realnode.py) use this one implementation.
 
 CLI (the Makefile's cluster-* targets call these)::
 
-    hack/cluster.py up     [--state-dir .local] [--bin-dir DIR]   start, wait until ready
+    hack/cluster.py up     [--state-dir .local] [--bin-dir DIR] [--node agent|real|none] [--image]
+                                                                  start, wait until ready
     hack/cluster.py down   [--state-dir .local]                   stop by PID
     hack/cluster.py status [--state-dir .local]                   print what runs where
     hack/cluster.py clean  [--state-dir .local]                   down + remove PKI and etcd data
@@ -46,6 +55,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import realnode  # hack/realnode.py; it never imports this module
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENVTEST_SH = REPO_ROOT / "hack" / "envtest.sh"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodeagent")
@@ -58,6 +70,7 @@ PROVISIONER_USER = "system:mailfleet:local-volume-provisioner"
 # A /16: one ClusterIP per Service for thousands of pools (a /24 holds only 254).
 SERVICE_CIDR = "10.0.0.0/16"
 SERVICE_IP = "10.0.0.1"  # first address of SERVICE_CIDR: the "kubernetes" Service
+NODE_KINDS = ("agent", "real", "none")
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 LOOPBACK = "127.0.0.1"
 
@@ -183,11 +196,42 @@ def _issue(
     (pki / f"{name}.ext").unlink()
 
 
+def _sans(cert: Path) -> str:
+    try:
+        return subprocess.run(
+            ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(cert)],
+            capture_output=True, text=True, check=False,
+        ).stdout  # fmt: skip
+    except OSError:
+        return ""
+
+
+def _issue_apiserver(pki: Path) -> None:
+    _issue(
+        pki,
+        "apiserver",
+        "/CN=kube-apiserver",
+        sans=[
+            f"IP:{LOOPBACK}",
+            f"IP:{SERVICE_IP}",
+            f"IP:{realnode.NODE_IP}",  # the real node's pods reach it there (and via SERVICE_IP)
+            "DNS:localhost",
+            "DNS:kubernetes",
+            "DNS:kubernetes.default",
+            "DNS:kubernetes.default.svc",
+            "DNS:kubernetes.default.svc.cluster.local",
+        ],
+    )
+    (pki / "apiserver.key").chmod(0o600)
+
+
 def ensure_pki(pki: Path) -> None:
     """CA, serving and client certificates and the service-account key pair (once); certificates
     added since a state dir was made are issued into it."""
     if (pki / "complete").exists():
         _ensure_leaf_certs(pki)
+        if f"IP Address:{realnode.NODE_IP}" not in _sans(pki / "apiserver.crt"):
+            _issue_apiserver(pki)  # a state dir made before the real node's address was added
         return
     if pki.exists():
         shutil.rmtree(pki)
@@ -198,20 +242,7 @@ def ensure_pki(pki: Path) -> None:
     # with front-proxy-client, and they (and the controller-manager) trust request headers
     # only from certificates of this CA.
     _new_ca(pki, "front-proxy-ca", "/CN=mailfleet-local-front-proxy-ca")
-    _issue(
-        pki,
-        "apiserver",
-        "/CN=kube-apiserver",
-        sans=[
-            f"IP:{LOOPBACK}",
-            f"IP:{SERVICE_IP}",
-            "DNS:localhost",
-            "DNS:kubernetes",
-            "DNS:kubernetes.default",
-            "DNS:kubernetes.default.svc",
-            "DNS:kubernetes.default.svc.cluster.local",
-        ],
-    )
+    _issue_apiserver(pki)
     _issue(pki, "controller-manager", "/CN=kube-controller-manager", sans=[f"IP:{LOOPBACK}"])
     _issue(pki, "admin", "/O=system:masters/CN=admin", client=True)
     _issue(pki, "kcm-client", "/CN=system:kube-controller-manager", client=True)
@@ -382,14 +413,18 @@ class ControlPlane:
     # Appended to kube-apiserver's arguments (later flags win), e.g. an audit log for a
     # benchmark that counts API writes. Not recorded in cluster.json.
     extra_apiserver_args: list[str] = field(default_factory=list)
-    # False: no scheduler and no node agent (pods stay Pending), e.g. for a benchmark of the
-    # operator alone.
-    node: bool = True
+    # "agent" | "real" | "none" (see the module's docstring); False/True mean "none"/"agent".
+    node: str | bool = "agent"
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.bin_dir = Path(self.bin_dir).resolve()
         self.state_dir = Path(self.state_dir).resolve()
+        if isinstance(self.node, bool):  # cluster.json written before node kinds
+            self.node = "agent" if self.node else "none"
+        if self.node not in NODE_KINDS:
+            raise ClusterError(f"node must be one of {', '.join(NODE_KINDS)}, not {self.node!r}")
+        self._real: realnode.RealNode | None = None
 
     # paths -----------------------------------------------------------------
     @property
@@ -418,7 +453,40 @@ class ControlPlane:
 
     @property
     def components(self) -> tuple[str, ...]:
-        return COMPONENTS if self.node else COMPONENTS[:3]
+        """The control plane's own processes (the real node's are realnode.COMPONENTS)."""
+        return {"agent": COMPONENTS, "real": COMPONENTS[:4], "none": COMPONENTS[:3]}[str(self.node)]
+
+    @property
+    def real_node(self) -> realnode.RealNode:
+        """The real node (node="real"): containerd, kubelet, kube-proxy; built on first use."""
+        if self.node != "real":
+            raise ClusterError(f"this cluster's node is {self.node!r}, not 'real'")
+        if self._real is None:
+            recorded = self.node_state_dir / "node.json"
+            try:
+                node_dir = Path(json.loads(recorded.read_text())["node_dir"])
+            except (OSError, ValueError, KeyError):
+                try:
+                    node_dir = realnode.build_node_binaries()
+                except realnode.NodeError as e:
+                    raise ClusterError(str(e)) from e
+            helpers = realnode.Helpers(
+                issue=_issue,
+                write_kubeconfig=write_kubeconfig,
+                stop_pid=stop_pid,
+                pid_runs=_pid_runs,
+                tail=_tail,
+                free_port=free_port,
+                port_in_use=port_in_use,
+                die_with_parent=_die_with_parent,
+            )
+            self._real = realnode.RealNode(self, node_dir, helpers)
+        return self._real
+
+    @property
+    def host(self) -> str:
+        """The API server's address: the node's on a real node (pods reach it), else loopback."""
+        return realnode.NODE_IP if self.node == "real" else LOOPBACK
 
     @property
     def kubectl_path(self) -> Path:
@@ -426,7 +494,7 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://{LOOPBACK}:{self.ports.apiserver}"
+        return f"https://{self.host}:{self.ports.apiserver}"
 
     def pid_file(self, component: str) -> Path:
         return self.state_dir / "run" / f"{component}.pid"
@@ -450,7 +518,7 @@ class ControlPlane:
             state_dir=Path(state_dir),
             ports=Ports(**data["ports"]),
             fsync=bool(data.get("fsync", True)),
-            node=bool(data.get("node", True)),
+            node=data.get("node", True),
         )
 
     def _save(self) -> None:
@@ -500,8 +568,8 @@ class ControlPlane:
         pki = self.pki
         return [
             f"--etcd-servers=http://{LOOPBACK}:{self.ports.etcd_client}",
-            f"--bind-address={LOOPBACK}",
-            f"--advertise-address={LOOPBACK}",
+            f"--bind-address={self.host}",
+            f"--advertise-address={self.host}",
             f"--secure-port={self.ports.apiserver}",
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -530,7 +598,9 @@ class ControlPlane:
             "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=true",
             "--profiling=false",
-            "--endpoint-reconciler-type=none",
+            # A real node: the "kubernetes" Service's endpoint is NODE_IP (the lease reconciler,
+            # as on any cluster); loopback cannot be an endpoint, so the agent's cluster has none.
+            f"--endpoint-reconciler-type={'lease' if self.node == 'real' else 'none'}",
             "--v=1",
             *self.extra_apiserver_args,
         ]
@@ -785,6 +855,8 @@ class ControlPlane:
             self._wait("etcd /health", self._etcd_healthy, deadline, ["etcd"])
             if "kube-apiserver" not in running:
                 self._busy_ports_check([self.ports.apiserver])
+                if self.node == "real":
+                    realnode.ensure_bridge()  # the API server binds NODE_IP
                 self._spawn("kube-apiserver", self._apiserver_args())
             self._wait(
                 "kube-apiserver /readyz",
@@ -801,7 +873,15 @@ class ControlPlane:
                 deadline,
                 list(COMPONENTS[:3]),
             )
-            if self.node:
+            if self.node == "real":
+                if "kube-scheduler" not in running:
+                    self._busy_ports_check([self.ports.scheduler])
+                    self._spawn("kube-scheduler", self._scheduler_args())
+                try:
+                    self.real_node.up(timeout=max(30.0, deadline - time.monotonic()))
+                except realnode.NodeError as e:
+                    raise ClusterError(str(e)) from e
+            elif self.node == "agent":
                 self._apply_node_objects()
                 if "kube-scheduler" not in running:
                     self._busy_ports_check([self.ports.scheduler])
@@ -843,6 +923,8 @@ class ControlPlane:
         """Stop the components (the node agent first, etcd last) by PID; returns what was
         stopped. The node agent stops its pods' processes before it exits (bounded)."""
         stopped: list[str] = []
+        if self.node == "real" and (self.node_state_dir / "node.json").exists():
+            stopped += self.real_node.down()
         for c in reversed(COMPONENTS):
             pid: int | None = None
             proc = self.procs.pop(c, None)
@@ -900,7 +982,9 @@ class ControlPlane:
                 ):
                     return
             if time.monotonic() > deadline:
-                raise ClusterError(f"CRDs not Established after {timeout:.0f}s: {out.stdout[-500:]}")
+                raise ClusterError(
+                    f"CRDs not Established after {timeout:.0f}s: {out.stdout[-500:]}"
+                )
             time.sleep(0.2)
 
 
@@ -928,18 +1012,35 @@ def _cmd_up(ns: argparse.Namespace) -> int:
     state_dir = Path(ns.state_dir).resolve()
     bin_dir = Path(ns.bin_dir) if ns.bin_dir else ensure_binaries()
     cp = ControlPlane.load(state_dir)
+    if cp is not None and ns.node and cp.node != ns.node:
+        raise ClusterError(
+            f"{state_dir} holds a cluster whose node is {cp.node!r}; run `hack/cluster.py clean "
+            f"--state-dir {state_dir}` first to start one with --node {ns.node}"
+        )
     if cp is None:
-        cp = ControlPlane(bin_dir, state_dir)
+        cp = ControlPlane(bin_dir, state_dir, node=ns.node or "agent")
     else:
         cp.bin_dir = bin_dir.resolve()
     t0 = time.monotonic()
     cp.start(timeout=ns.timeout)
-    print(f"control plane ready in {time.monotonic() - t0:.1f}s: {cp.server}")
+    print(f"cluster ready in {time.monotonic() - t0:.1f}s: {cp.server}")
+    if ns.image:
+        if cp.node != "real":
+            raise ClusterError("--image needs --node real (the node agent runs no images)")
+        try:
+            ref, tar, secs = realnode.build_image()
+            load = cp.real_node.load_image(tar)
+        except realnode.NodeError as e:
+            raise ClusterError(str(e)) from e
+        print(f"  image:    {ref} (build/check {secs:.1f}s, import {load:.1f}s)")
     print(f"  export KUBECONFIG={cp.kubeconfig}")
     print(f"  kubectl:  {cp.kubectl_path}")
     print(f"  logs:     {cp.state_dir / 'log'}")
-    if cp.node:
+    if cp.node == "agent":
         print(f"  node:     {NODE_NAME} (pods' logs and volumes: {cp.node_state_dir})")
+    elif cp.node == "real":
+        print(f"  node:     {NODE_NAME} {realnode.NODE_IP}, pods {realnode.POD_CIDR}, "
+              f"services {SERVICE_CIDR} (state: {cp.node_state_dir})")  # fmt: skip
     return 0
 
 
@@ -959,18 +1060,29 @@ def _cmd_status(ns: argparse.Namespace) -> int:
         print("no control plane recorded in", ns.state_dir)
         return 1
     running = cp.running()
-    for c in cp.components:
+    comps = list(cp.components)
+    if cp.node == "real":
+        running |= cp.real_node.running()
+        comps += realnode.COMPONENTS
+    for c in comps:
         print(f"{c:26} {'pid ' + str(running[c]) if c in running else 'stopped'}")
     print(f"server {cp.server}  kubeconfig {cp.kubeconfig}")
-    if cp.node:
+    if cp.node == "agent":
         print(f"node {NODE_NAME}  state {cp.node_state_dir}  log {cp.log_file('nodeagent')}")
-    return 0 if len(running) == len(cp.components) else 1
+    elif cp.node == "real":
+        print(f"node {NODE_NAME} {realnode.NODE_IP}  state {cp.node_state_dir}")
+    return 0 if all(c in running for c in comps) else 1
 
 
 def _cmd_clean(ns: argparse.Namespace) -> int:
     state_dir = Path(ns.state_dir)
     cp = ControlPlane.load(state_dir)
     if cp is not None:
+        if cp.node == "real" and (cp.node_state_dir / "node.json").exists():
+            try:
+                cp.real_node.clean()  # iptables rules, the bridge, mounts, then its state
+            except realnode.NodeError as e:
+                raise ClusterError(str(e)) from e
         cp.stop()
         if cp.running():
             print("refusing to clean: components still running", file=sys.stderr)
@@ -1001,7 +1113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("command", choices=["up", "down", "status", "clean"])
     ap.add_argument("--state-dir", default=str(REPO_ROOT / ".local"))
     ap.add_argument("--bin-dir", default=None, help="default: build/reuse via hack/envtest.sh")
-    ap.add_argument("--timeout", type=float, default=180.0)
+    ap.add_argument("--timeout", type=float, default=240.0)
+    ap.add_argument(
+        "--node", choices=NODE_KINDS, default=None, help="up: the node (default agent; see above)"
+    )
+    ap.add_argument(
+        "--image", action="store_true", help="up: build (cached) and load the mailfleet image"
+    )
     ns = ap.parse_args(argv)
     handlers = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "clean": _cmd_clean}
     try:
@@ -1012,4 +1130,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import cluster  # one copy of this module (its helpers are handed to realnode)
+
+    sys.exit(cluster.main())

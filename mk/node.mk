@@ -1,13 +1,13 @@
-# A real node on this machine (issue 19): containerd + runc (Debian), kubelet and kube-proxy built
-# from the control plane's Kubernetes module, the CNI bridge plugins, a pause image built here,
-# beside its own local control plane (hack/cluster.py, no node agent). See hack/node/node.py.
-# Binaries are cached in ~/.cache/mailfleet/node-<version>/, images in ~/.cache/mailfleet/images/;
-# state (PKI, etcd, containerd, kubelet, logs, PID files) lives in $(NODE_STATE). Needs root and
-# `make node-deps`. Nothing here is part of `make test` yet.
+# The local cluster with its real node (hack/cluster.py --node real, hack/realnode.py):
+# containerd + runc (Debian), kubelet and kube-proxy built from the control plane's Kubernetes
+# module, the CNI bridge plugins, a pause image built here, cluster DNS, local-path storage and
+# NetworkPolicy enforcement, with the mailfleet image loaded. Binaries are cached in
+# ~/.cache/mailfleet/node-<version>/ and node-addons/, images in ~/.cache/mailfleet/images/;
+# state (PKI, etcd, containerd, kubelet, logs, PID files) lives in $(NODE_STATE). Needs root.
 
-NODE_PY    := python3 hack/node
+NODE_PY    := python3 hack/cluster.py
 NODE_STATE ?= .local/realnode
-NODE_APT   := containerd runc buildah debootstrap iptables conntrack
+NODE_APT   := containerd runc buildah debootstrap iptables conntrack ipset
 
 .PHONY: node-deps
 node-deps: ## Debian packages the real node needs (containerd, runc, buildah, debootstrap, iptables)
@@ -27,7 +27,7 @@ node-image: ## build (cached by content) the mailfleet image offline: debootstra
 
 .PHONY: node-up
 node-up: node-build node-image ## start the control plane and the real node; load the image into its containerd
-	@$(NODE_PY) up --image --state-dir $(NODE_STATE)
+	@$(NODE_PY) up --node real --image --state-dir $(NODE_STATE)
 
 .PHONY: node-down
 node-down: ## stop the real node (pods' sandboxes first) and its control plane, by PID

@@ -5,6 +5,7 @@ import importlib.util
 # Fixture modules register here as they land; each module is a pytest plugin.
 _PLUGINS = [
     "fixtures.kube",
+    "fixtures.realnode",
     "fixtures.peers",
     "fixtures.engine",
     "fixtures.operator",

@@ -25,9 +25,10 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import node as n
+import cluster
+import realnode as n
 
 NS = "mailfleet-smoke"
 ADMIN_PORT = 8025
@@ -157,8 +158,8 @@ def objects(ref: str) -> list[dict]:
     ]
 
 
-def kjson(node: n.Node, *args: str) -> dict:
-    return json.loads(node.cp.kubectl(*args, "-o", "json").stdout)
+def kjson(cp: cluster.ControlPlane, *args: str) -> dict:
+    return json.loads(cp.kubectl(*args, "-o", "json").stdout)
 
 
 def ts(s: str) -> float:
@@ -200,7 +201,7 @@ def bounded(what: str, fn, timeout: float = 60.0):  # type: ignore[no-untyped-de
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--state-dir", default=str(n.default_state_dir()))
+    ap.add_argument("--state-dir", default=str(cluster.REPO_ROOT / ".local" / "realnode"))
     ap.add_argument("--cold", action="store_true", help="rebuild the image from debootstrap first")
     ap.add_argument("--keep", action="store_true", help="leave the smoke namespace in place")
     ns = ap.parse_args()
@@ -215,11 +216,14 @@ def main() -> int:
     figs["image build, warm (nothing changed)"] = f"{secs:.2f}s"
     figs["image size (docker-archive)"] = f"{tar.stat().st_size / 2**20:.0f} MiB"
 
-    node = n.make_node(Path(ns.state_dir))
-    if len(node.running()) < 4 or len(node.cp.running()) < 3:
-        up = node.up()
-        figs["control plane start"] = f"{up['control_plane']:.1f}s"
-        figs["node start to Ready (containerd+kubelet+kube-proxy)"] = f"{up['node_ready']:.1f}s"
+    cp = cluster.ControlPlane.load(Path(ns.state_dir))
+    if cp is None:
+        cp = cluster.ControlPlane(cluster.ensure_binaries(), Path(ns.state_dir), node="real")
+    node = cp.real_node
+    if len(node.running()) < 3 or len(cp.running()) < 4:
+        t0 = time.monotonic()
+        cp.start()
+        figs["cluster start (control plane + node Ready)"] = f"{time.monotonic() - t0:.1f}s"
     else:
         figs["node"] = "already running (make node-down first to measure its start)"
     figs["image import into containerd"] = f"{node.load_image(tar):.1f}s"
@@ -227,24 +231,24 @@ def main() -> int:
     if size:
         figs["image size (containerd, compressed)"] = " ".join(size[0].split()[3:5])
 
-    node.cp.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true", timeout=180)
-    node.cp.kubectl("create", "namespace", NS)
-    node.cp.kubectl("label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted",
+    cp.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true", timeout=180)
+    cp.kubectl("create", "namespace", NS)
+    cp.kubectl("label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted",
                     "pod-security.kubernetes.io/enforce-version=latest")  # fmt: skip
     t0 = time.monotonic()
     doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects(ref)})
-    node.cp.kubectl("apply", "-f", "-", input=doc)
+    cp.kubectl("apply", "-f", "-", input=doc)
 
     def ready() -> dict | None:
-        pod = kjson(node, "-n", NS, "get", "pod", "mta-0")
+        pod = kjson(cp, "-n", NS, "get", "pod", "mta-0")
         conds = {c["type"]: c for c in pod.get("status", {}).get("conditions", [])}
         return pod if conds.get("Ready", {}).get("status") == "True" else None
 
     try:
         pod = bounded("pod mta-0 Ready", ready, 120)
     except SystemExit:
-        print(node.cp.kubectl("-n", NS, "describe", "pod", "mta-0", check=False).stdout[-3000:])
-        print(node.cp.kubectl("-n", NS, "logs", "mta-0", check=False).stdout[-3000:])
+        print(cp.kubectl("-n", NS, "describe", "pod", "mta-0", check=False).stdout[-3000:])
+        print(cp.kubectl("-n", NS, "logs", "mta-0", check=False).stdout[-3000:])
         raise
     figs["pod create to Ready (wall clock)"] = f"{time.monotonic() - t0:.1f}s"
     st = pod["status"]
@@ -278,10 +282,10 @@ def main() -> int:
     )[:60]
 
     # Endpoints and the ClusterIP through kube-proxy.
-    svc = kjson(node, "-n", NS, "get", "service", "mta")
+    svc = kjson(cp, "-n", NS, "get", "service", "mta")
     cip = svc["spec"]["clusterIP"]
     eps = bounded("an EndpointSlice with the pod", lambda: [
-        a for s in kjson(node, "-n", NS, "get", "endpointslices",
+        a for s in kjson(cp, "-n", NS, "get", "endpointslices",
                          "-l", "kubernetes.io/service-name=mta")["items"]
         for e in s.get("endpoints") or [] for a in e["addresses"]])  # fmt: skip
     figs["endpoints"] = ",".join(eps)
@@ -297,7 +301,7 @@ def main() -> int:
     figs["host -> ClusterIP /readyz"] = str(code)
 
     if not ns.keep:
-        node.cp.kubectl("delete", "namespace", NS, "--wait=false")
+        cp.kubectl("delete", "namespace", NS, "--wait=false")
     print("\nreal node smoke: OK")
     for k, v in figs.items():
         print(f"  {k:52} {v}")

@@ -1,21 +1,22 @@
-"""A real node beside the local control plane: containerd + runc, kubelet, kube-proxy, CNI.
+"""The real node of the local cluster: containerd + runc, kubelet, kube-proxy and the CNI plugins,
+on this machine, started and stopped by hack/cluster.py (``ControlPlane(node="real")``).
 
-The control plane is hack/cluster.py's (etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler), started here with ``node=False`` (no node agent) in this node's own state
-directory, so it never meets a cluster that ``make cluster-up`` or a test started. Then, all on
-this machine, all stopped by PID:
+All on this machine, all stopped by PID (PID files and logs beside the control plane's, under
+``<state>/run`` and ``<state>/log``; the node's own state under ``<state>/node``):
 
-- a bridge ``mfbr0`` holding NODE_IP (the node's InternalIP and the pods' gateway) and the routes
+- a bridge ``mfbr0`` holding NODE_IP (the node's InternalIP, the pods' gateway and the address
+  the API server listens on, so pods reach it through the ``kubernetes`` Service) and the routes
   for the pod and Service CIDRs, so nothing addressed to them leaves the machine even when
   kube-proxy is not running;
 - containerd (Debian's, 1.6, CRI v1) with its own root, state, socket and config under
-  ``<state>/containerd``; runc; the pause image built by hack/nodebuild.sh;
-- the kubelet (KubeletConfiguration in ``<state>/kubelet/config.json``; the node client
+  ``<state>/node/containerd``; runc; the pause image built by hack/nodebuild.sh;
+- the kubelet (KubeletConfiguration in ``<state>/node/kubelet-config.json``; the node client
   certificate cluster.py issues for system:node:mailfleet-node; a serving certificate for NODE_IP);
 - kube-proxy in iptables mode, NodePorts on NODE_IP only, no route_localnet, no conntrack sysctls;
 - the CNI conflist (bridge + host-local + portmap; containerd adds loopback itself).
 
-Standard library only. CLI: ``python3 hack/node up|down|status|clean|load-image``.
+The bridge and the CIDRs are fixed, so one real node runs on a machine at a time: ``up`` refuses
+while another state directory's node runs (see OWNER_FILE). Standard library only.
 """
 
 from __future__ import annotations
@@ -25,35 +26,49 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-HACK = Path(__file__).resolve().parent.parent
-if str(HACK) not in sys.path:
-    sys.path.insert(0, str(HACK))
-
-import cluster  # noqa: E402  (hack/cluster.py)
-
-REPO_ROOT = HACK.parent
+HACK = Path(__file__).resolve().parent
 NODEBUILD_SH = HACK / "nodebuild.sh"
 IMAGE_SH = HACK / "image.sh"
-NODE_NAME = cluster.NODE_NAME
+NODE_NAME = "mailfleet-node"  # = cluster.NODE_NAME
+LOOPBACK = "127.0.0.1"
 # kind's default pod CIDR; the host has nothing in 10.0.0.0/8 but the Service CIDR we add.
 POD_CIDR = "10.244.0.0/16"
 BRIDGE = "mfbr0"
-NODE_IP = "10.244.0.1"  # on the bridge: the pods' gateway and the node's InternalIP
-SERVICE_CIDR = cluster.SERVICE_CIDR
+NODE_IP = "10.244.0.1"  # on the bridge: the pods' gateway, the node's and the API server's address
+SERVICE_CIDR = "10.0.0.0/16"  # = cluster.SERVICE_CIDR
 CLUSTER_DOMAIN = "cluster.local"
 PAUSE_IMAGE = "mailfleet.local/pause:3.10.1"  # = hack/nodebuild.sh
-NODE_COMPONENTS = ("containerd", "kubelet", "kube-proxy")
+COMPONENTS = ("containerd", "kubelet", "kube-proxy")
 K8S_NS = "k8s.io"  # containerd namespace of the CRI
+# Which state directory's node holds the bridge (one real node per machine).
+OWNER_FILE = Path("/run/mailfleet-realnode.owner")
 
 
 class NodeError(RuntimeError):
     pass
+
+
+class ControlPlaneLike(Protocol):
+    """What the node needs of hack/cluster.py's ControlPlane (not imported: no cycle)."""
+
+    state_dir: Path
+    die_with_parent: bool
+
+    @property
+    def pki(self) -> Path: ...
+    @property
+    def server(self) -> str: ...
+    @property
+    def node_state_dir(self) -> Path: ...
+    def pid_file(self, component: str) -> Path: ...
+    def log_file(self, component: str) -> Path: ...
+    def _node_schedulable(self) -> bool: ...
 
 
 def _run(*argv: str, check: bool = True, timeout: float = 120.0, **kw: Any) -> str:
@@ -70,8 +85,37 @@ def build_node_binaries(*, build: bool = True) -> Path:
     args = [str(NODEBUILD_SH)] + ([] if build else ["--check"])
     proc = subprocess.run(args, stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
-        raise NodeError("hack/nodebuild.sh failed" if build else "node binaries not built")
+        raise NodeError(
+            "hack/nodebuild.sh failed" if build else "node binaries not built: run make node-build"
+        )
     return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def build_image() -> tuple[str, Path, float]:
+    """hack/image.sh (cached by content): (image ref, docker-archive tar, seconds)."""
+    t0 = time.monotonic()
+    out = subprocess.run([str(IMAGE_SH)], stdout=subprocess.PIPE, text=True, check=False)
+    if out.returncode != 0:
+        raise NodeError("hack/image.sh failed (see its output above)")
+    ref, tar = out.stdout.split()[-2:]
+    return ref, Path(tar), time.monotonic() - t0
+
+
+def ensure_bridge() -> None:
+    """The bridge with NODE_IP, before the API server binds it; idempotent."""
+    if _run("ip", "-br", "link", "show", BRIDGE, check=False).strip() == "":
+        _run("ip", "link", "add", BRIDGE, "type", "bridge")
+    prefix = POD_CIDR.split("/")[1]
+    if f"{NODE_IP}/" not in _run("ip", "-br", "addr", "show", BRIDGE):
+        _run("ip", "addr", "add", f"{NODE_IP}/{prefix}", "dev", BRIDGE)
+    _run("ip", "link", "set", BRIDGE, "up")
+    # ClusterIPs that kube-proxy has not (yet) translated go into the bridge, not out eth0.
+    _run("ip", "route", "replace", SERVICE_CIDR, "dev", BRIDGE)
+
+
+def remove_bridge() -> None:
+    _run("ip", "route", "del", SERVICE_CIDR, "dev", BRIDGE, check=False)
+    _run("ip", "link", "del", BRIDGE, check=False)
 
 
 @dataclass
@@ -81,41 +125,52 @@ class NodePorts:
     proxy_healthz: int = 0
     proxy_metrics: int = 0
 
-    def fill(self) -> None:
+    def fill(self, free_port: Callable[[], int], in_use: Callable[[int], bool]) -> None:
         taken: set[int] = set()
         for name, port in asdict(self).items():
-            if port == 0 or cluster.port_in_use(port):
-                new = cluster.free_port()
+            if port == 0 or in_use(port):
+                new = free_port()
                 while new in taken:
-                    new = cluster.free_port()
+                    new = free_port()
                 setattr(self, name, new)
             taken.add(getattr(self, name))
 
 
 @dataclass
-class Node:
-    """The control plane (cluster.ControlPlane, node=False, + kube-scheduler) and a real node."""
+class Helpers:
+    """hack/cluster.py's process and PKI helpers, handed in (this module never imports it)."""
 
-    state_dir: Path
-    cp_bin: Path
+    issue: Callable[..., None]
+    write_kubeconfig: Callable[..., None]
+    stop_pid: Callable[..., bool]
+    pid_runs: Callable[[int, str], bool]
+    tail: Callable[..., str]
+    free_port: Callable[[], int]
+    port_in_use: Callable[[int], bool]
+    die_with_parent: Callable[[], None]
+
+
+@dataclass
+class RealNode:
+    """containerd, the kubelet and kube-proxy of one ControlPlane."""
+
+    cp: ControlPlaneLike
     node_dir: Path  # hack/nodebuild.sh's cache: bin/, cni/bin/, images/pause.tar
+    h: Helpers
     ports: NodePorts = field(default_factory=NodePorts)
-    cp: cluster.ControlPlane = field(init=False, repr=False)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.state_dir = Path(self.state_dir).resolve()
-        loaded = cluster.ControlPlane.load(self.state_dir)
-        if loaded is not None:
-            loaded.bin_dir = Path(self.cp_bin).resolve()
-            self.cp = loaded
-        else:
-            self.cp = cluster.ControlPlane(self.cp_bin, self.state_dir, node=False)
         meta = self.state_dir / "node.json"
         if meta.exists() and not any(asdict(self.ports).values()):
-            self.ports = NodePorts(**json.loads(meta.read_text())["ports"])
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                self.ports = NodePorts(**json.loads(meta.read_text())["ports"])
 
     # paths -----------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.cp.node_state_dir)
+
     @property
     def pki(self) -> Path:
         return self.cp.pki
@@ -137,17 +192,17 @@ class Node:
         return self.state_dir / "cni" / "net.d"
 
     def pid_file(self, c: str) -> Path:
-        return self.state_dir / "run" / f"{c}.pid"
+        return self.cp.pid_file(c)
 
     def log_file(self, c: str) -> Path:
-        return self.state_dir / "log" / f"{c}.log"
+        return self.cp.log_file(c)
 
     def running(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for c in (*NODE_COMPONENTS, "kube-scheduler"):
+        for c in COMPONENTS:
             with contextlib.suppress(OSError, ValueError):
                 pid = int(self.pid_file(c).read_text().strip())
-                if cluster._pid_runs(pid, c):
+                if self.h.pid_runs(pid, c):
                     out[c] = pid
         return out
 
@@ -169,6 +224,12 @@ class Node:
             timeout=timeout,
         )
 
+    def has_image(self, ref: str) -> bool:
+        return any(
+            name in (ref, f"docker.io/library/{ref}", f"docker.io/{ref}")
+            for name in self.ctr("images", "list", "-q", check=False).split()
+        )
+
     def load_image(self, tar: Path) -> float:
         """Import a docker-archive into the CRI's namespace; returns the seconds it took."""
         t0 = time.monotonic()
@@ -177,7 +238,6 @@ class Node:
 
     # config files ------------------------------------------------------------
     def _issue_certs(self) -> None:
-        cluster.ensure_pki(self.pki)
         leaves = [
             # The kubelet's serving certificate for NODE_IP (cluster.py's node-serving is for
             # 127.0.0.1, which the kubelet refuses as a node IP).
@@ -188,21 +248,21 @@ class Node:
         ]  # fmt: skip
         for name, subject, sans, client in leaves:
             if not (self.pki / f"{name}.crt").exists():
-                cluster._issue(self.pki, name, subject, sans=sans, client=client)
+                self.h.issue(self.pki, name, subject, sans=sans, client=client)
                 (self.pki / f"{name}.key").chmod(0o600)
 
     def _write_configs(self) -> None:
-        for d in ("run", "log", "containerd", "kubelet", "cni/net.d", "cni/ipam", "pod-logs"):
+        for d in ("containerd", "kubelet", "cni/net.d", "cni/ipam", "pod-logs"):
             (self.state_dir / d).mkdir(parents=True, exist_ok=True)
         server = self.cp.server
-        cluster.write_kubeconfig(
+        self.h.write_kubeconfig(
             self.state_dir / "kubelet.kubeconfig",
             server=server,
             pki=self.pki,
             user=f"system:node:{NODE_NAME}",
             cert="node-client",
         )
-        cluster.write_kubeconfig(
+        self.h.write_kubeconfig(
             self.state_dir / "kube-proxy.kubeconfig",
             server=server,
             pki=self.pki,
@@ -220,7 +280,7 @@ class Node:
         )
         cni_bin = self.node_dir / "cni" / "bin"
         (cd / "config.toml").write_text(
-            f"""# Written by hack/node; containerd {_containerd_version()} (CRI v1).
+            f"""# Written by hack/realnode.py; containerd {_containerd_version()} (CRI v1).
 version = 2
 root = "{root}"
 state = "{state}"
@@ -287,7 +347,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "address": NODE_IP,
             "port": self.ports.kubelet,
             "readOnlyPort": 0,
-            "healthzBindAddress": cluster.LOOPBACK,
+            "healthzBindAddress": LOOPBACK,
             "healthzPort": self.ports.kubelet_healthz,
             "tlsCertFile": str(self.pki / "node-real-serving.crt"),
             "tlsPrivateKeyFile": str(self.pki / "node-real-serving.key"),
@@ -332,8 +392,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "clusterCIDR": POD_CIDR,
             "detectLocalMode": "ClusterCIDR",
             "bindAddress": NODE_IP,
-            "healthzBindAddress": f"{cluster.LOOPBACK}:{self.ports.proxy_healthz}",
-            "metricsBindAddress": f"{cluster.LOOPBACK}:{self.ports.proxy_metrics}",
+            "healthzBindAddress": f"{LOOPBACK}:{self.ports.proxy_healthz}",
+            "metricsBindAddress": f"{LOOPBACK}:{self.ports.proxy_metrics}",
             # NodePorts only on the node's own address; never on the host's loopback or eth0.
             "nodePortAddresses": [f"{NODE_IP}/32"],
             "iptables": {"localhostNodePorts": False, "minSyncPeriod": "1s", "syncPeriod": "30s"},
@@ -343,17 +403,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         }  # fmt: skip
         (self.state_dir / "kube-proxy-config.json").write_text(json.dumps(proxy_cfg, indent=2))
 
-    # network -----------------------------------------------------------------
-    def _ensure_bridge(self) -> None:
-        if _run("ip", "-br", "link", "show", BRIDGE, check=False).strip() == "":
-            _run("ip", "link", "add", BRIDGE, "type", "bridge")
-        prefix = POD_CIDR.split("/")[1]
-        if f"{NODE_IP}/" not in _run("ip", "-br", "addr", "show", BRIDGE):
-            _run("ip", "addr", "add", f"{NODE_IP}/{prefix}", "dev", BRIDGE)
-        _run("ip", "link", "set", BRIDGE, "up")
-        # ClusterIPs that kube-proxy has not (yet) translated go into the bridge, not out eth0.
-        _run("ip", "route", "replace", SERVICE_CIDR, "dev", BRIDGE)
-
+    # network (iptables) ------------------------------------------------------
     def _remove_kubelet_chains(self) -> None:
         """The kubelet's own iptables chains (KUBE-FIREWALL drops non-loopback sources to
         127.0.0.0/8; the canaries and hint are empty); kube-proxy --cleanup leaves them."""
@@ -370,9 +420,27 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 _run(tool, "-t", table, "-F", chain, check=False)
                 _run(tool, "-t", table, "-X", chain, check=False)
 
-    def _remove_bridge(self) -> None:
-        _run("ip", "route", "del", SERVICE_CIDR, "dev", BRIDGE, check=False)
-        _run("ip", "link", "del", BRIDGE, check=False)
+    # network -----------------------------------------------------------------
+    def _claim_bridge(self) -> None:
+        """One real node per machine: refuse while another state directory's node runs."""
+        mine = str(self.state_dir)
+        with contextlib.suppress(OSError):
+            owner = OWNER_FILE.read_text().strip()
+            if owner and owner != mine:
+                pid_file = Path(owner).parent / "run" / "kubelet.pid"
+                with contextlib.suppress(OSError, ValueError):
+                    if self.h.pid_runs(int(pid_file.read_text().strip()), "kubelet"):
+                        raise NodeError(
+                            f"a real node already runs from {Path(owner).parent} (bridge {BRIDGE}"
+                            f", {POD_CIDR}); stop it first: hack/cluster.py down --state-dir "
+                            f"{Path(owner).parent}"
+                        )
+        OWNER_FILE.write_text(mine + "\n")
+
+    def _release_bridge(self) -> None:
+        with contextlib.suppress(OSError):
+            if OWNER_FILE.read_text().strip() == str(self.state_dir):
+                OWNER_FILE.unlink()
 
     # processes ---------------------------------------------------------------
     def _spawn(self, c: str, argv: list[str], env: dict[str, str] | None = None) -> None:
@@ -386,6 +454,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 cwd=self.state_dir,
                 env=env,
                 start_new_session=True,
+                preexec_fn=self.h.die_with_parent if self.cp.die_with_parent else None,
             )
         finally:
             log.close()
@@ -396,9 +465,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         proc = self.procs.get(c)
         if proc is not None and proc.poll() is not None:
             raise NodeError(f"{c} exited ({proc.returncode}); last lines of {self.log_file(c)}:\n"
-                            f"{cluster._tail(self.log_file(c))}")  # fmt: skip
+                            f"{self.h.tail(self.log_file(c))}")  # fmt: skip
 
-    def _wait(self, what: str, ok: Any, timeout: float, watch: tuple[str, ...]) -> float:
+    def _wait(
+        self, what: str, ok: Callable[[], Any], timeout: float, watch: tuple[str, ...]
+    ) -> float:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             for c in watch:
@@ -407,31 +478,24 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 if ok():
                     return time.monotonic() - t0
             time.sleep(0.25)
-        tails = "\n".join(f"--- {c}:\n{cluster._tail(self.log_file(c), 25)}" for c in watch)
+        tails = "\n".join(f"--- {c}:\n{self.h.tail(self.log_file(c), 25)}" for c in watch)
         raise NodeError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
 
-    def _has_image(self, ref: str) -> bool:
-        return ref in self.ctr("images", "list", "-q", check=False).split()
-
-    def up(self, *, timeout: float = 240.0, image_tar: Path | None = None) -> dict[str, float]:
-        """Start what does not run; returns timings (seconds)."""
+    def up(self, *, timeout: float = 240.0) -> dict[str, float]:
+        """Start what does not run (the control plane runs already); returns timings (s)."""
         figures: dict[str, float] = {}
-        t0 = time.monotonic()
-        self.cp.start(timeout=timeout)
-        figures["control_plane"] = time.monotonic() - t0
-        running = self.running()
-        if "kube-scheduler" not in running:
-            self._spawn("kube-scheduler", [str(self.cp.binary("kube-scheduler")),
-                                           *self.cp._scheduler_args()])  # fmt: skip
+        self._claim_bridge()
         self._issue_certs()
-        if not running.keys() & set(NODE_COMPONENTS):
-            self.ports.fill()
+        running = self.running()
+        if not running:
+            self.ports.fill(self.h.free_port, self.h.port_in_use)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "node.json").write_text(
             json.dumps({"ports": asdict(self.ports), "node_dir": str(self.node_dir),
                         "node_ip": NODE_IP, "pod_cidr": POD_CIDR}, indent=2) + "\n"
         )  # fmt: skip
         self._write_configs()
-        self._ensure_bridge()
+        ensure_bridge()
         t1 = time.monotonic()
         if "containerd" not in running:
             env = {**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -440,10 +504,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             )
         self._wait("containerd's socket", lambda: self.ctr("version", timeout=5) != "", 30,
                    ("containerd",))  # fmt: skip
-        if not self._has_image(PAUSE_IMAGE):
+        if not self.has_image(PAUSE_IMAGE):
             self.load_image(self.node_dir / "images" / "pause.tar")
-        if image_tar is not None:
-            figures["image_load"] = self.load_image(image_tar)
         if "kubelet" not in running:
             self._spawn("kubelet", [
                 str(self.node_dir / "bin" / "kubelet"),
@@ -462,24 +524,23 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 "--v=1",
             ])  # fmt: skip
         self._wait(f"Node {NODE_NAME} Ready and schedulable", self.cp._node_schedulable,
-                   timeout, ("containerd", "kubelet", "kube-proxy"))  # fmt: skip
+                   timeout, COMPONENTS)  # fmt: skip
         figures["node_ready"] = time.monotonic() - t1
         return figures
 
     def down(self) -> list[str]:
         """kube-proxy and the kubelet, then every pod sandbox (CNI DEL, shims exit), then
-        containerd, then the control plane; all by PID."""
+        containerd; all by PID."""
         stopped: list[str] = []
         for c in ("kube-proxy", "kubelet"):
             if self._stop(c):
                 stopped.append(c)
         if "containerd" in self.running():
-            with contextlib.suppress(NodeError, subprocess.TimeoutExpired):
+            with contextlib.suppress(NodeError, subprocess.TimeoutExpired, OSError):
                 self.crictl("rmp", "--all", "--force", timeout=180)
         if self._stop("containerd"):
             stopped.append("containerd")
-        stopped += self.cp.stop()
-        self.pid_file("kube-scheduler").unlink(missing_ok=True)
+        self._release_bridge()
         return stopped
 
     def _stop(self, c: str) -> bool:
@@ -490,7 +551,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         else:
             with contextlib.suppress(OSError, ValueError):
                 pid = int(self.pid_file(c).read_text().strip())
-        done = pid is not None and cluster.stop_pid(pid, c, timeout=30.0)
+        done = pid is not None and self.h.stop_pid(pid, c, timeout=30.0)
         if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
@@ -498,29 +559,29 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         return done
 
     def clean(self) -> None:
-        """down, kube-proxy's iptables rules, the bridge, and the state (mounts first)."""
+        """down, then kube-proxy's and the kubelet's iptables rules, the bridge, and the node's
+        state (its mounts first)."""
         self.down()
         if self.running():
-            raise NodeError("refusing to clean: components still running")
+            raise NodeError("refusing to clean: node components still running")
         proxy = self.node_dir / "bin" / "kube-proxy"
         if proxy.exists():
             _run(str(proxy), "--cleanup", "--v=0", check=False)
         self._remove_kubelet_chains()
-        self._remove_bridge()
+        remove_bridge()
+        prefix = str(self.state_dir) + "/"
+
+        def mounts() -> list[str]:
+            return [
+                line.split()[1]
+                for line in Path("/proc/self/mounts").read_text().splitlines()
+                if line.split()[1].startswith(prefix)
+            ]
+
         # The kubelet's volumes (tmpfs for secrets) and containerd's mounts, deepest first.
-        mounts = [
-            line.split()[1]
-            for line in Path("/proc/self/mounts").read_text().splitlines()
-            if line.split()[1].startswith(str(self.state_dir) + "/")
-        ]
-        for m in sorted(mounts, key=len, reverse=True):
+        for m in sorted(mounts(), key=len, reverse=True):
             _run("umount", m, check=False)
-        still = [
-            line.split()[1]
-            for line in Path("/proc/self/mounts").read_text().splitlines()
-            if line.split()[1].startswith(str(self.state_dir) + "/")
-        ]
-        if still:
+        if still := mounts():
             raise NodeError(f"still mounted, not removing {self.state_dir}: {still[:5]}")
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
@@ -530,12 +591,3 @@ def _containerd_version() -> str:
         return _run("containerd", "--version", timeout=10).split()[2]
     except (NodeError, OSError, IndexError):
         return "?"
-
-
-def default_state_dir() -> Path:
-    return REPO_ROOT / ".local" / "realnode"
-
-
-def make_node(state_dir: Path | None = None, *, build: bool = True) -> Node:
-    sd = Path(state_dir) if state_dir else default_state_dir()
-    return Node(sd, cluster.ensure_binaries(build=build), build_node_binaries(build=build))
