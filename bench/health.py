@@ -14,8 +14,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailfleet.mta.metrics import EngineMetrics
-from mailfleet.operator import health, quarantine
-from mailfleet.operator.crd_models import SendingPool, parse_object
+from mailfleet.operator.api.crd_models import SendingPool, parse_object
+from mailfleet.operator.decide import health, quarantine
 
 RESULTS = (("delivered", "ok"), ("deferred", "rate-limited"), ("bounced", "invalid-recipient"))
 

@@ -193,9 +193,9 @@ class StatusOnlyApi:
 async def poll_rounds(
     pools: int, per_pool: int, real: list[str], port: int, config_hash: str | None, rounds: int
 ) -> dict[str, Any]:
-    from mailfleet.operator import pods
-    from mailfleet.operator.engine_admin import EngineAdmin
-    from mailfleet.operator.reconciler import POD_POLL_CONCURRENCY, Indexes, Operator
+    from mailfleet.operator.clients.engine_admin import EngineAdmin
+    from mailfleet.operator.decide import pods
+    from mailfleet.operator.loops.reconciler import POD_POLL_CONCURRENCY, Indexes, Operator
 
     class PollOnly(Operator):
         """The Operator with the re-renders a poll asks for counted instead of run."""

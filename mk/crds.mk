@@ -1,4 +1,4 @@
-# CRDs: generated from the pydantic models in operator/crd_models.py, never edited by hand.
+# CRDs: generated from the pydantic models in operator/api/crd_models.py, never edited by hand.
 
 .PHONY: crds
 crds: $(STAMP) ## regenerate crds/ and charts/mailfleet/crds/ from the pydantic models

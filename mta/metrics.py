@@ -272,3 +272,20 @@ class EngineMetrics:
     def observe_commit(self, seconds: float, batch: int) -> None:
         self.fsync.observe(seconds)
         self.commit_batch.observe(batch)
+
+
+class SupervisorMetrics:
+    """The supervisor's own series. Each engine process has its EngineMetrics; the supervisor
+    merges their expositions and appends these (docs/operations.md lists both registries)."""
+
+    def __init__(self, processes: int) -> None:
+        self.registry = r = CollectorRegistry()
+        self.restarts = Counter(
+            "mailfleet_process_restarts",
+            "Engine processes restarted after they died",
+            ["process"],
+            registry=r,
+        )
+        for i in range(processes):
+            # Every process has a series from the start, not only after its first restart.
+            self.restarts.labels(str(i))

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import generate_latest
 from pydantic import ValidationError
 
 from mailfleet.mta.admin import body_refusal, page_refusal
@@ -48,6 +49,7 @@ from mailfleet.mta.config import (
     load_config,
     parse_hostport,
 )
+from mailfleet.mta.metrics import SupervisorMetrics
 from mailfleet.mta.workers import (
     adoption_share,
     merge_metrics,
@@ -202,6 +204,7 @@ class Supervisor:
         self.admin = [f"127.0.0.1:{_loopback_port()}" for _ in range(n)]
         self.procs: list[asyncio.subprocess.Process | None] = [None] * n
         self.restarts = [0] * n
+        self.metrics = SupervisorMetrics(n)
         self.stopping = False
         self._next_handoff = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -231,6 +234,7 @@ class Supervisor:
             if self.stopping:
                 return
             self.restarts[i] += 1
+            self.metrics.restarts.labels(str(i)).inc()
             if time.monotonic() - started > STABLE_AFTER:
                 pause = RESTART_PAUSE
             log.error("worker exited; restarting it", extra={"worker": i, "rc": rc})
@@ -329,14 +333,7 @@ class Supervisor:
         async def metrics(request: web.Request) -> web.Response:
             answers = await self._ask_all(request)
             text = merge_metrics([b.decode() if s == 200 else "" for s, b, _ in answers])
-            text += (
-                "# HELP mailfleet_process_restarts_total Engine processes restarted after"
-                " they died.\n# TYPE mailfleet_process_restarts_total counter\n"
-                + "".join(
-                    f'mailfleet_process_restarts_total{{process="{i}"}} {r}\n'
-                    for i, r in enumerate(self.restarts)
-                )
-            )
+            text += generate_latest(self.metrics.registry).decode()
             return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={})
 
         async def first(request: web.Request) -> web.Response:

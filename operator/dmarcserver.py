@@ -11,7 +11,7 @@ import hmac
 
 from aiohttp import web
 
-from mailfleet.operator.domains import DomainController
+from mailfleet.operator.loops.domains import DomainController
 
 MAX_UPLOAD = 16 * 1024 * 1024
 

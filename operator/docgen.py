@@ -1,5 +1,5 @@
 """The operations guide's reference tables, generated from the code: the events and condition
-reasons (mailfleet.operator.reasons) and the engine's and the operator's metrics (their
+reasons (mailfleet.operator.api.reasons) and the engine's and the operator's metrics (their
 registries). `python -m mailfleet.operator.docgen` rewrites each table between its markers in
 docs/operations.md:
 
@@ -20,10 +20,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from mailfleet.mta.metrics import EngineMetrics
+from mailfleet.mta.metrics import EngineMetrics, SupervisorMetrics
+from mailfleet.operator.api.reasons import CONDITIONS, EVENTS, ConditionReason
 from mailfleet.operator.domainmetrics import DomainMetrics
 from mailfleet.operator.metrics import OperatorMetrics
-from mailfleet.operator.reasons import CONDITIONS, EVENTS, ConditionReason
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 END = "<!-- end generated -->"
@@ -91,16 +91,17 @@ def _families(registry: CollectorRegistry) -> list[tuple[str, str, str, tuple[st
     return sorted(out)
 
 
-def _metrics_table(registry: CollectorRegistry) -> str:
+def _metrics_table(*registries: CollectorRegistry) -> str:
     rows = [
         [f"`{name}`", kind, ", ".join(labels), doc]
-        for name, kind, doc, labels in _families(registry)
+        for name, kind, doc, labels in sorted(f for r in registries for f in _families(r))
     ]
     return _table(["metric", "type", "labels", "meaning"], rows)
 
 
 def engine_metrics_table() -> str:
-    return _metrics_table(EngineMetrics().registry)
+    # A pod's /metrics: its processes' EngineMetrics merged, then the supervisor's own series.
+    return _metrics_table(EngineMetrics().registry, SupervisorMetrics(1).registry)
 
 
 def operator_metrics_table() -> str:

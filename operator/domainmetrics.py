@@ -8,7 +8,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from mailfleet.operator.dmarcreport import Report
+from mailfleet.operator.decide.dmarcreport import Report
 
 
 class DomainMetrics:

@@ -16,12 +16,15 @@ from typing import Any
 
 import kopf
 
-from mailfleet.operator import dmarcserver, kube, naming, pods
-from mailfleet.operator.crd_models import GROUP, VERSION
+from mailfleet.operator import dmarcserver
+from mailfleet.operator.api import naming
+from mailfleet.operator.api.crd_models import GROUP, VERSION
+from mailfleet.operator.clients import kube
+from mailfleet.operator.clients.engine_admin import EngineAdmin
+from mailfleet.operator.decide import pods
 from mailfleet.operator.domainmetrics import DomainMetrics
-from mailfleet.operator.domains import DomainController
-from mailfleet.operator.engine_admin import EngineAdmin
-from mailfleet.operator.reconciler import (
+from mailfleet.operator.loops.domains import DomainController
+from mailfleet.operator.loops.reconciler import (
     Indexes,
     LiveStatefulSet,
     Operator,

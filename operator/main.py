@@ -150,7 +150,7 @@ def webhook_options(args: argparse.Namespace) -> WebhookOptions | str | None:
     namespace = os.environ.get("POD_NAMESPACE") or "default"
     names = list(args.webhook_san)
     if args.webhook_service:
-        from mailfleet.operator.webhookcerts import service_names
+        from mailfleet.operator.decide.webhookcerts import service_names
 
         names = service_names(args.webhook_service, namespace) + names
     if args.webhook_tls_secret and not names:

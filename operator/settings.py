@@ -13,12 +13,14 @@ from typing import Any
 
 import kopf
 
-from mailfleet.operator import kube, naming
-from mailfleet.operator.conditions import now_utc
-from mailfleet.operator.domains import DomainController
-from mailfleet.operator.events import event_object
+from mailfleet.operator.api import naming
+from mailfleet.operator.api.conditions import now_utc
+from mailfleet.operator.api.reasons import EventType, PostedReason
+from mailfleet.operator.clients import kube
+from mailfleet.operator.decide.events import event_object
+from mailfleet.operator.loops.domains import DomainController
+from mailfleet.operator.loops.reconciler import Operator
 from mailfleet.operator.metrics import OperatorMetrics
-from mailfleet.operator.reconciler import Operator
 
 log = logging.getLogger("mailfleet.operator")
 
@@ -75,7 +77,9 @@ class Settings:
         assert self.operator is not None, "the operator starts in handlers.configure()"
         return self.operator
 
-    def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    def post_event(
+        self, body: Mapping[str, Any], type_: EventType, reason: PostedReason, message: str
+    ) -> None:
         """Posted in the background through the operator's own client: events come from watch
         handlers and from the pods' poll loop alike (Kopf's own poster only serves its
         handlers)."""

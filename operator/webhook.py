@@ -1,5 +1,5 @@
 """The validating admission webhook: Kopf's webhook server (TLS) and its handlers, which run the
-cross-object checks of mailfleet.operator.admission on objects read from the API server.
+cross-object checks of mailfleet.operator.decide.admission on objects read from the API server.
 
 Imported (and so registered with Kopf) only when `mailfleet operator --webhook-listen` is given;
 its options are read from Kopf's memo at startup (settings.Settings.webhook), so they can be set
@@ -22,9 +22,11 @@ from typing import Any
 
 import kopf
 
-from mailfleet.operator import admission, kube, naming, webhookcerts
-from mailfleet.operator.conditions import now_utc
-from mailfleet.operator.crd_models import GROUP, VERSION
+from mailfleet.operator.api import naming
+from mailfleet.operator.api.conditions import now_utc
+from mailfleet.operator.api.crd_models import GROUP, VERSION
+from mailfleet.operator.clients import kube
+from mailfleet.operator.decide import admission, webhookcerts
 from mailfleet.operator.handlers import login_fn
 from mailfleet.operator.settings import Memo, WebhookOptions, WebhookRuntime
 

@@ -22,7 +22,7 @@ from fixtures.isp import IspSimulator
 from fixtures.operator import OperatorProcess, kget, wait_for
 from fixtures.smtppeers import RecordingMX
 
-from mailfleet.operator.naming import ADMIN_PORT
+from mailfleet.operator.api.naming import ADMIN_PORT
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 

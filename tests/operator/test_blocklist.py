@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fixtures.dnsserver import DnsServer
 
-from mailfleet.operator.blocklist import BlocklistChecker, Listing, query_name
+from mailfleet.operator.clients.blocklist import BlocklistChecker, Listing, query_name
 
 ZONE = "bl.example.test"
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mailfleet.operator import crd_models as m
+from mailfleet.operator.api import crd_models as m
 
 pytestmark = pytest.mark.kube
 

@@ -18,7 +18,7 @@ import yaml
 from fixtures.operator import OperatorProcess, kget, wait_for
 
 from mailfleet.mta.config import EngineConfig, parse_config
-from mailfleet.operator.crd_models import SendingPoolStatus
+from mailfleet.operator.api.crd_models import SendingPoolStatus
 
 pytestmark = pytest.mark.kube
 

@@ -19,13 +19,13 @@ from fixtures.operator import wait_for
 from fixtures.procs import Proc, free_port
 from fixtures.smtppeers import RecordingMX
 
-from mailfleet.operator import health
-from mailfleet.operator.blocklist import BlocklistChecker
-from mailfleet.operator.crd_models import SendingPool, parse_object
-from mailfleet.operator.engine_admin import EngineAdmin
-from mailfleet.operator.healthcheck import CheckResult, HealthChecker
+from mailfleet.operator.api.crd_models import SendingPool, parse_object
+from mailfleet.operator.clients.blocklist import BlocklistChecker
+from mailfleet.operator.clients.engine_admin import EngineAdmin
+from mailfleet.operator.decide import health
+from mailfleet.operator.decide.pods import PodRef
+from mailfleet.operator.loops.healthcheck import CheckResult, HealthChecker
 from mailfleet.operator.metrics import OperatorMetrics
-from mailfleet.operator.pods import PodRef
 
 PROMETHEUS = "/usr/bin/prometheus"
 SOURCE = "127.0.0.1"

@@ -21,8 +21,8 @@ from mailfleet.mta.adminapi import (
     ShapingAdoption,
 )
 from mailfleet.mta.supervisor import _merge
-from mailfleet.operator import fleetsplit, pods
-from mailfleet.operator.engine_admin import EngineAdmin
+from mailfleet.operator.clients.engine_admin import EngineAdmin
+from mailfleet.operator.decide import fleetsplit, pods
 
 # /v1/status's fields as the engine served them before the models: the wire must not change.
 STATUS_KEYS = [

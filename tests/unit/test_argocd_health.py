@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from mailfleet.operator import statuses
-from mailfleet.operator.conditions import Cond
-from mailfleet.operator.crd_models import DeliveryPolicy, IPWarmup, SendingPool
+from mailfleet.operator.api.conditions import Cond
+from mailfleet.operator.api.crd_models import DeliveryPolicy, IPWarmup, SendingPool
+from mailfleet.operator.decide import statuses
 
 REPO = Path(__file__).resolve().parents[2]
 HEALTH = REPO / "deploy" / "argocd" / "health"
@@ -330,8 +330,8 @@ def test_the_checks_use_only_what_argocds_sandbox_offers() -> None:
 def test_no_healthy_ip_as_the_operator_posts_it_is_degraded(lua: str, tmp_path: Path) -> None:
     """The operator says NoHealthyIP on IPsHealthy (render.ips_healthy), not on Ready: with
     noHealthyIP keepSending the last IP stays active and the pods stay Ready."""
-    from mailfleet.operator.quarantine import NO_HEALTHY, Verdicts
-    from mailfleet.operator.render import ips_healthy
+    from mailfleet.operator.decide.quarantine import NO_HEALTHY, Verdicts
+    from mailfleet.operator.decide.render import ips_healthy
 
     c = ips_healthy(Verdicts({}, no_healthy_ip="every IP crossed a threshold", checked_at=NOW))
     assert (c.type, c.status, c.reason) == ("IPsHealthy", "False", NO_HEALTHY)
@@ -350,7 +350,7 @@ def test_no_healthy_ip_as_the_operator_posts_it_is_degraded(lua: str, tmp_path: 
 def test_a_pending_dkim_rotation_is_progressing(lua: str, tmp_path: Path) -> None:
     """RotationPending is DKIMPublished's reason (True: the old key still signs), and Ready is
     True meanwhile (domainplan.ready), so the check reads DKIMPublished too."""
-    from mailfleet.operator.domainplan import Selector, ready
+    from mailfleet.operator.decide.domainplan import Selector, ready
 
     published = Cond(
         "DKIMPublished", "True", "RotationPending", "new selector mf2 waits for its record"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mailfleet.operator.autoscale import (
+from mailfleet.operator.decide.autoscale import (
     Recommendation,
     autoscaling_floor,
     decide,

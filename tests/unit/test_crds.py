@@ -16,8 +16,8 @@ from pydantic import BaseModel, Field, ValidationError
 from mailfleet.mta import units
 from mailfleet.mta.config import DKIMKey
 from mailfleet.mta.units import Duration, Size
-from mailfleet.operator import crd_models as m
 from mailfleet.operator import crdgen
+from mailfleet.operator.api import crd_models as m
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))

@@ -1,5 +1,5 @@
-"""The admission webhook's cross-object checks (mailfleet.operator.admission) and the
-certificate the operator manages for it (mailfleet.operator.webhookcerts)."""
+"""The admission webhook's cross-object checks (mailfleet.operator.decide.admission) and the
+certificate the operator manages for it (mailfleet.operator.decide.webhookcerts)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mailfleet.operator import admission, webhookcerts
+from mailfleet.operator.decide import admission, webhookcerts
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

@@ -17,9 +17,9 @@ import pytest
 
 from mailfleet.mta.config import ConfigError, parse_config
 from mailfleet.mta.dmarcmail import MAX_ATTACHMENTS, NotAReport, report_attachments
-from mailfleet.operator import dmarcreport
-from mailfleet.operator import domainplan as p
-from mailfleet.operator.crd_models import SendingDomain
+from mailfleet.operator.api.crd_models import SendingDomain
+from mailfleet.operator.decide import dmarcreport
+from mailfleet.operator.decide import domainplan as p
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "dmarc"
 GOOGLE = DATA / "google.com!example.com!1764460800!1764547199.xml"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mailfleet.operator import dmarcreport as d
+from mailfleet.operator.decide import dmarcreport as d
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "dmarc"
 GOOGLE = (DATA / "google.com!example.com!1764460800!1764547199.xml").read_bytes()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mailfleet.operator import docgen
-from mailfleet.operator.reasons import CONDITIONS, EVENTS
+from mailfleet.operator.api.reasons import CONDITIONS, EVENTS
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
@@ -23,7 +23,12 @@ def test_every_reason_and_metric_is_in_the_guide() -> None:
         assert f"`{reason}`" in text, reason
     for c in CONDITIONS:
         assert f"`{c.reason}`" in text, c.reason
-    for name in ("mailfleet_outbound_connections", "mailfleet_pool_condition"):
+    # The supervisor's own series too, not only the engine processes' registry.
+    for name in (
+        "mailfleet_outbound_connections",
+        "mailfleet_pool_condition",
+        "mailfleet_process_restarts_total",
+    ):
         assert f"`{name}`" in text
     assert "`mailfleet_handoff_messages_total`" in text  # counters under their exposed name
 

@@ -10,9 +10,9 @@ import pytest
 
 from mailfleet.mta.config import EngineConfig
 from mailfleet.mta.dkimkeys import dns_txt_record, parse_private_key
-from mailfleet.operator import dkimrecords
-from mailfleet.operator import domainplan as p
-from mailfleet.operator.crd_models import SendingDomain, SendingDomainSpec
+from mailfleet.operator.api.crd_models import SendingDomain, SendingDomainSpec
+from mailfleet.operator.decide import dkimrecords
+from mailfleet.operator.decide import domainplan as p
 
 T0 = datetime(2026, 11, 30, 9, 0, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -441,7 +441,7 @@ def test_pools_sign_with_the_active_keys_of_their_domains() -> None:
 
 
 def test_with_domain_keys_adds_what_the_pool_does_not_name_itself() -> None:
-    from mailfleet.operator.crd_models import DKIMKeyRef, SendingPool
+    from mailfleet.operator.api.crd_models import DKIMKeyRef, SendingPool
 
     pool = SendingPool.model_validate(
         {

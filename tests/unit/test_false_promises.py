@@ -18,13 +18,13 @@ from fixtures.objects import NOW, child, inputs, pool, warmup
 from pydantic import ValidationError
 
 from mailfleet.mta.config import EngineConfig
-from mailfleet.operator import render, statuses
-from mailfleet.operator import warmup as wu
-from mailfleet.operator.autoscale import Recommendation, decide
-from mailfleet.operator.crd_models import Egress, WarmupGates
-from mailfleet.operator.health import Counts
-from mailfleet.operator.naming import pool_name
-from mailfleet.operator.policy_merge import merge_policies
+from mailfleet.operator.api.crd_models import Egress, WarmupGates
+from mailfleet.operator.api.naming import pool_name
+from mailfleet.operator.decide import render, statuses
+from mailfleet.operator.decide import warmup as wu
+from mailfleet.operator.decide.autoscale import Recommendation, decide
+from mailfleet.operator.decide.health import Counts
+from mailfleet.operator.decide.policy_merge import merge_policies
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "mailfleet"

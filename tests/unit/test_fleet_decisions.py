@@ -11,9 +11,9 @@ import pytest
 from fixtures.objects import NOW, inputs, pool, warmup
 
 from mailfleet.mta.config import config_digest, parse_config_text
-from mailfleet.operator import ipplan, pods, render, statuses
-from mailfleet.operator import warmup as wu
-from mailfleet.operator.naming import ADMIN_TOKEN_DIR, ADMIN_TOKEN_KEY
+from mailfleet.operator.api.naming import ADMIN_TOKEN_DIR, ADMIN_TOKEN_KEY
+from mailfleet.operator.decide import ipplan, pods, render, statuses
+from mailfleet.operator.decide import warmup as wu
 
 DAY = 86400.0
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

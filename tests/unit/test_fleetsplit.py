@@ -7,9 +7,9 @@ import pytest
 
 from mailfleet.mta.config import FleetConfig, PodShareConfig, ProviderConfig, ProviderSettingsConfig
 from mailfleet.mta.sharedlimits import FleetLimiter, bucket_capacity
-from mailfleet.operator import fleetsplit
-from mailfleet.operator.ipplan import IPPlan
-from mailfleet.operator.policy_merge import MergedPolicies
+from mailfleet.operator.decide import fleetsplit
+from mailfleet.operator.decide.ipplan import IPPlan
+from mailfleet.operator.decide.policy_merge import MergedPolicies
 
 
 @pytest.mark.parametrize(
@@ -133,7 +133,7 @@ def test_a_pod_without_a_share_sends_nothing_under_a_pool_limit() -> None:
 def test_render_holds_a_moving_ip_and_gives_each_pod_its_share() -> None:
     from fixtures.objects import inputs, pool
 
-    from mailfleet.operator import render
+    from mailfleet.operator.decide import render
 
     steady = render.render_pool(inputs(autoscaled=2, live_replicas=2))
     assert steady.config is not None

@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import generate_latest
 
 from mailfleet.mta.metrics import EngineMetrics
-from mailfleet.operator import health
-from mailfleet.operator.health import Counts
+from mailfleet.operator.decide import health
+from mailfleet.operator.decide.health import Counts
 
 T0 = datetime(2026, 3, 4, 5, 0, 0, tzinfo=UTC)
 

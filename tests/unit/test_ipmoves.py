@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mailfleet.operator.ipmoves import PoolMoves
-from mailfleet.operator.pods import PodRef, PodReport
+from mailfleet.operator.decide.pods import PodRef, PodReport
+from mailfleet.operator.loops.ipmoves import PoolMoves
 
 
 class Adopter:

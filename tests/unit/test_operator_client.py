@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mailfleet.operator import drift, kube
-from mailfleet.operator import reconciler as h
+from mailfleet.operator.clients import kube
+from mailfleet.operator.decide import drift
+from mailfleet.operator.loops import reconciler as h
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,8 @@ from prometheus_client import generate_latest
 from unit.test_reconciler import MemoryApi, MemoryEngines, World, make, pool_body
 
 from mailfleet.mta.metrics import EngineMetrics
-from mailfleet.operator import pods
-from mailfleet.operator.reconciler import Indexes, Operator
+from mailfleet.operator.decide import pods
+from mailfleet.operator.loops.reconciler import Indexes, Operator
 from mailfleet.operator.settings import Memo, Settings
 
 KEY = ("ns1", "transactional")

@@ -12,8 +12,8 @@ from fixtures.objects import inputs, pool
 
 from mailfleet.mta.config import EngineConfig, RoutingConfig
 from mailfleet.mta.routing import Destination, RouteError, Router, non_public_reason
-from mailfleet.operator import render
-from mailfleet.operator.crd_models import Routing
+from mailfleet.operator.api.crd_models import Routing
+from mailfleet.operator.decide import render
 
 # Refused, with the reason the bounce names. These reasons do not depend on the Python version.
 REFUSED = [

@@ -8,7 +8,8 @@ import yaml
 from fixtures.objects import child, inputs, pool
 
 from mailfleet.mta.config import parse_config
-from mailfleet.operator import naming, render
+from mailfleet.operator.api import naming
+from mailfleet.operator.decide import render
 
 
 @pytest.mark.parametrize(

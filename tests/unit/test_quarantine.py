@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 from fixtures.objects import inputs, pool
 
-from mailfleet.operator import blocklist, conditions, ipplan, quarantine, render
-from mailfleet.operator.crd_models import SendingPool, SendingPoolStatus
-from mailfleet.operator.health import Counts
-from mailfleet.operator.quarantine import IPVerdict, decide, verdict_events
+from mailfleet.operator.api import conditions
+from mailfleet.operator.api.crd_models import SendingPool, SendingPoolStatus
+from mailfleet.operator.clients import blocklist
+from mailfleet.operator.decide import ipplan, quarantine, render
+from mailfleet.operator.decide.health import Counts
+from mailfleet.operator.decide.quarantine import IPVerdict, decide, verdict_events
 
 T0 = datetime(2026, 3, 4, 5, 0, 0, tzinfo=UTC)
 A, B, S1, S2 = "192.0.2.1", "192.0.2.2", "192.0.2.10", "192.0.2.11"
@@ -190,7 +192,7 @@ def test_no_answer_is_not_listed() -> None:
 
 
 def test_engine_quarantines_in_status_and_what_is_new() -> None:
-    from mailfleet.operator import pods
+    from mailfleet.operator.decide import pods
 
     def report(name: str, rows: list[dict[str, Any]]) -> pods.PodReport:
         return pods.PodReport(pods.PodRef(name, "127.10.0.2", True), {"shaping": rows})

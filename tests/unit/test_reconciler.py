@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from fixtures.objects import NOW, example, pool_doc
 
-from mailfleet.operator import kube, naming, pods
-from mailfleet.operator.reconciler import Indexes, Operator
+from mailfleet.operator.api import naming
+from mailfleet.operator.clients import kube
+from mailfleet.operator.decide import pods
+from mailfleet.operator.loops.reconciler import Indexes, Operator
 
 
 class MemoryApi:
@@ -299,8 +301,8 @@ async def test_a_scale_down_waits_for_the_leaving_pod_to_hand_off() -> None:
     op, events = make(api, engines)
     world.tokens[("ns1", "transactional")] = ["t" * 64]
     # Two pods run (the StatefulSet asks for 2); the pool now wants 1.
-    from mailfleet.operator import drift
-    from mailfleet.operator.reconciler import LiveStatefulSet
+    from mailfleet.operator.decide import drift
+    from mailfleet.operator.loops.reconciler import LiveStatefulSet
 
     live = LiveStatefulSet(drift.LiveChild("StatefulSet", "transactional", None, 1, False), 2, 2, 2)
     idx = world.indexes()
@@ -382,7 +384,7 @@ def test_pool_gauges_follow_the_status_and_drop_what_it_no_longer_says() -> None
 
 
 def test_events_name_the_object_and_the_operator() -> None:
-    from mailfleet.operator.events import event_object
+    from mailfleet.operator.decide.events import event_object
 
     body = {
         "apiVersion": "mailfleet.io/v1alpha1",

@@ -11,7 +11,7 @@ from unit.test_reconciler import MemoryApi, MemoryEngines, World, config_of, mak
 
 from mailfleet.mta.config import parse_config_text
 from mailfleet.mta.metrics import EngineMetrics
-from mailfleet.operator import pods
+from mailfleet.operator.decide import pods
 
 KEY = ("ns1", "transactional")
 POD_IP = "127.10.0.2"

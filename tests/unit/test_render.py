@@ -12,14 +12,15 @@ import yaml
 from fixtures.objects import LATER, NOW, child, inputs, policy, pool, pool_doc, warmup
 
 from mailfleet.mta.config import config_digest, parse_config
-from mailfleet.operator import conditions, drift, ipplan, naming, policy_merge, render, statuses
-from mailfleet.operator import warmup as wu
-from mailfleet.operator.crd_models import (
+from mailfleet.operator.api import conditions, naming
+from mailfleet.operator.api.crd_models import (
     Replicas,
     SendingPool,
     WarmupSchedule,
     parse_object,
 )
+from mailfleet.operator.decide import drift, ipplan, policy_merge, render, statuses
+from mailfleet.operator.decide import warmup as wu
 
 # --- replicas ----------------------------------------------------------------------------------
 
@@ -143,7 +144,7 @@ def test_addresses_outside_the_pool_get_no_cap() -> None:
 
 
 def test_selector_semantics() -> None:
-    from mailfleet.operator.crd_models import LabelSelector
+    from mailfleet.operator.api.crd_models import LabelSelector
 
     sel = LabelSelector.model_validate(
         {
@@ -511,7 +512,7 @@ def test_status_without_pods_says_why_it_is_not_ready() -> None:
     rc = conditions.condition(all_ready.status, "Ready")
     assert rc is not None and (rc["status"], rc["reason"]) == ("True", "PodsReady")
     # The status validates against the CRD model.
-    from mailfleet.operator.crd_models import SendingPoolStatus
+    from mailfleet.operator.api.crd_models import SendingPoolStatus
 
     SendingPoolStatus.model_validate(json.loads(json.dumps(s)))
 

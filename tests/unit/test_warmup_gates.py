@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from fixtures.objects import NOW, pool, warmup
 
-from mailfleet.operator import ipplan, statuses
-from mailfleet.operator import warmup as wu
-from mailfleet.operator.conditions import timestamp
-from mailfleet.operator.crd_models import WarmupGates
-from mailfleet.operator.health import Counts
+from mailfleet.operator.api.conditions import timestamp
+from mailfleet.operator.api.crd_models import WarmupGates
+from mailfleet.operator.decide import ipplan, statuses
+from mailfleet.operator.decide import warmup as wu
+from mailfleet.operator.decide.health import Counts
 
 HOUR = timedelta(hours=1)
 GATES = WarmupGates(min_attempts=20, min_usage=0.5)

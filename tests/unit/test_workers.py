@@ -8,9 +8,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailfleet.mta.config import parse_config
+from mailfleet.mta.metrics import SupervisorMetrics
 from mailfleet.mta.suppression import SQLiteSuppressions
 from mailfleet.mta.workers import (
     adoption_share,
@@ -171,6 +173,20 @@ def test_a_worker_without_an_answer_leaves_the_others_metrics() -> None:
     text = merge_metrics([WORKER_METRICS[0], ""])
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert [s.value for s in families["mailfleet_messages_received"].samples] == [3.0]
+
+
+def test_the_supervisors_restarts_follow_the_merged_families_with_a_series_per_process() -> None:
+    # What the supervisor serves: its processes' families merged, then its own registry.
+    restarts = SupervisorMetrics(2)
+    restarts.restarts.labels("1").inc()
+    text = merge_metrics(WORKER_METRICS) + generate_latest(restarts.registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {
+        s.labels["process"]: s.value
+        for s in families["mailfleet_process_restarts"].samples
+        if s.name.endswith("_total")
+    } == {"0": 0.0, "1": 1.0}
+    assert families["mailfleet_messages_received"].type == "counter"
 
 
 def test_merged_status_sums_counts_and_is_ready_only_when_all_are() -> None:
