@@ -14,12 +14,17 @@
 #                                  github.com/containernetworking/plugins, hack/node/gomod
 #   images/pause.tar               build/pause/linux/pause.c from the same Kubernetes module,
 #                                  compiled here (gcc -static), committed by buildah as PAUSE_IMAGE
+#   images/local-path-helper.tar   Debian's busybox-static, committed by buildah as HELPER_IMAGE
+# and, last, the cluster add-ons (hack/node/addons.sh, cached in ../node-addons/<name>-<version>/):
+#   coredns, local-path-provisioner, kube-router (firewall only: NetworkPolicy), each from its
+#   own module under hack/node/gomod/; --check requires them too.
 # containerd and runc are Debian's packages (see hack/node/node.py and docs/tutorial.md).
 set -euo pipefail
 
 K8S_VERSION=v1.34.4                          # = hack/envtest.sh, hack/controlplane/go.mod
 PAUSE_TAG=3.10.1                             # build/pause/Makefile TAG at K8S_VERSION
-PAUSE_IMAGE="mailfleet.local/pause:$PAUSE_TAG"   # containerd's sandbox_image (hack/node/node.py)
+PAUSE_IMAGE="mailfleet.local/pause:$PAUSE_TAG"   # containerd's sandbox_image (hack/realnode.py)
+HELPER_IMAGE="mailfleet.local/local-path-helper:1"  # local-path's helper pods (hack/realnode.py)
 CNI_PLUGINS=(bridge host-local loopback portmap)
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,13 +32,14 @@ cache_root="${MAILFLEET_CACHE:-$HOME/.cache/mailfleet}"
 out_dir="$cache_root/node-$K8S_VERSION"
 
 files() {
-  echo bin/kubelet bin/kube-proxy bin/crictl images/pause.tar
+  echo bin/kubelet bin/kube-proxy bin/crictl images/pause.tar images/local-path-helper.tar
   local p
   for p in "${CNI_PLUGINS[@]}"; do echo "cni/bin/$p"; done
 }
 complete() {
   local f
   for f in $(files); do [[ -s "$out_dir/$f" ]] || return 1; done
+  "$here/node/addons.sh" --check >/dev/null
 }
 
 if [[ "${1:-}" == "--check" ]]; then
@@ -105,10 +111,29 @@ if [[ ! -s "$out_dir/images/pause.tar" ]]; then
   mv -f "$tmp/pause.tar" "$out_dir/images/pause.tar"
 fi
 
+# local-path-provisioner's helper pods (mkdir/rm of a volume's directory): Debian's static
+# busybox in an image of its own, so provisioning does not depend on mailfleet's image.
+if [[ ! -s "$out_dir/images/local-path-helper.tar" ]]; then
+  [[ -x /bin/busybox ]] || { echo "nodebuild.sh: /bin/busybox is missing (apt-get install busybox-static)" >&2; exit 1; }
+  echo "nodebuild.sh: building the image $HELPER_IMAGE (busybox)" >&2
+  mkdir -p "$tmp/helper/bin"
+  cp /bin/busybox "$tmp/helper/bin/busybox"
+  for a in sh mkdir rm ls; do ln -s busybox "$tmp/helper/bin/$a"; done
+  hctr="$(buildah from scratch)"
+  buildah copy "$hctr" "$tmp/helper" / >/dev/null
+  buildah config --cmd '["/bin/sh"]' --os linux --arch amd64 "$hctr"
+  buildah commit --quiet "$hctr" "$HELPER_IMAGE" >/dev/null
+  buildah rm "$hctr" >/dev/null
+  buildah push --quiet "$HELPER_IMAGE" "docker-archive:$tmp/helper.tar:$HELPER_IMAGE" >/dev/null
+  mv -f "$tmp/helper.tar" "$out_dir/images/local-path-helper.tar"
+fi
+
 cat >"$out_dir/versions" <<EOF
 kubernetes $K8S_VERSION
 pause $PAUSE_IMAGE
+local-path-helper $HELPER_IMAGE (busybox $(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null))
 $(cd "$here/node/gomod" && go list -m -f '{{.Path}} {{.Version}}' github.com/containernetworking/plugins sigs.k8s.io/cri-tools)
 EOF
+"$here/node/addons.sh" >&2   # its stdout (the add-ons' dir) too: our last line stays $out_dir
 echo "nodebuild.sh: done in $((SECONDS - start))s" >&2
 echo "$out_dir"

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import nodeaddons  # hack/nodeaddons.py
+
 HACK = Path(__file__).resolve().parent
 NODEBUILD_SH = HACK / "nodebuild.sh"
 IMAGE_SH = HACK / "image.sh"
@@ -44,7 +46,10 @@ NODE_IP = "10.244.0.1"  # on the bridge: the pods' gateway, the node's and the A
 SERVICE_CIDR = "10.0.0.0/16"  # = cluster.SERVICE_CIDR
 CLUSTER_DOMAIN = "cluster.local"
 PAUSE_IMAGE = "mailfleet.local/pause:3.10.1"  # = hack/nodebuild.sh
-COMPONENTS = ("containerd", "kubelet", "kube-proxy")
+HELPER_IMAGE = (
+    "mailfleet.local/local-path-helper:1"  # = hack/nodebuild.sh (busybox, for local-path)
+)
+COMPONENTS = ("containerd", "kubelet", "kube-proxy", *nodeaddons.COMPONENTS)
 K8S_NS = "k8s.io"  # containerd namespace of the CRI
 # Which state directory's node holds the bridge (one real node per machine).
 OWNER_FILE = Path("/run/mailfleet-realnode.owner")
@@ -69,6 +74,7 @@ class ControlPlaneLike(Protocol):
     def pid_file(self, component: str) -> Path: ...
     def log_file(self, component: str) -> Path: ...
     def _node_schedulable(self) -> bool: ...
+    def kubectl(self, *args: str, **kw: Any) -> Any: ...
 
 
 def _run(*argv: str, check: bool = True, timeout: float = 120.0, **kw: Any) -> str:
@@ -124,6 +130,9 @@ class NodePorts:
     kubelet_healthz: int = 0
     proxy_healthz: int = 0
     proxy_metrics: int = 0
+    dns_health: int = 0
+    dns_ready: int = 0
+    router_health: int = 0
 
     def fill(self, free_port: Callable[[], int], in_use: Callable[[int], bool]) -> None:
         taken: set[int] = set()
@@ -190,6 +199,18 @@ class RealNode:
     @property
     def cni_conf_dir(self) -> Path:
         return self.state_dir / "cni" / "net.d"
+
+    @property
+    def addons(self) -> nodeaddons.Addons:
+        try:
+            addons_dir = nodeaddons.build(check_only=True)
+        except nodeaddons.AddonError as e:
+            raise NodeError(str(e)) from e
+        return nodeaddons.Addons(
+            node=self, addons_dir=addons_dir, node_ip=NODE_IP, server=self.cp.server,
+            kubectl=self.cp.kubectl, issue=self.h.issue,
+            write_kubeconfig=self.h.write_kubeconfig, ports=self.ports,
+        )  # fmt: skip
 
     def pid_file(self, c: str) -> Path:
         return self.cp.pid_file(c)
@@ -339,7 +360,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             ],
         }
         (self.cni_conf_dir / "10-mailfleet.conflist").write_text(json.dumps(conflist, indent=2))
-        # No nameserver: pods resolve nothing until cluster DNS exists (nothing leaves the host).
+        # Pods of dnsPolicy Default (and the node) get no nameserver: nothing leaves the host.
         (self.state_dir / "resolv.conf").write_text("options ndots:1\n")
         kubelet_cfg = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -364,6 +385,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "failCgroupV1": False,
             "failSwapOn": False,
             "clusterDomain": CLUSTER_DOMAIN,
+            "clusterDNS": [nodeaddons.DNS_IP],
             "resolvConf": str(self.state_dir / "resolv.conf"),
             "podLogsDir": str(self.state_dir / "pod-logs"),
             "volumePluginDir": str(self.kubelet_dir / "volume-plugins"),
@@ -523,16 +545,29 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 f"--config={self.state_dir / 'kube-proxy-config.json'}",
                 "--v=1",
             ])  # fmt: skip
+        core = ("containerd", "kubelet", "kube-proxy")
         self._wait(f"Node {NODE_NAME} Ready and schedulable", self.cp._node_schedulable,
-                   timeout, COMPONENTS)  # fmt: skip
+                   timeout, core)  # fmt: skip
         figures["node_ready"] = time.monotonic() - t1
+        t2 = time.monotonic()
+        if not self.has_image(HELPER_IMAGE):
+            self.load_image(self.node_dir / "images" / "local-path-helper.tar")
+        addons = self.addons
+        _enable_bridge_netfilter()
+        try:
+            addons.prepare(HELPER_IMAGE)
+            addons.start(running, HELPER_IMAGE)
+        except (nodeaddons.AddonError, subprocess.SubprocessError) as e:
+            raise NodeError(f"starting the node's add-ons: {e}") from e
+        self._wait("cluster DNS (CoreDNS /ready)", addons.dns_ready, 60, COMPONENTS)
+        figures["addons_ready"] = time.monotonic() - t2
         return figures
 
     def down(self) -> list[str]:
         """kube-proxy and the kubelet, then every pod sandbox (CNI DEL, shims exit), then
         containerd; all by PID."""
         stopped: list[str] = []
-        for c in ("kube-proxy", "kubelet"):
+        for c in (*reversed(nodeaddons.COMPONENTS), "kube-proxy", "kubelet"):
             if self._stop(c):
                 stopped.append(c)
         if "containerd" in self.running():
@@ -567,6 +602,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         proxy = self.node_dir / "bin" / "kube-proxy"
         if proxy.exists():
             _run(str(proxy), "--cleanup", "--v=0", check=False)
+        nodeaddons.remove_router_rules()
         self._remove_kubelet_chains()
         remove_bridge()
         prefix = str(self.state_dir) + "/"
@@ -584,6 +620,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         if still := mounts():
             raise NodeError(f"still mounted, not removing {self.state_dir}: {still[:5]}")
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _enable_bridge_netfilter() -> None:
+    """Pod-to-pod traffic on one bridge passes iptables only with this on: without it the
+    NetworkPolicy controller's rules never see it (kind's nodes set it too)."""
+    knob = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    if knob.exists() and knob.read_text().strip() != "1":
+        knob.write_text("1\n")
 
 
 def _containerd_version() -> str:

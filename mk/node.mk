@@ -7,7 +7,7 @@
 
 NODE_PY    := python3 hack/cluster.py
 NODE_STATE ?= .local/realnode
-NODE_APT   := containerd runc buildah debootstrap iptables conntrack ipset
+NODE_APT   := containerd runc buildah debootstrap iptables conntrack ipset busybox-static
 
 .PHONY: node-deps
 node-deps: ## Debian packages the real node needs (containerd, runc, buildah, debootstrap, iptables)

@@ -42,13 +42,12 @@ def _meta(pool: SendingPool, name: str) -> dict[str, Any]:
 
 
 # The preStop hook: stop taking mail and deliver what is queued, bounded by the grace period.
-# The kubelet expands $(VAR) in command and args but not in hooks: the shell reads POD_IP.
+# The kubelet expands $(VAR) in command and args but not in hooks, so the engine reads POD_IP
+# from its environment (no shell needed in the image).
 PRESTOP_COMMAND = [
-    "sh",
-    "-c",
-    f'exec mailfleet mta drain --config {CONFIG_FILE} --listen-address "$POD_IP" '
-    f"--wait {TERMINATION_GRACE_SECONDS - 30}",
-]
+    "mailfleet", "mta", "drain", "--config", CONFIG_FILE, "--listen-address-env", "POD_IP",
+    "--wait", str(TERMINATION_GRACE_SECONDS - 30),
+]  # fmt: skip
 
 
 def _resources(spec: SendingPoolSpec) -> dict[str, dict[str, str]]:

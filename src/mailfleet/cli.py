@@ -97,8 +97,15 @@ def _drain(args: argparse.Namespace) -> int:
     from mailfleet.mta.adminclient import admin_token, admin_url, drain_until_empty
     from mailfleet.mta.config import ConfigError, load_config
 
+    listen = args.listen_address
+    if args.listen_address_env:
+        listen = os.environ.get(args.listen_address_env) or None
+        if listen is None:
+            print(f"mailfleet mta drain: --listen-address-env: ${args.listen_address_env} is "
+                  "not set", file=sys.stderr)  # fmt: skip
+            return 2
     try:
-        cfg = load_config(args.config, args.listen_address)
+        cfg = load_config(args.config, listen)
         token = admin_token(cfg)
     except (ConfigError, ValueError) as e:
         print(f"mailfleet mta drain: {e}", file=sys.stderr)
@@ -139,7 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
         "drain", help="tell a running engine to stop taking mail; wait until its queue is empty"
     )
     dr.add_argument("--config", "-c", required=True, help="the engine's config (YAML)")
-    dr.add_argument("--listen-address", default=None, help="the engine's --listen-address")
+    dr_listen = dr.add_mutually_exclusive_group()
+    dr_listen.add_argument("--listen-address", default=None, help="the engine's --listen-address")
+    dr_listen.add_argument(
+        "--listen-address-env",
+        default=None,
+        metavar="VAR",
+        help="the engine's --listen-address from this environment variable (a pod's preStop "
+        "hook gets no $(VAR) expansion: POD_IP)",
+    )
     dr.add_argument("--wait", type=float, default=60.0, help="seconds to wait for an empty queue")
     hp = mta_sub.add_parser("hash-password", help="print a users-file line for SMTP AUTH")
     hp.add_argument("user")

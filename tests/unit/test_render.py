@@ -357,10 +357,10 @@ def test_statefulset_shape() -> None:
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
-    # Hooks get no $(VAR) expansion: the shell reads POD_IP.
+    # Hooks get no $(VAR) expansion: the engine reads POD_IP itself (no shell in the hook).
     prestop = c["lifecycle"]["preStop"]["exec"]["command"]
-    assert prestop[:2] == ["sh", "-c"] and "mailfleet mta drain" in prestop[2]
-    assert '--listen-address "$POD_IP"' in prestop[2]
+    assert prestop[:3] == ["mailfleet", "mta", "drain"]
+    assert prestop[prestop.index("--listen-address-env") + 1] == "POD_IP"
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     assert mounts == {
         "/etc/mailfleet": "config",
