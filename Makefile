@@ -16,7 +16,7 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: deps
-deps: apt-deps $(STAMP) ## install everything the tests need (idempotent)
+deps: apt-deps node-deps $(STAMP) ## install everything the tests need (idempotent)
 
 .PHONY: apt-deps
 apt-deps: ## Debian packages (postfix, swaks, dnsmasq, Mail::DKIM, redis, dante, prometheus, lua)

@@ -1,7 +1,7 @@
 # Container image, Helm chart and a kind cluster, for people who have Docker and a real cluster.
 # The tests need none of this: they use the local control plane (mk/cluster.mk).
 #
-#   make image                     docker build (needs a Docker engine)
+#   make image                     hack/image.sh: buildah (or docker build), tagged by content
 #   make image deploy IMAGE_REPO=registry.example.com/mailfleet IMAGE_TAG=0.1.0
 #   make kind-up image kind-load deploy
 #   make kind-down
@@ -18,9 +18,16 @@ HELM_ARGS       ?=
 KUBECTL         ?= kubectl
 HELM             = $(shell hack/helm.sh)
 
+# hack/image.sh: buildah from a base made here by debootstrap (no registry), or `docker build`
+# where there is no buildah; tagged mailfleet:<hash of what goes in>, rebuilt only when that
+# changes. IMAGE_TAG given: also tagged $(IMAGE), for `make deploy` or a push.
 .PHONY: image
-image: ## build the operator/engine image $(IMAGE) (needs Docker)
-	docker build -t $(IMAGE) .
+image: ## build the operator/engine image (cached by content); IMAGE_REPO/IMAGE_TAG also tag it
+	@set -e; ref=$$(hack/image.sh | tail -1 | cut -d' ' -f1); echo "$$ref"; \
+	if [ "$(IMAGE_TAG)" != "dev" ]; then \
+	  if command -v buildah >/dev/null; then buildah tag "$$ref" "$(IMAGE)"; else docker tag "$$ref" "$(IMAGE)"; fi; \
+	  echo "tagged $(IMAGE)"; \
+	fi
 
 .PHONY: helm
 helm: ## build (once) the pinned helm from the Go module proxy; prints its path

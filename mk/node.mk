@@ -10,15 +10,16 @@ NODE_STATE ?= .local/realnode
 NODE_APT   := containerd runc buildah debootstrap iptables conntrack ipset busybox-static
 
 .PHONY: node-deps
-node-deps: ## Debian packages the real node needs (containerd, runc, buildah, debootstrap, iptables)
+node-deps: ## Debian packages the real node needs (containerd, runc, buildah, debootstrap, iptables, ipset, busybox)
 	@missing=$$(for p in $(NODE_APT); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install:" $$missing; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 .PHONY: node-build
-node-build: envtest ## build (once) kubelet, kube-proxy, crictl, the CNI plugins and the pause image
+node-build: envtest ## build (once) kubelet, kube-proxy, crictl, CNI plugins, pause/helper images, CoreDNS, local-path, kube-router
 	@hack/nodebuild.sh
 
 .PHONY: node-image
@@ -44,3 +45,7 @@ node-clean: ## node-down, then remove kube-proxy's iptables rules, the bridge an
 .PHONY: node-smoke
 node-smoke: node-up ## a restricted pod of the image on the real node, via its pod IP and a ClusterIP; prints figures
 	@python3 hack/node/smoke.py --state-dir $(NODE_STATE)
+
+.PHONY: test-node
+test-node: node-deps $(STAMP) ## the tests on the real node (tests/node: helm install, Services, storage, NetworkPolicy)
+	$(VENV)/bin/pytest -m realnode tests
