@@ -22,7 +22,17 @@
 set -euo pipefail
 
 SUITE=bookworm
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# The Debian mirror this machine's apt uses (DEBIAN_MIRROR overrides): debootstrap fetches the
+# same packages apt-get would.
+apt_mirror() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [[ -f "$f" ]] && awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$f"
+  done | head -1
+  [[ -f /etc/apt/sources.list ]] && awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^(https?|file):/) { print $i; exit } }' /etc/apt/sources.list
+}
+MIRROR="${DEBIAN_MIRROR:-$(apt_mirror | head -1)}"
+[[ -n "$MIRROR" ]] || { echo "image.sh: no Debian mirror in /etc/apt (set DEBIAN_MIRROR)" >&2; exit 1; }
 BASE_PACKAGES=(python3 ca-certificates)     # bookworm's python3 is 3.11, as python:3.11-slim
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
