@@ -369,6 +369,52 @@ def stop_pid(pid: int, binary: str | None = None, *, timeout: float = 15.0) -> b
     return True
 
 
+def spawn_logged(
+    argv: list[str],
+    *,
+    log: Path,
+    pid_file: Path,
+    cwd: Path,
+    env: dict[str, str] | None,
+    die_with_parent: bool,
+) -> subprocess.Popen[bytes]:
+    """Start argv in its own session (it survives the CLI and never gets the terminal's signals)
+    with stdout and stderr appended to log, and record its PID."""
+    out = log.open("ab")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,
+        )
+    finally:
+        out.close()
+    pid_file.write_text(f"{proc.pid}\n")
+    return proc
+
+
+def stop_recorded(
+    proc: subprocess.Popen[bytes] | None, pid_file: Path, binary: str, *, timeout: float
+) -> bool:
+    """Stop what spawn_logged started (this process's child, or the PID recorded by an earlier
+    one), only while that PID still runs binary; forget the PID file."""
+    pid: int | None = proc.pid if proc is not None else None
+    if pid is None:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text().strip())
+    done = pid is not None and stop_pid(pid, binary, timeout=timeout)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+    pid_file.unlink(missing_ok=True)
+    return done
+
+
 def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM when the parent dies (Linux only, best effort)."""
     try:
@@ -473,12 +519,12 @@ class ControlPlane:
             helpers = realnode.Helpers(
                 issue=_issue,
                 write_kubeconfig=write_kubeconfig,
-                stop_pid=stop_pid,
+                spawn=spawn_logged,
+                stop=stop_recorded,
                 pid_runs=_pid_runs,
                 tail=_tail,
                 free_port=free_port,
                 port_in_use=port_in_use,
-                die_with_parent=_die_with_parent,
             )
             self._real = realnode.RealNode(self, node_dir, helpers)
         return self._real
@@ -683,22 +729,14 @@ class ControlPlane:
             if not os.access(binary, os.X_OK):
                 raise ClusterError(f"{binary} is missing: run hack/envtest.sh (make envtest)")
             argv = [str(binary), *args]
-        log = self.log_file(component).open("ab")
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
-                env=env,
-                start_new_session=True,  # survives the CLI; never gets the terminal's signals
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
-            )
-        finally:
-            log.close()
-        self.procs[component] = proc
-        self.pid_file(component).write_text(f"{proc.pid}\n")
+        self.procs[component] = spawn_logged(
+            argv,
+            log=self.log_file(component),
+            pid_file=self.pid_file(component),
+            cwd=self.state_dir,
+            env=env,
+            die_with_parent=self.die_with_parent,
+        )
 
     def _check_alive(self, component: str) -> None:
         pid_text = self.pid_file(component).read_text().strip()
@@ -926,20 +964,9 @@ class ControlPlane:
         if self.node == "real" and (self.node_state_dir / "node.json").exists():
             stopped += self.real_node.down()
         for c in reversed(COMPONENTS):
-            pid: int | None = None
-            proc = self.procs.pop(c, None)
-            if proc is not None:
-                pid = proc.pid
-            else:
-                with contextlib.suppress(OSError, ValueError):
-                    pid = int(self.pid_file(c).read_text().strip())
             timeout = 30.0 if c == "nodeagent" else 15.0
-            if pid is not None and stop_pid(pid, c, timeout=timeout):
+            if stop_recorded(self.procs.pop(c, None), self.pid_file(c), c, timeout=timeout):
                 stopped.append(c)
-            if proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5)
-            self.pid_file(c).unlink(missing_ok=True)
         return stopped
 
     # kubectl ---------------------------------------------------------------

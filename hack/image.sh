@@ -29,7 +29,10 @@ apt_mirror() {
   for f in /etc/apt/sources.list.d/*.sources; do
     [[ -f "$f" ]] && awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$f"
   done | head -1
-  [[ -f /etc/apt/sources.list ]] && awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^(https?|file):/) { print $i; exit } }' /etc/apt/sources.list
+  if [[ -f /etc/apt/sources.list ]]; then
+    awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^(https?|file):/) { print $i; exit } }' /etc/apt/sources.list
+  fi
+  return 0
 }
 MIRROR="${DEBIAN_MIRROR:-$(apt_mirror | head -1)}"
 [[ -n "$MIRROR" ]] || { echo "image.sh: no Debian mirror in /etc/apt (set DEBIAN_MIRROR)" >&2; exit 1; }

@@ -151,12 +151,12 @@ class Helpers:
 
     issue: Callable[..., None]
     write_kubeconfig: Callable[..., None]
-    stop_pid: Callable[..., bool]
+    spawn: Callable[..., subprocess.Popen[bytes]]  # cluster.spawn_logged
+    stop: Callable[..., bool]  # cluster.stop_recorded
     pid_runs: Callable[[int, str], bool]
     tail: Callable[..., str]
     free_port: Callable[[], int]
     port_in_use: Callable[[int], bool]
-    die_with_parent: Callable[[], None]
 
 
 @dataclass
@@ -466,22 +466,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     # processes ---------------------------------------------------------------
     def _spawn(self, c: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        log = self.log_file(c).open("ab")
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
-                env=env,
-                start_new_session=True,
-                preexec_fn=self.h.die_with_parent if self.cp.die_with_parent else None,
-            )
-        finally:
-            log.close()
-        self.procs[c] = proc
-        self.pid_file(c).write_text(f"{proc.pid}\n")
+        self.procs[c] = self.h.spawn(
+            argv, log=self.log_file(c), pid_file=self.pid_file(c), cwd=self.state_dir, env=env,
+            die_with_parent=self.cp.die_with_parent,
+        )  # fmt: skip
 
     def _alive(self, c: str) -> None:
         proc = self.procs.get(c)
@@ -579,19 +567,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         return stopped
 
     def _stop(self, c: str) -> bool:
-        pid: int | None = None
-        proc = self.procs.pop(c, None)
-        if proc is not None:
-            pid = proc.pid
-        else:
-            with contextlib.suppress(OSError, ValueError):
-                pid = int(self.pid_file(c).read_text().strip())
-        done = pid is not None and self.h.stop_pid(pid, c, timeout=30.0)
-        if proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-        self.pid_file(c).unlink(missing_ok=True)
-        return done
+        return self.h.stop(self.procs.pop(c, None), self.pid_file(c), c, timeout=30.0)
 
     def clean(self) -> None:
         """down, then kube-proxy's and the kubelet's iptables rules, the bridge, and the node's

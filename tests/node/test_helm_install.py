@@ -14,21 +14,18 @@ mail alone, which the engines then deliver by themselves.
 from __future__ import annotations
 
 import json
-import smtplib
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from fixtures.fleet import Gate, fast_retry_policy, message_ids
+from fixtures.fleet import Gate, fast_retry_policy, message_ids, submit
 from fixtures.keys import RSA_KEY
-from fixtures.operator import free_port, wait_for
-from fixtures.peers import DANTED
-from fixtures.procs import Proc
+from fixtures.operator import wait_for
+from fixtures.peers import danted
 from fixtures.realnode import RealCluster
 from fixtures.smtppeers import RecordingMX
 
@@ -57,30 +54,9 @@ def node_proxy(real_cluster: RealCluster, tmp_path: Path) -> Iterator[str]:
     """danted on the node's address (pods reach it through their gateway), sending from
     SENDING_IP: the egress a pool in its own network namespace uses until the operator runs
     one itself."""
-    port = free_port()
-    conf = tmp_path / "danted.conf"
-    conf.write_text(
-        f"""logoutput: stderr
-internal: {real_cluster.node_ip} port = {port}
-external: {SENDING_IP}
-socksmethod: none
-clientmethod: none
-user.privileged: root
-user.unprivileged: nobody
-client pass {{ from: 10.244.0.0/16 to: 0.0.0.0/0 }}
-socks pass {{ from: 10.244.0.0/16 to: 127.0.0.0/8 command: connect }}
-"""
-    )
-    proc = Proc(
-        [DANTED, "-f", str(conf), "-p", str(tmp_path / "danted.pid"), "-N", "1"],
-        name="danted",
-        log_dir=tmp_path,
-    )
-    try:
-        proc.wait_port(real_cluster.node_ip, port, timeout=15)
-        yield f"socks5://{real_cluster.node_ip}:{port}"
-    finally:
-        proc.stop()
+    with danted(tmp_path, internal=real_cluster.node_ip, external=SENDING_IP,
+                clients="10.244.0.0/16") as url:  # fmt: skip
+        yield url
 
 
 def ready(pod: dict[str, Any]) -> bool:
@@ -119,20 +95,6 @@ def pool_manifest(ns: str, mx: RecordingMX, proxy: str, node_ip: str) -> dict[st
             "storage": {"size": "64Mi"},
         },
     }
-
-
-def submit(host: str, n: int, tag: str) -> list[str]:
-    ids = []
-    with smtplib.SMTP(host, SUBMISSION_PORT, local_hostname="app.test", timeout=30) as s:
-        for i in range(n):
-            mid = f"<{tag}.{i}.{time.time_ns()}@example.test>"
-            body = (
-                f"From: App <app@example.test>\r\nTo: <user{i}@example.org>\r\n"
-                f"Subject: {tag} {i}\r\nMessage-ID: {mid}\r\n\r\nhello from the real node\r\n"
-            )
-            s.sendmail("app@example.test", [f"user{i}@example.org"], body.encode())
-            ids.append(mid)
-    return ids
 
 
 def reachable(host: str) -> bool:
