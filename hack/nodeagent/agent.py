@@ -961,8 +961,16 @@ class PodWorker(threading.Thread):
         finally:
             conn.close()
 
-    def _exec(self, pod: Obj, c: Container, argv: list[str], timeout: float) -> tuple[int, str]:
-        """Run argv in the container's mount and UTS namespaces with its env and user."""
+    def _exec(
+        self,
+        pod: Obj,
+        c: Container,
+        argv: list[str],
+        timeout: float,
+        deadline: Callable[[], float] | None = None,
+    ) -> tuple[int, str]:
+        """Run argv in the container's mount and UTS namespaces with its env and user; killed
+        after timeout, or when deadline() (re-read while it runs) has passed."""
         if not c.pid:
             return 1, "container is not running"
         spec = self._runner_spec(pod, c, list(argv), self._env(pod, c), mounts=False)
@@ -975,19 +983,33 @@ class PodWorker(threading.Thread):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        try:
-            out, _ = proc.communicate(json.dumps(spec).encode(), timeout=max(timeout, 0.1))
-        except subprocess.TimeoutExpired:
-            _killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            return -1, f"timed out after {timeout:.0f}s"
-        return proc.returncode, out.decode(errors="replace")
+        start = time.monotonic()
 
-    def run_hook(self, pod: Obj, c: Container, hook: Obj, *, deadline: float) -> bool:
-        remaining = max(deadline - time.monotonic(), 0.1)
+        def end() -> float:
+            return deadline() if deadline is not None else start + max(timeout, 0.1)
+
+        data: bytes | None = json.dumps(spec).encode()
+        while True:
+            try:
+                left = min(max(end() - time.monotonic(), 0.05), 0.5)
+                out, _ = proc.communicate(data, timeout=left)
+                return proc.returncode, out.decode(errors="replace")
+            except subprocess.TimeoutExpired:
+                data = None  # sent with the first call
+                if time.monotonic() >= end():
+                    _killpg(proc.pid, signal.SIGKILL)
+                    proc.communicate()
+                    return -1, f"timed out after {time.monotonic() - start:.0f}s"
+
+    def run_hook(
+        self, pod: Obj, c: Container, hook: Obj, *, deadline: float | Callable[[], float]
+    ) -> bool:
+        end = deadline if callable(deadline) else (lambda: float(deadline))
+        remaining = max(end() - time.monotonic(), 0.1)
         try:
             if "exec" in hook:
-                code, out = self._exec(pod, c, hook["exec"].get("command", []), remaining)
+                argv = hook["exec"].get("command", [])
+                code, out = self._exec(pod, c, argv, remaining, deadline=end)
                 if code != 0:
                     log.info("%s: hook exited %s: %s", self.name, code, out[-300:])
                 return code == 0
@@ -1006,15 +1028,24 @@ class PodWorker(threading.Thread):
         over; then the exit is recorded as for any exit."""
         if c.proc is None:
             return
-        deadline = time.monotonic() + grace
+        start = time.monotonic()
+
+        def deadline() -> float:
+            """As the kubelet does: a later deletion with a shorter grace period (kubectl
+            delete --grace-period=N while the pod terminates) shortens this one."""
+            with self.lock:
+                later = self.pod.get("metadata", {}).get("deletionGracePeriodSeconds")
+            return start + (grace if later is None else min(grace, float(later)))
+
+        floor = 0.0
         hook = (c.spec.get("lifecycle") or {}).get("preStop")
         if hooks and hook:
             if not self.run_hook(pod, c, hook, deadline=deadline):
                 self.event("Warning", "FailedPreStopHook", "PreStopHook failed", container=c.name)
-            deadline = max(deadline, time.monotonic() + MIN_GRACE_AFTER_HOOK)
+            floor = time.monotonic() + MIN_GRACE_AFTER_HOOK
         c.kill_reason = reason
         _killpg(c.pid, signal.SIGTERM)
-        while time.monotonic() < deadline and c.proc.poll() is None:
+        while time.monotonic() < max(deadline(), floor) and c.proc.poll() is None:
             time.sleep(0.05)
         if c.proc.poll() is None:
             _killpg(c.pid, signal.SIGKILL)

@@ -544,6 +544,22 @@ def test_prestop_is_cut_short_by_the_grace_period(
     assert (tmp_path / "log").read_text().split() == ["started", "prestop", "TERM"]
 
 
+def test_a_second_delete_with_a_shorter_grace_period_cuts_the_first_short(
+    kube_cluster: KubeCluster, ns: str, tmp_path: Path
+) -> None:
+    """As the kubelet: a pod terminating with 10 minutes of grace (a StatefulSet's rolling
+    update) stops within the shorter grace of a later `kubectl delete --grace-period=2`."""
+    kube = kube_cluster
+    apply(kube, ns, _graceful_pod("long", tmp_path, hook_sleep=600, grace=600))
+    wait_for("pod long Ready", lambda: ready(kube, ns, "long"))
+    kube.kubectl("delete", "-n", ns, "pod", "long", "--wait=false")
+    wait_for("the preStop hook running", lambda: "prestop" in (tmp_path / "log").read_text())
+    # Without the shorter grace this waits out the 10 minutes (and kubectl's timeout fails it).
+    kube.kubectl("delete", "-n", ns, "pod", "long", "--grace-period=2", "--wait=true", timeout=60)
+    assert get(kube, ns, "pod", "long") is None
+    assert (tmp_path / "log").read_text().split() == ["started", "prestop", "TERM"]
+
+
 # --------------------------------------------------------------------------- StatefulSets
 
 
