@@ -81,7 +81,13 @@ def _read_only_root(volumes: set[str]) -> None:
         flags = MS_REMOUNT | MS_BIND | MS_RDONLY
         for o in options:
             flags |= _KEEP.get(o, 0)
-        _mount(None, target, flags)
+        try:
+            _mount(None, target, flags)
+        except FileNotFoundError:
+            # A mount no path reaches any more (its mount point removed or covered by a later
+            # mount, e.g. a real kubelet's volumes on the same machine): nothing in this
+            # namespace can write through it either.
+            continue
 
 
 def main() -> int:
