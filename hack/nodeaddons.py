@@ -170,8 +170,10 @@ def dns_objects(node_ip: str) -> list[dict[str, Any]]:
     ]
 
 
-def storage_objects(helper_image: str) -> list[dict[str, Any]]:
-    helper_pod = {
+def helper_pod(image: str) -> dict[str, Any]:
+    """The template of the provisioner's helper pods (--helper-pod-file; the image comes from
+    here, v0.0.30 ignores --helper-image)."""
+    return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "helper-pod"},
@@ -180,10 +182,13 @@ def storage_objects(helper_image: str) -> list[dict[str, Any]]:
             "automountServiceAccountToken": False,
             # The image's user is 10001; making and removing a volume's directory needs root.
             "securityContext": {"runAsUser": 0, "runAsGroup": 0},
-            "containers": [{"name": "helper-pod", "image": helper_image,
-                            "imagePullPolicy": "Never"}],
+            "containers": [{"name": "helper-pod", "image": image, "imagePullPolicy": "Never"}],
         },
-    }  # fmt: skip
+    }
+
+
+def storage_objects() -> list[dict[str, Any]]:
+    """The scripts helper pods mount (from the ConfigMap) and the default StorageClass."""
     return [
         {
             "apiVersion": "v1",
@@ -194,7 +199,6 @@ def storage_objects(helper_image: str) -> list[dict[str, Any]]:
                 # pod's fsGroup or runAsUser needs no chown (hostPath volumes get no fsGroup).
                 "setup": '#!/bin/sh\nset -eu\nmkdir -m 0777 -p "$VOL_DIR"\n',
                 "teardown": '#!/bin/sh\nset -eu\nrm -rf "$VOL_DIR"\n',
-                "helperPod.yaml": json.dumps(helper_pod),
             },
         },
         {
@@ -256,7 +260,7 @@ class Addons:
                 (pki / f"{cert}.key").chmod(0o600)
             self.write_kubeconfig(self.kubeconfig(comp), server=self.server, pki=pki,
                                   user=user, cert=cert)  # fmt: skip
-        objs = [*rbac_objects(), *dns_objects(self.node_ip), *storage_objects(helper_image)]
+        objs = [*rbac_objects(), *dns_objects(self.node_ip), *storage_objects()]
         doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": objs})
         self.kubectl("apply", "-f", "-", input=doc)
         (self.dir / "Corefile").write_text(self.corefile())
@@ -264,9 +268,7 @@ class Addons:
             "nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES",
                              "paths": [str(self.volumes_dir)]}],
         }, indent=2))  # fmt: skip
-        (self.dir / "helperPod.yaml").write_text(
-            storage_objects(helper_image)[0]["data"]["helperPod.yaml"]
-        )
+        (self.dir / "helperPod.yaml").write_text(json.dumps(helper_pod(helper_image)))
 
     def corefile(self) -> str:
         return f"""# Written by hack/nodeaddons.py: the real node's cluster DNS (nothing forwarded).
@@ -287,7 +289,7 @@ class Addons:
 }}
 """
 
-    def start(self, running: dict[str, int], helper_image: str) -> None:
+    def start(self, running: dict[str, int]) -> None:
         if "coredns" not in running:
             self.node._spawn("coredns", [
                 str(binary(self.addons_dir, "coredns")), "-conf", str(self.dir / "Corefile"),
@@ -300,7 +302,6 @@ class Addons:
                 f"--config={self.dir / 'local-path.json'}",
                 f"--provisioner-name={PROVISIONER}",
                 f"--namespace={LOCAL_PATH_NS}",
-                f"--helper-image={helper_image}",
                 "--service-account-name=local-path-helper",
                 "--configmap-name=local-path-config",
                 f"--helper-pod-file={self.dir / 'helperPod.yaml'}",

@@ -544,7 +544,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         _enable_bridge_netfilter()
         try:
             addons.prepare(HELPER_IMAGE)
-            addons.start(running, HELPER_IMAGE)
+            addons.start(running)
         except (nodeaddons.AddonError, subprocess.SubprocessError) as e:
             raise NodeError(f"starting the node's add-ons: {e}") from e
         self._wait("cluster DNS (CoreDNS /ready)", addons.dns_ready, 60, COMPONENTS)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fixtures.fleet import Gate, fast_retry_policy, message_ids, submit
+from fixtures.fleet import Gate, fast_retry_policy, message_ids, pool_manifest, submit
 from fixtures.keys import RSA_KEY
 from fixtures.operator import wait_for
 from fixtures.peers import danted
@@ -69,32 +69,16 @@ def live(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [p for p in pods if p["metadata"].get("deletionTimestamp") is None]
 
 
-def pool_manifest(ns: str, mx: RecordingMX, proxy: str, node_ip: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "mailfleet.io/v1alpha1",
-        "kind": "SendingPool",
-        "metadata": {"name": POOL, "namespace": ns},
-        "spec": {
-            "replicas": {"min": 1, "max": 2, "desired": 2},
-            "ips": [
-                {"address": ip, "hostname": f"mta{i}.example.test"}
-                for i, ip in enumerate(SENDING_IPS, 1)
-            ],
-            "egress": {"mode": "socks5", "proxy": proxy},
-            # The host's clients reach the pods from the node's address.
-            "submission": {"port": SUBMISSION_PORT, "trustedCIDRs": [f"{node_ip}/32"]},
-            "dkim": [
-                {
-                    "domain": "example.test",
-                    "selector": RSA_KEY.selector,
-                    "secretRef": "dkim-example-test",
-                    "secretKey": "rsa.pem",
-                }
-            ],
-            "routing": {"routes": {"*": f"{mx.host}:{mx.port}"}, "allowPrivateMX": True},
-            "storage": {"size": "64Mi"},
-        },
-    }
+def edge_pool(ns: str, mx: RecordingMX, proxy: str, node_ip: str) -> dict[str, Any]:
+    """The fleet tests' pool, sending through the node's proxy; the host's clients reach the
+    pods from the node's address."""
+    return pool_manifest(
+        ns, POOL, mx, SENDING_IPS,
+        replicas={"min": 1, "max": 2, "desired": 2},
+        egress={"mode": "socks5", "proxy": proxy},
+        submission={"port": SUBMISSION_PORT, "trustedCIDRs": [f"{node_ip}/32"]},
+        storage={"size": "64Mi"},
+    )  # fmt: skip
 
 
 def reachable(host: str) -> bool:
@@ -214,7 +198,7 @@ def test_helm_install_runs_the_image_under_the_kubelet_with_services_storage_and
         rc.kubectl("create", "secret", "generic", "dkim-example-test", "-n", ns,
                    f"--from-file=rsa.pem={RSA_KEY.key_file}")  # fmt: skip
         rc.kubectl("apply", "-f", "-", input=json.dumps(fast_retry_policy(ns)))
-        pool = pool_manifest(ns, mx, node_proxy, rc.node_ip)
+        pool = edge_pool(ns, mx, node_proxy, rc.node_ip)
         rc.kubectl("apply", "-f", "-", input=json.dumps(pool))
 
         def pool_pods() -> list[dict[str, Any]]:
@@ -228,7 +212,7 @@ def test_helm_install_runs_the_image_under_the_kubelet_with_services_storage_and
         assert all(ip.startswith("10.244.") for ip in pod_ips), pod_ips
 
         # The admission webhook answers through its Service: an address another pool holds.
-        twin = pool_manifest(ns, mx, node_proxy, rc.node_ip)
+        twin = edge_pool(ns, mx, node_proxy, rc.node_ip)
         twin["metadata"]["name"] = "twin"
         denied = rc.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(twin),
                             check=False)  # fmt: skip
