@@ -11,6 +11,7 @@ import os
 
 from bench import backlog as backlog_bench
 from bench import dkim as dkim_bench
+from bench import egress as egress_bench
 from bench import headers as headers_bench
 from bench import health as health_bench
 from bench import operator as operator_bench
@@ -27,6 +28,9 @@ def main() -> None:
     ap.add_argument("--pools", type=int, default=1000, help="SendingPools for the operator run")
     ap.add_argument("--steady", type=float, default=300.0, help="steady-state window, seconds")
     ap.add_argument("--skip-operator", action="store_true", help="engine benchmarks only")
+    ap.add_argument(
+        "--skip-egress", action="store_true", help="not the egress run (bind, proxy, Dante)"
+    )
     ap.add_argument(
         "--backlog",
         type=int,
@@ -60,6 +64,11 @@ def main() -> None:
             ours, pf = relay_bench.compare(messages // 2, relay_size, sessions, 1, pin_cpu=True)
             for line in relay_bench.lines(ours, pf, messages // 2, relay_size, sessions, 1, True):
                 print(line, flush=True)
+    # Egress from one source address: bound, through our egress proxy, through Dante.
+    if not a.skip_egress:
+        egress = egress_bench.compare(messages, size, sessions)
+        for line in egress_bench.lines(egress, messages, size, sessions):
+            print(line, flush=True)
     shaped = shaped_bench.measure(messages, size, sessions, a.workers)
     print(shaped_bench.report(shaped, a.workers), flush=True)
     print(

@@ -334,6 +334,10 @@ class EgressConfig(Model):
 
     mode: Literal["bind", "socks5"] = "bind"
     proxy: str | None = None  # socks5://host:port, for every source IP without its own
+    # One line "username:password": the RFC 1929 credentials presented to every SOCKS5 proxy
+    # used (sourceIPs[].proxy's too); the operator mounts it from a Secret it generates. None:
+    # no authentication offered.
+    auth_file: Path | None = None
 
     @model_validator(mode="after")
     def _proxy(self) -> EgressConfig:
@@ -764,14 +768,111 @@ class _NoAliasDumper(yaml.SafeDumper):
         return True
 
 
+# -- the egress proxy (`mailfleet egress-proxy`): one per node, rendered by the operator -------
+
+_TOKEN_SHA256 = re.compile(r"[0-9a-f]{64}")
+EGRESS_DEFAULT_PORTS = [25, 465, 587]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class EgressClient(Model):
+    """One pool the proxy sends for: it authenticates as `name` (RFC 1929) and may send from
+    `addresses` (the node's addresses it owns) to the destination `ports`."""
+
+    # The SOCKS5 user name, "namespace/pool": printable ASCII without ':' (the engine's
+    # delivery.egress.authFile is "name:password"), 1 to 255 bytes as RFC 1929 allows.
+    name: str
+    # The hex SHA-256 of the password: the proxy never holds the password itself.
+    token_sha256: str = Field(alias="tokenSHA256")
+    addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(min_length=1)
+    ports: list[Port] = Field(default_factory=lambda: list(EGRESS_DEFAULT_PORTS), min_length=1)
+    # Relays (and connects under way) at once for this client.
+    max_connections: int = Field(default=1000, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not 1 <= len(v) <= 255 or not all(0x21 <= ord(c) <= 0x7E and c != ":" for c in v):
+            raise ValueError(
+                f"{v[:80]!r}: a client name is 1 to 255 characters of printable ASCII without"
+                " ':' or spaces (the SOCKS5 user name, namespace/pool)"
+            )
+        return v
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _token(cls, v: str) -> str:
+        if not _TOKEN_SHA256.fullmatch(v):
+            raise ValueError(
+                "expected the SHA-256 of the client's password as 64 lowercase hex digits"
+            )
+        return v
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(
+        cls, v: list[ipaddress.IPv4Address | ipaddress.IPv6Address]
+    ) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        seen = set()
+        for ip in v:
+            if ip in seen:
+                raise ValueError(f"{ip} is listed twice")
+            seen.add(ip)
+        return v
+
+
+class EgressProxyConfig(Model):
+    """The egress proxy's config file: it listens on `port` at every address of every client,
+    and a connection reached on address X leaves from X."""
+
+    port: Port = 1080
+    # HTTP: /metrics, /livez, /readyz (host:port; --listen-address replaces the host).
+    listen_admin: str = Field(default="0.0.0.0:9481", alias="adminListen")
+    clients: list[EgressClient]
+    # Connections at once over the whole proxy (relays and handshakes).
+    max_connections: int = Field(default=4096, ge=1)
+    # The longest the connection to a destination may take to open.
+    connect_timeout: Duration = Field(default=30.0, gt=0)
+    # A relayed connection silent both ways this long is closed.
+    idle_timeout: Duration = Field(default=300.0, gt=0)
+    # On SIGTERM: stop accepting, wait this long for relays to end, then close them.
+    drain_timeout: Duration = Field(default=25.0, ge=0)
+
+    @field_validator("listen_admin")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_hostport(v)
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> EgressProxyConfig:
+        names: dict[str, int] = {}
+        owner: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, int] = {}
+        for i, client in enumerate(self.clients):
+            if client.name in names:
+                raise ValueError(
+                    f"clients[{i}].name: {client.name!r} is also clients[{names[client.name]}]'s"
+                )
+            names[client.name] = i
+            for ip in client.addresses:
+                if ip in owner:
+                    raise ValueError(f"clients[{i}].addresses: {ip} is also clients[{owner[ip]}]'s")
+                owner[ip] = i
+        return self
+
+
 class ConfigError(Exception):
     """A config file that cannot be used; the message names the field and the problem."""
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid engine config ({err.error_count()} problem(s)):"]
+def format_validation_error(err: ValidationError, source: str, kind: str = "engine config") -> str:
+    lines = [f"{source}: invalid {kind} ({err.error_count()} problem(s)):"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if not e["loc"] and kind != "engine config":
+            # A check across fields names where itself (clients[1].addresses: ...).
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+            continue
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
@@ -849,3 +950,42 @@ def parse_config_text(text: str, source: str, listen_host: str | None = None) ->
 def load_config(path: str | Path, listen_host: str | None = None) -> EngineConfig:
     """Read and validate a YAML config file; ConfigError names what is wrong."""
     return parse_config_text(read_config_text(path), str(path), listen_host)
+
+
+def with_admin_host(data: Any, host: str) -> Any:
+    """The raw egress proxy config with the host part of adminListen replaced (the proxy's pod
+    passes its POD_IP, as an engine's does)."""
+    if not isinstance(data, dict):
+        return data
+    listen = data.get("adminListen", "0.0.0.0:9481")
+    try:
+        _, port = parse_hostport(listen) if isinstance(listen, str) else ("", 0)
+    except ValueError:
+        return data  # validation names it
+    if not port:
+        return data
+    literal = f"[{host}]" if ":" in host else host
+    return {**data, "adminListen": f"{literal}:{port}"}
+
+
+def parse_egress_proxy_config(
+    text: str, source: str, listen_host: str | None = None
+) -> EgressProxyConfig:
+    """The egress proxy's YAML config, validated; ConfigError names what is wrong."""
+    try:
+        data = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no Python objects
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ConfigError(f"{source}: the egress proxy config must be a mapping, got {kind}")
+    if listen_host:
+        data = with_admin_host(data, listen_host)
+    try:
+        return EgressProxyConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source, "egress proxy config")) from None
+
+
+def load_egress_proxy_config(path: str | Path, listen_host: str | None = None) -> EgressProxyConfig:
+    return parse_egress_proxy_config(read_config_text(path), str(path), listen_host)

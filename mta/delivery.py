@@ -32,16 +32,18 @@ import ssl
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, cast
 
 import aiosmtplib
-from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
+from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
 from python_socks.async_.asyncio import Proxy
 
 from mailfleet.mta.classify import QMAIL_ENHANCED
-from mailfleet.mta.config import DeliveryConfig
+from mailfleet.mta.config import DeliveryConfig, parse_hostport
 from mailfleet.mta.metrics import OUTBOUND_CONNECTIONS
 from mailfleet.mta.routing import Destination
+from mailfleet.mta.safefiles import TOKEN_MAX, read_file
 from mailfleet.mta.smtpwire import Wire, WireLost, command, frame_body
 
 TLSPolicy = Literal["none", "opportunistic", "required"]
@@ -147,12 +149,66 @@ def proxy_for(cfg: DeliveryConfig, source_ip: str | None) -> str | None:
     return cfg.egress.proxy if cfg.egress.mode == "socks5" else None
 
 
-async def _socks5_connect(proxy: str, dest: Destination, connect_timeout: float) -> socket.socket:
+@dataclass(frozen=True)
+class ProxyAuth:
+    """The RFC 1929 credentials presented to every SOCKS5 proxy (delivery.egress.authFile)."""
+
+    username: str
+    password: str = field(repr=False)  # never in a log or a traceback
+
+
+AUTH_FILE_FIELD = "delivery.egress.authFile"
+
+
+def parse_proxy_auth(text: bytes, source: str = AUTH_FILE_FIELD) -> ProxyAuth:
+    """ProxyAuth from one line "username:password" (the password may hold ':'; surrounding
+    whitespace and the final newline are ignored). ValueError names `source`, never the
+    password."""
     try:
-        sock: socket.socket = await Proxy.from_url(proxy).connect(
-            dest.address, dest.port, timeout=connect_timeout
-        )
-    except (ProxyError, ProxyConnectionError, ProxyTimeoutError, OSError) as e:
+        line = text.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{source}: not ASCII text") from None
+    username, colon, password = line.partition(":")
+    if not colon or not username or not password:
+        raise ValueError(f"{source}: expected one line username:password")
+    if not all(0x21 <= ord(c) <= 0x7E for c in line):
+        raise ValueError(f"{source}: expected one line username:password of printable ASCII")
+    if len(username) > 255 or len(password) > 255:
+        raise ValueError(f"{source}: user name and password are at most 255 bytes each")
+    return ProxyAuth(username, password)
+
+
+def read_proxy_auth(path: Path) -> ProxyAuth:
+    """delivery.egress.authFile's credentials; ValueError (or safefiles.UnsafeFile) names the
+    field."""
+    try:
+        raw = read_file(path, AUTH_FILE_FIELD, TOKEN_MAX)
+    except OSError as e:
+        raise ValueError(f"{AUTH_FILE_FIELD} {path}: cannot read it: {e.strerror}") from None
+    return parse_proxy_auth(raw, f"{AUTH_FILE_FIELD} {path}")
+
+
+async def _socks5_connect(
+    proxy: str, dest: Destination, connect_timeout: float, auth: ProxyAuth | None = None
+) -> socket.socket:
+    host, port = parse_hostport(proxy.removeprefix("socks5://"))
+    # The constructor, not from_url: a user name "namespace/pool" holds a '/'.
+    client = Proxy(
+        ProxyType.SOCKS5,
+        host,
+        port,
+        username=auth.username if auth else None,
+        password=auth.password if auth else None,
+    )
+    try:
+        sock: socket.socket = await client.connect(dest.address, dest.port, timeout=connect_timeout)
+    except ProxyError as e:
+        # The proxy answered and said no: bad credentials, an address or port not this pool's.
+        code = f" (reply {e.error_code:#04x})" if e.error_code is not None else ""
+        raise OSError(
+            f"through the SOCKS5 proxy {proxy}: refused by the proxy: {e}{code}"
+        ) from None
+    except (ProxyConnectionError, ProxyTimeoutError, OSError) as e:
         raise OSError(f"through the SOCKS5 proxy {proxy}: {e}") from None
     return sock
 
@@ -253,8 +309,14 @@ class _Stale(Exception):
 class DeliveryClient:
     """Delivers messages over pooled SMTP connections; one per engine."""
 
-    def __init__(self, cfg: DeliveryConfig, hostname: str) -> None:
+    def __init__(
+        self, cfg: DeliveryConfig, hostname: str, proxy_auth: ProxyAuth | None = None
+    ) -> None:
         self._cfg = cfg
+        # The engine passes what it read with the config; read here for anyone else.
+        if proxy_auth is None and cfg.egress.auth_file is not None:
+            proxy_auth = read_proxy_auth(cfg.egress.auth_file)
+        self.proxy_auth = proxy_auth
         self._hostname = hostname
         self._idle: dict[PoolKey, list[_Conn]] = {}
         self._hosts: dict[HostKey, _Host] = {}
@@ -658,7 +720,9 @@ class DeliveryClient:
         )
         try:
             if proxy is not None:
-                sock = await _socks5_connect(proxy, dest, float(self._cfg.connect_timeout))
+                sock = await _socks5_connect(
+                    proxy, dest, float(self._cfg.connect_timeout), self.proxy_auth
+                )
                 await smtp.connect(sock=sock, timeout=float(self._cfg.connect_timeout))
             else:
                 await smtp.connect(timeout=float(self._cfg.connect_timeout))
@@ -787,6 +851,7 @@ def _connect_error_text(e: BaseException, source_ip: str | None) -> str:
 __all__ = [
     "AttemptResult",
     "DeliveryClient",
+    "ProxyAuth",
     "RecipientReply",
     "connection_uses",
     "make_reply",

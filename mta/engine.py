@@ -49,7 +49,7 @@ from mailfleet.mta.config import (
     parse_config_text,
     read_config_text,
 )
-from mailfleet.mta.delivery import DeliveryClient
+from mailfleet.mta.delivery import DeliveryClient, ProxyAuth, read_proxy_auth
 from mailfleet.mta.dkim import DKIMSigner
 from mailfleet.mta.dmarcforward import Forwarder
 from mailfleet.mta.dmarcmail import NotAReport, report_attachments
@@ -106,6 +106,8 @@ def named_files(cfg: EngineConfig) -> list[tuple[str, Path, int]]:
         out.append(("admin.tokenFile", cfg.admin.token_file, TOKEN_MAX))
     if cfg.dmarc_reports.token_file is not None:
         out.append(("dmarcReports.tokenFile", cfg.dmarc_reports.token_file, TOKEN_MAX))
+    if cfg.delivery.egress.auth_file is not None:
+        out.append(("delivery.egress.authFile", cfg.delivery.egress.auth_file, TOKEN_MAX))
     return out
 
 
@@ -148,6 +150,7 @@ class Prepared:
     signer: DKIMSigner
     token_key: bytes | None
     tls: ssl.SSLContext | None
+    proxy_auth: ProxyAuth | None = None  # delivery.egress.authFile's credentials
 
 
 def prepare(cfg: EngineConfig) -> Prepared:
@@ -180,7 +183,13 @@ def prepare(cfg: EngineConfig) -> Prepared:
             raise ConfigError(
                 f"submission.tls: cannot use certFile {t.cert_file} with keyFile {t.key_file}: {e}"
             ) from None
-    return Prepared(cfg, policy, signer, key, tls)
+    proxy_auth = None
+    if cfg.delivery.egress.auth_file is not None:
+        try:
+            proxy_auth = read_proxy_auth(cfg.delivery.egress.auth_file)
+        except ValueError as e:  # names delivery.egress.authFile, never the password
+            raise ConfigError(str(e)) from None
+    return Prepared(cfg, policy, signer, key, tls, proxy_auth)
 
 
 def check_config(path: Path, listen_host: str | None = None) -> EngineConfig:
@@ -638,8 +647,15 @@ class Engine:
             self.admin_token = admin_token
             self.config_hash = digest
             self.router.update_config(cfg.routing)
-            if cfg.delivery != old.delivery or cfg.hostname != old.hostname:
-                old_client, self.client = self.client, DeliveryClient(cfg.delivery, cfg.hostname)
+            if (
+                cfg.delivery != old.delivery
+                or cfg.hostname != old.hostname
+                or ready.proxy_auth != self.client.proxy_auth
+            ):
+                old_client, self.client = (
+                    self.client,
+                    DeliveryClient(cfg.delivery, cfg.hostname, ready.proxy_auth),
+                )
                 self.queue.client = self.client
                 self._background.add(
                     asyncio.create_task(_close_later(old_client, cfg.delivery.command_timeout))
@@ -675,10 +691,19 @@ class Engine:
         push sets, so a new path would send any file of the host anywhere. The config file
         (written by whoever runs the engine) may name others."""
         old = self.cfg
-        known = {p for p in (old.admin.token_file, old.dmarc_reports.token_file) if p is not None}
+        known = {
+            p
+            for p in (
+                old.admin.token_file,
+                old.dmarc_reports.token_file,
+                old.delivery.egress.auth_file,  # sent to whichever proxy the config names
+            )
+            if p is not None
+        }
         for field, path in (
             ("admin.tokenFile", cfg.admin.token_file),
             ("dmarcReports.tokenFile", cfg.dmarc_reports.token_file),
+            ("delivery.egress.authFile", cfg.delivery.egress.auth_file),
         ):
             if path is not None and path not in known:
                 raise ConfigError(

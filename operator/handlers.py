@@ -24,13 +24,10 @@ from mailfleet.operator.clients.engine_admin import EngineAdmin
 from mailfleet.operator.decide import pods
 from mailfleet.operator.domainmetrics import DomainMetrics
 from mailfleet.operator.loops.domains import DomainController
+from mailfleet.operator.loops.egress import EgressSettings
 from mailfleet.operator.loops.reconciler import (
     Indexes,
-    LiveStatefulSet,
     Operator,
-    PoolKey,
-    live_statefulset,
-    slim,
 )
 from mailfleet.operator.settings import Memo
 
@@ -91,12 +88,19 @@ async def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> No
         engines=EngineAdmin(),
         metrics=conf.metrics,
         image=conf.image,
+        egress=EgressSettings(
+            conf.egress_namespace, conf.image, conf.egress_port, conf.egress_admin_port
+        ),
     )
     conf.operator = op
     op.dmarc_url = conf.dmarc_url if conf.dmarc is not None else None
     conf.domains = DomainController(
         op.api, conf.post_event, DomainMetrics(conf.metrics.registry), default_dns=conf.dns
     )
+    # Every kind listed before the watches start (Kopf runs them once startup is done): no
+    # pool is reconciled against a half-listed world.
+    if isinstance(op.api, kube.KubeClient):
+        await conf.the_cache().prime(op.api, conf.namespaces)
     op.start()
     if conf.dmarc is not None:
         host, port, token = conf.dmarc
@@ -125,89 +129,21 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | No
     return login_fn(settings)
 
 
-# --- indexes -----------------------------------------------------------------------------------
+# --- the caches ---------------------------------------------------------------------------------
+# Filled by a LIST per kind in configure(), kept current by the watch handlers below, each of which
+# feeds its event to the cache before it acts (loops/watchcache.py says why not Kopf indexes).
 
 
-@kopf.index(GROUP, VERSION, "sendingpools")
-def pool_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[PoolKey, Any]:
-    return {(namespace or "", name): slim(body)}
-
-
-@kopf.index(GROUP, VERSION, "deliverypolicies")
-def policy_index(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return {namespace or "": slim(body)}
-
-
-@kopf.index(GROUP, VERSION, "ipwarmups")
-def warmup_index(
-    namespace: str | None, spec: kopf.Spec, body: kopf.Body, **_: Any
-) -> dict[PoolKey, Any]:
-    return {(namespace or "", str(spec.get("poolRef", ""))): slim(body)}
-
-
-@kopf.index("v1", "secrets")
-def secret_index(namespace: str | None, name: str, **_: Any) -> dict[str, str]:
-    # Names only: Secret contents never enter the operator's memory beyond the watch itself,
-    # but for the pools' admin tokens (admin_token_index).
-    return {namespace or "": name}
-
-
-@kopf.index("v1", "secrets", labels={naming.ADMIN_TOKEN_LABEL: kopf.PRESENT})
-def admin_token_index(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[PoolKey, str]:
-    import base64
-
-    raw = (body.get("data") or {}).get(naming.ADMIN_TOKEN_KEY)
-    if not raw:
-        return {}
-    token = base64.b64decode(raw).decode(errors="replace").strip()
-    return {(namespace or "", str(labels[naming.ADMIN_TOKEN_LABEL])): token}
-
-
-@kopf.index("apps", "v1", "statefulsets", labels=MANAGED)
-def statefulset_index(
-    namespace: str | None,
-    name: str,
-    meta: kopf.Meta,
-    spec: kopf.Spec,
-    status: kopf.Status,
-    **_: Any,
-) -> dict[PoolKey, LiveStatefulSet]:
-    # What the pool's status and the apply decision need, not the object.
-    return {(namespace or "", name): live_statefulset(meta, status, spec)}
-
-
-@kopf.index("v1", "pods", labels=MANAGED)
-def pod_index(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[PoolKey, pods.PodRef]:
-    pool = labels.get("app.kubernetes.io/instance")
-    return {(namespace or "", str(pool)): pods.pod_ref(body)} if pool else {}
-
-
-@kopf.index(GROUP, VERSION, "sendingdomains")
-def domain_index(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return {namespace or "": slim(body)}
+def _cache(memo: Memo, kind: str, event: kopf.RawEvent | None, body: kopf.Body) -> None:
+    memo.settings.the_cache().update(kind, event["type"] if event else None, body)
 
 
 def _operator(memo: Memo) -> Operator:
     return memo.settings.the_operator()
 
 
-def _indexes(memo: Memo, kwargs: Mapping[str, Any]) -> Indexes:
-    return _operator(memo).use(
-        Indexes(
-            pools=kwargs["pool_index"],
-            policies=kwargs["policy_index"],
-            warmups=kwargs["warmup_index"],
-            secrets=kwargs["secret_index"],
-            statefulsets=kwargs["statefulset_index"],
-            admin_tokens=kwargs["admin_token_index"],
-            pods=kwargs["pod_index"],
-            domains=kwargs["domain_index"],
-        )
-    )
+def _indexes(memo: Memo) -> Indexes:
+    return _operator(memo).use(memo.settings.the_cache().indexes)
 
 
 # --- watch handlers ----------------------------------------------------------------------------
@@ -215,10 +151,10 @@ def _indexes(memo: Memo, kwargs: Mapping[str, Any]) -> Indexes:
 
 @kopf.on.event(GROUP, VERSION, "sendingpools")
 async def pool_event(
-    event: kopf.RawEvent, namespace: str | None, name: str, memo: Memo, **kwargs: Any
+    event: kopf.RawEvent, namespace: str | None, name: str, body: kopf.Body, memo: Memo, **kw: Any
 ) -> None:
-    idx = _indexes(memo, kwargs)
-    await _operator(memo).on_pool(idx, event["type"], namespace or "", name, kwargs["meta"])
+    _cache(memo, "SendingPool", event, body)
+    await _operator(memo).on_pool(_indexes(memo), event["type"], namespace or "", name, kw["meta"])
 
 
 @kopf.on.event(GROUP, VERSION, "deliverypolicies")
@@ -228,10 +164,10 @@ async def policy_event(
     name: str,
     body: kopf.Body,
     memo: Memo,
-    **kwargs: Any,
+    **_: Any,
 ) -> None:
-    idx = _indexes(memo, kwargs)
-    await _operator(memo).on_policy(idx, event["type"], namespace or "", name, body)
+    _cache(memo, "DeliveryPolicy", event, body)
+    await _operator(memo).on_policy(_indexes(memo), event["type"], namespace or "", name, body)
 
 
 @kopf.on.event(GROUP, VERSION, "ipwarmups")
@@ -240,18 +176,31 @@ async def warmup_event(
     namespace: str | None,
     name: str,
     spec: kopf.Spec,
+    body: kopf.Body,
     memo: Memo,
-    **kwargs: Any,
+    **kw: Any,
 ) -> None:
-    idx = _indexes(memo, kwargs)
+    _cache(memo, "IPWarmup", event, body)
     pool = str(spec.get("poolRef", ""))
-    await _operator(memo).on_warmup(idx, event["type"], namespace or "", name, pool, kwargs["meta"])
+    await _operator(memo).on_warmup(
+        _indexes(memo), event["type"], namespace or "", name, pool, kw["meta"]
+    )
 
 
 @kopf.on.event("v1", "secrets")
-async def secret_event(namespace: str | None, name: str, memo: Memo, **kwargs: Any) -> None:
-    idx = _indexes(memo, kwargs)
-    await _operator(memo).on_secret(idx, namespace or "", name)
+async def secret_event(
+    event: kopf.RawEvent, namespace: str | None, name: str, body: kopf.Body, memo: Memo, **_: Any
+) -> None:
+    _cache(memo, "Secret", event, body)
+    await _operator(memo).on_secret(_indexes(memo), namespace or "", name)
+
+
+@kopf.on.event("v1", "nodes")
+async def node_event(event: kopf.RawEvent, body: kopf.Body, memo: Memo, **_: Any) -> None:
+    # Every node change comes (heartbeats too): on_node acts only when addresses changed,
+    # which also catches an annotation removed.
+    _cache(memo, "Node", event, body)
+    await _operator(memo).on_node(_indexes(memo))
 
 
 @kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
@@ -261,11 +210,14 @@ async def statefulset_event(
     name: str,
     meta: kopf.Meta,
     status: kopf.Status,
+    body: kopf.Body,
     memo: Memo,
-    **kwargs: Any,
+    **_: Any,
 ) -> None:
-    idx = _indexes(memo, kwargs)
-    await _operator(memo).on_statefulset(idx, event["type"], namespace or "", name, meta, status)
+    _cache(memo, "StatefulSet", event, body)
+    await _operator(memo).on_statefulset(
+        _indexes(memo), event["type"], namespace or "", name, meta, status
+    )
 
 
 @kopf.on.event("v1", "pods", labels=MANAGED)
@@ -275,8 +227,9 @@ async def pod_event(
     labels: kopf.Labels,
     body: kopf.Body,
     memo: Memo,
-    **kwargs: Any,
+    **_: Any,
 ) -> None:
+    _cache(memo, "Pod", event, body)
     if event["type"] is None:
         return
     pool = labels.get("app.kubernetes.io/instance")
@@ -284,8 +237,7 @@ async def pod_event(
         return
     ref = pods.pod_ref(body)
     if event["type"] == "DELETED" or ref.ready or ref.deleting:
-        idx = _indexes(memo, kwargs)
-        await _operator(memo).on_pod(idx, namespace or "", str(pool))
+        await _operator(memo).on_pod(_indexes(memo), namespace or "", str(pool))
 
 
 @kopf.on.event(GROUP, VERSION, "sendingdomains")
@@ -294,15 +246,17 @@ async def domain_event(
     namespace: str | None,
     name: str,
     meta: kopf.Meta,
+    body: kopf.Body,
     memo: Memo,
-    **kwargs: Any,
+    **_: Any,
 ) -> None:
+    _cache(memo, "SendingDomain", event, body)
     domains = memo.settings.domains
     assert domains is not None, "the domain controller starts in configure()"
     domains.on_event(event["type"], namespace or "", name, meta)
     # The pools sign with the domain's active keys: re-render those of the namespace (a
     # reconcile with nothing new writes nothing).
-    idx = _indexes(memo, kwargs)
+    idx = _indexes(memo)
     op = _operator(memo)
     if event["type"] == "DELETED":
         op.on_domain_deleted(namespace or "", name)

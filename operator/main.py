@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import re
 import secrets
 import sys
@@ -85,6 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the operator's /etc/resolv.conf)",
     )
     p.add_argument("--dns-port", type=int, default=53, metavar="N", help="their port (default 53)")
+    e = p.add_argument_group("managed egress (SendingPools with egress.mode: managed)")
+    e.add_argument(
+        "--egress-namespace",
+        metavar="NS",
+        help="where the per-node egress proxies run (default: $POD_NAMESPACE, the operator's "
+        "own namespace in a pod; else default)",
+    )
+    e.add_argument(
+        "--egress-port",
+        type=int,
+        default=1080,
+        metavar="N",
+        help="the proxies' SOCKS5 port on each sending address (default 1080)",
+    )
+    e.add_argument(
+        "--egress-admin-port",
+        type=int,
+        default=9481,
+        metavar="N",
+        help="the proxies' /metrics and /readyz port on their node's address (default 9481)",
+    )
     add_webhook_arguments(p)
     p.add_argument("--verbose", "-v", action="store_true", help="log more (never Secret data)")
     return p
@@ -195,6 +217,19 @@ def main(argv: list[str]) -> int:
     settings = Settings()
     if args.engine_image:
         settings.image = args.engine_image
+    settings.egress_namespace = (
+        args.egress_namespace or os.environ.get("POD_NAMESPACE") or "default"
+    )
+    for flag, port in (
+        ("--egress-port", args.egress_port),
+        ("--egress-admin-port", args.egress_admin_port),
+    ):
+        if not 1 <= port <= 65535:
+            print(
+                f"mailfleet operator: {flag}: expected a port 1-65535, got {port}", file=sys.stderr
+            )
+            return 2
+    settings.egress_port, settings.egress_admin_port = args.egress_port, args.egress_admin_port
     if (args.dmarc_listen is None) != (args.dmarc_token_file is None):
         print(
             "mailfleet operator: --dmarc-listen and --dmarc-token-file go together", file=sys.stderr
@@ -246,6 +281,7 @@ def main(argv: list[str]) -> int:
     if args.metrics_port is not None:
         settings.metrics.serve(args.metrics_port, args.metrics_addr)
     namespaces: list[str] = args.namespace
+    settings.namespaces = list(namespaces)
     peering_name = args.peering or DEFAULT_PEERING
     # An explicitly named peering must exist; the default one is used only if it does.
     settings.peering_mandatory = args.peering is not None

@@ -20,6 +20,7 @@ from mailfleet.operator.clients import kube
 from mailfleet.operator.decide.events import event_object
 from mailfleet.operator.loops.domains import DomainController
 from mailfleet.operator.loops.reconciler import Operator
+from mailfleet.operator.loops.watchcache import WatchCache
 from mailfleet.operator.metrics import OperatorMetrics
 
 log = logging.getLogger("mailfleet.operator")
@@ -56,6 +57,10 @@ class Settings:
     """What the command line sets before Kopf starts, and what the startup handler builds."""
 
     image: str = DEFAULT_IMAGE
+    # Managed egress: where the per-node proxies run and their ports.
+    egress_namespace: str = "default"
+    egress_port: int = 1080
+    egress_admin_port: int = 9481
     peering_mandatory: bool = False
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     operator: Operator | None = None
@@ -72,6 +77,13 @@ class Settings:
     # --webhook-listen and friends; None: no admission webhook is served.
     webhook: WebhookOptions | None = None
     webhook_runtime: WebhookRuntime | None = None
+
+    # What the watches hold (loops/watchcache.py), and the namespaces served (--namespace).
+    cache: WatchCache = field(default_factory=WatchCache)
+    namespaces: list[str] = field(default_factory=list)
+
+    def the_cache(self) -> WatchCache:
+        return self.cache
 
     def the_operator(self) -> Operator:
         assert self.operator is not None, "the operator starts in handlers.configure()"

@@ -312,8 +312,11 @@ class PoolIP(CRDModel):
 class Egress(CRDModel):
     """How pods send from the pool's addresses."""
 
-    mode: Literal["bind", "socks5"] = "bind"
-    """bind: the pod binds the address itself; socks5: through a SOCKS5 egress proxy."""
+    mode: Literal["bind", "socks5", "managed"] = "bind"
+    """bind: the pod binds the address itself (the pod's network holds it: the local node, or
+    hostNetwork); socks5: through a SOCKS5 proxy you run (`proxy`); managed: through the egress
+    proxy the operator runs on the node that holds each address (the node's
+    `mailfleet.io/sending-addresses` annotation lists them)."""
     proxy: str | None = Field(default=None, max_length=253, pattern=SOCKS5_PATTERN)
     """socks5://host:port, required with mode socks5. Not socks5h://: the engine resolves MX
     hosts itself and asks the proxy for their addresses."""
@@ -609,6 +612,8 @@ class IPStatus(CRDModel):
     """When the IP entered this state."""
     pod: str | None = Field(default=None, max_length=253)
     """The pod that sends from this address."""
+    node: str | None = Field(default=None, max_length=253)
+    """egress: managed: the node that holds the address (its egress proxy sends from it)."""
 
 
 class EngineQuarantine(CRDModel):

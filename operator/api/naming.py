@@ -101,6 +101,21 @@ def dkim_secrets(spec: SendingPoolSpec) -> list[str]:
     return list(dict.fromkeys(k.secret_ref for k in spec.dkim))
 
 
+# Managed egress (issue 22): the node annotation that lists the sending addresses a node holds
+# (comma- or space-separated IPv4/IPv6), and the Secret with a pool's proxy credentials.
+SENDING_ADDRESSES_ANNOTATION = "mailfleet.io/sending-addresses"
+EGRESS_TOKEN_LABEL = "mailfleet.io/egress-credentials-for"
+EGRESS_TOKEN_KEY = "credentials"
+EGRESS_AUTH_DIR = f"{SECRETS_DIR}/egress"
+# The egress proxy's config in its pod, and the label its children carry.
+EGRESS_CONFIG_DIR = "/etc/mailfleet-egress"
+EGRESS_COMPONENT = "egress-proxy"
+
+
+def egress_secret_name(pool: str) -> str:
+    return f"{pool}-egress"
+
+
 def admin_secret_name(pool: str) -> str:
     return f"{pool}-admin"
 

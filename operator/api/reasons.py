@@ -17,6 +17,7 @@ class ConditionType(StrEnum):
     SecretsFound = "SecretsFound"
     IPsHealthy = "IPsHealthy"
     FleetLimits = "FleetLimits"
+    EgressPlaced = "EgressPlaced"
     DKIMPublished = "DKIMPublished"
     SPFValid = "SPFValid"
     DMARCAligned = "DMARCAligned"
@@ -44,6 +45,10 @@ class ConditionReason(StrEnum):
     Shared = "Shared"
     NoReport = "NoReport"
     RedisUnreachable = "RedisUnreachable"
+    Placed = "Placed"
+    AddressNotOnNode = "AddressNotOnNode"
+    AddressOnTwoNodes = "AddressOnTwoNodes"
+    NodeNotReady = "NodeNotReady"
     # DeliveryPolicy
     InUse = "InUse"
     Unused = "Unused"
@@ -116,6 +121,10 @@ class EventReason(StrEnum):
     SendingStopped = "SendingStopped"
     SendingResumed = "SendingResumed"
     NoSendingIP = "NoSendingIP"
+    AddressNotOnNode = "AddressNotOnNode"
+    AddressOnTwoNodes = "AddressOnTwoNodes"
+    NodeNotReady = "NodeNotReady"
+    AddressesPlaced = "AddressesPlaced"
     DMARCReport = "DMARCReport"
     DMARCForeignSources = "DMARCForeignSources"
 
@@ -256,6 +265,37 @@ CONDITIONS: tuple[ConditionDoc, ...] = (
         R.RedisUnreachable,
         "some pods cannot reach Redis and fall back to their split share",
         "check `spec.fleet.redis` and the Redis service",
+    ),
+    ConditionDoc(
+        _POOL,
+        C.EgressPlaced,
+        "True",
+        R.Placed,
+        "`egress: managed`: every address is on one node, sent through its egress proxy",
+    ),
+    ConditionDoc(
+        _POOL,
+        C.EgressPlaced,
+        "False",
+        R.AddressNotOnNode,
+        "an address is on no node: nothing sends from it, the others send",
+        "list it in its node's `mailfleet.io/sending-addresses` annotation",
+    ),
+    ConditionDoc(
+        _POOL,
+        C.EgressPlaced,
+        "False",
+        R.AddressOnTwoNodes,
+        "two nodes' annotations list one address: nothing sends from it",
+        "remove it from the node that does not hold it",
+    ),
+    ConditionDoc(
+        _POOL,
+        C.EgressPlaced,
+        "False",
+        R.NodeNotReady,
+        "the node holding an address is not Ready: its proxy is gone, nothing sends from it",
+        "`kubectl describe node`; the address sends again once the node is back",
     ),
     ConditionDoc(
         "DeliveryPolicy",
@@ -525,6 +565,18 @@ EVENTS: dict[EventReason, EventDoc] = {
     E.SendingResumed: EventDoc("Normal", "domain, pool", "the IP passes again and sends"),
     E.NoSendingIP: EventDoc(
         "Warning", "domain", "no IP may send as the domain: its mail waits until DNS is fixed"
+    ),
+    E.AddressNotOnNode: EventDoc(
+        "Warning", "pool", "`egress: managed`: an address is on no node; it does not send"
+    ),
+    E.AddressOnTwoNodes: EventDoc(
+        "Warning", "pool", "`egress: managed`: two nodes claim an address; it does not send"
+    ),
+    E.NodeNotReady: EventDoc(
+        "Warning", "pool", "`egress: managed`: an address's node is not Ready; it does not send"
+    ),
+    E.AddressesPlaced: EventDoc(
+        "Normal", "pool", "every address is on a node again and sends through its proxy"
     ),
     E.DMARCReport: EventDoc("Normal", "domain", "a DMARC aggregate report was counted"),
     E.DMARCForeignSources: EventDoc("Warning", "domain", "other IPs sent as the domain"),

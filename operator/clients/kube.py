@@ -50,6 +50,7 @@ DELIVERYPOLICIES = Resource("mailfleet.io", "v1alpha1", "deliverypolicies", "Del
 IPWARMUPS = Resource("mailfleet.io", "v1alpha1", "ipwarmups", "IPWarmup")
 SECRETS = Resource("", "v1", "secrets", "Secret")
 EVENTS = Resource("", "v1", "events", "Event")
+DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 
 BY_KIND = {
     r.kind: r
@@ -63,6 +64,7 @@ BY_KIND = {
         SENDINGPOOLS,
         DELIVERYPOLICIES,
         IPWARMUPS,
+        DEPLOYMENTS,
     )
 }
 
@@ -221,6 +223,23 @@ class KubeClient:
             raise
         assert isinstance(payload, dict)
         return payload
+
+    async def list_names(self, res: Resource, namespace: str, selector: str) -> list[str]:
+        """Names of the objects matching a label selector (metadata only)."""
+        _, payload = await self.request(
+            "GET",
+            res.path(namespace),
+            params={"labelSelector": selector},
+        )
+        items = payload.get("items", []) if isinstance(payload, dict) else []
+        return [str(i["metadata"]["name"]) for i in items]
+
+    async def delete(self, res: Resource, namespace: str, name: str) -> bool:
+        """DELETE (background propagation); False when it was gone already."""
+        status, _ = await self.request(
+            "DELETE", res.path(namespace, name), kind=res.kind, verb="delete"
+        )
+        return status != 404
 
     async def patch_status(
         self, res: Resource, namespace: str, name: str, status: Mapping[str, Any]

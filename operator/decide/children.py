@@ -15,6 +15,7 @@ from mailfleet.operator.api.naming import (
     CONFIG_DIR,
     CONFIG_FILE,
     DEFAULT_RESOURCES,
+    EGRESS_AUTH_DIR,
     RUN_AS,
     SECRETS_DIR,
     SPOOL_DIR,
@@ -23,6 +24,7 @@ from mailfleet.operator.api.naming import (
     child_labels,
     dkim_mount,
     dkim_secrets,
+    egress_secret_name,
     engine_processes,
     owner_reference,
     pool_name,
@@ -86,6 +88,8 @@ def render_statefulset(pool: SendingPool, replicas: int, image: str) -> dict[str
     if spec.submission.tls_secret_ref:
         secrets.append(("tls", spec.submission.tls_secret_ref, f"{SECRETS_DIR}/tls"))
     secrets.append(("admin", admin_secret_name(name), ADMIN_TOKEN_DIR))
+    if spec.egress.mode == "managed":
+        secrets.append(("egress", egress_secret_name(name), EGRESS_AUTH_DIR))
     for volume, secret, path in secrets:
         volumes.append({"name": volume, "secret": {"secretName": secret, "defaultMode": 0o440}})
         mounts.append({"name": volume, "mountPath": path, "readOnly": True})

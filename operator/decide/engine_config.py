@@ -19,6 +19,8 @@ from mailfleet.operator.api.naming import (
     ADMIN_PORT,
     ADMIN_TOKEN_DIR,
     ADMIN_TOKEN_KEY,
+    EGRESS_AUTH_DIR,
+    EGRESS_TOKEN_KEY,
     SECRETS_DIR,
     SPOOL_DIR,
     dkim_mount,
@@ -39,7 +41,9 @@ def render_engine_config(
     dmarc_addresses: Sequence[Mapping[str, Any]] = (),
     shares: Sequence[PodShareConfig] = (),
     held: frozenset[str] = frozenset(),
+    proxies: Mapping[str, str] | None = None,
 ) -> EngineConfig:
+    """`proxies`: with egress managed, the proxy URL of each placed address (egressplan)."""
     spec = pool.spec
     sub = spec.submission
     submission: dict[str, Any] = {
@@ -58,6 +62,10 @@ def render_engine_config(
     if engine_processes(spec) > 1:
         # The pod's engine processes share the port (the command says how many).
         submission["reusePort"] = True
+    egress: dict[str, Any] = {"mode": spec.egress.mode, "proxy": spec.egress.proxy}
+    if spec.egress.mode == "managed":
+        # Each placed address names its proxy; an unplaced one is held (render.py).
+        egress = {"mode": "bind", "authFile": f"{EGRESS_AUTH_DIR}/{EGRESS_TOKEN_KEY}"}
     sending = [p for p in plans if p.state != "standby"]
     hostname = (sending or list(plans))[0].hostname
     data: dict[str, Any] = {
@@ -86,10 +94,11 @@ def render_engine_config(
                     "state": p.state,
                     "owner": p.owner,
                     **({"hold": True} if p.address in held else {}),
+                    **({"proxy": proxies[p.address]} if proxies and p.address in proxies else {}),
                 }
                 for p in plans
             ],
-            "egress": {"mode": spec.egress.mode, "proxy": spec.egress.proxy},
+            "egress": egress,
             # SendingDomains with onFailingIP: StopSending (domainplan.sender_restrictions).
             "senderRestrictions": list(sender_restrictions),
         },

@@ -38,6 +38,14 @@ from mailfleet.operator.decide.children import (
     render_submission_service,
 )
 from mailfleet.operator.decide.domainplan import with_domain_keys
+from mailfleet.operator.decide.egressplan import (
+    EGRESS_PORT,
+    NodeAddresses,
+    Placement,
+    place,
+    placement_condition,
+    pool_proxies,
+)
 from mailfleet.operator.decide.engine_config import config_yaml, render_engine_config
 from mailfleet.operator.decide.fleetsplit import (
     fleet_condition,
@@ -86,6 +94,9 @@ class PoolInputs:
     pending_moves: frozenset[str] = frozenset()
     # Pod -> (fleet-limits mode, Redis error) as its engine last reported.
     fleet_modes: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
+    # egress: managed: node -> the sending addresses it holds, and the proxies' port.
+    egress_nodes: Mapping[str, NodeAddresses] = field(default_factory=dict)
+    egress_port: int = EGRESS_PORT
 
 
 @dataclass(frozen=True)
@@ -175,6 +186,11 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
     caps = warmup_caps(pool, inp.warmups, inp.now, promoted)
     owners = {p.address: p.owner for p in plans if p.state != "standby"}
     held = held_ips(owners, inp.senders, inp.pending_moves)
+    placement: Placement | None = None
+    proxies: dict[str, str] = {}
+    if pool.spec.egress.mode == "managed":
+        placement = place((p.address for p in plans), inp.egress_nodes)
+        proxies = pool_proxies(placement, inp.egress_port)
     shares = pod_shares(plans, merged)
     actives = active_warmups(pool, inp.warmups, inp.now)
     overflow: Literal["spill", "defer"] = (
@@ -193,7 +209,8 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
             inp.sender_restrictions,
             inp.dmarc_addresses,
             shares=shares,
-            held=held,
+            held=held | (placement.unplaced if placement is not None else frozenset()),
+            proxies=proxies,
         )
         config_text = config_yaml(config)
         conds.append(
@@ -247,6 +264,9 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
                 f"{', '.join(merged.sources)}: {plural(len(merged.providers), 'provider')}",
             )
         )
+
+    if placement is not None:
+        conds.append(placement_condition(placement))
 
     if has_pool_limits(merged) or pool.spec.fleet_limits.redis_url:
         conds.append(
@@ -347,6 +367,19 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
             item["pod"] = p.owner
         if p.address in held:
             item["reason"] = "moving between pods: held until its state is handed over"
+        if placement is not None:
+            if p.address in placement.node_of:
+                item["node"] = placement.node_of[p.address]
+            elif p.address in placement.unplaced:
+                item["reason"] = (
+                    "claimed by two nodes: not sending"
+                    if p.address in (placement.contested or {})
+                    else f"its node {(placement.down or {})[p.address]} is not Ready: not sending"
+                    if p.address in (placement.down or {})
+                    else "on no node: not sending"
+                )
+                if p.address in (placement.down or {}):
+                    item["node"] = (placement.down or {})[p.address]
         ips.append(item)
 
     status: dict[str, Any] = {

@@ -61,6 +61,21 @@ def pool_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[E
         and (before_pol is None or before_pol.get("message") != after_pol["message"])
     ):
         events.append(EventSpec("Warning", EventReason.PolicyConflict, after_pol["message"]))
+    before_egress = condition(old, "EgressPlaced")
+    after_egress = condition(new, "EgressPlaced")
+    if after_egress is not None and after_egress["status"] == "False":
+        if before_egress is None or before_egress.get("message") != after_egress["message"]:
+            reason = {
+                "AddressOnTwoNodes": EventReason.AddressOnTwoNodes,
+                "NodeNotReady": EventReason.NodeNotReady,
+            }.get(after_egress["reason"], EventReason.AddressNotOnNode)
+            events.append(EventSpec("Warning", reason, after_egress["message"]))
+    elif (
+        after_egress is not None
+        and before_egress is not None
+        and before_egress.get("status") == "False"
+    ):
+        events.append(EventSpec("Normal", EventReason.AddressesPlaced, after_egress["message"]))
     if after_ready["reason"] == "RenderFailed" and (
         before_ready is None or before_ready.get("message") != after_ready["message"]
     ):

@@ -11,6 +11,7 @@ from typing import Any
 from mailfleet.operator.api.crd_models import GROUP
 from mailfleet.operator.api.outcomes import PoolKey
 from mailfleet.operator.decide import drift, pods
+from mailfleet.operator.decide.egressplan import NodeAddresses
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,17 @@ class Indexes:
     pods: Mapping[PoolKey, Collection[pods.PodRef]]
     # SendingDomains by namespace: their active DKIM keys are added to the pools they list.
     domains: Mapping[str, Collection[dict[str, Any]]] = field(default_factory=dict)
+    # egress: managed: node name -> its sending addresses (one NodeAddresses each), and the
+    # SHA-256 of each pool's proxy password (never the password).
+    nodes: Mapping[str, Collection[NodeAddresses]] = field(default_factory=dict)
+    egress_tokens: Mapping[PoolKey, Collection[str]] = field(default_factory=dict)
+
+    def node_addresses(self) -> dict[str, NodeAddresses]:
+        return {n: found[0] for n, v in self.nodes.items() if (found := list(v))}
+
+    def egress_token(self, key: PoolKey) -> str | None:
+        found = list(self.egress_tokens.get(key, []))
+        return found[0] if found else None
 
     def statefulset(self, key: PoolKey) -> LiveStatefulSet | None:
         found = list(self.statefulsets.get(key, []))

@@ -20,6 +20,7 @@ from mailfleet.operator.api.outcomes import Event
 from mailfleet.operator.api.reasons import EventReason
 from mailfleet.operator.clients import kube
 from mailfleet.operator.decide import domainplan, drift, pods, render, statuses
+from mailfleet.operator.decide.egressplan import EGRESS_PORT, NodeAddresses
 from mailfleet.operator.decide.watched import LiveStatefulSet
 from mailfleet.operator.loops.poolmemory import PoolMemory
 
@@ -42,6 +43,9 @@ class Sources:
     image: str
     now: datetime
     dmarc_url: str | None
+    # egress: managed: node -> its sending addresses, and the proxies' port.
+    egress_nodes: Mapping[str, NodeAddresses] = field(default_factory=dict)
+    egress_port: int = EGRESS_PORT
 
 
 def render_inputs(pool: SendingPool, mem: PoolMemory, src: Sources) -> render.PoolInputs:
@@ -66,6 +70,8 @@ def render_inputs(pool: SendingPool, mem: PoolMemory, src: Sources) -> render.Po
         senders=mem.moves.senders,
         pending_moves=frozenset(mem.moves.pending),
         fleet_modes=mem.moves.modes,
+        egress_nodes=src.egress_nodes,
+        egress_port=src.egress_port,
     )
 
 
@@ -127,6 +133,32 @@ async def ensure_admin_secret(api: ChildApi, pool: SendingPool, existing: frozen
         "stringData": {naming.ADMIN_TOKEN_KEY: secrets.token_hex(32)},
     }
     return await api.create(kube.SECRETS, obj) is not None
+
+
+async def ensure_egress_secret(
+    api: ChildApi, pool: SendingPool, existing: frozenset[str]
+) -> str | None:
+    """egress: managed: the pool's proxy credentials (`namespace/pool:random`), created once and
+    never rewritten. Returns the Secret's name when it was created."""
+    namespace, name = naming.pool_namespace(pool), naming.pool_name(pool)
+    secret = naming.egress_secret_name(name)
+    if pool.spec.egress.mode != "managed" or secret in existing:
+        return None
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret,
+            "namespace": namespace,
+            "labels": {**naming.child_labels(name), naming.EGRESS_TOKEN_LABEL: name},
+            "ownerReferences": [naming.owner_reference(pool)],
+        },
+        "type": "Opaque",
+        "stringData": {
+            naming.EGRESS_TOKEN_KEY: f"{namespace}/{name}:{secrets.token_urlsafe(32)}\n"
+        },
+    }
+    return secret if await api.create(kube.SECRETS, obj) is not None else None
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from mailfleet.operator.clients import kube
 from mailfleet.operator.clients.blocklist import BlocklistChecker
 from mailfleet.operator.clients.promql import PrometheusApi
 from mailfleet.operator.decide import drift, pods, policy_merge, render, statuses
+from mailfleet.operator.decide.egressplan import EGRESS_PORT, NodeAddresses
 from mailfleet.operator.decide.watched import (
     Indexes,
     LiveStatefulSet,
@@ -48,6 +49,7 @@ from mailfleet.operator.decide.watched import (
     statefulset_is_news,
 )
 from mailfleet.operator.loops import childsync, healthloop, podpoll, statuswriters
+from mailfleet.operator.loops.egress import EgressApi, EgressProxies, EgressSettings
 from mailfleet.operator.loops.healthcheck import HealthChecker
 from mailfleet.operator.loops.podpoll import EngineApi
 from mailfleet.operator.loops.poolmemory import Memory, PoolMemory
@@ -109,6 +111,7 @@ class Operator:
         concurrency: int = RECONCILE_CONCURRENCY,
         clock: Callable[[], datetime] = now_utc,
         blocklists: BlocklistChecker | None = None,
+        egress: EgressSettings | None = None,
     ) -> None:
         self.api = api
         self.engines = engines
@@ -128,11 +131,19 @@ class Operator:
         self.tasks: set[asyncio.Task[None]] = set()
         self.blocklists = blocklists or BlocklistChecker()
         self.prometheus = PrometheusApi()
+        # egress: managed pools' proxies, one per node (None: the operator runs none).
+        self.egress_port = egress.port if egress is not None else EGRESS_PORT
+        self.egress: EgressProxies | None = None
+        self.node_addresses: dict[str, NodeAddresses] | None = None  # as on_node last saw
+        if egress is not None and isinstance(api, EgressApi):
+            self.egress = EgressProxies(api, egress, self.all_pools)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
         self.spawn(self._resync_loop())
+        if self.egress is not None:
+            self.spawn(self.egress.run())
         if self.engines is not None:
             self.spawn(self._poll_loop())
             self.spawn(self._health_loop())
@@ -170,6 +181,14 @@ class Operator:
                 if isinstance(p := self.parse(b), SendingPool):
                     out.append(p)
         return out
+
+    def all_pools(self, idx: Indexes) -> list[tuple[PoolKey, SendingPool]]:
+        return [
+            (key, pool)
+            for key, found in idx.pools.items()
+            for b in found
+            if isinstance(pool := self.parse(b), SendingPool)
+        ]
 
     def pool_of(self, idx: Indexes, key: PoolKey) -> tuple[Mapping[str, Any], SendingPool] | None:
         found = bodies(idx.pools, key)
@@ -276,6 +295,8 @@ class Operator:
             image=self.image,
             now=self.clock(),
             dmarc_url=self.dmarc_url,
+            egress_nodes=idx.node_addresses(),
+            egress_port=self.egress_port,
         )
 
     async def _reconcile_pool(self, idx: Indexes, mem: PoolMemory) -> bool:
@@ -294,6 +315,7 @@ class Operator:
             delay = (rendered.next_warmup_advance - src.now).total_seconds()
             self._reconcile_later(mem, "advance", delay + 1.0)
         created_secret = await childsync.ensure_admin_secret(self.api, pool, src.secrets)
+        egress_secret = await childsync.ensure_egress_secret(self.api, pool, src.secrets)
         sync = await childsync.sync_children(
             self.api,
             mem,
@@ -306,6 +328,8 @@ class Operator:
         )
         if created_secret:
             sync.done.insert(0, (f"Secret {naming.admin_secret_name(mem.key[1])}", False))
+        if egress_secret:
+            sync.done.insert(0, (f"Secret {egress_secret}", False))
         self.post(body, sync.summary())
         if sync.error is not None:
             raise sync.error
@@ -556,12 +580,29 @@ class Operator:
         key = (namespace, name)
         if event_type == "DELETED":
             self.forget_pool(namespace, name)
+            if self.egress is not None:
+                self.egress.schedule(idx)
             self.schedule_policy_statuses(idx, namespace)
             await self.guarded("IPWarmup", self.update_warmup_statuses(idx, namespace, name))
             return
+        if self.egress is not None:
+            # A managed pool's addresses or ports, or a pool leaving managed mode.
+            self.egress.schedule(idx)
         if statuswriters.is_own_pool_write(self.memory.pools.get(key), meta):
             return  # the echo of the operator's own status write: nothing new
         await self.reconcile_pool(idx, namespace, name)
+
+    async def on_node(self, idx: Indexes) -> None:
+        """A node's sending addresses changed: the managed pools re-place theirs (condition,
+        engine config) and the proxies follow."""
+        nodes = idx.node_addresses()
+        if nodes == self.node_addresses:
+            return
+        self.node_addresses = nodes
+        if self.egress is not None:
+            self.egress.schedule(idx)
+        managed = [key for key, pool in self.all_pools(idx) if pool.spec.egress.mode == "managed"]
+        await self.reconcile_all(idx, managed)
 
     def _selects(self, idx: Indexes, key: PoolKey, labels: Mapping[str, str]) -> bool:
         for b in bodies(idx.pools, key):
@@ -648,6 +689,8 @@ class Operator:
         )
 
     async def on_secret(self, idx: Indexes, namespace: str, name: str) -> None:
+        if self.egress is not None and name.endswith("-egress"):
+            self.egress.schedule(idx)  # a pool's proxy credentials came (or went)
         affected = [
             (namespace, naming.pool_name(p))
             for p in self.pools_in(idx, namespace)

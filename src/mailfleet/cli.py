@@ -115,9 +115,26 @@ def _drain(args: argparse.Namespace) -> int:
     return 0 if empty else 1
 
 
+def _egress_proxy(args: argparse.Namespace) -> int:
+    from mailfleet.mta.config import ConfigError
+    from mailfleet.mta.egressproxy import check_proxy_config, run_proxy
+
+    if args.check:
+        try:
+            check_proxy_config(Path(args.config), args.listen_address)
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            return 2
+        print(f"{args.config}: ok")
+        return 0
+    return run_proxy(Path(args.config), args.listen_address)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailfleet", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{mta,operator,crds}")
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="{mta,egress-proxy,operator,crds}"
+    )
 
     mta = sub.add_parser("mta", help="run the delivery engine")
     mta.add_argument("--config", "-c", required=False, help="engine config (YAML)")
@@ -164,6 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     kg.add_argument("--selector", required=True)
     kg.add_argument("--algorithm", choices=["rsa-sha256", "ed25519-sha256"], default="rsa-sha256")
     kg.add_argument("--out", required=True, help="where to write the PEM private key")
+    ep = sub.add_parser(
+        "egress-proxy",
+        help="run the SOCKS5 egress proxy that sends a node's pool addresses (one per node)",
+    )
+    ep.add_argument("--config", "-c", required=True, help="egress proxy config (YAML)")
+    ep.add_argument("--check", action="store_true", help="validate the config and exit")
+    ep.add_argument(
+        "--listen-address",
+        default=None,
+        help="serve /metrics, /livez and /readyz on this address instead of adminListen's host"
+        " (the pod passes its pod IP)",
+    )
     sub.add_parser(
         "operator", help="run the Kubernetes operator (arguments: --help)", add_help=False
     )
@@ -194,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.config:
             parser.error("mta: --config FILE is required")
         return _mta(args)
+    if args.command == "egress-proxy":
+        return _egress_proxy(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

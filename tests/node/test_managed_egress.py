@@ -1,0 +1,202 @@
+"""egress: managed on the real node: the node's annotation says which sending addresses it holds,
+the operator runs the egress proxy there (host network, from the image) and the pool's engines,
+in their own network namespaces, send through it from each address.
+
+The addresses are /32s on the host's loopback device outside 127/8 (pods cannot reach 127/8):
+what a secondary address on a node's NIC is to its pods.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures.fleet import fast_retry_policy, message_ids, pool_manifest, submit
+from fixtures.keys import RSA_KEY
+from fixtures.operator import free_port, wait_for
+from fixtures.realnode import RealCluster
+from fixtures.smtppeers import RecordingMX
+
+pytestmark = [pytest.mark.realnode, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+MAILFLEET = REPO / ".venv" / "bin" / "mailfleet"
+POOL = "managed"
+ON_NODE = ["10.250.0.11", "10.250.0.12"]
+NOWHERE = "10.250.0.13"  # in the pool, on no node's annotation
+# The providers' side: the MX listens here, not on 127/8 (the kernel drops a connection from a
+# non-loopback source to a loopback destination).
+MX_ADDRESS = "10.250.0.1"
+ANNOTATION = "mailfleet.io/sending-addresses"
+ADMIN_PORT = 9481
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def node_addresses() -> Iterator[list[str]]:
+    """ON_NODE and NOWHERE on this host (NOWHERE too, so a bind to it would succeed: only the
+    operator's placement keeps the pool from sending from it)."""
+    added = []
+    try:
+        for a in [*ON_NODE, NOWHERE, MX_ADDRESS]:
+            ip("addr", "add", f"{a}/32", "dev", "lo")
+            added.append(a)
+        yield ON_NODE
+    finally:
+        for a in added:
+            subprocess.run(["ip", "addr", "del", f"{a}/32", "dev", "lo"], capture_output=True)
+
+
+def node_name(rc: RealCluster) -> str:
+    return str(rc.get("nodes")["items"][0]["metadata"]["name"])
+
+
+def readyz(host: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{ADMIN_PORT}/readyz", timeout=5) as rsp:
+            return rsp.status, rsp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:
+        return 0, str(e)
+
+
+def proxy_metric(host: str, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(f"http://{host}:{ADMIN_PORT}/metrics", timeout=5) as rsp:
+        text = rsp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_managed_pool_sends_from_each_node_address_through_the_operators_proxy(
+    real_cluster: RealCluster,
+    real_namespace: str,
+    recording_mx: Callable[..., RecordingMX],
+    node_addresses: list[str],
+    tmp_path: Path,
+) -> None:
+    rc, ns = real_cluster, real_namespace
+    node = node_name(rc)
+    # hostNetwork is not allowed in a namespace under the restricted (or baseline) standard:
+    # the proxies run in the operator's own namespace, which must allow it.
+    egress_ns = f"{ns}-egress"[:63].rstrip("-")
+    rc.kubectl("create", "namespace", egress_ns)
+    rc.kubectl("annotate", "node", node, f"{ANNOTATION}={','.join(ON_NODE)}", "--overwrite")
+    metrics_port = free_port()
+    log_path = tmp_path / "operator.log"
+    with log_path.open("wb") as out:
+        operator = subprocess.Popen(
+            [str(MAILFLEET), "operator", "--standalone", "--namespace", ns,
+             "--egress-namespace", egress_ns, "--engine-image", rc.image,
+             "--metrics-port", str(metrics_port), "--metrics-addr", "127.0.0.1"],
+            stdout=out, stderr=subprocess.STDOUT, env={**rc.env, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    try:
+        mx = recording_mx(MX_ADDRESS)
+        rc.kubectl("create", "secret", "generic", "dkim-example-test", "-n", ns,
+                   f"--from-file=rsa.pem={RSA_KEY.key_file}")  # fmt: skip
+        rc.kubectl("apply", "-f", "-", input=json.dumps(fast_retry_policy(ns)))
+        pool = pool_manifest(
+            ns, POOL, mx, [*ON_NODE, NOWHERE],
+            replicas={"min": 1, "max": 2, "desired": 2},
+            egress={"mode": "managed"},
+            submission={"port": 2525, "trustedCIDRs": [f"{rc.node_ip}/32"]},
+            storage={"size": "64Mi"},
+        )  # fmt: skip
+        rc.kubectl("apply", "-f", "-", input=json.dumps(pool))
+
+        def status() -> dict[str, Any]:
+            return rc.get("sendingpool", POOL, "-n", ns).get("status") or {}
+
+        def condition(kind: str) -> dict[str, Any] | None:
+            return next((c for c in status().get("conditions", []) if c["type"] == kind), None)
+
+        # The address on no node: a condition and an event name it; nothing sends from it.
+        placed = wait_for("the EgressPlaced condition", lambda: condition("EgressPlaced"), 60)
+        assert (placed["status"], placed["reason"]) == ("False", "AddressNotOnNode"), placed
+        assert NOWHERE in placed["message"] and ON_NODE[0] not in placed["message"]
+        events = rc.get("events", "-n", ns, "--field-selector", "reason=AddressNotOnNode")
+        assert any(NOWHERE in e["message"] for e in events["items"]), events
+        ips = {i["address"]: i for i in status()["ips"]}
+        assert ips[ON_NODE[0]]["node"] == node and ips[ON_NODE[1]]["node"] == node
+        assert "on no node" in ips[NOWHERE]["reason"]
+
+        # The operator's proxy runs on the node, in its network, ready on the node's address.
+        deploys = wait_for(
+            "the egress proxy Deployment",
+            lambda: rc.get("deployments", "-n", egress_ns)["items"] or None,
+            60,
+        )
+        assert len(deploys) == 1
+        wait_for("the proxy ready", lambda: readyz(rc.node_ip)[0] == 200, 120)
+        secret = rc.get("secret", f"{POOL}-egress", "-n", ns)
+        assert secret["metadata"]["ownerReferences"][0]["name"] == POOL
+
+        def pod_ips() -> list[str]:
+            pods = rc.get("pods", "-n", ns, "-l", f"app.kubernetes.io/instance={POOL}")["items"]
+            ready = [
+                p["status"]["podIP"]
+                for p in pods
+                if any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in p["status"].get("conditions", [])
+                )
+            ]
+            return sorted(ready) if len(ready) == 2 else []
+
+        pods = wait_for("both pool pods Ready", lambda: pod_ips() or None, 240)
+        assert all(p.startswith("10.244.") for p in pods), pods
+        ids = submit(pods[0], 10, "a") + submit(pods[1], 10, "b")
+        got = wait_for("20 messages delivered", lambda: len(mx.messages()) >= 20 or None, 120)
+        assert got and message_ids(mx) >= set(ids)
+        peers = {m.peer_ip for m in mx.messages()}
+        # Each pod sends from its own address, through the proxy on the node that holds it.
+        assert peers == set(ON_NODE), peers
+        for a in ON_NODE:
+            assert proxy_metric(rc.node_ip, "mailfleet_egress_connections_total",
+                                source=a, result="relayed") >= 1  # fmt: skip
+
+        # The proxy pod deleted under load: deliveries defer, then resume through its successor.
+        proxy_pod = rc.get("pods", "-n", egress_ns)["items"][0]["metadata"]["name"]
+        more = submit(pods[0], 15, "c") + submit(pods[1], 15, "d")
+        rc.kubectl("delete", "pod", proxy_pod, "-n", egress_ns, "--wait=false")
+        wait_for("every accepted message delivered",
+                 lambda: message_ids(mx) >= set(ids) | set(more), 240)  # fmt: skip
+        assert {m.peer_ip for m in mx.messages()} == set(ON_NODE)
+
+        # The address leaves the node: the proxy's readiness names it.
+        subprocess.run(["ip", "addr", "del", f"{ON_NODE[1]}/32", "dev", "lo"], check=True)
+        _, body = wait_for("readyz failing", lambda: (r := readyz(rc.node_ip))[0] == 503 and r, 30)
+        assert ON_NODE[1] in body
+        ip("addr", "add", f"{ON_NODE[1]}/32", "dev", "lo")
+        wait_for("readyz passing again", lambda: readyz(rc.node_ip)[0] == 200, 30)
+    except (AssertionError, TimeoutError) as e:
+        log = log_path.read_text(errors="replace")[-6000:]
+        raise AssertionError(
+            f"{e}\n--- the pool's namespace:\n{rc.describe(ns)}\n--- the proxies:\n"
+            f"{rc.describe(egress_ns)}\n--- the operator:\n{log}"
+        ) from None
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait(timeout=10)
+        rc.kubectl("annotate", "node", node, f"{ANNOTATION}-", check=False)
+        rc.kubectl("delete", "sendingpools", "--all", "-n", ns, "--wait=false", check=False)
+        rc.kubectl("delete", "namespace", egress_ns, "--wait=false", check=False)
