@@ -53,6 +53,32 @@ COMPONENTS = ("containerd", "kubelet", "kube-proxy", *nodeaddons.COMPONENTS)
 K8S_NS = "k8s.io"  # containerd namespace of the CRI
 # Which state directory's node holds the bridge (one real node per machine).
 OWNER_FILE = Path("/run/mailfleet-realnode.owner")
+# Both nodes' pod networks: kube-proxy (one, in the host's network both nodes share) treats
+# traffic from either as the cluster's own.
+CLUSTER_POD_CIDR = "10.244.0.0/15"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the local cluster: its name, its address (on its own bridge: its pods'
+    gateway and its InternalIP), its pod subnet, and how its files and PIDs are told apart."""
+
+    name: str
+    ip: str
+    bridge: str
+    cidr: str
+    suffix: str = ""  # of its PID/log files and certificates ("" for the first node)
+
+    @property
+    def first(self) -> bool:
+        return self.suffix == ""
+
+
+FIRST = NodeSpec(NODE_NAME, NODE_IP, BRIDGE, POD_CIDR)
+# A second kubelet with its own containerd on this machine: no kube-proxy or add-ons of its own
+# (the host's network, where kube-proxy's rules and the add-ons live, is shared), no QoS cgroups
+# (the first kubelet owns /kubepods), no NetworkPolicy enforcement for its pods.
+SECOND = NodeSpec("mailfleet-node-2", "10.245.0.1", "mfbr1", "10.245.0.0/16", "-2")
 
 
 class NodeError(RuntimeError):
@@ -107,21 +133,25 @@ def build_image() -> tuple[str, Path, float]:
     return ref, Path(tar), time.monotonic() - t0
 
 
-def ensure_bridge() -> None:
-    """The bridge with NODE_IP, before the API server binds it; idempotent."""
-    if _run("ip", "-br", "link", "show", BRIDGE, check=False).strip() == "":
-        _run("ip", "link", "add", BRIDGE, "type", "bridge")
-    prefix = POD_CIDR.split("/")[1]
-    if f"{NODE_IP}/" not in _run("ip", "-br", "addr", "show", BRIDGE):
-        _run("ip", "addr", "add", f"{NODE_IP}/{prefix}", "dev", BRIDGE)
-    _run("ip", "link", "set", BRIDGE, "up")
-    # ClusterIPs that kube-proxy has not (yet) translated go into the bridge, not out eth0.
-    _run("ip", "route", "replace", SERVICE_CIDR, "dev", BRIDGE)
+def ensure_bridge(spec: NodeSpec = FIRST) -> None:
+    """The node's bridge with its address (the first node's before the API server binds it);
+    idempotent."""
+    bridge = spec.bridge
+    if _run("ip", "-br", "link", "show", bridge, check=False).strip() == "":
+        _run("ip", "link", "add", bridge, "type", "bridge")
+    prefix = spec.cidr.split("/")[1]
+    if f"{spec.ip}/" not in _run("ip", "-br", "addr", "show", bridge):
+        _run("ip", "addr", "add", f"{spec.ip}/{prefix}", "dev", bridge)
+    _run("ip", "link", "set", bridge, "up")
+    if spec.first:
+        # ClusterIPs that kube-proxy has not (yet) translated go into the bridge, not out eth0.
+        _run("ip", "route", "replace", SERVICE_CIDR, "dev", bridge)
 
 
-def remove_bridge() -> None:
-    _run("ip", "route", "del", SERVICE_CIDR, "dev", BRIDGE, check=False)
-    _run("ip", "link", "del", BRIDGE, check=False)
+def remove_bridge(spec: NodeSpec = FIRST) -> None:
+    if spec.first:
+        _run("ip", "route", "del", SERVICE_CIDR, "dev", spec.bridge, check=False)
+    _run("ip", "link", "del", spec.bridge, check=False)
 
 
 @dataclass
@@ -168,6 +198,7 @@ class RealNode:
     h: Helpers
     ports: NodePorts = field(default_factory=NodePorts)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+    spec: NodeSpec = FIRST
 
     def __post_init__(self) -> None:
         meta = self.state_dir / "node.json"
@@ -178,7 +209,19 @@ class RealNode:
     # paths -----------------------------------------------------------------
     @property
     def state_dir(self) -> Path:
-        return Path(self.cp.node_state_dir)
+        base = Path(self.cp.node_state_dir)
+        return base if self.spec.first else base / f"node{self.spec.suffix}"
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return COMPONENTS if self.spec.first else ("containerd", "kubelet")
+
+    def second(self) -> RealNode:
+        """The local cluster's second node (SECOND), sharing this one's control plane, helpers
+        and binaries; start it with up()."""
+        if not self.spec.first:
+            raise NodeError("the second node has no second node")
+        return RealNode(self.cp, self.node_dir, self.h, spec=SECOND)
 
     @property
     def pki(self) -> Path:
@@ -213,14 +256,14 @@ class RealNode:
         )  # fmt: skip
 
     def pid_file(self, c: str) -> Path:
-        return self.cp.pid_file(c)
+        return self.cp.pid_file(c + self.spec.suffix)
 
     def log_file(self, c: str) -> Path:
-        return self.cp.log_file(c)
+        return self.cp.log_file(c + self.spec.suffix)
 
     def running(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for c in COMPONENTS:
+        for c in self.components:
             with contextlib.suppress(OSError, ValueError):
                 pid = int(self.pid_file(c).read_text().strip())
                 if self.h.pid_runs(pid, c):
@@ -259,14 +302,20 @@ class RealNode:
 
     # config files ------------------------------------------------------------
     def _issue_certs(self) -> None:
+        name, ip, sfx = self.spec.name, self.spec.ip, self.spec.suffix
         leaves = [
-            # The kubelet's serving certificate for NODE_IP (cluster.py's node-serving is for
-            # 127.0.0.1, which the kubelet refuses as a node IP).
-            ("node-real-serving", f"/O=system:nodes/CN=system:node:{NODE_NAME}",
-             [f"IP:{NODE_IP}", f"DNS:{NODE_NAME}"], False),
-            # Bound to system:node-proxier by the API server's bootstrap RBAC.
-            ("kube-proxy-client", "/CN=system:kube-proxy", [], True),
+            # The kubelet's serving certificate for its node IP (cluster.py's node-serving is
+            # for 127.0.0.1, which the kubelet refuses as a node IP).
+            (f"node-real-serving{sfx}", f"/O=system:nodes/CN=system:node:{name}",
+             [f"IP:{ip}", f"DNS:{name}"], False),
         ]  # fmt: skip
+        if self.spec.first:
+            # Bound to system:node-proxier by the API server's bootstrap RBAC.
+            leaves.append(("kube-proxy-client", "/CN=system:kube-proxy", [], True))
+        else:
+            # The first node's client certificate is cluster.py's node-client; the Node
+            # authorizer lets each kubelet write only its own Node and pods.
+            leaves.append((f"node-client{sfx}", f"/O=system:nodes/CN=system:node:{name}", [], True))
         for name, subject, sans, client in leaves:
             if not (self.pki / f"{name}.crt").exists():
                 self.h.issue(self.pki, name, subject, sans=sans, client=client)
@@ -280,8 +329,8 @@ class RealNode:
             self.state_dir / "kubelet.kubeconfig",
             server=server,
             pki=self.pki,
-            user=f"system:node:{NODE_NAME}",
-            cert="node-client",
+            user=f"system:node:{self.spec.name}",
+            cert=f"node-client{self.spec.suffix}",
         )
         self.h.write_kubeconfig(
             self.state_dir / "kube-proxy.kubeconfig",
@@ -345,13 +394,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "plugins": [
                 {
                     "type": "bridge",
-                    "bridge": BRIDGE,
+                    "bridge": self.spec.bridge,
                     "isGateway": True,
                     "ipMasq": False,  # pods never reach beyond this machine
                     "hairpinMode": True,
                     "ipam": {
                         "type": "host-local",
-                        "ranges": [[{"subnet": POD_CIDR, "gateway": NODE_IP}]],
+                        "ranges": [[{"subnet": self.spec.cidr, "gateway": self.spec.ip}]],
                         "routes": [{"dst": "0.0.0.0/0"}],
                         "dataDir": str(self.state_dir / "cni" / "ipam"),
                     },
@@ -365,13 +414,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         kubelet_cfg = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
-            "address": NODE_IP,
+            "address": self.spec.ip,
             "port": self.ports.kubelet,
             "readOnlyPort": 0,
             "healthzBindAddress": LOOPBACK,
             "healthzPort": self.ports.kubelet_healthz,
-            "tlsCertFile": str(self.pki / "node-real-serving.crt"),
-            "tlsPrivateKeyFile": str(self.pki / "node-real-serving.key"),
+            "tlsCertFile": str(self.pki / f"node-real-serving{self.spec.suffix}.crt"),
+            "tlsPrivateKeyFile": str(self.pki / f"node-real-serving{self.spec.suffix}.key"),
             "authentication": {
                 "anonymous": {"enabled": False},
                 "webhook": {"enabled": True},
@@ -404,6 +453,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "syncFrequency": "10s",
             "fileCheckFrequency": "20s",
         }  # fmt: skip
+        if not self.spec.first:
+            # The first kubelet owns the QoS cgroups (/kubepods); this one's pods go directly
+            # under the root, and it enforces no allocatable of its own.
+            kubelet_cfg["cgroupsPerQOS"] = False
+            kubelet_cfg["enforceNodeAllocatable"] = []
         (self.state_dir / "kubelet-config.json").write_text(json.dumps(kubelet_cfg, indent=2))
         proxy_cfg = {
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
@@ -411,7 +465,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "clientConnection": {"kubeconfig": str(self.state_dir / "kube-proxy.kubeconfig")},
             "hostnameOverride": NODE_NAME,
             "mode": "iptables",
-            "clusterCIDR": POD_CIDR,
+            "clusterCIDR": CLUSTER_POD_CIDR,
             "detectLocalMode": "ClusterCIDR",
             "bindAddress": NODE_IP,
             "healthzBindAddress": f"{LOOPBACK}:{self.ports.proxy_healthz}",
@@ -445,6 +499,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     # network -----------------------------------------------------------------
     def _claim_bridge(self) -> None:
         """One real node per machine: refuse while another state directory's node runs."""
+        if not self.spec.first:
+            return  # the first node's claim covers it
         mine = str(self.state_dir)
         with contextlib.suppress(OSError):
             owner = OWNER_FILE.read_text().strip()
@@ -460,6 +516,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         OWNER_FILE.write_text(mine + "\n")
 
     def _release_bridge(self) -> None:
+        if not self.spec.first:
+            return
         with contextlib.suppress(OSError):
             if OWNER_FILE.read_text().strip() == str(self.state_dir):
                 OWNER_FILE.unlink()
@@ -502,10 +560,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "node.json").write_text(
             json.dumps({"ports": asdict(self.ports), "node_dir": str(self.node_dir),
-                        "node_ip": NODE_IP, "pod_cidr": POD_CIDR}, indent=2) + "\n"
+                        "node_ip": self.spec.ip, "pod_cidr": self.spec.cidr}, indent=2) + "\n"
         )  # fmt: skip
         self._write_configs()
-        ensure_bridge()
+        ensure_bridge(self.spec)
         t1 = time.monotonic()
         if "containerd" not in running:
             env = {**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -523,10 +581,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 f"--kubeconfig={self.state_dir / 'kubelet.kubeconfig'}",
                 f"--root-dir={self.kubelet_dir}",
                 f"--cert-dir={self.kubelet_dir / 'pki'}",
-                f"--hostname-override={NODE_NAME}",
-                f"--node-ip={NODE_IP}",
+                f"--hostname-override={self.spec.name}",
+                f"--node-ip={self.spec.ip}",
                 "--v=1",
             ])  # fmt: skip
+        if not self.spec.first:
+            if not self.has_image(HELPER_IMAGE):  # the local-path provisioner's, for its PVs
+                self.load_image(self.node_dir / "images" / "local-path-helper.tar")
+            self._wait(f"Node {self.spec.name} Ready", self.node_ready, timeout,
+                       ("containerd", "kubelet"))  # fmt: skip
+            figures["node_ready"] = time.monotonic() - t1
+            return figures
         if "kube-proxy" not in running:
             self._spawn("kube-proxy", [
                 str(self.node_dir / "bin" / "kube-proxy"),
@@ -551,10 +616,33 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         figures["addons_ready"] = time.monotonic() - t2
         return figures
 
+    def node_ready(self) -> bool:
+        """The Node is registered and Ready (its scheduling taints are the scheduler's business:
+        a test that wants it schedulable waits for that)."""
+        out = self.cp.kubectl("get", "node", self.spec.name, "-o", "json", check=False)
+        if getattr(out, "returncode", 1) != 0:
+            return False
+        conditions = json.loads(out.stdout).get("status", {}).get("conditions", [])
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+    def stop_kubelet(self) -> bool:
+        """The kubelet alone, by PID, as a node whose kubelet dies: its containers keep running
+        under containerd, the Node goes NotReady after the grace period."""
+        return self._stop("kubelet")
+
+    def start_kubelet(self, timeout: float = 120.0) -> float:
+        """The kubelet again (after stop_kubelet); returns the seconds until the Node is Ready."""
+        return self.up(timeout=timeout).get("node_ready", 0.0)
+
     def down(self) -> list[str]:
         """kube-proxy and the kubelet, then every pod sandbox (CNI DEL, shims exit), then
         containerd; all by PID."""
         stopped: list[str] = []
+        if self.spec.first:
+            with contextlib.suppress(NodeError, OSError):
+                second = self.second()
+                if second.running():
+                    stopped += [f"{c}{SECOND.suffix}" for c in second.down()]
         for c in (*reversed(nodeaddons.COMPONENTS), "kube-proxy", "kubelet"):
             if self._stop(c):
                 stopped.append(c)
@@ -575,12 +663,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self.down()
         if self.running():
             raise NodeError("refusing to clean: node components still running")
-        proxy = self.node_dir / "bin" / "kube-proxy"
-        if proxy.exists():
-            _run(str(proxy), "--cleanup", "--v=0", check=False)
-        nodeaddons.remove_router_rules()
-        self._remove_kubelet_chains()
-        remove_bridge()
+        if self.spec.first:
+            proxy = self.node_dir / "bin" / "kube-proxy"
+            if proxy.exists():
+                _run(str(proxy), "--cleanup", "--v=0", check=False)
+            nodeaddons.remove_router_rules()
+            self._remove_kubelet_chains()
+            remove_bridge(SECOND)
+        remove_bridge(self.spec)
         prefix = str(self.state_dir) + "/"
 
         def mounts() -> list[str]:

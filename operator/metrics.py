@@ -81,6 +81,12 @@ class OperatorMetrics:
             ["pool_namespace", "pool"],
             registry=self.registry,
         )
+        self.pool_stranded_messages = Gauge(
+            "mailfleet_pool_stranded_messages",
+            "Messages queued on a pool's pods whose node is not Ready, by node",
+            ["pool_namespace", "pool", "node"],
+            registry=self.registry,
+        )
         self.pool_replicas = Gauge(
             "mailfleet_pool_replicas",
             "Pods of a pool: desired (the target) and running (that exist)",
@@ -140,6 +146,12 @@ class OperatorMetrics:
         if status.get("handoffLeft") is not None:
             self.pool_handoff_left.labels(namespace, pool).set(status["handoffLeft"])
             now.append((self.pool_handoff_left, (namespace, pool)))
+        by_node: dict[str, int] = {}
+        for s in status.get("strandedPods") or []:
+            by_node[str(s["node"])] = by_node.get(str(s["node"]), 0) + int(s.get("queued") or 0)
+        for node, held in by_node.items():
+            self.pool_stranded_messages.labels(namespace, pool, node).set(held)
+            now.append((self.pool_stranded_messages, (namespace, pool, node)))
         for kind, field in (("desired", "desiredReplicas"), ("running", "replicas")):
             if status.get(field) is not None:
                 self.pool_replicas.labels(namespace, pool, kind).set(status[field])

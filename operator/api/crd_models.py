@@ -671,6 +671,19 @@ class PodState(CRDModel):
     """Messages in the pod's spool."""
     draining: bool | None = None
     """true while the pod hands its queue off before a scale-down removes it."""
+    node: str | None = Field(default=None, max_length=253)
+    """The node the pod runs on."""
+
+
+class StrandedPod(CRDModel):
+    """A pod on a node that is not Ready, with the queue it last reported."""
+
+    pod: str = Field(max_length=253)
+    """The pod."""
+    node: str = Field(max_length=253)
+    """Its node, which is not Ready."""
+    queued: int | None = None
+    """Messages in its spool when it last answered (none: it never did)."""
 
 
 class SendingPoolStatus(CRDModel):
@@ -700,6 +713,10 @@ class SendingPoolStatus(CRDModel):
     """Pods handing their queue to the others before a scale-down removes them."""
     handoff_left: int | None = None
     """Messages the draining pods still hold."""
+    stranded_pods: list[StrandedPod] = Field(default=[], max_length=1000)
+    """Pods on a node that is not Ready: their queued mail waits on that node."""
+    stranded_messages: int | None = None
+    """Messages those pods held when they last answered."""
     scale_reason: str | None = Field(default=None, max_length=1024)
     """Why the pod count last changed, with the numbers behind it: the autoscaler's, or
     "external: ..." when replicas.desired or the bounds moved it."""

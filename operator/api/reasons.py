@@ -18,6 +18,7 @@ class ConditionType(StrEnum):
     IPsHealthy = "IPsHealthy"
     FleetLimits = "FleetLimits"
     EgressPlaced = "EgressPlaced"
+    PodsReachable = "PodsReachable"
     DKIMPublished = "DKIMPublished"
     SPFValid = "SPFValid"
     DMARCAligned = "DMARCAligned"
@@ -49,6 +50,7 @@ class ConditionReason(StrEnum):
     AddressNotOnNode = "AddressNotOnNode"
     AddressOnTwoNodes = "AddressOnTwoNodes"
     NodeNotReady = "NodeNotReady"
+    NodesReady = "NodesReady"
     # DeliveryPolicy
     InUse = "InUse"
     Unused = "Unused"
@@ -125,6 +127,8 @@ class EventReason(StrEnum):
     AddressOnTwoNodes = "AddressOnTwoNodes"
     NodeNotReady = "NodeNotReady"
     AddressesPlaced = "AddressesPlaced"
+    PodsStranded = "PodsStranded"
+    PodsReturned = "PodsReturned"
     DMARCReport = "DMARCReport"
     DMARCForeignSources = "DMARCForeignSources"
 
@@ -296,6 +300,16 @@ CONDITIONS: tuple[ConditionDoc, ...] = (
         R.NodeNotReady,
         "the node holding an address is not Ready: its proxy is gone, nothing sends from it",
         "`kubectl describe node`; the address sends again once the node is back",
+    ),
+    ConditionDoc(_POOL, C.PodsReachable, "True", R.NodesReady, "every pod's node is Ready"),
+    ConditionDoc(
+        _POOL,
+        C.PodsReachable,
+        "False",
+        R.NodeNotReady,
+        "pods on a node that is not Ready: their queue (`strandedMessages`) waits for the node",
+        "bring the node back (its local volumes hold the mail); see "
+        "[sending addresses](sending-addresses.md#a-node-that-goes-away)",
     ),
     ConditionDoc(
         "DeliveryPolicy",
@@ -575,6 +589,10 @@ EVENTS: dict[EventReason, EventDoc] = {
     E.NodeNotReady: EventDoc(
         "Warning", "pool", "`egress: managed`: an address's node is not Ready; it does not send"
     ),
+    E.PodsStranded: EventDoc(
+        "Warning", "pool", "pods are on a node that is not Ready; their queued mail waits there"
+    ),
+    E.PodsReturned: EventDoc("Normal", "pool", "every pod's node is Ready again"),
     E.AddressesPlaced: EventDoc(
         "Normal", "pool", "every address is on a node again and sends through its proxy"
     ),

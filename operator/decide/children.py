@@ -157,6 +157,21 @@ def render_statefulset(pool: SendingPool, replicas: int, image: str) -> dict[str
                         "serviceAccountName": f"{name}-mta",
                         "automountServiceAccountToken": False,
                         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                        # One node going away takes as few of the pool's pods (and queues) as
+                        # it can; preferred, so a one-node cluster still runs them all.
+                        "affinity": {
+                            "podAntiAffinity": {
+                                "preferredDuringSchedulingIgnoredDuringExecution": [
+                                    {
+                                        "weight": 100,
+                                        "podAffinityTerm": {
+                                            "labelSelector": {"matchLabels": selector_labels(name)},
+                                            "topologyKey": "kubernetes.io/hostname",
+                                        },
+                                    }
+                                ]
+                            }
+                        },
                         "securityContext": {
                             "runAsNonRoot": True,
                             "runAsUser": RUN_AS,

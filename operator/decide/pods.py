@@ -22,6 +22,7 @@ class PodRef:
     ip: str | None
     ready: bool
     deleting: bool = False
+    node: str | None = None  # spec.nodeName: where it runs (and its queue's storage lives)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,24 @@ def pod_ref(body: Mapping[str, Any]) -> PodRef:
         ip=status.get("podIP") or None,
         ready=ready,
         deleting=meta.get("deletionTimestamp") is not None,
+        node=(body.get("spec") or {}).get("nodeName") or None,
     )
+
+
+def stranded(
+    refs: Sequence[PodRef], ready_nodes: Mapping[str, bool], last_queued: Mapping[str, int]
+) -> list[dict[str, Any]]:
+    """Pods on a node that is known and not Ready (its kubelet gone, unreachable): their queue
+    is on that node and waits for it (with node-local storage: delivered when it returns). The
+    messages are what the pod last reported (None: never heard)."""
+    out = []
+    for p in sorted(refs, key=lambda p: p.name):
+        if p.node is not None and ready_nodes.get(p.node) is False:
+            item: dict[str, Any] = {"pod": p.name, "node": p.node}
+            if p.name in last_queued:
+                item["queued"] = last_queued[p.name]
+            out.append(item)
+    return out
 
 
 def pollable(pods: Sequence[PodRef]) -> list[PodRef]:
@@ -117,13 +135,20 @@ def updated_pods(pods: Sequence[Mapping[str, Any]], desired_hash: str | None) ->
     return sum(1 for p in pods if p.get("configHash") == desired_hash)
 
 
-def pods_status(reports: Sequence[PodReport], desired_hash: str | None) -> dict[str, Any]:
-    """The pool status fields the pods' own reports give."""
+def pods_status(
+    reports: Sequence[PodReport],
+    desired_hash: str | None,
+    stranded_pods: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """The pool status fields the pods' own reports give (and those on nodes that are not
+    Ready: `stranded`)."""
     pods = []
     for r in sorted(reports, key=lambda r: r.pod.name):
         item: dict[str, Any] = {"name": r.pod.name, "ready": r.pod.ready}
         if r.pod.ip:
             item["ip"] = r.pod.ip
+        if r.pod.node:
+            item["node"] = r.pod.node
         if r.status is not None:
             if r.status.config_hash:
                 item["configHash"] = r.status.config_hash
@@ -142,6 +167,8 @@ def pods_status(reports: Sequence[PodReport], desired_hash: str | None) -> dict[
     if depths:
         # Unknown until some engine answers: an absent queueDepth, not a made-up zero.
         out["queueDepth"] = sum(depths)
+    out["strandedPods"] = [dict(s) for s in stranded_pods]
+    out["strandedMessages"] = sum(int(s.get("queued") or 0) for s in stranded_pods)
     return out
 
 

@@ -97,6 +97,8 @@ class PoolInputs:
     # egress: managed: node -> the sending addresses it holds, and the proxies' port.
     egress_nodes: Mapping[str, NodeAddresses] = field(default_factory=dict)
     egress_port: int = EGRESS_PORT
+    # Pods on a node that is not Ready, as the last poll found them (pods.stranded).
+    stranded: Sequence[Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,29 @@ def ips_healthy(verdicts: Verdicts | None) -> Cond:
         "True",
         ConditionReason.Healthy,
         "every IP under the thresholds, listed nowhere",
+    )
+
+
+def reachable_condition(stranded: Sequence[Mapping[str, Any]]) -> Cond:
+    """PodsReachable: False names each pod on a node that is not Ready and what it holds."""
+    if not stranded:
+        return Cond(
+            ConditionType.PodsReachable,
+            "True",
+            ConditionReason.NodesReady,
+            "every pod's node is Ready",
+        )
+    parts = []
+    for s in stranded:
+        held = f"{s['queued']} messages queued there" if "queued" in s else "its queue unknown"
+        parts.append(f"{s['pod']} on node {s['node']} ({held})")
+    total = sum(int(s.get("queued") or 0) for s in stranded)
+    return Cond(
+        ConditionType.PodsReachable,
+        "False",
+        ConditionReason.NodeNotReady,
+        f"{'; '.join(parts)}: the node is not Ready; {total} messages wait for it "
+        "(kept on its storage, delivered when it returns)"[:32768],
     )
 
 
@@ -267,6 +292,8 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
 
     if placement is not None:
         conds.append(placement_condition(placement))
+    if inp.stranded is not None:
+        conds.append(reachable_condition(inp.stranded))
 
     if has_pool_limits(merged) or pool.spec.fleet_limits.redis_url:
         conds.append(

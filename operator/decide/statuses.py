@@ -61,6 +61,17 @@ def pool_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[E
         and (before_pol is None or before_pol.get("message") != after_pol["message"])
     ):
         events.append(EventSpec("Warning", EventReason.PolicyConflict, after_pol["message"]))
+    before_reach = condition(old, "PodsReachable")
+    after_reach = condition(new, "PodsReachable")
+    if after_reach is not None and after_reach["status"] == "False":
+        if before_reach is None or before_reach.get("status") != "False":
+            events.append(EventSpec("Warning", EventReason.PodsStranded, after_reach["message"]))
+    elif (
+        after_reach is not None
+        and before_reach is not None
+        and before_reach.get("status") == "False"
+    ):
+        events.append(EventSpec("Normal", EventReason.PodsReturned, after_reach["message"]))
     before_egress = condition(old, "EgressPlaced")
     after_egress = condition(new, "EgressPlaced")
     if after_egress is not None and after_egress["status"] == "False":

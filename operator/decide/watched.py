@@ -90,10 +90,13 @@ class Indexes:
     pods: Mapping[PoolKey, Collection[pods.PodRef]]
     # SendingDomains by namespace: their active DKIM keys are added to the pools they list.
     domains: Mapping[str, Collection[dict[str, Any]]] = field(default_factory=dict)
-    # egress: managed: node name -> its sending addresses (one NodeAddresses each), and the
+    # Node name -> its sending addresses and readiness (one NodeAddresses each), and the
     # SHA-256 of each pool's proxy password (never the password).
     nodes: Mapping[str, Collection[NodeAddresses]] = field(default_factory=dict)
     egress_tokens: Mapping[PoolKey, Collection[str]] = field(default_factory=dict)
+    # (namespace, Secret name) -> the pools whose spec or admin token names it. None: not
+    # kept (tests' plain dicts): every pool of the namespace is looked at.
+    secret_refs: Mapping[tuple[str, str], Collection[str]] | None = None
 
     def node_addresses(self) -> dict[str, NodeAddresses]:
         return {n: found[0] for n, v in self.nodes.items() if (found := list(v))}

@@ -71,6 +71,7 @@ def render_inputs(pool: SendingPool, mem: PoolMemory, src: Sources) -> render.Po
         pending_moves=frozenset(mem.moves.pending),
         fleet_modes=mem.moves.modes,
         egress_nodes=src.egress_nodes,
+        stranded=(mem.pod_status or {}).get("strandedPods"),
         egress_port=src.egress_port,
     )
 

@@ -50,6 +50,8 @@ class PodsView:
     refs: list[pods.PodRef]
     token: str | None
     live_replicas: int | None
+    # Node -> Ready, for the nodes the operator knows (pods on one that is not are stranded).
+    nodes_ready: Mapping[str, bool] = field(default_factory=dict)
 
 
 async def ask(engines: EngineApi, mem: PoolMemory, view: PodsView) -> list[pods.PodReport] | None:
@@ -96,7 +98,14 @@ async def decide(
     now: datetime,
 ) -> PollOutcome:
     """Autoscale, IP moves and drain on the pods' answers."""
-    out = PollOutcome(pods.pods_status(reports, mem.config[0] if mem.config else None), reports)
+    names = {p.name for p in view.refs}
+    mem.last_queued = {n: q for n, q in mem.last_queued.items() if n in names}
+    for r in reports:
+        if (q := pods.queued(r.status)) is not None:
+            mem.last_queued[r.pod.name] = q
+    stranded = pods.stranded(view.refs, view.nodes_ready, mem.last_queued)
+    desired = mem.config[0] if mem.config else None
+    out = PollOutcome(pods.pods_status(reports, desired, stranded), reports)
     scaled = autoscale_pool(mem, pool, reports, view.live_replicas, now)
     if scaled is not None:
         out.events.append(scaled)

@@ -50,6 +50,8 @@ class PoolMemory:
     config: tuple[str, str] | None = None
     # What the pods last reported, as written into the status.
     pod_status: dict[str, Any] | None = None
+    # Each pod's queue as it last answered: what a pod whose node went away holds.
+    last_queued: dict[str, int] = field(default_factory=dict)
     # Its pods are being asked right now: a second poll would only repeat it.
     polling: bool = False
     # The built-in autoscaler: its count, the recommendations behind it, its last decision.

@@ -476,6 +476,7 @@ class Operator:
             refs=list(idx.pods.get(key, [])),
             token=idx.token(key),
             live_replicas=sts.spec_replicas if sts is not None else None,
+            nodes_ready={n: a.ready for n, a in idx.node_addresses().items()},
         )
         reports = await podpoll.ask(engines, mem, view)
         found = self.pool_of(idx, key)
@@ -691,11 +692,14 @@ class Operator:
     async def on_secret(self, idx: Indexes, namespace: str, name: str) -> None:
         if self.egress is not None and name.endswith("-egress"):
             self.egress.schedule(idx)  # a pool's proxy credentials came (or went)
-        affected = [
-            (namespace, naming.pool_name(p))
-            for p in self.pools_in(idx, namespace)
-            if self.references(p, name)
-        ]
+        if idx.secret_refs is not None:
+            affected = [(namespace, p) for p in idx.secret_refs.get((namespace, name), [])]
+        else:
+            affected = [
+                (namespace, naming.pool_name(p))
+                for p in self.pools_in(idx, namespace)
+                if self.references(p, name)
+            ]
         await self.reconcile_all(idx, affected)
 
     async def on_statefulset(

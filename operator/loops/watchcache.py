@@ -31,7 +31,7 @@ log = logging.getLogger("mailfleet.operator.cache")
 K = TypeVar("K")
 V = TypeVar("V")
 ObjKey = tuple[str, str]  # (namespace, name) of a watched object
-Entry = tuple[Any, Any] | None  # (group key, what is kept) or nothing
+Entry = tuple[Any, Any] | list[tuple[Any, Any]] | None  # (group key, what is kept), several, none
 
 
 class Grouped(Mapping[K, Collection[V]], Generic[K, V]):
@@ -74,6 +74,18 @@ def pool_entry(body: Mapping[str, Any]) -> Entry:
     return (_ns(body), _name(body)), slim(body)
 
 
+def secret_refs_entry(body: Mapping[str, Any]) -> Entry:
+    """(namespace, Secret) -> the pools that mount it (their DKIM, AUTH, TLS and admin token
+    Secrets): a Secret's event re-renders those pools without looking at every pool."""
+    spec = body.get("spec") or {}
+    sub = spec.get("submission") or {}
+    name, ns = _name(body), _ns(body)
+    refs = {str(k["secretRef"]) for k in spec.get("dkim") or [] if k.get("secretRef")}
+    refs |= {str(sub[f]) for f in ("authSecretRef", "tlsSecretRef") if sub.get(f)}
+    refs.add(naming.admin_secret_name(name))
+    return [((ns, r), name) for r in sorted(refs)]
+
+
 def by_namespace_entry(body: Mapping[str, Any]) -> Entry:
     return _ns(body), slim(body)
 
@@ -105,8 +117,8 @@ def egress_token_entry(body: Mapping[str, Any]) -> Entry:
 def node_entry(body: Mapping[str, Any]) -> Entry:
     annotations = body.get("metadata", {}).get("annotations") or {}
     value = annotations.get(naming.SENDING_ADDRESSES_ANNOTATION)
-    if not value:
-        return None
+    # Every node, with its sending addresses or none: whether it is Ready says which pool pods
+    # are stranded on it.
     conditions = (body.get("status") or {}).get("conditions") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     # A node never seen Ready (no status yet) counts as not Ready.
@@ -151,7 +163,13 @@ MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={naming.MANAGER}"
 KINDS: dict[str, Kind] = {
     k.kind: k
     for k in (
-        Kind(GROUP, VERSION, "sendingpools", "SendingPool", (("pools", pool_entry),)),
+        Kind(
+            GROUP,
+            VERSION,
+            "sendingpools",
+            "SendingPool",
+            (("pools", pool_entry), ("secret_refs", secret_refs_entry)),
+        ),
         Kind(
             GROUP,
             VERSION,
@@ -185,7 +203,7 @@ KINDS: dict[str, Kind] = {
     )
 }
 CACHES = ("pools", "policies", "warmups", "secrets", "statefulsets", "admin_tokens", "pods",
-          "domains", "nodes", "egress_tokens")  # fmt: skip
+          "domains", "nodes", "egress_tokens", "secret_refs")  # fmt: skip
 
 
 class ListApi(Protocol):
@@ -197,8 +215,8 @@ class ListApi(Protocol):
 class WatchCache:
     def __init__(self) -> None:
         self._groups: dict[str, dict[Any, dict[ObjKey, Any]]] = {c: {} for c in CACHES}
-        # Where each object sits in each cache (its group key can change: a warmup's poolRef).
-        self._where: dict[str, dict[ObjKey, Any]] = {c: {} for c in CACHES}
+        # Where each object sits in each cache (its group keys can change: a warmup's poolRef).
+        self._where: dict[str, dict[ObjKey, list[Any]]] = {c: {} for c in CACHES}
         self.indexes = Indexes(**{c: Grouped(self._groups[c]) for c in CACHES})
 
     def update(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -206,18 +224,18 @@ class WatchCache:
         key = (_ns(body), _name(body))
         for cache, entry_of in KINDS[kind].caches:
             groups, where = self._groups[cache], self._where[cache]
-            old = where.pop(key, None)
-            if old is not None:
+            for old in where.pop(key, []):
                 group = groups.get(old)
                 if group is not None:
                     group.pop(key, None)
                     if not group:
                         del groups[old]
             entry = None if event_type == "DELETED" else entry_of(body)
-            if entry is not None:
-                group_key, value = entry
+            entries = [] if entry is None else entry if isinstance(entry, list) else [entry]
+            for group_key, value in entries:
                 groups.setdefault(group_key, {})[key] = value
-                where[key] = group_key
+            if entries:
+                where[key] = [g for g, _ in entries]
 
     def size(self, cache: str) -> int:
         return len(self._where[cache])

@@ -56,8 +56,65 @@ def node_addresses() -> Iterator[list[str]]:
             subprocess.run(["ip", "addr", "del", f"{a}/32", "dev", "lo"], capture_output=True)
 
 
+# The second node's pair (test_two_nodes_...).
+ON_NODE_2 = ["10.250.0.21", "10.250.0.22"]
+
+
+@pytest.fixture
+def two_node_addresses() -> Iterator[None]:
+    added = []
+    try:
+        for a in [*ON_NODE, *ON_NODE_2, MX_ADDRESS]:
+            ip("addr", "add", f"{a}/32", "dev", "lo")
+            added.append(a)
+        yield None
+    finally:
+        for a in added:
+            subprocess.run(["ip", "addr", "del", f"{a}/32", "dev", "lo"], capture_output=True)
+
+
 def node_name(rc: RealCluster) -> str:
-    return str(rc.get("nodes")["items"][0]["metadata"]["name"])
+    return str(rc.get("node", "mailfleet-node")["metadata"]["name"])
+
+
+def start_operator(
+    rc: RealCluster, ns: str, egress_ns: str, tmp_path: Path
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """The operator on the host (as `mailfleet operator --standalone`), its proxies in
+    egress_ns, its pools' pods from the image."""
+    metrics_port = free_port()
+    log_path = tmp_path / "operator.log"
+    with log_path.open("wb") as out:
+        operator = subprocess.Popen(
+            [str(MAILFLEET), "operator", "--standalone", "--namespace", ns,
+             "--egress-namespace", egress_ns, "--engine-image", rc.image,
+             "--metrics-port", str(metrics_port), "--metrics-addr", "127.0.0.1"],
+            stdout=out, stderr=subprocess.STDOUT, env={**rc.env, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    return operator, log_path
+
+
+def stop(operator: subprocess.Popen[bytes]) -> None:
+    operator.terminate()
+    try:
+        operator.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        operator.kill()
+        operator.wait(timeout=10)
+
+
+def ready_pods(rc: RealCluster, ns: str, n: int) -> list[dict[str, Any]]:
+    pods = rc.get("pods", "-n", ns, "-l", f"app.kubernetes.io/instance={POOL}")["items"]
+    ready = [
+        p
+        for p in pods
+        if p["metadata"].get("deletionTimestamp") is None
+        and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in p["status"].get("conditions", [])
+        )
+    ]
+    return ready if len(ready) == n else []
 
 
 def readyz(host: str) -> tuple[int, str]:
@@ -96,15 +153,7 @@ def test_a_managed_pool_sends_from_each_node_address_through_the_operators_proxy
     egress_ns = f"{ns}-egress"[:63].rstrip("-")
     rc.kubectl("create", "namespace", egress_ns)
     rc.kubectl("annotate", "node", node, f"{ANNOTATION}={','.join(ON_NODE)}", "--overwrite")
-    metrics_port = free_port()
-    log_path = tmp_path / "operator.log"
-    with log_path.open("wb") as out:
-        operator = subprocess.Popen(
-            [str(MAILFLEET), "operator", "--standalone", "--namespace", ns,
-             "--egress-namespace", egress_ns, "--engine-image", rc.image,
-             "--metrics-port", str(metrics_port), "--metrics-addr", "127.0.0.1"],
-            stdout=out, stderr=subprocess.STDOUT, env={**rc.env, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+    operator, log_path = start_operator(rc, ns, egress_ns, tmp_path)
     try:
         mx = recording_mx(MX_ADDRESS)
         rc.kubectl("create", "secret", "generic", "dkim-example-test", "-n", ns,
@@ -147,16 +196,7 @@ def test_a_managed_pool_sends_from_each_node_address_through_the_operators_proxy
         assert secret["metadata"]["ownerReferences"][0]["name"] == POOL
 
         def pod_ips() -> list[str]:
-            pods = rc.get("pods", "-n", ns, "-l", f"app.kubernetes.io/instance={POOL}")["items"]
-            ready = [
-                p["status"]["podIP"]
-                for p in pods
-                if any(
-                    c["type"] == "Ready" and c["status"] == "True"
-                    for c in p["status"].get("conditions", [])
-                )
-            ]
-            return sorted(ready) if len(ready) == 2 else []
+            return sorted(p["status"]["podIP"] for p in ready_pods(rc, ns, 2))
 
         pods = wait_for("both pool pods Ready", lambda: pod_ips() or None, 240)
         assert all(p.startswith("10.244.") for p in pods), pods
@@ -191,12 +231,81 @@ def test_a_managed_pool_sends_from_each_node_address_through_the_operators_proxy
             f"{rc.describe(egress_ns)}\n--- the operator:\n{log}"
         ) from None
     finally:
-        operator.terminate()
-        try:
-            operator.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-            operator.wait(timeout=10)
+        stop(operator)
         rc.kubectl("annotate", "node", node, f"{ANNOTATION}-", check=False)
+        rc.kubectl("delete", "sendingpools", "--all", "-n", ns, "--wait=false", check=False)
+        rc.kubectl("delete", "namespace", egress_ns, "--wait=false", check=False)
+
+
+def test_two_nodes_four_addresses_each_pair_leaves_through_its_nodes_proxy(
+    real_cluster: RealCluster,
+    second_node: Any,
+    real_namespace: str,
+    recording_mx: Callable[..., RecordingMX],
+    two_node_addresses: None,
+    tmp_path: Path,
+) -> None:
+    rc, ns = real_cluster, real_namespace
+    first, second = "mailfleet-node", second_node.spec.name
+    egress_ns = f"{ns}-egress"[:63].rstrip("-")
+    rc.kubectl("create", "namespace", egress_ns)
+    rc.kubectl("annotate", "node", first, f"{ANNOTATION}={','.join(ON_NODE)}", "--overwrite")
+    rc.kubectl("annotate", "node", second, f"{ANNOTATION}={','.join(ON_NODE_2)}", "--overwrite")
+    operator, log_path = start_operator(rc, ns, egress_ns, tmp_path)
+    try:
+        mx = recording_mx(MX_ADDRESS)
+        rc.kubectl("create", "secret", "generic", "dkim-example-test", "-n", ns,
+                   f"--from-file=rsa.pem={RSA_KEY.key_file}")  # fmt: skip
+        rc.kubectl("apply", "-f", "-", input=json.dumps(fast_retry_policy(ns)))
+        # Interleaved: pod 0 owns .11 and .21, pod 1 .12 and .22 (round robin): each pod sends
+        # through both nodes' proxies, whichever node it runs on.
+        addresses = [ON_NODE[0], ON_NODE[1], ON_NODE_2[0], ON_NODE_2[1]]
+        pool = pool_manifest(
+            ns, POOL, mx, addresses,
+            replicas={"min": 1, "max": 2, "desired": 2},
+            egress={"mode": "managed"},
+            submission={"port": 2525, "trustedCIDRs": ["10.244.0.1/32", "10.245.0.1/32"]},
+            storage={"size": "64Mi"},
+        )  # fmt: skip
+        rc.kubectl("apply", "-f", "-", input=json.dumps(pool))
+        pods = wait_for("both pool pods Ready", lambda: ready_pods(rc, ns, 2) or None, 240)
+        # The pool's pods spread over the two nodes (preferred anti-affinity).
+        assert {p["spec"]["nodeName"] for p in pods} == {first, second}, pods
+        placed = rc.get("sendingpool", POOL, "-n", ns)["status"]
+        cond = next(c for c in placed["conditions"] if c["type"] == "EgressPlaced")
+        assert (cond["status"], cond["reason"]) == ("True", "Placed"), cond
+        assert {i["address"]: i.get("node") for i in placed["ips"]} == {
+            ON_NODE[0]: first, ON_NODE[1]: first, ON_NODE_2[0]: second, ON_NODE_2[1]: second,
+        }  # fmt: skip
+        # One proxy per node, each on its node's address.
+        deploys = rc.get("deployments", "-n", egress_ns)["items"]
+        assert len(deploys) == 2, [d["metadata"]["name"] for d in deploys]
+        for node_ip in ("10.244.0.1", second_node.spec.ip):
+            wait_for(f"the proxy on {node_ip} ready", lambda a=node_ip: readyz(a)[0] == 200, 120)
+        ids: list[str] = []
+        for i, p in enumerate(pods):
+            ids += submit(p["status"]["podIP"], 12, f"n{i}")
+        wait_for("24 messages delivered", lambda: message_ids(mx) >= set(ids) or None, 180)
+        assert {m.peer_ip for m in mx.messages()} == set(addresses)
+        # Each pair through its own node's proxy, and only there.
+        for node_ip, mine, other in (
+            ("10.244.0.1", ON_NODE, ON_NODE_2),
+            (second_node.spec.ip, ON_NODE_2, ON_NODE),
+        ):
+            for a in mine:
+                assert proxy_metric(node_ip, "mailfleet_egress_connections_total",
+                                    source=a, result="relayed") >= 1, (node_ip, a)  # fmt: skip
+            for a in other:
+                assert proxy_metric(node_ip, "mailfleet_egress_connections_total", source=a) == 0
+    except (AssertionError, TimeoutError) as e:
+        log = log_path.read_text(errors="replace")[-6000:]
+        raise AssertionError(
+            f"{e}\n--- the pool's namespace:\n{rc.describe(ns)}\n--- the proxies:\n"
+            f"{rc.describe(egress_ns)}\n--- the operator:\n{log}"
+        ) from None
+    finally:
+        stop(operator)
+        for n in (first, second):
+            rc.kubectl("annotate", "node", n, f"{ANNOTATION}-", check=False)
         rc.kubectl("delete", "sendingpools", "--all", "-n", ns, "--wait=false", check=False)
         rc.kubectl("delete", "namespace", egress_ns, "--wait=false", check=False)

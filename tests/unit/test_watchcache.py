@@ -77,18 +77,21 @@ def test_pods_and_statefulsets_only_when_the_operator_manages_them() -> None:
     assert live is not None and live.replicas == 2
 
 
-def test_nodes_with_the_annotation_only() -> None:
+def test_every_node_with_its_addresses_and_readiness() -> None:
     c = WatchCache()
     ann = {naming.SENDING_ADDRESSES_ANNOTATION: "203.0.113.1"}
     c.update("Node", None, body("Node", "", "n1", meta={"annotations": ann}))
     c.update("Node", None, body("Node", "", "n2"))
-    assert list(c.indexes.node_addresses()) == ["n1"]
+    assert sorted(c.indexes.node_addresses()) == ["n1", "n2"]
+    assert c.indexes.node_addresses()["n2"].addresses == frozenset()
     assert c.indexes.node_addresses()["n1"].ready is False  # no Ready condition seen yet
     ready = {"conditions": [{"type": "Ready", "status": "True"}]}
     c.update("Node", "MODIFIED", body("Node", "", "n1", meta={"annotations": ann}, status=ready))
     assert c.indexes.node_addresses()["n1"].ready is True
     c.update("Node", "MODIFIED", body("Node", "", "n1"))  # the annotation removed
-    assert c.indexes.node_addresses() == {}
+    assert c.indexes.node_addresses()["n1"].addresses == frozenset()
+    c.update("Node", "DELETED", body("Node", "", "n1"))
+    assert sorted(c.indexes.node_addresses()) == ["n2"]
 
 
 @pytest.mark.parametrize(
@@ -107,3 +110,25 @@ def test_nodes_with_the_annotation_only() -> None:
 )
 def test_served_namespaces_follow_kopfs_patterns(ns: str, patterns: list[str], want: bool) -> None:
     assert served(ns, patterns) is want
+
+
+def test_a_secret_names_the_pools_that_mount_it() -> None:
+    c = WatchCache()
+    spec = {
+        "dkim": [{"secretRef": "dkim-a"}, {"secretRef": "dkim-b"}],
+        "submission": {"authSecretRef": "users", "tlsSecretRef": "tls"},
+    }
+    c.update("SendingPool", None, body("SendingPool", "ns", "p", spec=spec))
+    c.update(
+        "SendingPool",
+        None,
+        body("SendingPool", "ns", "q", spec={"dkim": [{"secretRef": "dkim-a"}]}),
+    )
+    refs = c.indexes.secret_refs
+    assert refs is not None
+    assert sorted(refs[("ns", "dkim-a")]) == ["p", "q"]
+    assert list(refs[("ns", "users")]) == ["p"] and list(refs[("ns", "p-admin")]) == ["p"]
+    assert ("other", "dkim-a") not in refs
+    # The spec changes: the old references go.
+    c.update("SendingPool", "MODIFIED", body("SendingPool", "ns", "p", spec={}))
+    assert list(refs[("ns", "dkim-a")]) == ["q"] and ("ns", "users") not in refs
