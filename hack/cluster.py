@@ -1060,6 +1060,18 @@ def _cmd_up(ns: argparse.Namespace) -> int:
         except realnode.NodeError as e:
             raise ClusterError(str(e)) from e
         print(f"  image:    {ref} (build/check {secs:.1f}s, import {load:.1f}s)")
+    if ns.second_node:
+        if cp.node != "real":
+            raise ClusterError("--second-node needs --node real")
+        second = cp.real_node.second()
+        try:
+            took = second.up(timeout=ns.timeout).get("node_ready", 0.0)
+            if ns.image:
+                second.load_image(realnode.build_image()[1])
+        except realnode.NodeError as e:
+            raise ClusterError(str(e)) from e
+        spec = second.spec
+        print(f"  node 2:   {spec.name} {spec.ip}, pods {spec.cidr} (Ready in {took:.1f}s)")
     print(f"  export KUBECONFIG={cp.kubeconfig}")
     print(f"  kubectl:  {cp.kubectl_path}")
     print(f"  logs:     {cp.state_dir / 'log'}")
@@ -1146,6 +1158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument(
         "--image", action="store_true", help="up: build (cached) and load the mailfleet image"
+    )
+    ap.add_argument(
+        "--second-node",
+        action="store_true",
+        help="up, with --node real: a second node (its own kubelet and containerd) on this machine",
     )
     ns = ap.parse_args(argv)
     handlers = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "clean": _cmd_clean}

@@ -634,6 +634,30 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         """The kubelet again (after stop_kubelet); returns the seconds until the Node is Ready."""
         return self.up(timeout=timeout).get("node_ready", 0.0)
 
+    def tasks(self) -> list[str]:
+        """The IDs of the containers running under this node's containerd."""
+        out = self.ctr("tasks", "list", check=False, timeout=30)
+        return [ln.split()[0] for ln in out.splitlines()[1:] if ln.strip()]
+
+    def partition(self) -> list[str]:
+        """The node goes away as a machine cut off does: its kubelet stops (the Node goes
+        NotReady) and every container of it freezes (cgroup freezer: no packet answered, no
+        mail sent, the queues kept). Returns the frozen containers."""
+        self.stop_kubelet()
+        frozen = []
+        for task in self.tasks():
+            with contextlib.suppress(NodeError):
+                self.ctr("tasks", "pause", task, timeout=30)
+                frozen.append(task)
+        return frozen
+
+    def heal(self, timeout: float = 120.0) -> float:
+        """Back after partition(): the containers thaw, the kubelet starts; returns the seconds
+        until the Node is Ready."""
+        for task in self.tasks():
+            self.ctr("tasks", "resume", task, check=False, timeout=30)
+        return self.start_kubelet(timeout)
+
     def down(self) -> list[str]:
         """kube-proxy and the kubelet, then every pod sandbox (CNI DEL, shims exit), then
         containerd; all by PID."""

@@ -312,11 +312,12 @@ class PoolIP(CRDModel):
 class Egress(CRDModel):
     """How pods send from the pool's addresses."""
 
-    mode: Literal["bind", "socks5", "managed"] = "bind"
-    """bind: the pod binds the address itself (the pod's network holds it: the local node, or
-    hostNetwork); socks5: through a SOCKS5 proxy you run (`proxy`); managed: through the egress
-    proxy the operator runs on the node that holds each address (the node's
-    `mailfleet.io/sending-addresses` annotation lists them)."""
+    mode: Literal["bind", "socks5", "managed", "hostNetwork"] = "bind"
+    """bind: the pod binds the address itself (the pod's network holds it: the local node);
+    socks5: through a SOCKS5 proxy you run (`proxy`); managed: through the egress proxy the
+    operator runs on the node that holds each address (the node's
+    `mailfleet.io/sending-addresses` annotation lists them); hostNetwork: no proxy, the pods run
+    in the network of the nodes that hold the addresses (one pod per node) and bind them."""
     proxy: str | None = Field(default=None, max_length=253, pattern=SOCKS5_PATTERN)
     """socks5://host:port, required with mode socks5. Not socks5h://: the engine resolves MX
     hosts itself and asks the proxy for their addresses."""

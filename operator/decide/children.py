@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 from mailfleet.operator.api.crd_models import (
@@ -70,7 +71,44 @@ def engine_command(spec: SendingPoolSpec) -> list[str]:
     return [*command, "--processes", str(processes)] if processes > 1 else command
 
 
-def render_statefulset(pool: SendingPool, replicas: int, image: str) -> dict[str, Any]:
+# A node name cannot hold '/': a node affinity listing only this matches no node.
+NO_NODE = "mailfleet.io/no-node-holds-an-address"
+
+
+def host_network_affinity(name: str, nodes: Sequence[str]) -> dict[str, Any]:
+    """egress: hostNetwork: only the nodes that hold the pool's addresses, one pod per node
+    (the pod binds the addresses of its node, and its ports are the node's)."""
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchFields": [
+                            {
+                                "key": "metadata.name",
+                                "operator": "In",
+                                "values": sorted(nodes) or [NO_NODE],
+                            }
+                        ]
+                    }
+                ]
+            }
+        },
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": selector_labels(name)},
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        },
+    }
+
+
+def render_statefulset(
+    pool: SendingPool, replicas: int, image: str, host_nodes: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """`host_nodes`: with egress hostNetwork, the nodes that hold the pool's addresses."""
     name = pool_name(pool)
     spec = pool.spec
     volumes: list[dict[str, Any]] = [
@@ -93,6 +131,23 @@ def render_statefulset(pool: SendingPool, replicas: int, image: str) -> dict[str
     for volume, secret, path in secrets:
         volumes.append({"name": volume, "secret": {"secretName": secret, "defaultMode": 0o440}})
         mounts.append({"name": volume, "mountPath": path, "readOnly": True})
+    # One node going away takes as few of the pool's pods (and queues) as it can; preferred,
+    # so a one-node cluster still runs them all.
+    affinity: dict[str, Any] = {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "labelSelector": {"matchLabels": selector_labels(name)},
+                        "topologyKey": "kubernetes.io/hostname",
+                    },
+                }
+            ]
+        }
+    }
+    if host_nodes is not None:
+        affinity = host_network_affinity(name, host_nodes)
     container: dict[str, Any] = {
         "name": "mta",
         "image": spec.image or image,
@@ -157,21 +212,14 @@ def render_statefulset(pool: SendingPool, replicas: int, image: str) -> dict[str
                         "serviceAccountName": f"{name}-mta",
                         "automountServiceAccountToken": False,
                         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-                        # One node going away takes as few of the pool's pods (and queues) as
-                        # it can; preferred, so a one-node cluster still runs them all.
-                        "affinity": {
-                            "podAntiAffinity": {
-                                "preferredDuringSchedulingIgnoredDuringExecution": [
-                                    {
-                                        "weight": 100,
-                                        "podAffinityTerm": {
-                                            "labelSelector": {"matchLabels": selector_labels(name)},
-                                            "topologyKey": "kubernetes.io/hostname",
-                                        },
-                                    }
-                                ]
-                            }
-                        },
+                        "affinity": affinity,
+                        # The node's network: its addresses bound as they are. Cluster DNS
+                        # still resolves (the engine asks its own nameservers for MX).
+                        **(
+                            {"hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet"}
+                            if host_nodes is not None
+                            else {}
+                        ),
                         "securityContext": {
                             "runAsNonRoot": True,
                             "runAsUser": RUN_AS,

@@ -120,7 +120,7 @@ def place(addresses: Iterable[str], nodes: Mapping[str, NodeAddresses]) -> Place
     return Placement(node_of, tuple(missing), contested, down)
 
 
-def placement_condition(p: Placement) -> Cond:
+def placement_condition(p: Placement, host_network: bool = False) -> Cond:
     """The pool's EgressPlaced condition: False names every address that cannot send."""
     if p.missing or p.contested or p.down:
         parts = []
@@ -159,7 +159,8 @@ def placement_condition(p: Placement) -> Cond:
         ConditionType.EgressPlaced,
         "True",
         ConditionReason.Placed,
-        f"{n} address{'' if n == 1 else 'es'} through the egress proxy of "
+        f"{n} address{'' if n == 1 else 'es'} "
+        f"{'bound by the pool pod on' if host_network else 'through the egress proxy of'} "
         f"{plural(len(placed), 'node')}: {where}"[:32768],
     )
 

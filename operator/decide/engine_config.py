@@ -66,6 +66,8 @@ def render_engine_config(
     if spec.egress.mode == "managed":
         # Each placed address names its proxy; an unplaced one is held (render.py).
         egress = {"mode": "bind", "authFile": f"{EGRESS_AUTH_DIR}/{EGRESS_TOKEN_KEY}"}
+    elif spec.egress.mode == "hostNetwork":
+        egress = {"mode": "bind"}  # the pod is in its node's network: it binds them
     sending = [p for p in plans if p.state != "standby"]
     hostname = (sending or list(plans))[0].hostname
     data: dict[str, Any] = {

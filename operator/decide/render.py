@@ -7,6 +7,7 @@ status. The handlers only compare and write.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,6 +55,7 @@ from mailfleet.operator.decide.fleetsplit import (
     pod_shares,
 )
 from mailfleet.operator.decide.ipplan import (
+    IPPlan,
     active_warmups,
     desired_replicas,
     next_warmup_advance,
@@ -99,6 +101,8 @@ class PoolInputs:
     egress_port: int = EGRESS_PORT
     # Pods on a node that is not Ready, as the last poll found them (pods.stranded).
     stranded: Sequence[Mapping[str, Any]] | None = None
+    # Pod -> the node it runs on (egress hostNetwork: each address is sent by its node's pod).
+    pod_nodes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,20 @@ def ips_healthy(verdicts: Verdicts | None) -> Cond:
     )
 
 
+def host_owners(
+    plans: Sequence[IPPlan], placement: Placement, pod_nodes: Mapping[str, str]
+) -> list[IPPlan]:
+    """egress hostNetwork: each address is sent by the pool's pod on the node that holds it
+    (one per node), not round robin over the ordinals."""
+    pod_on = {node: pod for pod, node in sorted(pod_nodes.items())}
+    out = []
+    for p in plans:
+        node = placement.node_of.get(p.address)
+        owner = pod_on.get(node) if node is not None and p.state != "standby" else None
+        out.append(dataclasses.replace(p, owner=owner))
+    return out
+
+
 def reachable_condition(stranded: Sequence[Mapping[str, Any]]) -> Cond:
     """PodsReachable: False names each pod on a node that is not Ready and what it holds."""
     if not stranded:
@@ -202,6 +220,14 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
     target = target_replicas(pool, inp.autoscaled)
     # The pods that exist until a scale-down is drained: owners, readiness and the StatefulSet.
     replicas = run_replicas(target, inp.live_replicas, inp.drained_to)
+    host = pool.spec.egress.mode == "hostNetwork"
+    placement: Placement | None = None
+    if pool.spec.egress.mode in ("managed", "hostNetwork"):
+        placement = place((str(ip.address) for ip in pool.spec.ips), inp.egress_nodes)
+    host_nodes = sorted(set(placement.node_of.values())) if host and placement else None
+    if host_nodes is not None:
+        # One pod per node that holds an address: more could never be scheduled.
+        replicas = min(replicas, len(host_nodes))
     selected = select_policies(pool, inp.policies)
     merged = merge_policies(selected)
     # Before this operator's first check, the verdicts its status records stand.
@@ -211,11 +237,15 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
     caps = warmup_caps(pool, inp.warmups, inp.now, promoted)
     owners = {p.address: p.owner for p in plans if p.state != "standby"}
     held = held_ips(owners, inp.senders, inp.pending_moves)
-    placement: Placement | None = None
     proxies: dict[str, str] = {}
-    if pool.spec.egress.mode == "managed":
-        placement = place((p.address for p in plans), inp.egress_nodes)
+    if placement is not None and not host:
         proxies = pool_proxies(placement, inp.egress_port)
+    if placement is not None and host:
+        plans = host_owners(plans, placement, inp.pod_nodes)
+        owners = {p.address: p.owner for p in plans if p.state != "standby"}
+        # An address whose node runs no pod of the pool yet is sent by nobody (any other pod
+        # would bind an address its node does not hold).
+        held = held | {p.address for p in plans if p.owner is None}
     shares = pod_shares(plans, merged)
     actives = active_warmups(pool, inp.warmups, inp.now)
     overflow: Literal["spill", "defer"] = (
@@ -291,7 +321,14 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
         )
 
     if placement is not None:
-        conds.append(placement_condition(placement))
+        cond = placement_condition(placement, host)
+        if host_nodes is not None and target > len(host_nodes):
+            cond = dataclasses.replace(
+                cond,
+                message=f"{cond.message}; {len(host_nodes)} of the {target} pods asked for "
+                "run (one per node that holds an address)",
+            )
+        conds.append(cond)
     if inp.stranded is not None:
         conds.append(reachable_condition(inp.stranded))
 
@@ -432,7 +469,7 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
         render_submission_service(pool),
         render_pdb(pool),
         render_network_policy(pool),
-        render_statefulset(pool, replicas, inp.image),
+        render_statefulset(pool, replicas, inp.image, host_nodes),
     ]
     return RenderedPool(
         children=children,

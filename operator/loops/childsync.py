@@ -46,6 +46,8 @@ class Sources:
     # egress: managed: node -> its sending addresses, and the proxies' port.
     egress_nodes: Mapping[str, NodeAddresses] = field(default_factory=dict)
     egress_port: int = EGRESS_PORT
+    # Pod -> its node (egress hostNetwork sends each address from its node's pod).
+    pod_nodes: Mapping[str, str] = field(default_factory=dict)
 
 
 def render_inputs(pool: SendingPool, mem: PoolMemory, src: Sources) -> render.PoolInputs:
@@ -72,6 +74,7 @@ def render_inputs(pool: SendingPool, mem: PoolMemory, src: Sources) -> render.Po
         fleet_modes=mem.moves.modes,
         egress_nodes=src.egress_nodes,
         stranded=(mem.pod_status or {}).get("strandedPods"),
+        pod_nodes=src.pod_nodes,
         egress_port=src.egress_port,
     )
 

@@ -106,6 +106,8 @@ async def decide(
     stranded = pods.stranded(view.refs, view.nodes_ready, mem.last_queued)
     desired = mem.config[0] if mem.config else None
     out = PollOutcome(pods.pods_status(reports, desired, stranded), reports)
+    if mem.pod_status is None or mem.pod_status.get("strandedPods") != stranded:
+        out.rerender = True  # the PodsReachable condition is the render's
     scaled = autoscale_pool(mem, pool, reports, view.live_replicas, now)
     if scaled is not None:
         out.events.append(scaled)

@@ -296,6 +296,7 @@ class Operator:
             now=self.clock(),
             dmarc_url=self.dmarc_url,
             egress_nodes=idx.node_addresses(),
+            pod_nodes={p.name: p.node for p in idx.pods.get(key, []) if p.node and not p.deleting},
             egress_port=self.egress_port,
         )
 
@@ -602,7 +603,11 @@ class Operator:
         self.node_addresses = nodes
         if self.egress is not None:
             self.egress.schedule(idx)
-        managed = [key for key, pool in self.all_pools(idx) if pool.spec.egress.mode == "managed"]
+        managed = [
+            key
+            for key, pool in self.all_pools(idx)
+            if pool.spec.egress.mode in ("managed", "hostNetwork")
+        ]
         await self.reconcile_all(idx, managed)
 
     def _selects(self, idx: Indexes, key: PoolKey, labels: Mapping[str, str]) -> bool:
@@ -732,5 +737,9 @@ class Operator:
     async def on_pod(self, idx: Indexes, namespace: str, pool: str) -> None:
         """A pool pod came, went or changed address: ask the pods at once rather than at the
         next poll, so a new pod gets its config and the status its numbers."""
+        found = self.pool_of(idx, (namespace, pool))
+        if found is not None and found[1].spec.egress.mode == "hostNetwork":
+            # Its addresses are sent by the pod on their node: where the pod runs decides.
+            await self.reconcile_pool(idx, namespace, pool)
         if self.engines is not None and (namespace, pool) in idx.pools:
             await self.guarded("SendingPool", self.poll_pool(idx, namespace, pool))

@@ -9,7 +9,9 @@ what a secondary address on a node's NIC is to its pods.
 from __future__ import annotations
 
 import json
+import smtplib
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.fleet import fast_retry_policy, message_ids, pool_manifest, submit
+from fixtures.fleet import Gate, fast_retry_policy, message_ids, pool_manifest, submit
 from fixtures.keys import RSA_KEY
 from fixtures.operator import free_port, wait_for
 from fixtures.realnode import RealCluster
@@ -309,3 +311,181 @@ def test_two_nodes_four_addresses_each_pair_leaves_through_its_nodes_proxy(
             rc.kubectl("annotate", "node", n, f"{ANNOTATION}-", check=False)
         rc.kubectl("delete", "sendingpools", "--all", "-n", ns, "--wait=false", check=False)
         rc.kubectl("delete", "namespace", egress_ns, "--wait=false", check=False)
+
+
+def test_a_node_that_goes_away_strands_its_queue_and_the_other_node_carries_on(
+    real_cluster: RealCluster,
+    second_node: Any,
+    real_namespace: str,
+    recording_mx: Callable[..., RecordingMX],
+    two_node_addresses: None,
+    tmp_path: Path,
+) -> None:
+    rc, ns = real_cluster, real_namespace
+    first, second = "mailfleet-node", second_node.spec.name
+    egress_ns = f"{ns}-egress"[:63].rstrip("-")
+    rc.kubectl("create", "namespace", egress_ns)
+    rc.kubectl("annotate", "node", first, f"{ANNOTATION}={','.join(ON_NODE)}", "--overwrite")
+    rc.kubectl("annotate", "node", second, f"{ANNOTATION}={','.join(ON_NODE_2)}", "--overwrite")
+    operator, log_path = start_operator(rc, ns, egress_ns, tmp_path)
+    partitioned = False
+    try:
+        mx = recording_mx(MX_ADDRESS)
+        gate = Gate()
+        mx.on_rcpt = gate
+        rc.kubectl("create", "secret", "generic", "dkim-example-test", "-n", ns,
+                   f"--from-file=rsa.pem={RSA_KEY.key_file}")  # fmt: skip
+        rc.kubectl("apply", "-f", "-", input=json.dumps(fast_retry_policy(ns)))
+        pool = pool_manifest(
+            ns, POOL, mx, [ON_NODE[0], ON_NODE[1], ON_NODE_2[0], ON_NODE_2[1]],
+            replicas={"min": 1, "max": 2, "desired": 2},
+            egress={"mode": "managed"},
+            submission={"port": 2525, "trustedCIDRs": ["10.244.0.1/32", "10.245.0.1/32"]},
+            storage={"size": "64Mi"},
+        )  # fmt: skip
+        rc.kubectl("apply", "-f", "-", input=json.dumps(pool))
+        pods = wait_for("both pool pods Ready", lambda: ready_pods(rc, ns, 2) or None, 240)
+        by_node = {p["spec"]["nodeName"]: p for p in pods}
+        assert set(by_node) == {first, second}, pods
+        away, stays = by_node[second], by_node[first]
+        for node_ip in ("10.244.0.1", second_node.spec.ip):
+            wait_for(f"the proxy on {node_ip} ready", lambda a=node_ip: readyz(a)[0] == 200, 120)
+
+        def status() -> dict[str, Any]:
+            return rc.get("sendingpool", POOL, "-n", ns).get("status") or {}
+
+        def queued(pod: str) -> int:
+            return next((p.get("queued", 0) for p in status().get("pods", [])
+                         if p["name"] == pod), 0)  # fmt: skip
+
+        # Mail queued on the pod of the node that will go away (the MX defers it for now).
+        held = submit(away["status"]["podIP"], 6, "held")
+        name = away["metadata"]["name"]
+        wait_for(f"{name} reporting its 6 queued", lambda: queued(name) >= 6, 60)
+
+        second_node.partition()
+        partitioned = True
+
+        def reachable() -> dict[str, Any] | None:
+            return next(
+                (c for c in status().get("conditions", []) if c["type"] == "PodsReachable"), None
+            )
+
+        cond = wait_for(
+            "PodsReachable False", lambda: (c := reachable()) and c["status"] == "False" and c, 150
+        )
+        assert cond["reason"] == "NodeNotReady"
+        assert f"{name} on node {second} (6 messages queued there)" in cond["message"], cond
+        st = status()
+        assert st["strandedPods"] == [{"pod": name, "node": second, "queued": 6}]
+        assert st["strandedMessages"] == 6
+        events = rc.get("events", "-n", ns, "--field-selector", "reason=PodsStranded")
+        assert any(name in e["message"] for e in events["items"]), events
+        placed = wait_for(
+            "the node's addresses out of use",
+            lambda: (c := next(c for c in status()["conditions"] if c["type"] == "EgressPlaced"))
+            and c["reason"] == "NodeNotReady" and c,
+            60,
+        )  # fmt: skip
+        assert all(a in placed["message"] for a in ON_NODE_2), placed
+
+        # The other node carries on, from its own addresses only.
+        gate.open = True
+        before = len(mx.messages())
+        more = submit(stays["status"]["podIP"], 8, "stays")
+        wait_for("the staying pod's mail delivered", lambda: message_ids(mx) >= set(more), 90)
+        new_peers = {m.peer_ip for m in mx.messages()[before:]}
+        assert new_peers <= set(ON_NODE), new_peers
+        assert not set(held) & message_ids(mx)  # still on the node that is away
+
+        took = second_node.heal()
+        partitioned = False
+        wait_for("the stranded mail delivered once the node is back",
+                 lambda: message_ids(mx) >= set(held), 180)  # fmt: skip
+        wait_for("PodsReachable True", lambda: (c := reachable()) and c["status"] == "True", 90)
+        assert status().get("strandedMessages") == 0
+        print(f"node back Ready in {took:.1f}s")
+    except (AssertionError, TimeoutError) as e:
+        log = log_path.read_text(errors="replace")[-6000:]
+        raise AssertionError(
+            f"{e}\n--- the pool's namespace:\n{rc.describe(ns)}\n--- the operator:\n{log}"
+        ) from None
+    finally:
+        if partitioned:
+            second_node.heal()
+        stop(operator)
+        for n in (first, second):
+            rc.kubectl("annotate", "node", n, f"{ANNOTATION}-", check=False)
+        rc.kubectl("delete", "sendingpools", "--all", "-n", ns, "--wait=false", check=False)
+        rc.kubectl("delete", "namespace", egress_ns, "--wait=false", check=False)
+
+
+def test_host_network_mode_binds_the_nodes_addresses_without_a_proxy(
+    real_cluster: RealCluster,
+    recording_mx: Callable[..., RecordingMX],
+    node_addresses: list[str],
+    tmp_path: Path,
+) -> None:
+    rc = real_cluster
+    node = node_name(rc)
+    # hostNetwork: a namespace that allows it (no Pod Security label: privileged).
+    ns = f"rn-host-{free_port()}"
+    rc.kubectl("create", "namespace", ns)
+    rc.kubectl("annotate", "node", node, f"{ANNOTATION}={','.join(ON_NODE)}", "--overwrite")
+    operator, log_path = start_operator(rc, ns, ns, tmp_path)
+    port = free_port()  # the node's: no other pool of the node may take it
+    try:
+        mx = recording_mx(MX_ADDRESS)
+        rc.kubectl("create", "secret", "generic", "dkim-example-test", "-n", ns,
+                   f"--from-file=rsa.pem={RSA_KEY.key_file}")  # fmt: skip
+        rc.kubectl("apply", "-f", "-", input=json.dumps(fast_retry_policy(ns)))
+        pool = pool_manifest(
+            ns, POOL, mx, ON_NODE,
+            replicas={"min": 1, "max": 3, "desired": 2},
+            egress={"mode": "hostNetwork"},
+            submission={"port": port, "trustedCIDRs": [f"{rc.node_ip}/32"]},
+            storage={"size": "64Mi"},
+        )  # fmt: skip
+        rc.kubectl("apply", "-f", "-", input=json.dumps(pool))
+        pods = wait_for("the pool's pod Ready", lambda: ready_pods(rc, ns, 1) or None, 240)
+        pod = pods[0]
+        # One node holds the addresses: one pod, in the node's network.
+        assert pod["spec"]["hostNetwork"] is True and pod["status"]["podIP"] == rc.node_ip
+        assert rc.get("statefulset", POOL, "-n", ns)["spec"]["replicas"] == 1
+
+        def owned() -> bool:
+            ips = (rc.get("sendingpool", POOL, "-n", ns).get("status") or {}).get("ips", [])
+            return all(i.get("pod") == pod["metadata"]["name"] for i in ips) and len(ips) == 2
+
+        wait_for("both addresses owned by the pod on their node", owned, 60)
+        ids = submit_to(rc.node_ip, port, 10, "host")
+        wait_for("10 messages delivered", lambda: message_ids(mx) >= set(ids), 120)
+        peers = {m.peer_ip for m in mx.messages()}
+        assert peers and peers <= set(ON_NODE), peers
+        assert not rc.get("deployments", "-n", ns)["items"]  # no proxy in this mode
+    except (AssertionError, TimeoutError) as e:
+        log = log_path.read_text(errors="replace")[-6000:]
+        raise AssertionError(
+            f"{e}\n--- the pool's namespace:\n{rc.describe(ns)}\n--- the operator:\n{log}"
+        ) from None
+    finally:
+        stop(operator)
+        rc.kubectl("annotate", "node", node, f"{ANNOTATION}-", check=False)
+        rc.kubectl("delete", "sendingpools", "--all", "-n", ns, "--wait=false", check=False)
+        rc.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def submit_to(host: str, port: int, n: int, tag: str) -> list[str]:
+    """n messages to host:port; their Message-IDs."""
+    ids = []
+    with smtplib.SMTP(host, port, local_hostname="app.test", timeout=30) as s:
+        for i in range(n):
+            mid = f"<{tag}.{i}.{time.time_ns()}@example.test>"
+            s.sendmail(
+                "app@example.test",
+                [f"user{i}@example.org"],
+                f"From: <app@example.test>\r\nTo: <user{i}@example.org>\r\nSubject: {tag}\r\n"
+                f"Message-ID: {mid}\r\n\r\nfrom the node's network\r\n",
+            )
+            ids.append(mid)
+    return ids

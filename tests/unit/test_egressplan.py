@@ -254,3 +254,64 @@ def test_an_address_on_a_node_that_is_not_ready_is_held_and_kept_by_its_proxy() 
     assert "not Ready" in by_address["203.0.113.11"]["reason"]
     events = statuses.pool_events(None, out.status)
     assert "NodeNotReady" in [e.reason for e in events]
+
+
+# --- egress: hostNetwork ----------------------------------------------------------------------
+
+
+def host_pool(**spec: object) -> object:
+    return pool(ips=IPS, egress={"mode": "hostNetwork"}, **spec)
+
+
+def test_host_network_pods_run_one_per_node_that_holds_an_address() -> None:
+    nodes = {"node-a": parse_node_addresses("203.0.113.10,203.0.113.11"),
+             "node-b": parse_node_addresses("2001:db8::10"),
+             "node-c": parse_node_addresses("")}  # fmt: skip
+    p = host_pool(replicas={"min": 1, "max": 5, "desired": 3})
+    out = render.render_pool(inputs(p, egress_nodes=nodes))
+    sts = next(c for c in out.children if c["kind"] == "StatefulSet")
+    spec = sts["spec"]["template"]["spec"]
+    assert sts["spec"]["replicas"] == 2  # two nodes hold addresses: one pod each
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    term = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["node-a", "node-b"]
+    anti = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+    cond = next(c for c in out.status["conditions"] if c["type"] == "EgressPlaced")
+    assert cond["status"] == "True" and "bound by the pool pod on 2 nodes" in cond["message"]
+    assert "2 of the 3 pods asked for run" in cond["message"]
+    # No pod scheduled yet: nobody may send (a pod elsewhere would bind what it lacks).
+    assert out.config is not None
+    assert all(ip.hold for ip in out.config.delivery.source_ips)
+    assert out.config.delivery.egress.mode == "bind"
+    assert all(ip.proxy is None for ip in out.config.delivery.source_ips)
+
+
+def test_host_network_addresses_are_sent_by_the_pod_on_their_node() -> None:
+    nodes = {"node-a": parse_node_addresses("203.0.113.10,203.0.113.11"),
+             "node-b": parse_node_addresses("2001:db8::10")}  # fmt: skip
+    p = host_pool(replicas={"min": 1, "max": 5, "desired": 2})
+    # The scheduler put pod 0 on node-b and pod 1 on node-a.
+    pod_nodes = {"transactional-0": "node-b", "transactional-1": "node-a"}
+    out = render.render_pool(inputs(p, egress_nodes=nodes, pod_nodes=pod_nodes))
+    assert out.config is not None
+    owners = {str(ip.address): (ip.owner, ip.hold) for ip in out.config.delivery.source_ips}
+    assert owners == {
+        "203.0.113.10": ("transactional-1", False),
+        "203.0.113.11": ("transactional-1", False),
+        "2001:db8::10": ("transactional-0", False),
+    }
+    by_address = {ip["address"]: ip for ip in out.status["ips"]}
+    assert by_address["2001:db8::10"]["pod"] == "transactional-0"
+    assert by_address["2001:db8::10"]["node"] == "node-b"
+
+
+def test_host_network_with_no_address_on_any_node_runs_no_pod() -> None:
+    out = render.render_pool(inputs(host_pool(), egress_nodes={}))
+    sts = next(c for c in out.children if c["kind"] == "StatefulSet")
+    assert sts["spec"]["replicas"] == 0
+    term = sts["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    values = term["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+    assert values["matchFields"][0]["values"] == ["mailfleet.io/no-node-holds-an-address"]
+    cond = next(c for c in out.status["conditions"] if c["type"] == "EgressPlaced")
+    assert (cond["status"], cond["reason"]) == ("False", "AddressNotOnNode")
