@@ -117,52 +117,48 @@ class ChildrenSync:
         return out
 
 
-async def ensure_admin_secret(api: ChildApi, pool: SendingPool, existing: frozenset[str]) -> bool:
-    """The pool's admin token Secret, created once with a random token and never rewritten
+async def _create_secret(
+    api: ChildApi, pool: SendingPool, secret: str, label: str, data: dict[str, str]
+) -> bool:
+    """A Secret of the pool, owned by it, labelled with `label`: created once, never rewritten
     (its pods read it at start). Returns whether it was created."""
-    namespace, name = naming.pool_namespace(pool), naming.pool_name(pool)
-    secret = naming.admin_secret_name(name)
-    if secret in existing:
-        return False
+    name = naming.pool_name(pool)
     obj = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
             "name": secret,
-            "namespace": namespace,
-            "labels": {**naming.child_labels(name), naming.ADMIN_TOKEN_LABEL: name},
+            "namespace": naming.pool_namespace(pool),
+            "labels": {**naming.child_labels(name), label: name},
             "ownerReferences": [naming.owner_reference(pool)],
         },
         "type": "Opaque",
-        "stringData": {naming.ADMIN_TOKEN_KEY: secrets.token_hex(32)},
+        "stringData": data,
     }
     return await api.create(kube.SECRETS, obj) is not None
+
+
+async def ensure_admin_secret(api: ChildApi, pool: SendingPool, existing: frozenset[str]) -> bool:
+    """The pool's admin token Secret, with a random token. Returns whether it was created."""
+    secret = naming.admin_secret_name(naming.pool_name(pool))
+    if secret in existing:
+        return False
+    token = {naming.ADMIN_TOKEN_KEY: secrets.token_hex(32)}
+    return await _create_secret(api, pool, secret, naming.ADMIN_TOKEN_LABEL, token)
 
 
 async def ensure_egress_secret(
     api: ChildApi, pool: SendingPool, existing: frozenset[str]
 ) -> str | None:
-    """egress: managed: the pool's proxy credentials (`namespace/pool:random`), created once and
-    never rewritten. Returns the Secret's name when it was created."""
+    """egress: managed: the pool's proxy credentials (`namespace/pool:random`). Returns the
+    Secret's name when it was created."""
     namespace, name = naming.pool_namespace(pool), naming.pool_name(pool)
     secret = naming.egress_secret_name(name)
     if pool.spec.egress.mode != "managed" or secret in existing:
         return None
-    obj = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": secret,
-            "namespace": namespace,
-            "labels": {**naming.child_labels(name), naming.EGRESS_TOKEN_LABEL: name},
-            "ownerReferences": [naming.owner_reference(pool)],
-        },
-        "type": "Opaque",
-        "stringData": {
-            naming.EGRESS_TOKEN_KEY: f"{namespace}/{name}:{secrets.token_urlsafe(32)}\n"
-        },
-    }
-    return secret if await api.create(kube.SECRETS, obj) is not None else None
+    line = {naming.EGRESS_TOKEN_KEY: f"{namespace}/{name}:{secrets.token_urlsafe(32)}\n"}
+    created = await _create_secret(api, pool, secret, naming.EGRESS_TOKEN_LABEL, line)
+    return secret if created else None
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,10 @@ def node_addresses() -> Iterator[list[str]]:
             subprocess.run(["ip", "addr", "del", f"{a}/32", "dev", "lo"], capture_output=True)
 
 
-# The second node's pair (test_two_nodes_...).
+# The second node's pair (test_two_nodes_...), and where the host submits to either node's pods
+# from.
 ON_NODE_2 = ["10.250.0.21", "10.250.0.22"]
+TWO_NODES = ["10.244.0.1/32", "10.245.0.1/32"]
 
 
 @pytest.fixture
@@ -103,6 +105,24 @@ def stop(operator: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         operator.kill()
         operator.wait(timeout=10)
+
+
+def apply_pool(
+    rc: RealCluster, ns: str, mx: RecordingMX, addresses: list[str], mode: str,
+    trusted: list[str], port: int = 2525, desired: int = 2,
+) -> None:  # fmt: skip
+    """The DKIM Secret, the fast-retry policy and the pool (POOL) sending from `addresses`."""
+    rc.kubectl("create", "secret", "generic", "dkim-example-test", "-n", ns,
+               f"--from-file=rsa.pem={RSA_KEY.key_file}")  # fmt: skip
+    rc.kubectl("apply", "-f", "-", input=json.dumps(fast_retry_policy(ns)))
+    pool = pool_manifest(
+        ns, POOL, mx, addresses,
+        replicas={"min": 1, "max": 3, "desired": desired},
+        egress={"mode": mode},
+        submission={"port": port, "trustedCIDRs": trusted},
+        storage={"size": "64Mi"},
+    )  # fmt: skip
+    rc.kubectl("apply", "-f", "-", input=json.dumps(pool))
 
 
 def ready_pods(rc: RealCluster, ns: str, n: int) -> list[dict[str, Any]]:
@@ -158,17 +178,7 @@ def test_a_managed_pool_sends_from_each_node_address_through_the_operators_proxy
     operator, log_path = start_operator(rc, ns, egress_ns, tmp_path)
     try:
         mx = recording_mx(MX_ADDRESS)
-        rc.kubectl("create", "secret", "generic", "dkim-example-test", "-n", ns,
-                   f"--from-file=rsa.pem={RSA_KEY.key_file}")  # fmt: skip
-        rc.kubectl("apply", "-f", "-", input=json.dumps(fast_retry_policy(ns)))
-        pool = pool_manifest(
-            ns, POOL, mx, [*ON_NODE, NOWHERE],
-            replicas={"min": 1, "max": 2, "desired": 2},
-            egress={"mode": "managed"},
-            submission={"port": 2525, "trustedCIDRs": [f"{rc.node_ip}/32"]},
-            storage={"size": "64Mi"},
-        )  # fmt: skip
-        rc.kubectl("apply", "-f", "-", input=json.dumps(pool))
+        apply_pool(rc, ns, mx, [*ON_NODE, NOWHERE], "managed", [f"{rc.node_ip}/32"])
 
         def status() -> dict[str, Any]:
             return rc.get("sendingpool", POOL, "-n", ns).get("status") or {}
@@ -256,20 +266,10 @@ def test_two_nodes_four_addresses_each_pair_leaves_through_its_nodes_proxy(
     operator, log_path = start_operator(rc, ns, egress_ns, tmp_path)
     try:
         mx = recording_mx(MX_ADDRESS)
-        rc.kubectl("create", "secret", "generic", "dkim-example-test", "-n", ns,
-                   f"--from-file=rsa.pem={RSA_KEY.key_file}")  # fmt: skip
-        rc.kubectl("apply", "-f", "-", input=json.dumps(fast_retry_policy(ns)))
         # Interleaved: pod 0 owns .11 and .21, pod 1 .12 and .22 (round robin): each pod sends
         # through both nodes' proxies, whichever node it runs on.
         addresses = [ON_NODE[0], ON_NODE[1], ON_NODE_2[0], ON_NODE_2[1]]
-        pool = pool_manifest(
-            ns, POOL, mx, addresses,
-            replicas={"min": 1, "max": 2, "desired": 2},
-            egress={"mode": "managed"},
-            submission={"port": 2525, "trustedCIDRs": ["10.244.0.1/32", "10.245.0.1/32"]},
-            storage={"size": "64Mi"},
-        )  # fmt: skip
-        rc.kubectl("apply", "-f", "-", input=json.dumps(pool))
+        apply_pool(rc, ns, mx, addresses, "managed", TWO_NODES)
         pods = wait_for("both pool pods Ready", lambda: ready_pods(rc, ns, 2) or None, 240)
         # The pool's pods spread over the two nodes (preferred anti-affinity).
         assert {p["spec"]["nodeName"] for p in pods} == {first, second}, pods
@@ -333,17 +333,8 @@ def test_a_node_that_goes_away_strands_its_queue_and_the_other_node_carries_on(
         mx = recording_mx(MX_ADDRESS)
         gate = Gate()
         mx.on_rcpt = gate
-        rc.kubectl("create", "secret", "generic", "dkim-example-test", "-n", ns,
-                   f"--from-file=rsa.pem={RSA_KEY.key_file}")  # fmt: skip
-        rc.kubectl("apply", "-f", "-", input=json.dumps(fast_retry_policy(ns)))
-        pool = pool_manifest(
-            ns, POOL, mx, [ON_NODE[0], ON_NODE[1], ON_NODE_2[0], ON_NODE_2[1]],
-            replicas={"min": 1, "max": 2, "desired": 2},
-            egress={"mode": "managed"},
-            submission={"port": 2525, "trustedCIDRs": ["10.244.0.1/32", "10.245.0.1/32"]},
-            storage={"size": "64Mi"},
-        )  # fmt: skip
-        rc.kubectl("apply", "-f", "-", input=json.dumps(pool))
+        addresses = [ON_NODE[0], ON_NODE[1], ON_NODE_2[0], ON_NODE_2[1]]
+        apply_pool(rc, ns, mx, addresses, "managed", TWO_NODES)
         pods = wait_for("both pool pods Ready", lambda: ready_pods(rc, ns, 2) or None, 240)
         by_node = {p["spec"]["nodeName"]: p for p in pods}
         assert set(by_node) == {first, second}, pods
@@ -436,17 +427,7 @@ def test_host_network_mode_binds_the_nodes_addresses_without_a_proxy(
     port = free_port()  # the node's: no other pool of the node may take it
     try:
         mx = recording_mx(MX_ADDRESS)
-        rc.kubectl("create", "secret", "generic", "dkim-example-test", "-n", ns,
-                   f"--from-file=rsa.pem={RSA_KEY.key_file}")  # fmt: skip
-        rc.kubectl("apply", "-f", "-", input=json.dumps(fast_retry_policy(ns)))
-        pool = pool_manifest(
-            ns, POOL, mx, ON_NODE,
-            replicas={"min": 1, "max": 3, "desired": 2},
-            egress={"mode": "hostNetwork"},
-            submission={"port": port, "trustedCIDRs": [f"{rc.node_ip}/32"]},
-            storage={"size": "64Mi"},
-        )  # fmt: skip
-        rc.kubectl("apply", "-f", "-", input=json.dumps(pool))
+        apply_pool(rc, ns, mx, ON_NODE, "hostNetwork", [f"{rc.node_ip}/32"], port=port)
         pods = wait_for("the pool's pod Ready", lambda: ready_pods(rc, ns, 1) or None, 240)
         pod = pods[0]
         # One node holds the addresses: one pod, in the node's network.
