@@ -199,7 +199,17 @@ def test_helm_install_runs_the_image_under_the_kubelet_with_services_storage_and
         gate = Gate()
         rc.kubectl("create", "secret", "generic", "dkim-example-test", "-n", ns,
                    f"--from-file=rsa.pem={RSA_KEY.key_file}")  # fmt: skip
-        rc.kubectl("apply", "-f", "-", input=json.dumps(fast_retry_policy(ns)))
+        # The webhook's Service answers once kube-proxy has its endpoint (up to its sync period
+        # after the pod is Ready; until then it rejects): the first object retries until then.
+        policy = json.dumps(fast_retry_policy(ns))
+
+        def applied() -> bool:
+            out = rc.kubectl("apply", "-f", "-", input=policy, check=False)
+            if out.returncode != 0 and "failed calling webhook" not in out.stderr:
+                raise AssertionError(f"kubectl apply of the policy: {out.stderr}")
+            return out.returncode == 0
+
+        wait_for("the webhook answering through its Service", applied, 30)
         pool = edge_pool(ns, mx, node_proxy, rc.node_ip)
         rc.kubectl("apply", "-f", "-", input=json.dumps(pool))
 
@@ -312,8 +322,12 @@ def test_helm_install_runs_the_image_under_the_kubelet_with_services_storage_and
         gate.open = True
         wait_for("the queued mail delivered without an operator",
                  lambda: set(queued) <= message_ids(mx), 120)  # fmt: skip
-    except (AssertionError, TimeoutError) as e:
-        raise AssertionError(f"{e}\n--- the pool's namespace:\n{rc.describe(ns)}") from None
+    except (AssertionError, TimeoutError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", "") or ""
+        raise AssertionError(
+            f"{e}\n{detail}\n--- the pool's namespace:\n{rc.describe(ns)}\n"
+            f"--- the operator's namespace:\n{rc.describe(system)}"
+        ) from None
     finally:
         subprocess.run([helm, "uninstall", RELEASE, "--namespace", system, "--ignore-not-found"],
                        capture_output=True, env=rc.env, timeout=120)  # fmt: skip
