@@ -331,6 +331,17 @@ def render_pool(inp: PoolInputs) -> RenderedPool:
         conds.append(cond)
     if inp.stranded is not None:
         conds.append(reachable_condition(inp.stranded))
+    else:
+        # No poll since the operator started: what the last one found stands (a restart
+        # writes nothing).
+        last = next(
+            (c for c in old_status.get("conditions", []) if c.get("type") == "PodsReachable"),
+            None,
+        )
+        if last is not None:
+            conds.append(
+                Cond(ConditionType.PodsReachable, last["status"], last["reason"], last["message"])
+            )
 
     if has_pool_limits(merged) or pool.spec.fleet_limits.redis_url:
         conds.append(

@@ -199,17 +199,20 @@ def test_helm_install_runs_the_image_under_the_kubelet_with_services_storage_and
         gate = Gate()
         rc.kubectl("create", "secret", "generic", "dkim-example-test", "-n", ns,
                    f"--from-file=rsa.pem={RSA_KEY.key_file}")  # fmt: skip
-        # The webhook's Service answers once kube-proxy has its endpoint (up to its sync period
-        # after the pod is Ready; until then it rejects): the first object retries until then.
-        policy = json.dumps(fast_retry_policy(ns))
 
-        def applied() -> bool:
-            out = rc.kubectl("apply", "-f", "-", input=policy, check=False)
-            if out.returncode != 0 and "failed calling webhook" not in out.stderr:
-                raise AssertionError(f"kubectl apply of the policy: {out.stderr}")
-            return out.returncode == 0
+        # The webhook's Service answers once kube-proxy has the new operator pod's endpoint (up
+        # to its sync period after the pod is Ready; until then it rejects): a write right after
+        # an install or upgrade retries until then.
+        def via_webhook(*args: str, input: str | None = None) -> None:
+            def done() -> bool:
+                out = rc.kubectl(*args, input=input, check=False)
+                if out.returncode != 0 and "failed calling webhook" not in out.stderr:
+                    raise AssertionError(f"kubectl {' '.join(args)}: {out.stderr}")
+                return out.returncode == 0
 
-        wait_for("the webhook answering through its Service", applied, 30)
+            wait_for("the webhook answering through its Service", done, 30)
+
+        via_webhook("apply", "-f", "-", input=json.dumps(fast_retry_policy(ns)))
         pool = edge_pool(ns, mx, node_proxy, rc.node_ip)
         rc.kubectl("apply", "-f", "-", input=json.dumps(pool))
 
@@ -301,8 +304,8 @@ def test_helm_install_runs_the_image_under_the_kubelet_with_services_storage_and
                           if ready(p) and "--verbose" in p["spec"]["containers"][0]["args"]],
                  180)  # fmt: skip
         before = status()["observedGeneration"]
-        rc.kubectl("patch", "sendingpool", POOL, "-n", ns, "--type=merge",
-                   "-p", json.dumps({"spec": {"replicas": {"max": 3}}}))  # fmt: skip
+        via_webhook("patch", "sendingpool", POOL, "-n", ns, "--type=merge",
+                    "-p", json.dumps({"spec": {"replicas": {"max": 3}}}))  # fmt: skip
         wait_for("the upgraded operator to reconcile a change",
                  lambda: status().get("observedGeneration", 0) > before, 90)  # fmt: skip
 

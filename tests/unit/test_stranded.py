@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fixtures.objects import inputs, pool
+from fixtures.objects import inputs, pool, pool_doc
 
+from mailfleet.operator.api.crd_models import parse_object
 from mailfleet.operator.decide import pods, render, statuses
 from mailfleet.operator.decide.pods import PodRef, PodReport
 from mailfleet.operator.metrics import OperatorMetrics, PoolSeries
@@ -64,3 +65,14 @@ def test_condition_events_and_metric_follow_a_node_going_and_coming_back() -> No
         )
         is None
     )
+
+
+def test_a_restarted_operator_keeps_the_last_finding_until_its_first_poll() -> None:
+    stranded = [{"pod": "transactional-1", "node": "node-b", "queued": 3}]
+    during = render.render_pool(inputs(pool(), stranded=stranded)).status
+    doc = pool_doc()
+    doc["status"] = during
+    restarted = render.render_pool(inputs(parse_object(doc))).status
+    kept = next(c for c in restarted["conditions"] if c["type"] == "PodsReachable")
+    before = next(c for c in during["conditions"] if c["type"] == "PodsReachable")
+    assert kept == before
