@@ -8,6 +8,7 @@ what a secondary address on a node's NIC is to its pods.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import smtplib
 import subprocess
@@ -107,6 +108,37 @@ def stop(operator: subprocess.Popen[bytes]) -> None:
         operator.wait(timeout=10)
 
 
+@contextlib.contextmanager
+def egress_world(
+    rc: RealCluster, ns: str, tmp_path: Path, held: dict[str, list[str]], egress_ns: str | None
+) -> Iterator[None]:
+    """The nodes annotated with the addresses they hold (`held`), the operator running with its
+    proxies in egress_ns (a namespace of its own: hostNetwork is refused under the restricted
+    standard), and everything undone afterwards. A failure shows both namespaces and the
+    operator's log."""
+    proxies = egress_ns or ns
+    if egress_ns is not None:
+        rc.kubectl("create", "namespace", egress_ns)
+    for node, addresses in held.items():
+        rc.kubectl("annotate", "node", node, f"{ANNOTATION}={','.join(addresses)}", "--overwrite")
+    operator, log_path = start_operator(rc, ns, proxies, tmp_path)
+    try:
+        yield
+    except (AssertionError, TimeoutError) as e:
+        log = log_path.read_text(errors="replace")[-6000:]
+        raise AssertionError(
+            f"{e}\n--- the pool's namespace:\n{rc.describe(ns)}\n--- the proxies:\n"
+            f"{rc.describe(proxies)}\n--- the operator:\n{log}"
+        ) from None
+    finally:
+        stop(operator)
+        for node in held:
+            rc.kubectl("annotate", "node", node, f"{ANNOTATION}-", check=False)
+        rc.kubectl("delete", "sendingpools", "--all", "-n", ns, "--wait=false", check=False)
+        if egress_ns is not None:
+            rc.kubectl("delete", "namespace", egress_ns, "--wait=false", check=False)
+
+
 def apply_pool(
     rc: RealCluster, ns: str, mx: RecordingMX, addresses: list[str], mode: str,
     trusted: list[str], port: int = 2525, desired: int = 2,
@@ -173,10 +205,7 @@ def test_a_managed_pool_sends_from_each_node_address_through_the_operators_proxy
     # hostNetwork is not allowed in a namespace under the restricted (or baseline) standard:
     # the proxies run in the operator's own namespace, which must allow it.
     egress_ns = f"{ns}-egress"[:63].rstrip("-")
-    rc.kubectl("create", "namespace", egress_ns)
-    rc.kubectl("annotate", "node", node, f"{ANNOTATION}={','.join(ON_NODE)}", "--overwrite")
-    operator, log_path = start_operator(rc, ns, egress_ns, tmp_path)
-    try:
+    with egress_world(rc, ns, tmp_path, {node: ON_NODE}, egress_ns):
         mx = recording_mx(MX_ADDRESS)
         apply_pool(rc, ns, mx, [*ON_NODE, NOWHERE], "managed", [f"{rc.node_ip}/32"])
 
@@ -236,17 +265,6 @@ def test_a_managed_pool_sends_from_each_node_address_through_the_operators_proxy
         assert ON_NODE[1] in body
         ip("addr", "add", f"{ON_NODE[1]}/32", "dev", "lo")
         wait_for("readyz passing again", lambda: readyz(rc.node_ip)[0] == 200, 30)
-    except (AssertionError, TimeoutError) as e:
-        log = log_path.read_text(errors="replace")[-6000:]
-        raise AssertionError(
-            f"{e}\n--- the pool's namespace:\n{rc.describe(ns)}\n--- the proxies:\n"
-            f"{rc.describe(egress_ns)}\n--- the operator:\n{log}"
-        ) from None
-    finally:
-        stop(operator)
-        rc.kubectl("annotate", "node", node, f"{ANNOTATION}-", check=False)
-        rc.kubectl("delete", "sendingpools", "--all", "-n", ns, "--wait=false", check=False)
-        rc.kubectl("delete", "namespace", egress_ns, "--wait=false", check=False)
 
 
 def test_two_nodes_four_addresses_each_pair_leaves_through_its_nodes_proxy(
@@ -260,11 +278,7 @@ def test_two_nodes_four_addresses_each_pair_leaves_through_its_nodes_proxy(
     rc, ns = real_cluster, real_namespace
     first, second = "mailfleet-node", second_node.spec.name
     egress_ns = f"{ns}-egress"[:63].rstrip("-")
-    rc.kubectl("create", "namespace", egress_ns)
-    rc.kubectl("annotate", "node", first, f"{ANNOTATION}={','.join(ON_NODE)}", "--overwrite")
-    rc.kubectl("annotate", "node", second, f"{ANNOTATION}={','.join(ON_NODE_2)}", "--overwrite")
-    operator, log_path = start_operator(rc, ns, egress_ns, tmp_path)
-    try:
+    with egress_world(rc, ns, tmp_path, {first: ON_NODE, second: ON_NODE_2}, egress_ns):
         mx = recording_mx(MX_ADDRESS)
         # Interleaved: pod 0 owns .11 and .21, pod 1 .12 and .22 (round robin): each pod sends
         # through both nodes' proxies, whichever node it runs on.
@@ -299,18 +313,6 @@ def test_two_nodes_four_addresses_each_pair_leaves_through_its_nodes_proxy(
                                     source=a, result="relayed") >= 1, (node_ip, a)  # fmt: skip
             for a in other:
                 assert proxy_metric(node_ip, "mailfleet_egress_connections_total", source=a) == 0
-    except (AssertionError, TimeoutError) as e:
-        log = log_path.read_text(errors="replace")[-6000:]
-        raise AssertionError(
-            f"{e}\n--- the pool's namespace:\n{rc.describe(ns)}\n--- the proxies:\n"
-            f"{rc.describe(egress_ns)}\n--- the operator:\n{log}"
-        ) from None
-    finally:
-        stop(operator)
-        for n in (first, second):
-            rc.kubectl("annotate", "node", n, f"{ANNOTATION}-", check=False)
-        rc.kubectl("delete", "sendingpools", "--all", "-n", ns, "--wait=false", check=False)
-        rc.kubectl("delete", "namespace", egress_ns, "--wait=false", check=False)
 
 
 def test_a_node_that_goes_away_strands_its_queue_and_the_other_node_carries_on(
@@ -324,91 +326,86 @@ def test_a_node_that_goes_away_strands_its_queue_and_the_other_node_carries_on(
     rc, ns = real_cluster, real_namespace
     first, second = "mailfleet-node", second_node.spec.name
     egress_ns = f"{ns}-egress"[:63].rstrip("-")
-    rc.kubectl("create", "namespace", egress_ns)
-    rc.kubectl("annotate", "node", first, f"{ANNOTATION}={','.join(ON_NODE)}", "--overwrite")
-    rc.kubectl("annotate", "node", second, f"{ANNOTATION}={','.join(ON_NODE_2)}", "--overwrite")
-    operator, log_path = start_operator(rc, ns, egress_ns, tmp_path)
     partitioned = False
     try:
-        mx = recording_mx(MX_ADDRESS)
-        gate = Gate()
-        mx.on_rcpt = gate
-        addresses = [ON_NODE[0], ON_NODE[1], ON_NODE_2[0], ON_NODE_2[1]]
-        apply_pool(rc, ns, mx, addresses, "managed", TWO_NODES)
-        pods = wait_for("both pool pods Ready", lambda: ready_pods(rc, ns, 2) or None, 240)
-        by_node = {p["spec"]["nodeName"]: p for p in pods}
-        assert set(by_node) == {first, second}, pods
-        away, stays = by_node[second], by_node[first]
-        for node_ip in ("10.244.0.1", second_node.spec.ip):
-            wait_for(f"the proxy on {node_ip} ready", lambda a=node_ip: readyz(a)[0] == 200, 120)
+        with egress_world(rc, ns, tmp_path, {first: ON_NODE, second: ON_NODE_2}, egress_ns):
+            mx = recording_mx(MX_ADDRESS)
+            gate = Gate()
+            mx.on_rcpt = gate
+            addresses = [ON_NODE[0], ON_NODE[1], ON_NODE_2[0], ON_NODE_2[1]]
+            apply_pool(rc, ns, mx, addresses, "managed", TWO_NODES)
+            pods = wait_for("both pool pods Ready", lambda: ready_pods(rc, ns, 2) or None, 240)
+            by_node = {p["spec"]["nodeName"]: p for p in pods}
+            assert set(by_node) == {first, second}, pods
+            away, stays = by_node[second], by_node[first]
+            for node_ip in ("10.244.0.1", second_node.spec.ip):
+                wait_for(
+                    f"the proxy on {node_ip} ready", lambda a=node_ip: readyz(a)[0] == 200, 120
+                )
 
-        def status() -> dict[str, Any]:
-            return rc.get("sendingpool", POOL, "-n", ns).get("status") or {}
+            def status() -> dict[str, Any]:
+                return rc.get("sendingpool", POOL, "-n", ns).get("status") or {}
 
-        def queued(pod: str) -> int:
-            return next((p.get("queued", 0) for p in status().get("pods", [])
-                         if p["name"] == pod), 0)  # fmt: skip
+            def queued(pod: str) -> int:
+                return next((p.get("queued", 0) for p in status().get("pods", [])
+                             if p["name"] == pod), 0)  # fmt: skip
 
-        # Mail queued on the pod of the node that will go away (the MX defers it for now).
-        held = submit(away["status"]["podIP"], 6, "held")
-        name = away["metadata"]["name"]
-        wait_for(f"{name} reporting its 6 queued", lambda: queued(name) >= 6, 60)
+            # Mail queued on the pod of the node that will go away (the MX defers it for now).
+            held = submit(away["status"]["podIP"], 6, "held")
+            name = away["metadata"]["name"]
+            wait_for(f"{name} reporting its 6 queued", lambda: queued(name) >= 6, 60)
 
-        second_node.partition()
-        partitioned = True
+            second_node.partition()
+            partitioned = True
 
-        def reachable() -> dict[str, Any] | None:
-            return next(
-                (c for c in status().get("conditions", []) if c["type"] == "PodsReachable"), None
+            def reachable() -> dict[str, Any] | None:
+                return next(
+                    (c for c in status().get("conditions", []) if c["type"] == "PodsReachable"),
+                    None,
+                )
+
+            cond = wait_for(
+                "PodsReachable False",
+                lambda: (c := reachable()) and c["status"] == "False" and c,
+                150,
             )
+            assert cond["reason"] == "NodeNotReady"
+            assert f"{name} on node {second} (6 messages queued there)" in cond["message"], cond
+            st = status()
+            assert st["strandedPods"] == [{"pod": name, "node": second, "queued": 6}]
+            assert st["strandedMessages"] == 6
+            events = rc.get("events", "-n", ns, "--field-selector", "reason=PodsStranded")
+            assert any(name in e["message"] for e in events["items"]), events
 
-        cond = wait_for(
-            "PodsReachable False", lambda: (c := reachable()) and c["status"] == "False" and c, 150
-        )
-        assert cond["reason"] == "NodeNotReady"
-        assert f"{name} on node {second} (6 messages queued there)" in cond["message"], cond
-        st = status()
-        assert st["strandedPods"] == [{"pod": name, "node": second, "queued": 6}]
-        assert st["strandedMessages"] == 6
-        events = rc.get("events", "-n", ns, "--field-selector", "reason=PodsStranded")
-        assert any(name in e["message"] for e in events["items"]), events
-        placed = wait_for(
-            "the node's addresses out of use",
-            lambda: (c := next(c for c in status()["conditions"] if c["type"] == "EgressPlaced"))
-            and c["reason"] == "NodeNotReady" and c,
-            60,
-        )  # fmt: skip
-        assert all(a in placed["message"] for a in ON_NODE_2), placed
+            def egress_placed() -> dict[str, Any]:
+                return next(c for c in status()["conditions"] if c["type"] == "EgressPlaced")
 
-        # The other node carries on, from its own addresses only.
-        gate.open = True
-        before = len(mx.messages())
-        more = submit(stays["status"]["podIP"], 8, "stays")
-        wait_for("the staying pod's mail delivered", lambda: message_ids(mx) >= set(more), 90)
-        new_peers = {m.peer_ip for m in mx.messages()[before:]}
-        assert new_peers <= set(ON_NODE), new_peers
-        assert not set(held) & message_ids(mx)  # still on the node that is away
+            placed = wait_for(
+                "the node's addresses out of use",
+                lambda: (c := egress_placed())["reason"] == "NodeNotReady" and c,
+                60,
+            )
+            assert all(a in placed["message"] for a in ON_NODE_2), placed
 
-        took = second_node.heal()
-        partitioned = False
-        wait_for("the stranded mail delivered once the node is back",
-                 lambda: message_ids(mx) >= set(held), 180)  # fmt: skip
-        wait_for("PodsReachable True", lambda: (c := reachable()) and c["status"] == "True", 90)
-        assert status().get("strandedMessages") == 0
-        print(f"node back Ready in {took:.1f}s")
-    except (AssertionError, TimeoutError) as e:
-        log = log_path.read_text(errors="replace")[-6000:]
-        raise AssertionError(
-            f"{e}\n--- the pool's namespace:\n{rc.describe(ns)}\n--- the operator:\n{log}"
-        ) from None
+            # The other node carries on, from its own addresses only.
+            gate.open = True
+            before = len(mx.messages())
+            more = submit(stays["status"]["podIP"], 8, "stays")
+            wait_for("the staying pod's mail delivered", lambda: message_ids(mx) >= set(more), 90)
+            new_peers = {m.peer_ip for m in mx.messages()[before:]}
+            assert new_peers <= set(ON_NODE), new_peers
+            assert not set(held) & message_ids(mx)  # still on the node that is away
+
+            took = second_node.heal()
+            partitioned = False
+            wait_for("the stranded mail delivered once the node is back",
+                     lambda: message_ids(mx) >= set(held), 180)  # fmt: skip
+            wait_for("PodsReachable True", lambda: (c := reachable()) and c["status"] == "True", 90)
+            assert status().get("strandedMessages") == 0
+            print(f"node back Ready in {took:.1f}s")
     finally:
         if partitioned:
             second_node.heal()
-        stop(operator)
-        for n in (first, second):
-            rc.kubectl("annotate", "node", n, f"{ANNOTATION}-", check=False)
-        rc.kubectl("delete", "sendingpools", "--all", "-n", ns, "--wait=false", check=False)
-        rc.kubectl("delete", "namespace", egress_ns, "--wait=false", check=False)
 
 
 def test_host_network_mode_binds_the_nodes_addresses_without_a_proxy(
@@ -422,37 +419,28 @@ def test_host_network_mode_binds_the_nodes_addresses_without_a_proxy(
     # hostNetwork: a namespace that allows it (no Pod Security label: privileged).
     ns = f"rn-host-{free_port()}"
     rc.kubectl("create", "namespace", ns)
-    rc.kubectl("annotate", "node", node, f"{ANNOTATION}={','.join(ON_NODE)}", "--overwrite")
-    operator, log_path = start_operator(rc, ns, ns, tmp_path)
     port = free_port()  # the node's: no other pool of the node may take it
     try:
-        mx = recording_mx(MX_ADDRESS)
-        apply_pool(rc, ns, mx, ON_NODE, "hostNetwork", [f"{rc.node_ip}/32"], port=port)
-        pods = wait_for("the pool's pod Ready", lambda: ready_pods(rc, ns, 1) or None, 240)
-        pod = pods[0]
-        # One node holds the addresses: one pod, in the node's network.
-        assert pod["spec"]["hostNetwork"] is True and pod["status"]["podIP"] == rc.node_ip
-        assert rc.get("statefulset", POOL, "-n", ns)["spec"]["replicas"] == 1
+        with egress_world(rc, ns, tmp_path, {node: ON_NODE}, None):
+            mx = recording_mx(MX_ADDRESS)
+            apply_pool(rc, ns, mx, ON_NODE, "hostNetwork", [f"{rc.node_ip}/32"], port=port)
+            pods = wait_for("the pool's pod Ready", lambda: ready_pods(rc, ns, 1) or None, 240)
+            pod = pods[0]
+            # One node holds the addresses: one pod, in the node's network.
+            assert pod["spec"]["hostNetwork"] is True and pod["status"]["podIP"] == rc.node_ip
+            assert rc.get("statefulset", POOL, "-n", ns)["spec"]["replicas"] == 1
 
-        def owned() -> bool:
-            ips = (rc.get("sendingpool", POOL, "-n", ns).get("status") or {}).get("ips", [])
-            return all(i.get("pod") == pod["metadata"]["name"] for i in ips) and len(ips) == 2
+            def owned() -> bool:
+                ips = (rc.get("sendingpool", POOL, "-n", ns).get("status") or {}).get("ips", [])
+                return all(i.get("pod") == pod["metadata"]["name"] for i in ips) and len(ips) == 2
 
-        wait_for("both addresses owned by the pod on their node", owned, 60)
-        ids = submit_to(rc.node_ip, port, 10, "host")
-        wait_for("10 messages delivered", lambda: message_ids(mx) >= set(ids), 120)
-        peers = {m.peer_ip for m in mx.messages()}
-        assert peers and peers <= set(ON_NODE), peers
-        assert not rc.get("deployments", "-n", ns)["items"]  # no proxy in this mode
-    except (AssertionError, TimeoutError) as e:
-        log = log_path.read_text(errors="replace")[-6000:]
-        raise AssertionError(
-            f"{e}\n--- the pool's namespace:\n{rc.describe(ns)}\n--- the operator:\n{log}"
-        ) from None
+            wait_for("both addresses owned by the pod on their node", owned, 60)
+            ids = submit_to(rc.node_ip, port, 10, "host")
+            wait_for("10 messages delivered", lambda: message_ids(mx) >= set(ids), 120)
+            peers = {m.peer_ip for m in mx.messages()}
+            assert peers and peers <= set(ON_NODE), peers
+            assert not rc.get("deployments", "-n", ns)["items"]  # no proxy in this mode
     finally:
-        stop(operator)
-        rc.kubectl("annotate", "node", node, f"{ANNOTATION}-", check=False)
-        rc.kubectl("delete", "sendingpools", "--all", "-n", ns, "--wait=false", check=False)
         rc.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
