@@ -14,7 +14,6 @@ import hashlib
 import ipaddress
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -29,7 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fixtures.engine import EngineProc, message
+from fixtures.engine import EngineProc, json_log_lines, message, metric_sum
 from fixtures.procs import Proc, free_port, wait_until
 from fixtures.smtppeers import RecordingMX, SmtpCall
 
@@ -108,29 +107,14 @@ class ProxyProc:
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of `name` whose labels include `labels`."""
         with urllib.request.urlopen(self.url("/metrics"), timeout=5) as r:
-            text = r.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            m = re.match(r"([a-zA-Z_:][\w:]*)(\{(.*)\})?\s+(\S+)", line)
-            if not m or m.group(1) != name:
-                continue
-            got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
-            if all(got.get(k) == v for k, v in labels.items()):
-                total += float(m.group(4))
-        return total
+            return metric_sum(r.read().decode(), name, **labels)
 
     def log(self) -> str:
         return self.proc.output() if self.proc else ""
 
     def log_lines(self) -> list[dict[str, Any]]:
         assert self.proc is not None and self.proc.stderr_path is not None
-        out = []
-        for line in self.proc.stderr_path.read_text(errors="replace").splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
+        return json_log_lines(self.proc.stderr_path)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
